@@ -1,0 +1,320 @@
+//! The agent's configuration file (TOML, `berth-agent --config FILE`).
+//!
+//! Parsed strictly (unknown keys are an error, so a typo never silently falls back
+//! to a default), then validated into [`Config`]. Every key has a default that
+//! serves a single node without a file and listens only locally.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    containerd: RawContainerd,
+    #[serde(default)]
+    tasks: RawTasks,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    root_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    id: Option<String>,
+    pool_id: Option<String>,
+    account_name: Option<String>,
+    is_dedicated: Option<bool>,
+    task_slots: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawContainerd {
+    socket: Option<PathBuf>,
+    namespace: Option<String>,
+    snapshotter: Option<String>,
+    runtime: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTasks {
+    terminate_grace_seconds: Option<u64>,
+    retention_sweep_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub node_id: String,
+    pub pool_id: String,
+    pub account_name: String,
+    pub is_dedicated: bool,
+    pub task_slots: u32,
+    pub listen: Listen,
+    pub containerd_socket: PathBuf,
+    pub namespace: String,
+    pub snapshotter: String,
+    pub runtime: String,
+    pub terminate_grace: Duration,
+    pub retention_sweep: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads and validates `path`. `hostname` is the default node id.
+    pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, hostname).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.into(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Validates TOML text; the defaults when `text` is empty.
+    pub fn parse(text: &str, hostname: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        Self::validate(raw, hostname)
+    }
+
+    fn validate(raw: RawConfig, hostname: &str) -> Result<Self, ConfigError> {
+        let root_dir = absolute("node.root_dir", raw.node.root_dir, "/var/lib/berth/node")?;
+        let state_dir = absolute("node.state_dir", raw.node.state_dir, "/var/lib/berth/state")?;
+        let node_id = raw.node.id.unwrap_or_else(|| hostname.to_owned());
+        if node_id.is_empty() {
+            return Err(invalid("node.id", "must not be empty"));
+        }
+        let task_slots = raw.node.task_slots.unwrap_or(1);
+        if task_slots == 0 {
+            return Err(invalid("node.task_slots", "must be at least 1"));
+        }
+        let listen = parse_listen(
+            raw.api
+                .listen
+                .as_deref()
+                .unwrap_or("unix:///run/berth/agent.sock"),
+        )?;
+        let namespace = raw.containerd.namespace.unwrap_or_else(|| "berth".into());
+        if namespace.is_empty()
+            || !namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(invalid(
+                "containerd.namespace",
+                "must be letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let log_format = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    &format!("{other:?} is not \"text\" or \"json\""),
+                ))
+            }
+        };
+        Ok(Config {
+            root_dir,
+            state_dir,
+            node_id,
+            pool_id: raw.node.pool_id.unwrap_or_else(|| "default".into()),
+            account_name: raw.node.account_name.unwrap_or_else(|| "berth".into()),
+            is_dedicated: raw.node.is_dedicated.unwrap_or(true),
+            task_slots,
+            listen,
+            containerd_socket: absolute(
+                "containerd.socket",
+                raw.containerd.socket,
+                "/run/containerd/containerd.sock",
+            )?,
+            namespace,
+            snapshotter: raw
+                .containerd
+                .snapshotter
+                .unwrap_or_else(|| "overlayfs".into()),
+            runtime: raw
+                .containerd
+                .runtime
+                .unwrap_or_else(|| "io.containerd.runc.v2".into()),
+            terminate_grace: Duration::from_secs(raw.tasks.terminate_grace_seconds.unwrap_or(10)),
+            retention_sweep: Duration::from_secs(
+                raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1),
+            ),
+            log_format,
+        })
+    }
+}
+
+fn invalid(key: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    }
+}
+
+fn absolute(key: &'static str, v: Option<PathBuf>, default: &str) -> Result<PathBuf, ConfigError> {
+    let p = v.unwrap_or_else(|| PathBuf::from(default));
+    if !p.is_absolute() {
+        return Err(invalid(
+            key,
+            &format!("{} is not an absolute path", p.display()),
+        ));
+    }
+    // Normalise away a trailing slash: the path is compared and joined as is.
+    Ok(p.components().collect())
+}
+
+/// `unix:///path` or `host:port` (also `tcp://host:port`).
+pub fn parse_listen(s: &str) -> Result<Listen, ConfigError> {
+    if let Some(p) = s.strip_prefix("unix://") {
+        let p = PathBuf::from(p);
+        if !p.is_absolute() {
+            return Err(invalid(
+                "api.listen",
+                "a unix socket path must be absolute (unix:///run/berth/agent.sock)",
+            ));
+        }
+        return Ok(Listen::Unix(p));
+    }
+    let addr = s.strip_prefix("tcp://").unwrap_or(s);
+    let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+        invalid(
+            "api.listen",
+            &format!("{s:?} is neither unix:///path nor an IP address with a port"),
+        )
+    })?;
+    Ok(Listen::Tcp(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_one_node_locally() {
+        let c = Config::parse("", "node7").unwrap();
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/berth/node"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/berth/state"));
+        assert_eq!(c.node_id, "node7");
+        assert_eq!(c.task_slots, 1);
+        assert_eq!(c.listen, Listen::Unix("/run/berth/agent.sock".into()));
+        assert_eq!(c.namespace, "berth");
+        assert_eq!(
+            c.containerd_socket,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = Config::parse(
+            r#"
+            [node]
+            root_dir = "/srv/node/"
+            state_dir = "/srv/state"
+            id = "n1"
+            pool_id = "p1"
+            task_slots = 4
+            [api]
+            listen = "127.0.0.1:7070"
+            [containerd]
+            socket = "/tmp/c.sock"
+            namespace = "b2"
+            [tasks]
+            terminate_grace_seconds = 3
+            [log]
+            format = "json"
+            "#,
+            "h",
+        )
+        .unwrap();
+        assert_eq!(c.root_dir, PathBuf::from("/srv/node"));
+        assert_eq!(c.task_slots, 4);
+        assert_eq!(c.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
+        assert_eq!(c.namespace, "b2");
+        assert_eq!(c.terminate_grace, Duration::from_secs(3));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let cases = [
+            ("[node]\nroot_dirr = \"/x\"", "unknown field"),
+            ("[nodes]\n", "unknown field"),
+            ("[node]\nroot_dir = \"rel\"", "node.root_dir"),
+            ("[node]\ntask_slots = 0", "node.task_slots"),
+            ("[api]\nlisten = \"nowhere\"", "api.listen"),
+            ("[api]\nlisten = \"unix://rel.sock\"", "api.listen"),
+            ("[containerd]\nnamespace = \"a/b\"", "containerd.namespace"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, "h").unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Job and task ids. They become directory names under the node root and part of
+//! containerd labels, so only the Azure Batch id alphabet is accepted: 1 to 64
+//! ASCII letters, digits, '-' and '_'. That rules out '/', '..', NUL and any
+//! other way to leave the node root.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Longest accepted id, as in Azure Batch.
+pub const MAX_ID_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} id is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} id is {len} characters long; at most {MAX_ID_LEN} are allowed")]
+    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} id \"{shown}\" has a character other than ASCII letters, digits, '-' and '_'")]
+    BadCharacter { kind: &'static str, shown: String },
+}
+
+fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong { kind, len: s.len() });
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        // Escape control characters (NUL) so the message stays printable.
+        let shown: String = s
+            .chars()
+            .take(MAX_ID_LEN)
+            .flat_map(char::escape_default)
+            .collect();
+        return Err(IdError::BadCharacter { kind, shown });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($name:ident, $kind:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                validate($kind, &s)?;
+                Ok(Self(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(JobId, "job");
+id_type!(TaskId, "task");
+
+/// A task's address on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub job: JobId,
+    pub task: TaskId,
+}
+
+impl TaskKey {
+    pub fn new(job: &str, task: &str) -> Result<Self, IdError> {
+        Ok(Self {
+            job: JobId::new(job)?,
+            task: TaskId::new(task)?,
+        })
+    }
+
+    /// The containerd container id of this task: deterministic, so that after a
+    /// crash the agent finds what it created. Job and task ids together can be
+    /// longer than containerd accepts (76 characters), hence the hash.
+    pub fn container_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.job.as_str());
+        h.update([0u8]);
+        h.update(self.task.as_str());
+        format!("berth-{}", &hex::encode(h.finalize())[..32])
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.job, self.task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_batch_ids() {
+        for ok in ["a", "job-1", "Task_07", &"x".repeat(64)] {
+            assert!(TaskId::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_unsafe_ids() {
+        let cases: &[(&str, fn(&IdError) -> bool)] = &[
+            ("", |e| matches!(e, IdError::Empty { .. })),
+            ("a/b", |e| matches!(e, IdError::BadCharacter { .. })),
+            ("..", |e| matches!(e, IdError::BadCharacter { .. })),
+            ("a\0b", |e| matches!(e, IdError::BadCharacter { .. })),
+            ("a b", |e| matches!(e, IdError::BadCharacter { .. })),
+            ("é", |e| matches!(e, IdError::BadCharacter { .. })),
+            (&"x".repeat(65), |e| {
+                matches!(e, IdError::TooLong { len: 65, .. })
+            }),
+        ];
+        for (id, want) in cases {
+            let err = JobId::new(*id).expect_err(id);
+            assert!(want(&err), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn nul_is_escaped_in_message() {
+        let err = TaskId::new("a\0b").unwrap_err().to_string();
+        assert!(err.contains("a\\u{0}b"), "{err}");
+        assert!(err.starts_with("task id"));
+    }
+
+    #[test]
+    fn container_id_is_stable_and_valid() {
+        let k = TaskKey::new("job", "task").unwrap();
+        assert_eq!(k.container_id(), k.clone().container_id());
+        assert_eq!(k.container_id().len(), 38);
+        // "ab"+"c" and "a"+"bc" must not collide.
+        let a = TaskKey::new("ab", "c").unwrap();
+        let b = TaskKey::new("a", "bc").unwrap();
+        assert_ne!(a.container_id(), b.container_id());
+    }
+
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<JobId>("\"ok\"").is_ok());
+        assert!(serde_json::from_str::<JobId>("\"../x\"").is_err());
+    }
+}

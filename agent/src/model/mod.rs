@@ -1,0 +1,14 @@
+//! Domain types shared by every module: task specs and records, ids, node facts.
+//! No transport types here (the scheduler API's generated types live in `api/`,
+//! containerd's in `containerd/`).
+
+mod ids;
+mod node;
+mod task;
+
+pub use ids::{IdError, JobId, TaskId, TaskKey};
+pub use node::NodeFacts;
+pub use task::{
+    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo,
+    TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
+};

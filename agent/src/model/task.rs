@@ -1,0 +1,239 @@
+//! A task as the scheduler describes it (`TaskSpec`) and as the agent reports it
+//! (`TaskInfo`). The semantics are those of `shared/design/SEMANTICS.md`.
+
+use super::TaskKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+/// Task directories are kept this long after completion unless the task says otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WorkingDirMode {
+    /// Start in the task's working directory (same absolute path as on the host).
+    #[default]
+    TaskWorkingDir,
+    /// Start in the image's WORKDIR (or `/`).
+    ImageDefault,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSettings {
+    pub image: String,
+    pub run_options: String,
+    pub working_directory: WorkingDirMode,
+}
+
+/// The uid/gid a task runs as. Unset fields mean root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserIdentity {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TaskConstraints {
+    pub max_wall_clock_time: Option<Duration>,
+    pub retention_time: Option<Duration>,
+}
+
+impl TaskConstraints {
+    pub fn retention(&self) -> Duration {
+        self.retention_time.unwrap_or(DEFAULT_RETENTION)
+    }
+}
+
+/// A task as accepted from the scheduler (already validated: ids are safe, the
+/// image is named, no reserved environment names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub key: TaskKey,
+    pub command_line: String,
+    pub container: Option<ContainerSettings>,
+    pub environment: BTreeMap<String, String>,
+    pub user: UserIdentity,
+    pub constraints: TaskConstraints,
+    pub required_slots: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    Active,
+    Preparing,
+    Running,
+    Completed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Active => "ACTIVE",
+            TaskState::Preparing => "PREPARING",
+            TaskState::Running => "RUNNING",
+            TaskState::Completed => "COMPLETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Active,
+            Self::Preparing,
+            Self::Running,
+            Self::Completed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskResult {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureCategory {
+    UserError,
+    ServerError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureInfo {
+    pub category: FailureCategory,
+    pub code: String,
+    pub message: String,
+}
+
+impl FailureInfo {
+    pub fn user(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            category: FailureCategory::UserError,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+    pub fn server(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            category: FailureCategory::ServerError,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub container_id: String,
+    pub state: String,
+    pub error: String,
+}
+
+/// Everything the agent reports about one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub result: Option<TaskResult>,
+    pub failure: Option<FailureInfo>,
+    pub container: Option<ContainerInfo>,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub completed_at: Option<SystemTime>,
+    /// Sequence number of this task's last state change.
+    pub sequence: u64,
+    /// Set once the task's process was started, so a restart never starts it again.
+    pub ever_started: bool,
+}
+
+impl TaskInfo {
+    pub fn new(spec: TaskSpec, now: SystemTime) -> Self {
+        Self {
+            spec,
+            state: TaskState::Active,
+            exit_code: None,
+            result: None,
+            failure: None,
+            container: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            sequence: 0,
+            ever_started: false,
+        }
+    }
+
+    pub fn key(&self) -> &TaskKey {
+        &self.spec.key
+    }
+
+    /// Marks the task completed with an exit code (if the process ran) and a
+    /// failure (if any). The result follows: success only for exit code 0 and no failure.
+    pub fn complete(
+        &mut self,
+        exit_code: Option<i32>,
+        failure: Option<FailureInfo>,
+        now: SystemTime,
+    ) {
+        self.state = TaskState::Completed;
+        self.exit_code = exit_code;
+        self.result = Some(if failure.is_none() && exit_code == Some(0) {
+            TaskResult::Success
+        } else {
+            TaskResult::Failure
+        });
+        self.failure = failure;
+        self.completed_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            key: TaskKey::new("j", "t").unwrap(),
+            command_line: String::new(),
+            container: None,
+            environment: BTreeMap::new(),
+            user: UserIdentity::default(),
+            constraints: TaskConstraints::default(),
+            required_slots: 1,
+        }
+    }
+
+    #[test]
+    fn result_follows_exit_code_and_failure() {
+        let now = SystemTime::now();
+        let mut t = TaskInfo::new(spec(), now);
+        t.complete(Some(0), None, now);
+        assert_eq!(t.result, Some(TaskResult::Success));
+        t.complete(Some(3), None, now);
+        assert_eq!(t.result, Some(TaskResult::Failure));
+        t.complete(None, Some(FailureInfo::user("ImageNotFound", "x")), now);
+        assert_eq!(t.result, Some(TaskResult::Failure));
+        assert_eq!(t.state, TaskState::Completed);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in [
+            TaskState::Active,
+            TaskState::Preparing,
+            TaskState::Running,
+            TaskState::Completed,
+        ] {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+            assert_eq!(TaskState::parse(&s.as_str().to_lowercase()), Some(s));
+        }
+        assert_eq!(TaskState::parse("done"), None);
+    }
+
+    #[test]
+    fn retention_defaults_to_seven_days() {
+        assert_eq!(TaskConstraints::default().retention(), DEFAULT_RETENTION);
+    }
+}
