@@ -2,8 +2,13 @@
 //! the dependency rule is `api → supervisor → {spec, images, layout, containerd,
 //! store} → model`.
 
+pub mod api;
 pub mod config;
+pub mod containerd;
 pub mod images;
 pub mod layout;
 pub mod model;
+pub mod node;
 pub mod spec;
+pub mod store;
+pub mod supervisor;

@@ -1,1 +1,159 @@
-fn main() {}
+//! `berth-agent`: config → build → spawn → wait for a signal → exit.
+//! Running tasks live in containerd shims and keep running when the agent stops;
+//! the next start re-attaches to them.
+
+use berth_agent::api::{self, Api};
+use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
+use berth_agent::containerd::Containerd;
+use berth_agent::images::Platform;
+use berth_agent::layout::Layout;
+use berth_agent::store::Store;
+use berth_agent::supervisor::{Settings, Supervisor};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "berth node agent: runs batch tasks in containers through containerd"
+)]
+struct Args {
+    /// Config file (TOML). Without it, /etc/berth/agent.toml if present, else the defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load_config(args: &Args) -> Result<Config, String> {
+    let host = berth_agent::node::hostname();
+    let path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => Config::load(&p, &host).map_err(|e| e.to_string()),
+        None => Config::parse("", &host).map_err(|e| e.to_string()),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down; tasks keep running"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down; tasks keep running"),
+    }
+}
+
+/// Recovers what the previous agent left, retrying while containerd is unreachable.
+async fn recover(sup: Supervisor) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sup.recover().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn sweep_retention(sup: Supervisor, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sup.sweep_retention(SystemTime::now()).await {
+            tracing::warn!(error = %e, "retention sweep failed");
+        }
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let platform = Platform::host();
+    let node = berth_agent::node::facts(&cfg, &platform);
+    let layout = Layout::new(&cfg.root_dir);
+    layout.create_node_dirs().map_err(|e| e.to_string())?;
+    let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+    let runtime = Arc::new(Containerd::new(
+        &cfg.containerd_socket,
+        &cfg.namespace,
+        &cfg.snapshotter,
+        &cfg.runtime,
+    ));
+    let settings = Settings {
+        namespace: cfg.namespace.clone(),
+        task_slots: cfg.task_slots,
+        terminate_grace: cfg.terminate_grace,
+        platform,
+    };
+    tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
+        containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
+    let sup = Supervisor::new(settings, node, layout.clone(), store, runtime);
+    tokio::spawn(recover(sup.clone()));
+    tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
+    api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cfg));
+    // Waits in flight (one per running task) are dropped; the tasks go on in containerd.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "berth-agent failed");
+            eprintln!("berth-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -127,9 +127,11 @@ mod tests {
         }
     }
 
+    type Check = fn(&IdError) -> bool;
+
     #[test]
     fn refuses_unsafe_ids() {
-        let cases: &[(&str, fn(&IdError) -> bool)] = &[
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, IdError::Empty { .. })),
             ("a/b", |e| matches!(e, IdError::BadCharacter { .. })),
             ("..", |e| matches!(e, IdError::BadCharacter { .. })),

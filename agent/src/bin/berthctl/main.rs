@@ -1,1 +1,376 @@
-fn main() {}
+//! `berthctl`: the reference scheduler-side client of a berth agent.
+//!
+//! Exit status: 0 on success; for `run --wait`, the task's exit code, or 125 when
+//! the task completed without its process running (image not found, container
+//! create failed, terminated while waiting); 1 when the agent answered with an
+//! error or could not be reached; 2 for a usage error.
+
+mod output;
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::node_agent_client::NodeAgentClient;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Exit status of `run --wait` when the task's process never ran.
+const EXIT_NOT_RUN: u8 = 125;
+
+#[derive(Parser)]
+#[command(name = "berthctl", version, about = "Talk to a berth node agent")]
+struct Cli {
+    /// Agent address: unix:///path/to/socket or http://host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ADDR",
+        default_value = "unix:///run/berth/agent.sock"
+    )]
+    addr: String,
+    /// Output format of the read verbs.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Workdir {
+    Task,
+    Image,
+}
+
+#[derive(clap::Args)]
+struct TaskRef {
+    #[arg(long)]
+    job: String,
+    #[arg(long)]
+    task: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit a container task.
+    Run {
+        #[command(flatten)]
+        id: TaskRef,
+        #[arg(long)]
+        image: String,
+        /// Empty: the image's ENTRYPOINT + CMD. Split with shell-word rules; no shell runs it.
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        command_line: String,
+        /// `docker create` flags, e.g. "--rm --workdir /app".
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        run_options: String,
+        #[arg(long, value_enum, default_value_t = Workdir::Task)]
+        workdir: Workdir,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
+        /// e.g. "30s", "2h".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_wall_clock: Option<Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Wait for the task to complete and exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show one task.
+    Get {
+        #[command(flatten)]
+        id: TaskRef,
+    },
+    /// List tasks.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        /// ACTIVE, PREPARING, RUNNING or COMPLETED.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Follow task state changes.
+    Watch {
+        /// Replay events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Print a task's stdout.txt (or stderr.txt).
+    Logs {
+        #[command(flatten)]
+        id: TaskRef,
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Terminate a task (SIGTERM, then SIGKILL after the grace period).
+    Kill {
+        #[command(flatten)]
+        id: TaskRef,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
+    /// Delete a completed task's record and directory.
+    Rm {
+        #[command(flatten)]
+        id: TaskRef,
+    },
+    /// Show the node.
+    Node,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("berthctl: {msg}");
+    ExitCode::FAILURE
+}
+
+fn status_msg(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+fn print_task(out: Output, t: &pb::TaskInfo) {
+    match out {
+        Output::Json => println!("{}", output::task_json(t)),
+        Output::Text => println!("{}", output::task_human(t)),
+    }
+}
+
+fn parse_env(env: &[String]) -> Result<HashMap<String, String>, String> {
+    env.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--env {kv:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+async fn wait_for(
+    client: &mut NodeAgentClient<Channel>,
+    job: &str,
+    task: &str,
+    from: u64,
+) -> Result<pb::TaskInfo, String> {
+    let mut stream = client
+        .watch_tasks(pb::WatchTasksRequest {
+            from_sequence: from,
+        })
+        .await
+        .map_err(|s| status_msg(&s))?
+        .into_inner();
+    while let Some(ev) = stream.message().await.map_err(|s| status_msg(&s))? {
+        if let Some(t) = ev.task {
+            if t.job_id == job && t.task_id == task && t.state == pb::TaskState::Completed as i32 {
+                return Ok(t);
+            }
+        }
+    }
+    Err("the agent closed the event stream".into())
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let channel = berth_proto::connect(&cli.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = NodeAgentClient::new(channel);
+    let out = cli.output;
+    let st = |s: tonic::Status| status_msg(&s);
+    match cli.cmd {
+        Cmd::Run {
+            id,
+            image,
+            command_line,
+            run_options,
+            workdir,
+            env,
+            uid,
+            gid,
+            max_wall_clock,
+            retention,
+            slots,
+            wait,
+        } => {
+            let spec = pb::TaskSpec {
+                job_id: id.job.clone(),
+                task_id: id.task.clone(),
+                command_line,
+                container: Some(pb::ContainerSettings {
+                    image,
+                    run_options,
+                    working_directory: match workdir {
+                        Workdir::Task => pb::WorkingDirectory::TaskWorkingDir,
+                        Workdir::Image => pb::WorkingDirectory::ImageDefault,
+                    } as i32,
+                }),
+                environment: parse_env(&env)?,
+                user: Some(pb::UserIdentity { uid, gid }),
+                constraints: Some(pb::TaskConstraints {
+                    max_wall_clock_time: max_wall_clock.and_then(|d| d.try_into().ok()),
+                    retention_time: retention.and_then(|d| d.try_into().ok()),
+                }),
+                required_slots: slots,
+            };
+            let info = client
+                .run_task(pb::RunTaskRequest { task: Some(spec) })
+                .await
+                .map_err(st)?
+                .into_inner();
+            if !wait {
+                print_task(out, &info);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let done = wait_for(
+                &mut client,
+                &id.job,
+                &id.task,
+                info.sequence.saturating_sub(1),
+            )
+            .await?;
+            print_task(out, &done);
+            Ok(match done.exit_code {
+                Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                None => ExitCode::from(EXIT_NOT_RUN),
+            })
+        }
+        Cmd::Get { id } => {
+            let t = client
+                .get_task(pb::GetTaskRequest {
+                    job_id: id.job,
+                    task_id: id.task,
+                })
+                .await
+                .map_err(st)?;
+            print_task(out, t.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::List { job, state } => {
+            let state = match state {
+                None => pb::TaskState::Unspecified,
+                Some(s) => pb::TaskState::from_str_name(&s.to_uppercase())
+                    .ok_or_else(|| format!("unknown state {s:?}"))?,
+            };
+            let req = pb::ListTasksRequest {
+                job_id: job.unwrap_or_default(),
+                state: state as i32,
+            };
+            let tasks = client.list_tasks(req).await.map_err(st)?.into_inner().tasks;
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::Value::Array(tasks.iter().map(output::task_json).collect())
+                ),
+                Output::Text => println!("{}", output::table(&tasks)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Watch { from } => {
+            let mut stream = client
+                .watch_tasks(pb::WatchTasksRequest {
+                    from_sequence: from,
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(st)? {
+                match out {
+                    Output::Json => println!("{}", output::event_json(&ev)),
+                    Output::Text => {
+                        let t = ev.task.as_ref().map(output::task_human).unwrap_or_default();
+                        println!("{:>8}  {t}", ev.sequence)
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { id, stderr } => {
+            let path = if stderr { "stderr.txt" } else { "stdout.txt" };
+            let mut offset = 0;
+            let mut stdout = std::io::stdout().lock();
+            loop {
+                let req = pb::ReadTaskFileRequest {
+                    job_id: id.job.clone(),
+                    task_id: id.task.clone(),
+                    path: path.into(),
+                    offset,
+                    length: 0,
+                };
+                let r = client.read_task_file(req).await.map_err(st)?.into_inner();
+                offset += r.data.len() as u64;
+                stdout.write_all(&r.data).map_err(|e| e.to_string())?;
+                if r.eof || r.data.is_empty() {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill { id, grace } => {
+            let req = pb::TerminateTaskRequest {
+                job_id: id.job,
+                task_id: id.task,
+                grace_period: grace.and_then(|d| d.try_into().ok()),
+            };
+            print_task(out, client.terminate_task(req).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rm { id } => {
+            client
+                .delete_task(pb::DeleteTaskRequest {
+                    job_id: id.job,
+                    task_id: id.task,
+                })
+                .await
+                .map_err(st)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Node => {
+            let n = client
+                .get_node(pb::GetNodeRequest {})
+                .await
+                .map_err(st)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", output::node_json(&n)),
+                Output::Text => {
+                    for (k, v) in output::node_json(&n).as_object().into_iter().flatten() {
+                        println!(
+                            "{k:<20} {}",
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string())
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}

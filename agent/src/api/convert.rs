@@ -1,0 +1,311 @@
+//! Conversions between the scheduler API's generated types (`berth.v1`) and the
+//! domain types. The only place that knows both.
+
+use super::error::DecodeError;
+use crate::model::{
+    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo,
+    TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
+};
+use crate::store::TaskEvent;
+use crate::supervisor::NodeStatus;
+use berth_proto::v1 as pb;
+use std::time::{Duration, SystemTime};
+
+pub fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Error> {
+    Ok(TaskKey::new(job_id, task_id)?)
+}
+
+fn duration(
+    field: &'static str,
+    d: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, DecodeError> {
+    d.map(|d| {
+        Duration::try_from(d)
+            .map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}")))
+    })
+    .transpose()
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    t.into()
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
+    match pb::WorkingDirectory::try_from(v) {
+        Ok(pb::WorkingDirectory::Unspecified | pb::WorkingDirectory::TaskWorkingDir) => {
+            Ok(WorkingDirMode::TaskWorkingDir)
+        }
+        Ok(pb::WorkingDirectory::ImageDefault) => Ok(WorkingDirMode::ImageDefault),
+        Err(_) => Err(DecodeError::new(
+            "container.working_directory",
+            format!("unknown value {v}"),
+        )),
+    }
+}
+
+pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
+    Ok(match pb::TaskState::try_from(v) {
+        Ok(pb::TaskState::Unspecified) => None,
+        Ok(pb::TaskState::Active) => Some(TaskState::Active),
+        Ok(pb::TaskState::Preparing) => Some(TaskState::Preparing),
+        Ok(pb::TaskState::Running) => Some(TaskState::Running),
+        Ok(pb::TaskState::Completed) => Some(TaskState::Completed),
+        Err(_) => return Err(DecodeError::new("state", format!("unknown task state {v}"))),
+    })
+}
+
+/// Decodes a `TaskSpec`. Id errors are reported by the supervisor's id types.
+pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> {
+    let key = key(&t.job_id, &t.task_id)?;
+    let decode = |e: DecodeError| crate::supervisor::Error::Invalid {
+        field: e.field,
+        reason: e.reason,
+    };
+    let container = match t.container {
+        Some(c) => Some(ContainerSettings {
+            image: c.image,
+            run_options: c.run_options,
+            working_directory: working_dir(c.working_directory).map_err(decode)?,
+        }),
+        None => None,
+    };
+    let constraints = t.constraints.unwrap_or_default();
+    Ok(TaskSpec {
+        key,
+        command_line: t.command_line,
+        container,
+        environment: t.environment.into_iter().collect(),
+        user: t
+            .user
+            .map(|u| UserIdentity {
+                uid: u.uid,
+                gid: u.gid,
+            })
+            .unwrap_or_default(),
+        constraints: TaskConstraints {
+            max_wall_clock_time: duration(
+                "constraints.max_wall_clock_time",
+                constraints.max_wall_clock_time,
+            )
+            .map_err(decode)?,
+            retention_time: duration("constraints.retention_time", constraints.retention_time)
+                .map_err(decode)?,
+        },
+        required_slots: t.required_slots.max(1),
+    })
+}
+
+fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
+    pb::TaskSpec {
+        job_id: s.key.job.to_string(),
+        task_id: s.key.task.to_string(),
+        command_line: s.command_line.clone(),
+        container: s.container.as_ref().map(|c| pb::ContainerSettings {
+            image: c.image.clone(),
+            run_options: c.run_options.clone(),
+            working_directory: match c.working_directory {
+                WorkingDirMode::TaskWorkingDir => pb::WorkingDirectory::TaskWorkingDir,
+                WorkingDirMode::ImageDefault => pb::WorkingDirectory::ImageDefault,
+            } as i32,
+        }),
+        environment: s.environment.clone().into_iter().collect(),
+        user: Some(pb::UserIdentity {
+            uid: s.user.uid,
+            gid: s.user.gid,
+        }),
+        constraints: Some(pb::TaskConstraints {
+            max_wall_clock_time: s.constraints.max_wall_clock_time.map(proto_duration),
+            retention_time: Some(proto_duration(s.constraints.retention())),
+        }),
+        required_slots: s.required_slots,
+    }
+}
+
+fn state_to_proto(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Active => pb::TaskState::Active,
+        TaskState::Preparing => pb::TaskState::Preparing,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Completed => pb::TaskState::Completed,
+    }
+}
+
+fn failure_to_proto(f: &FailureInfo) -> pb::FailureInfo {
+    pb::FailureInfo {
+        category: match f.category {
+            FailureCategory::UserError => pb::FailureCategory::UserError,
+            FailureCategory::ServerError => pb::FailureCategory::ServerError,
+        } as i32,
+        code: f.code.clone(),
+        message: f.message.clone(),
+    }
+}
+
+fn container_to_proto(c: &ContainerInfo) -> pb::ContainerInfo {
+    pb::ContainerInfo {
+        container_id: c.container_id.clone(),
+        state: c.state.clone(),
+        error: c.error.clone(),
+    }
+}
+
+/// `TaskInfo` for the API; `paths` are the task's directory and working directory.
+pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::TaskInfo {
+    pb::TaskInfo {
+        job_id: t.key().job.to_string(),
+        task_id: t.key().task.to_string(),
+        state: state_to_proto(t.state) as i32,
+        exit_code: t.exit_code,
+        result: match t.result {
+            None => pb::TaskResult::Unspecified,
+            Some(TaskResult::Success) => pb::TaskResult::Success,
+            Some(TaskResult::Failure) => pb::TaskResult::Failure,
+        } as i32,
+        failure_info: t.failure.as_ref().map(failure_to_proto),
+        container_info: t.container.as_ref().map(container_to_proto),
+        created_at: Some(timestamp(t.created_at)),
+        started_at: t.started_at.map(timestamp),
+        completed_at: t.completed_at.map(timestamp),
+        sequence: t.sequence,
+        task_dir,
+        working_dir,
+        spec: Some(spec_to_proto(&t.spec)),
+    }
+}
+
+pub fn event(e: &TaskEvent, task: pb::TaskInfo) -> pb::TaskEvent {
+    pb::TaskEvent {
+        sequence: e.sequence,
+        task: Some(task),
+    }
+}
+
+pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
+    pb::NodeInfo {
+        node_id: s.node.node_id.clone(),
+        pool_id: s.node.pool_id.clone(),
+        os: s.node.os.clone(),
+        arch: s.node.arch.clone(),
+        cpus: s.node.cpus,
+        memory_bytes: s.node.memory_bytes,
+        task_slots_total: s.slots_total,
+        task_slots_free: s.slots_free,
+        containerd_version: s.containerd_version.clone().unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        node_root: s.node.root_dir.display().to_string(),
+        containerd_reachable: s.containerd_version.is_some(),
+        hostname: s.node.hostname.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn proto_spec() -> pb::TaskSpec {
+        pb::TaskSpec {
+            job_id: "job1".into(),
+            task_id: "task1".into(),
+            command_line: "/bin/true".into(),
+            container: Some(pb::ContainerSettings {
+                image: "busybox".into(),
+                run_options: "--rm".into(),
+                working_directory: pb::WorkingDirectory::ImageDefault as i32,
+            }),
+            environment: HashMap::from([("A".to_string(), "1".to_string())]),
+            user: Some(pb::UserIdentity {
+                uid: Some(1000),
+                gid: Some(100),
+            }),
+            constraints: Some(pb::TaskConstraints {
+                max_wall_clock_time: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                retention_time: None,
+            }),
+            required_slots: 0,
+        }
+    }
+
+    #[test]
+    fn spec_round_trip() {
+        let spec = task_spec(proto_spec()).unwrap();
+        assert_eq!(spec.key.to_string(), "job1/task1");
+        assert_eq!(
+            spec.container.as_ref().unwrap().working_directory,
+            WorkingDirMode::ImageDefault
+        );
+        assert_eq!(
+            spec.user,
+            UserIdentity {
+                uid: Some(1000),
+                gid: Some(100)
+            }
+        );
+        assert_eq!(
+            spec.constraints.max_wall_clock_time,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(spec.required_slots, 1, "0 slots means 1");
+        let back = spec_to_proto(&spec);
+        assert_eq!(back.command_line, "/bin/true");
+        assert_eq!(back.environment.get("A").map(String::as_str), Some("1"));
+        assert_eq!(
+            back.constraints.unwrap().retention_time.unwrap().seconds,
+            7 * 24 * 3600
+        );
+    }
+
+    #[test]
+    fn bad_fields() {
+        let mut p = proto_spec();
+        p.container.as_mut().unwrap().working_directory = 9;
+        assert!(task_spec(p)
+            .unwrap_err()
+            .to_string()
+            .contains("container.working_directory"));
+        let mut p = proto_spec();
+        p.constraints.as_mut().unwrap().max_wall_clock_time = Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        assert!(task_spec(p)
+            .unwrap_err()
+            .to_string()
+            .contains("max_wall_clock_time"));
+        let mut p = proto_spec();
+        p.task_id = "../x".into();
+        assert!(task_spec(p).is_err());
+        assert!(task_state(42).is_err());
+        assert_eq!(task_state(0).unwrap(), None);
+    }
+
+    #[test]
+    fn info_to_proto() {
+        let spec = task_spec(proto_spec()).unwrap();
+        let mut info = TaskInfo::new(spec, SystemTime::UNIX_EPOCH + Duration::from_secs(10));
+        info.complete(
+            Some(137),
+            Some(FailureInfo::user("TaskKilledBySignal", "x")),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(20),
+        );
+        let p = task_info(&info, "/d".into(), "/d/wd".into());
+        assert_eq!(p.state, pb::TaskState::Completed as i32);
+        assert_eq!(p.exit_code, Some(137));
+        assert_eq!(p.result, pb::TaskResult::Failure as i32);
+        assert_eq!(
+            p.failure_info.unwrap().category,
+            pb::FailureCategory::UserError as i32
+        );
+        assert_eq!(p.completed_at.unwrap().seconds, 20);
+    }
+}

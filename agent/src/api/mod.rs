@@ -1,0 +1,154 @@
+//! The scheduler API (`berth.v1.NodeAgent`) over tonic. Each RPC decodes its
+//! request, makes one supervisor call and encodes the answer; conversions are in
+//! `convert`, error codes in `error`.
+
+mod convert;
+mod error;
+mod server;
+
+pub use server::{serve, ServeError};
+
+use crate::layout::Layout;
+use crate::model::TaskInfo;
+use crate::supervisor::Supervisor;
+use berth_proto::v1 as pb;
+use berth_proto::v1::node_agent_server::NodeAgent;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+pub struct Api {
+    sup: Supervisor,
+    layout: Layout,
+}
+
+impl Api {
+    pub fn new(sup: Supervisor, layout: Layout) -> Self {
+        Self { sup, layout }
+    }
+
+    fn info(&self, t: &TaskInfo) -> pb::TaskInfo {
+        let p = self.layout.task(t.key());
+        convert::task_info(
+            t,
+            p.task_dir.display().to_string(),
+            p.working_dir.display().to_string(),
+        )
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeAgent for Api {
+    async fn get_node(
+        &self,
+        _: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        Ok(Response::new(convert::node_info(
+            &self.sup.node_status().await,
+        )))
+    }
+
+    async fn run_task(
+        &self,
+        req: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let task = req
+            .into_inner()
+            .task
+            .ok_or_else(|| error::DecodeError::new("task", "is required"))?;
+        let spec = convert::task_spec(task)?;
+        let info = self.sup.run_task(spec).await?;
+        Ok(Response::new(self.info(&info)))
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let r = req.into_inner();
+        let info = self
+            .sup
+            .get_task(&convert::key(&r.job_id, &r.task_id)?)
+            .await?;
+        Ok(Response::new(self.info(&info)))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let state = convert::task_state(r.state)?;
+        let job = (!r.job_id.is_empty()).then_some(r.job_id);
+        let tasks = self.sup.list_tasks(job, state).await?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.iter().map(|t| self.info(t)).collect(),
+        }))
+    }
+
+    type WatchTasksStream = EventStream;
+
+    async fn watch_tasks(
+        &self,
+        req: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let rx = self.sup.watch(req.into_inner().from_sequence);
+        let layout = self.layout.clone();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |ev| {
+            let ev = ev.map_err(Status::from)?;
+            let p = layout.task(ev.task.key());
+            let info = convert::task_info(
+                &ev.task,
+                p.task_dir.display().to_string(),
+                p.working_dir.display().to_string(),
+            );
+            Ok(convert::event(&ev, info))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn terminate_task(
+        &self,
+        req: Request<pb::TerminateTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let r = req.into_inner();
+        let key = convert::key(&r.job_id, &r.task_id)?;
+        let grace = r
+            .grace_period
+            .map(std::time::Duration::try_from)
+            .transpose()
+            .map_err(|_| error::DecodeError::new("grace_period", "must not be negative"))?;
+        let info = self.sup.terminate(&key, grace).await?;
+        Ok(Response::new(self.info(&info)))
+    }
+
+    async fn delete_task(
+        &self,
+        req: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<pb::DeleteTaskResponse>, Status> {
+        let r = req.into_inner();
+        self.sup
+            .delete(&convert::key(&r.job_id, &r.task_id)?)
+            .await?;
+        Ok(Response::new(pb::DeleteTaskResponse {}))
+    }
+
+    async fn read_task_file(
+        &self,
+        req: Request<pb::ReadTaskFileRequest>,
+    ) -> Result<Response<pb::ReadTaskFileResponse>, Status> {
+        let r = req.into_inner();
+        let key = convert::key(&r.job_id, &r.task_id)?;
+        let f = self
+            .sup
+            .read_file(&key, &r.path, r.offset, r.length)
+            .await?;
+        Ok(Response::new(pb::ReadTaskFileResponse {
+            data: f.data,
+            size: f.size,
+            eof: f.eof,
+        }))
+    }
+}

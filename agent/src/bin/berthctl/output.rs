@@ -1,0 +1,110 @@
+//! How berthctl prints API answers: a short human form, or JSON (`--output json`).
+
+use berth_proto::v1 as pb;
+use serde_json::{json, Value};
+
+pub fn state_name(v: i32) -> &'static str {
+    pb::TaskState::try_from(v)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => {
+            let st = std::time::UNIX_EPOCH
+                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            Value::String(humantime::format_rfc3339_millis(st).to_string())
+        }
+        None => Value::Null,
+    }
+}
+
+pub fn task_json(t: &pb::TaskInfo) -> Value {
+    json!({
+        "job_id": t.job_id,
+        "task_id": t.task_id,
+        "state": state_name(t.state),
+        "exit_code": t.exit_code,
+        "result": pb::TaskResult::try_from(t.result).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
+        "failure_info": t.failure_info.as_ref().map(|f| json!({
+            "category": pb::FailureCategory::try_from(f.category).map(|c| c.as_str_name()).unwrap_or("UNKNOWN"),
+            "code": f.code,
+            "message": f.message,
+        })),
+        "container_info": t.container_info.as_ref().map(|c| json!({
+            "container_id": c.container_id, "state": c.state, "error": c.error,
+        })),
+        "created_at": ts(&t.created_at),
+        "started_at": ts(&t.started_at),
+        "completed_at": ts(&t.completed_at),
+        "sequence": t.sequence,
+        "task_dir": t.task_dir,
+        "working_dir": t.working_dir,
+    })
+}
+
+pub fn event_json(e: &pb::TaskEvent) -> Value {
+    let mut v = e.task.as_ref().map(task_json).unwrap_or_else(|| json!({}));
+    v["sequence"] = json!(e.sequence);
+    v
+}
+
+pub fn node_json(n: &pb::NodeInfo) -> Value {
+    json!({
+        "node_id": n.node_id, "pool_id": n.pool_id, "hostname": n.hostname, "os": n.os, "arch": n.arch,
+        "cpus": n.cpus, "memory_bytes": n.memory_bytes,
+        "task_slots_total": n.task_slots_total, "task_slots_free": n.task_slots_free,
+        "containerd_version": n.containerd_version, "containerd_reachable": n.containerd_reachable,
+        "agent_version": n.agent_version, "node_root": n.node_root,
+    })
+}
+
+pub fn task_human(t: &pb::TaskInfo) -> String {
+    let mut s = format!("{}/{}  {}", t.job_id, t.task_id, state_name(t.state));
+    if let Some(code) = t.exit_code {
+        s.push_str(&format!("  exit {code}"));
+    }
+    if let Some(f) = &t.failure_info {
+        s.push_str(&format!("  {}: {}", f.code, f.message));
+    }
+    s
+}
+
+pub fn table(tasks: &[pb::TaskInfo]) -> String {
+    let mut rows = vec![[
+        "JOB".to_string(),
+        "TASK".into(),
+        "STATE".into(),
+        "EXIT".into(),
+        "FAILURE".into(),
+    ]];
+    for t in tasks {
+        rows.push([
+            t.job_id.clone(),
+            t.task_id.clone(),
+            state_name(t.state).into(),
+            t.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            t.failure_info
+                .as_ref()
+                .map(|f| f.code.clone())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,364 @@
+//! [`Runtime`] over containerd's gRPC API. One lazily connected channel, shared
+//! by every call; tonic reconnects it when containerd restarts.
+
+use super::{CreateRequest, ExitStatus, ResolvedImage, Runtime, RuntimeError, TaskStatus};
+use crate::images::Platform;
+use async_trait::async_trait;
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest, KillRequest, StartRequest,
+    WaitRequest,
+};
+use containerd_client::types::v1::Status as ProcessStatus;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Type URL containerd expects for an OCI runtime spec in a container record.
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// A containerd client bound to one namespace, snapshotter and runtime.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    snapshotter: String,
+    runtime: String,
+}
+
+impl Containerd {
+    /// A client for the containerd at `socket`. Connects on first use, so the agent
+    /// starts even while containerd is down.
+    pub fn new(socket: &Path, namespace: &str, snapshotter: &str, runtime: &str) -> Self {
+        let path: PathBuf = socket.to_owned();
+        let channel = Endpoint::from_static("http://[::1]:50051")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }));
+        Self {
+            channel,
+            namespace: namespace.into(),
+            snapshotter: snapshotter.into(),
+            runtime: runtime.into(),
+        }
+    }
+
+    pub(super) fn snapshotter(&self) -> &str {
+        &self.snapshotter
+    }
+
+    /// A request in our namespace (containerd's `containerd-namespace` header).
+    pub(super) fn request<T>(&self, msg: T) -> Request<T> {
+        self.with_header(msg, "containerd-namespace", &self.namespace)
+    }
+
+    fn with_header<T>(&self, msg: T, key: &'static str, value: &str) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(v) = value.parse() {
+            req.metadata_mut().insert(key, v);
+        }
+        req
+    }
+
+    /// A request under `lease`, so containerd's GC leaves what it creates alone.
+    fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
+        let mut req = self.request(msg);
+        if let Ok(v) = lease.parse() {
+            req.metadata_mut().insert("containerd-lease", v);
+        }
+        req
+    }
+
+    pub(super) fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+    pub(super) fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+    pub(super) fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+
+    /// Maps a gRPC status from containerd into a [`RuntimeError`].
+    pub(super) fn status_error(&self, op: &'static str, what: &str, s: Status) -> RuntimeError {
+        match s.code() {
+            Code::NotFound => RuntimeError::NotFound {
+                what: what.to_owned(),
+            },
+            Code::Unavailable | Code::Cancelled => RuntimeError::Unavailable {
+                message: s.message().to_owned(),
+            },
+            // Transport failures (connection refused, reset) come back as Unknown with no server message.
+            Code::Unknown if s.message().contains("transport") || s.message().is_empty() => {
+                RuntimeError::Unavailable {
+                    message: format!("{s}"),
+                }
+            }
+            _ => RuntimeError::Failed {
+                op,
+                message: s.message().to_owned(),
+            },
+        }
+    }
+
+    async fn create_inner(&self, req: &CreateRequest, lease: &str) -> Result<(), RuntimeError> {
+        let id = &req.id;
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: id.clone(),
+            parent: req.image.chain_id.clone(),
+            labels: Default::default(),
+        };
+        let mounts = self
+            .snapshots()
+            .prepare(self.leased(prepare, lease))
+            .await
+            .map_err(|s| {
+                self.status_error(
+                    "prepare snapshot",
+                    &format!("snapshot parent {}", req.image.chain_id),
+                    s,
+                )
+            })?
+            .into_inner()
+            .mounts;
+
+        let spec = serde_json::to_vec(&req.spec).map_err(|e| RuntimeError::Failed {
+            op: "encode spec",
+            message: e.to_string(),
+        })?;
+        let container = Container {
+            id: id.clone(),
+            labels: req.labels.clone(),
+            image: req.image.name.clone(),
+            runtime: Some(ContainerRuntime {
+                name: self.runtime.clone(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec,
+            }),
+            snapshotter: self.snapshotter.clone(),
+            snapshot_key: id.clone(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(self.leased(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                lease,
+            ))
+            .await
+            .map_err(|s| self.status_error("create container", &format!("container {id}"), s))?;
+
+        let task = CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: mounts,
+            stdout: req.stdout.display().to_string(),
+            stderr: req.stderr.display().to_string(),
+            ..Default::default()
+        };
+        self.tasks()
+            .create(self.request(task))
+            .await
+            .map_err(|s| self.status_error("create task", &format!("container {id}"), s))?;
+        Ok(())
+    }
+}
+
+fn to_system_time(ts: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    let ts = ts?;
+    if ts.seconds <= 0 {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32))
+}
+
+/// Ignores NotFound: used where a missing object is already the wanted outcome.
+fn ignore_missing(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+#[async_trait]
+impl Runtime for Containerd {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        let v = VersionClient::new(self.channel.clone())
+            .version(Request::new(()))
+            .await
+            .map_err(|s| self.status_error("version", "version service", s))?
+            .into_inner();
+        Ok(v.version)
+    }
+
+    async fn resolve_image(
+        &self,
+        name: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RuntimeError> {
+        self.resolve(name, platform).await
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError> {
+        // A lease keeps the new snapshot from containerd's GC until the container
+        // record references it; it expires by itself if the agent dies meanwhile.
+        let lease = format!("{}-create", req.id);
+        let expire =
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600))
+                .to_string();
+        let lease_req = CreateLeaseRequest {
+            id: lease.clone(),
+            labels: [("containerd.io/gc.expire".to_string(), expire)]
+                .into_iter()
+                .collect(),
+        };
+        match self.leases().create(self.request(lease_req)).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(self.status_error("create lease", "lease", s)),
+        }
+        let result = self.create_inner(&req, &lease).await;
+        if result.is_err() {
+            let _ = self.remove(&req.id).await;
+        }
+        let _ = self
+            .leases()
+            .delete(self.request(DeleteLeaseRequest {
+                id: lease,
+                sync: false,
+            }))
+            .await;
+        result
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let req = StartRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        Ok(self
+            .tasks()
+            .start(self.request(req))
+            .await
+            .map_err(|s| self.status_error("start task", &format!("task {id}"), s))?
+            .into_inner()
+            .pid)
+    }
+
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        let req = WaitRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        let resp = self
+            .tasks()
+            .wait(self.request(req))
+            .await
+            .map_err(|s| self.status_error("wait task", &format!("task {id}"), s))?
+            .into_inner();
+        Ok(ExitStatus {
+            code: resp.exit_status,
+            exited_at: to_system_time(resp.exited_at),
+        })
+    }
+
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
+        let req = KillRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+            all: true,
+        };
+        self.tasks()
+            .kill(self.request(req))
+            .await
+            .map_err(|s| self.status_error("kill task", &format!("task {id}"), s))?;
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
+        let req = GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        let p = self
+            .tasks()
+            .get(self.request(req))
+            .await
+            .map_err(|s| self.status_error("get task", &format!("task {id}"), s))?
+            .into_inner()
+            .process
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: format!("task {id}"),
+            })?;
+        Ok(match ProcessStatus::try_from(p.status) {
+            Ok(ProcessStatus::Created) => TaskStatus::Created,
+            Ok(ProcessStatus::Running) => TaskStatus::Running,
+            Ok(ProcessStatus::Stopped) => TaskStatus::Stopped(ExitStatus {
+                code: p.exit_status,
+                exited_at: to_system_time(p.exited_at),
+            }),
+            _ => TaskStatus::Other,
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let task = self
+            .tasks()
+            .delete(self.request(DeleteTaskRequest {
+                container_id: id.to_owned(),
+            }))
+            .await;
+        ignore_missing(
+            task.map(drop)
+                .map_err(|s| self.status_error("delete task", &format!("task {id}"), s)),
+        )?;
+        let container = self
+            .containers()
+            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
+            .await;
+        ignore_missing(
+            container
+                .map(drop)
+                .map_err(|s| self.status_error("delete container", &format!("container {id}"), s)),
+        )?;
+        let snap = RemoveSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: id.to_owned(),
+        };
+        let snap = self.snapshots().remove(self.request(snap)).await;
+        ignore_missing(
+            snap.map(drop)
+                .map_err(|s| self.status_error("remove snapshot", &format!("snapshot {id}"), s)),
+        )
+    }
+}

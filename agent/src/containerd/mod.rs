@@ -1,0 +1,100 @@
+//! The container runtime edge: the [`Runtime`] trait the supervisor drives, and
+//! its implementation over containerd's gRPC API ([`Containerd`]). This is the
+//! only module that touches `containerd_client`.
+//!
+//! Order of calls for one task, as containerd's own client does it (see
+//! containerd/rust-extensions `crates/client/examples/container.rs`):
+//! snapshot prepare → container create → task create → start → wait →
+//! task delete → container delete → snapshot remove.
+
+mod client;
+mod image;
+
+pub use client::Containerd;
+
+use crate::images::{ImageConfig, Platform};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("containerd is unreachable: {message}")]
+    Unavailable { message: String },
+    #[error("{op} failed: {message}")]
+    Failed { op: &'static str, message: String },
+    #[error("image {image}: {reason}")]
+    BadImage { image: String, reason: String },
+}
+
+impl RuntimeError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+/// An image found in the runtime's image store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The image record's name (the normalised reference).
+    pub name: String,
+    pub config: ImageConfig,
+    /// Chain ID of the image's layers: the parent snapshot of a container.
+    pub chain_id: String,
+}
+
+/// What is needed to create a container and its task (not yet started).
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub id: String,
+    pub image: ResolvedImage,
+    pub spec: oci_spec::runtime::Spec,
+    pub labels: HashMap<String, String>,
+    /// Regular files the shim appends the process's output to.
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// How a task's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// As containerd reports it: the exit code, or 128+N when killed by signal N.
+    pub code: u32,
+    pub exited_at: Option<SystemTime>,
+}
+
+/// The state of a container's task, as far as the runtime knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Created,
+    Running,
+    Stopped(ExitStatus),
+    Other,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's version string.
+    async fn version(&self) -> Result<String, RuntimeError>;
+    /// Finds an unpacked image by name and reads its config.
+    async fn resolve_image(
+        &self,
+        name: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RuntimeError>;
+    /// Creates the snapshot, the container and its task (created, not started).
+    /// On failure, whatever this call made is removed again.
+    async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError>;
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+    /// Waits for the task's process to exit.
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
+    /// Sends a signal to every process of the task.
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError>;
+    /// The task's status; `NotFound` when there is no container or no task.
+    async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError>;
+    /// Deletes the task, the container and its snapshot; what is missing is skipped.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}

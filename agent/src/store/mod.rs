@@ -1,0 +1,366 @@
+//! Durable task records and the sequenced event log, in SQLite (WAL,
+//! `synchronous=FULL`: a change the agent reported is on disk).
+//!
+//! Every change of a task record appends an event with the next sequence number
+//! in the same transaction, and is then published to live watchers while the
+//! store's lock is still held, so watchers see events in sequence order.
+//! `WatchTasks` replays from the log and then follows the live feed.
+
+use crate::model::{TaskInfo, TaskKey, TaskState};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database record is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("task {key} already exists")]
+    Exists { key: TaskKey },
+    #[error("task {key} not found")]
+    Missing { key: TaskKey },
+    #[error("state database worker failed: {0}")]
+    Join(String),
+}
+
+/// One entry of the event log: the task as it was right after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub sequence: u64,
+    pub task: TaskInfo,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id  TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    record  TEXT NOT NULL,
+    PRIMARY KEY (job_id, task_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    record  TEXT NOT NULL
+);
+";
+
+struct Inner {
+    conn: Mutex<Connection>,
+    feed: broadcast::Sender<TaskEvent>,
+}
+
+/// The state database. Cheap to clone; blocking work runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/berth.db`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("berth.db");
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Self::from_conn(conn))
+    }
+
+    /// An in-memory store, for unit tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self::from_conn(conn))
+    }
+
+    fn from_conn(conn: Connection) -> Self {
+        let (feed, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                feed,
+            }),
+        }
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.inner.feed.subscribe()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// Records a new task; `ALREADY_EXISTS`-style error if the key is taken.
+    pub async fn insert(&self, task: TaskInfo) -> Result<TaskInfo, StoreError> {
+        self.blocking(move |inner| inner.write(task, true)).await
+    }
+
+    /// Records a change of an existing task.
+    pub async fn update(&self, task: TaskInfo) -> Result<TaskInfo, StoreError> {
+        self.blocking(move |inner| inner.write(task, false)).await
+    }
+
+    pub async fn get(&self, key: &TaskKey) -> Result<Option<TaskInfo>, StoreError> {
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let rec: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM tasks WHERE job_id = ?1 AND task_id = ?2",
+                    params![key.job.as_str(), key.task.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(rec.map(|r| serde_json::from_str(&r)).transpose()?)
+        })
+        .await
+    }
+
+    /// Tasks in acceptance order, optionally of one job and/or in one state.
+    pub async fn list(
+        &self,
+        job: Option<String>,
+        state: Option<TaskState>,
+    ) -> Result<Vec<TaskInfo>, StoreError> {
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let mut stmt = conn.prepare(
+                "SELECT t.record FROM tasks t
+                 WHERE (?1 IS NULL OR t.job_id = ?1) AND (?2 IS NULL OR t.state = ?2)
+                 ORDER BY (SELECT MIN(seq) FROM events e WHERE e.job_id = t.job_id AND e.task_id = t.task_id)",
+            )?;
+            let rows = stmt.query_map(params![job, state.map(|s| s.as_str())], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(serde_json::from_str(&r?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Updates a record without a new event: for details that are not a state
+    /// change (the container was removed after completion).
+    pub async fn amend(&self, task: TaskInfo) -> Result<(), StoreError> {
+        self.blocking(move |inner| {
+            let key = task.key().clone();
+            let rec = serde_json::to_string(&task)?;
+            inner.lock().execute(
+                "UPDATE tasks SET record = ?1 WHERE job_id = ?2 AND task_id = ?3",
+                params![rec, key.job.as_str(), key.task.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a task's record (its events stay in the log).
+    pub async fn delete(&self, key: &TaskKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let n = inner.lock().execute(
+                "DELETE FROM tasks WHERE job_id = ?1 AND task_id = ?2",
+                params![key.job.as_str(), key.task.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Missing { key });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` events with a sequence greater than `after`, in order.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let mut stmt = conn
+                .prepare("SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (seq, rec) = r?;
+                out.push(TaskEvent {
+                    sequence: seq as u64,
+                    task: serde_json::from_str(&rec)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (the
+        // transaction rolls back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, mut task: TaskInfo, new: bool) -> Result<TaskInfo, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let key = task.key().clone();
+        let (job, id) = (key.job.as_str(), key.task.as_str());
+        let exists: bool = tx.query_row(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ?1 AND task_id = ?2",
+            params![job, id],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        match (new, exists) {
+            (true, true) => return Err(StoreError::Exists { key }),
+            (false, false) => return Err(StoreError::Missing { key }),
+            _ => {}
+        }
+        // Reserve the sequence number, then store the record carrying it.
+        tx.execute(
+            "INSERT INTO events (job_id, task_id, record) VALUES (?1, ?2, '')",
+            params![job, id],
+        )?;
+        task.sequence = tx.last_insert_rowid() as u64;
+        let rec = serde_json::to_string(&task)?;
+        tx.execute(
+            "UPDATE events SET record = ?1 WHERE seq = ?2",
+            params![rec, task.sequence as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO tasks (job_id, task_id, state, record) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(job_id, task_id) DO UPDATE SET state = excluded.state, record = excluded.record",
+            params![job, id, task.state.as_str(), rec],
+        )?;
+        tx.commit()?;
+        // Published under the lock, so live events go out in sequence order.
+        let _ = self.feed.send(TaskEvent {
+            sequence: task.sequence,
+            task: task.clone(),
+        });
+        Ok(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{TaskConstraints, TaskSpec, UserIdentity};
+    use std::time::SystemTime;
+
+    fn task(job: &str, id: &str) -> TaskInfo {
+        TaskInfo::new(
+            TaskSpec {
+                key: TaskKey::new(job, id).unwrap(),
+                command_line: "/bin/true".into(),
+                container: None,
+                environment: Default::default(),
+                user: UserIdentity::default(),
+                constraints: TaskConstraints::default(),
+                required_slots: 1,
+            },
+            SystemTime::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn insert_update_get_list_delete() {
+        let s = Store::in_memory().unwrap();
+        let a = s.insert(task("j1", "a")).await.unwrap();
+        assert_eq!(a.sequence, 1);
+        assert!(matches!(
+            s.insert(task("j1", "a")).await,
+            Err(StoreError::Exists { .. })
+        ));
+        s.insert(task("j2", "b")).await.unwrap();
+        let mut a2 = a.clone();
+        a2.state = TaskState::Running;
+        let a2 = s.update(a2).await.unwrap();
+        assert_eq!(
+            a2.sequence, 3,
+            "the refused insert must not consume a sequence number"
+        );
+        assert_eq!(
+            s.get(&a.spec.key).await.unwrap().unwrap().state,
+            TaskState::Running
+        );
+        assert_eq!(s.list(None, None).await.unwrap().len(), 2);
+        assert_eq!(s.list(Some("j1".into()), None).await.unwrap().len(), 1);
+        assert_eq!(
+            s.list(None, Some(TaskState::Active)).await.unwrap()[0]
+                .spec
+                .key
+                .task
+                .as_str(),
+            "b"
+        );
+        s.delete(&a.spec.key).await.unwrap();
+        assert!(s.get(&a.spec.key).await.unwrap().is_none());
+        assert!(matches!(
+            s.update(a2).await,
+            Err(StoreError::Missing { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn events_are_sequenced_and_published() {
+        let s = Store::in_memory().unwrap();
+        let mut rx = s.subscribe();
+        let a = s.insert(task("j", "a")).await.unwrap();
+        let mut b = a.clone();
+        b.state = TaskState::Preparing;
+        s.update(b).await.unwrap();
+        let evs = s.events_after(0, 100).await.unwrap();
+        assert_eq!(evs.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(evs[1].task.state, TaskState::Preparing);
+        assert_eq!(s.events_after(1, 100).await.unwrap().len(), 1);
+        assert_eq!(rx.recv().await.unwrap().sequence, 1);
+        assert_eq!(rx.recv().await.unwrap().sequence, 2);
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.insert(task("j", "a")).await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s
+            .get(&TaskKey::new("j", "a").unwrap())
+            .await
+            .unwrap()
+            .is_some());
+        let next = s.insert(task("j", "b")).await.unwrap();
+        assert_eq!(next.sequence, 2);
+    }
+}

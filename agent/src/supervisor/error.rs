@@ -1,0 +1,46 @@
+//! Errors of the supervisor's operations, as the API reports them.
+
+use crate::containerd::RuntimeError;
+use crate::images::ImageError;
+use crate::layout::LayoutError;
+use crate::model::{IdError, TaskKey, TaskState};
+use crate::spec::SpecError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("task {key} already exists")]
+    AlreadyExists { key: TaskKey },
+    #[error("task {key} not found")]
+    NotFound { key: TaskKey },
+    #[error("task {key} is {state}; only a completed task can be {action}", state = state.as_str())]
+    WrongState {
+        key: TaskKey,
+        state: TaskState,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists { key } => Error::AlreadyExists { key },
+            StoreError::Missing { key } => Error::NotFound { key },
+            other => Error::Store(other),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The supervisor: accepts tasks, keeps their records, hands out task slots, and
+//! runs one async job per task (`runner`) that drives it through containerd.
+//! Everything the API does is one call here.
+
+mod error;
+mod outcome;
+mod recovery;
+mod runner;
+mod slots;
+mod watch;
+
+pub use error::Error;
+pub use outcome::StopReason;
+
+use crate::containerd::Runtime;
+use crate::images::{self, Platform};
+use crate::layout::{Layout, TaskFiles};
+use crate::model::{FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState};
+use crate::store::{Store, TaskEvent};
+use slots::Slots;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch as tokio_watch};
+
+/// Largest chunk `ReadTaskFile` returns.
+pub const MAX_READ: u64 = 4 << 20;
+
+/// Settings of the supervisor.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub namespace: String,
+    pub task_slots: u32,
+    /// Between SIGTERM and SIGKILL when a task is stopped without a grace period of its own.
+    pub terminate_grace: Duration,
+    pub platform: Platform,
+}
+
+/// A request to stop a running task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    pub reason: StopReason,
+    pub grace: Duration,
+}
+
+type StopSender = tokio_watch::Sender<Option<Stop>>;
+
+struct Sched {
+    slots: Slots,
+    /// One per task that was accepted and has not completed yet.
+    stops: HashMap<TaskKey, StopSender>,
+}
+
+struct Shared {
+    settings: Settings,
+    node: NodeFacts,
+    layout: Layout,
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    sched: Mutex<Sched>,
+}
+
+/// Node-level counters for `GetNode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node: NodeFacts,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    /// None when containerd could not be reached.
+    pub containerd_version: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+impl Supervisor {
+    pub fn new(
+        settings: Settings,
+        node: NodeFacts,
+        layout: Layout,
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+    ) -> Self {
+        let sched = Sched {
+            slots: Slots::new(settings.task_slots),
+            stops: HashMap::new(),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                node,
+                layout,
+                store,
+                runtime,
+                sched: Mutex::new(sched),
+            }),
+        }
+    }
+
+    fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
+        self.shared.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a task before anything is created: ids (already typed), command
+    /// line, run options, environment, image reference, slots.
+    fn check(&self, spec: &TaskSpec) -> Result<(), Error> {
+        let container = spec.container.as_ref().ok_or(Error::Invalid {
+            field: "container",
+            reason: "container settings are required (host tasks are not supported yet)".into(),
+        })?;
+        images::normalize(&container.image)?;
+        crate::spec::check_task(spec)?;
+        let total = self.shared.settings.task_slots;
+        if spec.required_slots == 0 || spec.required_slots > total {
+            return Err(Error::Invalid {
+                field: "required_slots",
+                reason: format!(
+                    "{} slots requested; this node has {total}",
+                    spec.required_slots
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Accepts a task: records it ACTIVE and queues it for a slot.
+    pub async fn run_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
+        self.check(&spec)?;
+        let info = self
+            .shared
+            .store
+            .insert(TaskInfo::new(spec, SystemTime::now()))
+            .await?;
+        tracing::info!(job_id = %info.key().job, task_id = %info.key().task, "task accepted");
+        self.enqueue(info.key().clone(), info.spec.required_slots);
+        Ok(info)
+    }
+
+    fn enqueue(&self, key: TaskKey, slots: u32) {
+        let mut sched = self.sched();
+        sched.slots.enqueue(key.clone(), slots);
+        sched.stops.insert(key, tokio_watch::channel(None).0);
+        self.dispatch(&mut sched);
+    }
+
+    /// Starts every queued task that fits in the free slots.
+    fn dispatch(&self, sched: &mut Sched) {
+        while let Some((key, slots)) = sched.slots.next_ready() {
+            let stop = sched
+                .stops
+                .entry(key.clone())
+                .or_insert_with(|| tokio_watch::channel(None).0)
+                .subscribe();
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.run_and_release(key, slots, runner::Phase::Prepare, stop)
+                    .await
+            });
+        }
+    }
+
+    /// Runs a task from `phase` to completion, then frees its slots.
+    async fn run_and_release(
+        &self,
+        key: TaskKey,
+        slots: u32,
+        phase: runner::Phase,
+        stop: tokio_watch::Receiver<Option<Stop>>,
+    ) {
+        runner::run(self, &key, phase, stop).await;
+        let mut sched = self.sched();
+        sched.slots.release(slots);
+        sched.stops.remove(&key);
+        self.dispatch(&mut sched);
+    }
+
+    pub async fn get_task(&self, key: &TaskKey) -> Result<TaskInfo, Error> {
+        self.shared
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| Error::NotFound { key: key.clone() })
+    }
+
+    pub async fn list_tasks(
+        &self,
+        job: Option<String>,
+        state: Option<TaskState>,
+    ) -> Result<Vec<TaskInfo>, Error> {
+        Ok(self.shared.store.list(job, state).await?)
+    }
+
+    /// Stops a task. A task still waiting for a slot completes at once; a
+    /// preparing or running one gets SIGTERM, then SIGKILL after `grace`.
+    /// A completed task is returned unchanged.
+    pub async fn terminate(
+        &self,
+        key: &TaskKey,
+        grace: Option<Duration>,
+    ) -> Result<TaskInfo, Error> {
+        let info = self.get_task(key).await?;
+        if info.state == TaskState::Completed {
+            return Ok(info);
+        }
+        let grace = grace.unwrap_or(self.shared.settings.terminate_grace);
+        let was_queued = {
+            let mut sched = self.sched();
+            let queued = sched.slots.remove_queued(key);
+            if queued {
+                sched.stops.remove(key);
+            } else if let Some(tx) = sched.stops.get(key) {
+                tx.send_replace(Some(Stop {
+                    reason: StopReason::Terminated,
+                    grace,
+                }));
+            }
+            queued
+        };
+        if was_queued {
+            let mut info = self.get_task(key).await?;
+            info.complete(
+                None,
+                Some(StopReason::Terminated.failure(" before it started")),
+                SystemTime::now(),
+            );
+            return Ok(self.shared.store.update(info).await?);
+        }
+        tracing::info!(job_id = %key.job, task_id = %key.task, grace_ms = grace.as_millis() as u64, "terminating task");
+        self.get_task(key).await
+    }
+
+    /// Removes a completed task's record and directory.
+    pub async fn delete(&self, key: &TaskKey) -> Result<(), Error> {
+        let info = self.get_task(key).await?;
+        if info.state != TaskState::Completed {
+            return Err(Error::WrongState {
+                key: key.clone(),
+                state: info.state,
+                action: "deleted",
+            });
+        }
+        self.shared.layout.remove_task_dir(key)?;
+        self.shared.store.delete(key).await?;
+        tracing::info!(job_id = %key.job, task_id = %key.task, "task deleted");
+        Ok(())
+    }
+
+    /// Reads a file under the task directory.
+    pub async fn read_file(
+        &self,
+        key: &TaskKey,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<TaskFiles, Error> {
+        self.get_task(key).await?;
+        let max = if length == 0 {
+            MAX_READ
+        } else {
+            length.min(MAX_READ)
+        };
+        let layout = self.shared.layout.clone();
+        let (key, path) = (key.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || layout.read_task_file(&key, &path, offset, max))
+            .await
+            .map_err(|e| Error::Invalid {
+                field: "path",
+                reason: format!("read failed: {e}"),
+            })?
+            .map_err(Error::from)
+    }
+
+    pub async fn node_status(&self) -> NodeStatus {
+        let version =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
+        let (total, free) = {
+            let sched = self.sched();
+            (sched.slots.total(), sched.slots.free())
+        };
+        NodeStatus {
+            node: self.shared.node.clone(),
+            slots_total: total,
+            slots_free: free,
+            containerd_version: version.ok().and_then(Result::ok),
+        }
+    }
+
+    /// Every event after `from`, then live ones, into a channel. The feeder ends
+    /// when the receiver is dropped.
+    pub fn watch(&self, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>> {
+        watch::spawn(self.shared.store.clone(), from)
+    }
+
+    /// Removes task directories whose retention time has passed. Returns how many.
+    pub async fn sweep_retention(&self, now: SystemTime) -> Result<usize, Error> {
+        let mut removed = 0;
+        for t in self
+            .shared
+            .store
+            .list(None, Some(TaskState::Completed))
+            .await?
+        {
+            let Some(done) = t.completed_at else { continue };
+            if done + t.spec.constraints.retention() <= now
+                && self.shared.layout.task(t.key()).task_dir.exists()
+            {
+                self.shared.layout.remove_task_dir(t.key())?;
+                tracing::info!(job_id = %t.key().job, task_id = %t.key().task, "retention time passed: task directory removed");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Records a completion computed outside a runner (recovery, early failure).
+    async fn complete(
+        &self,
+        mut info: TaskInfo,
+        exit: Option<i32>,
+        failure: Option<FailureInfo>,
+    ) -> TaskInfo {
+        info.complete(exit, failure, SystemTime::now());
+        runner::save(self, info).await
+    }
+
+    /// Re-attaches to what the previous agent left: see `recovery`.
+    pub async fn recover(&self) -> Result<(), Error> {
+        recovery::recover(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

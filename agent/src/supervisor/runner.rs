@@ -1,0 +1,396 @@
+//! One task's job: PREPARING (directories, image, spec, container) → RUNNING →
+//! COMPLETED. Each state is recorded before the side effect that follows it, and
+//! a container is only ever started from containerd's `Created` state, so a task
+//! never runs twice (see `recovery`).
+
+use super::outcome::{completion, StopReason};
+use super::{Stop, Supervisor};
+use crate::containerd::{CreateRequest, ExitStatus, RuntimeError};
+use crate::images;
+use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskState};
+use crate::spec::{self, SpecInputs};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Where a runner starts: from scratch, at an existing created container, or at
+/// a process that is already running (the last two after an agent restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prepare,
+    Start,
+    Wait,
+}
+
+/// Labels on every container berth creates.
+pub const LABEL_JOB: &str = "berth.job-id";
+pub const LABEL_TASK: &str = "berth.task-id";
+pub const LABEL_KEY: &str = "berth.task-key";
+
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+
+/// Saves a task record; a failing state database is logged, not fatal to the task.
+pub async fn save(sup: &Supervisor, info: TaskInfo) -> TaskInfo {
+    match sup.shared.store.update(info.clone()).await {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::error!(job_id = %info.key().job, task_id = %info.key().task, error = %e, "cannot record task state");
+            info
+        }
+    }
+}
+
+fn stop_requested(stop: &watch::Receiver<Option<Stop>>) -> Option<Stop> {
+    *stop.borrow()
+}
+
+pub async fn run(
+    sup: &Supervisor,
+    key: &TaskKey,
+    phase: Phase,
+    mut stop: watch::Receiver<Option<Stop>>,
+) {
+    let info = match sup.get_task(key).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(job_id = %key.job, task_id = %key.task, error = %e, "task record unreadable");
+            return;
+        }
+    };
+    if info.state == TaskState::Completed {
+        return;
+    }
+    let cid = key.container_id();
+    let info = match phase {
+        Phase::Prepare => match prepare(sup, info, &cid, &stop).await {
+            Ok(info) => start(sup, info, &cid, &mut stop).await,
+            Err(done) => Some(done),
+        },
+        Phase::Start => start(sup, info, &cid, &mut stop).await,
+        Phase::Wait => Some(wait(sup, info, &cid, &mut stop).await),
+    };
+    if let Some(info) = info {
+        if let Err(e) = sup.shared.runtime.remove(&cid).await {
+            tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
+            return;
+        }
+        let mut info = info;
+        if let Some(c) = info.container.as_mut() {
+            c.state = "deleted".into();
+        }
+        let _ = sup.shared.store.amend(info).await;
+    }
+}
+
+/// Fails the task during preparation: records it completed, removes leftovers.
+async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInfo {
+    let key = info.key().clone();
+    tracing::warn!(job_id = %key.job, task_id = %key.task, code = %failure.code, message = %failure.message, "task failed before running");
+    sup.complete(info, None, Some(failure)).await
+}
+
+/// PREPARING: directories, image, spec, container and task created. Returns the
+/// task ready to start, or its completed record.
+async fn prepare(
+    sup: &Supervisor,
+    mut info: TaskInfo,
+    cid: &str,
+    stop: &watch::Receiver<Option<Stop>>,
+) -> Result<TaskInfo, TaskInfo> {
+    let sh = &sup.shared;
+    let key = info.key().clone();
+    if info.state != TaskState::Preparing {
+        info.state = TaskState::Preparing;
+        info = save(sup, info).await;
+    }
+    let user = info.spec.user;
+    let owner = (user.uid.is_some() || user.gid.is_some())
+        .then(|| (user.uid.unwrap_or(0), user.gid.unwrap_or(0)));
+    let layout = sh.layout.clone();
+    let k = key.clone();
+    let dirs = tokio::task::spawn_blocking(move || layout.create_task_dirs(&k, owner)).await;
+    let paths = match dirs {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
+            )
+            .await)
+        }
+        Err(e) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
+            )
+            .await)
+        }
+    };
+
+    let Some(container) = info.spec.container.clone() else {
+        return Err(fail(
+            sup,
+            info,
+            FailureInfo::user("HostTaskNotSupported", "the task has no container settings"),
+        )
+        .await);
+    };
+    let image_name = match images::normalize(&container.image) {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::user("ImageReferenceInvalid", e.to_string()),
+            )
+            .await)
+        }
+    };
+    tracing::info!(job_id = %key.job, task_id = %key.task, image = %image_name, "preparing task");
+    let image = match sh
+        .runtime
+        .resolve_image(&image_name, &sh.settings.platform)
+        .await
+    {
+        Ok(i) => i,
+        Err(RuntimeError::NotFound { .. }) => {
+            let msg = format!("image {image_name} is not on this node");
+            return Err(fail(sup, info, FailureInfo::user("ImageNotFound", msg)).await);
+        }
+        Err(e @ RuntimeError::BadImage { .. }) => {
+            return Err(fail(sup, info, FailureInfo::user("ImageInvalid", e.to_string())).await)
+        }
+        Err(e) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::server("ContainerdUnavailable", e.to_string()),
+            )
+            .await)
+        }
+    };
+
+    let run_options = match spec::check_task(&info.spec) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::user("ContainerCreateFailed", e.to_string()),
+            )
+            .await)
+        }
+    };
+    let cgroups_path = format!("/{}/{cid}", sh.settings.namespace);
+    let inputs = SpecInputs {
+        task: &info.spec,
+        run_options: &run_options,
+        image: &image.config,
+        node: &sh.node,
+        layout: &sh.layout,
+        cgroups_path: &cgroups_path,
+    };
+    let oci = match spec::build(inputs) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(fail(
+                sup,
+                info,
+                FailureInfo::user("ContainerCreateFailed", e.to_string()),
+            )
+            .await)
+        }
+    };
+    if let Some(s) = stop_requested(stop) {
+        return Err(sup
+            .complete(info, None, Some(s.reason.failure(" before it started")))
+            .await);
+    }
+
+    let labels = HashMap::from([
+        (LABEL_JOB.to_string(), key.job.to_string()),
+        (LABEL_TASK.to_string(), key.task.to_string()),
+        (LABEL_KEY.to_string(), key.to_string()),
+    ]);
+    // Whatever an interrupted earlier attempt left under this id goes first.
+    let _ = sh.runtime.remove(cid).await;
+    let req = CreateRequest {
+        id: cid.to_owned(),
+        image,
+        spec: oci,
+        labels,
+        stdout: paths.stdout,
+        stderr: paths.stderr,
+    };
+    if let Err(e) = sh.runtime.create(req).await {
+        let failure = match &e {
+            RuntimeError::Unavailable { .. } => {
+                FailureInfo::server("ContainerdUnavailable", e.to_string())
+            }
+            _ => FailureInfo::user("ContainerCreateFailed", e.to_string()),
+        };
+        return Err(fail(sup, info, failure).await);
+    }
+    info.container = Some(ContainerInfo {
+        container_id: cid.to_owned(),
+        state: "created".into(),
+        error: String::new(),
+    });
+    // Not a state change, so no event: recovery finds the container by its id anyway.
+    if let Err(e) = sh.store.amend(info.clone()).await {
+        tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot record container");
+    }
+    Ok(info)
+}
+
+/// Starts a created container and waits for it. Returns the completed record,
+/// or None if the task was completed elsewhere.
+async fn start(
+    sup: &Supervisor,
+    info: TaskInfo,
+    cid: &str,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Option<TaskInfo> {
+    let key = info.key().clone();
+    if let Some(s) = stop_requested(stop) {
+        return Some(
+            sup.complete(info, None, Some(s.reason.failure(" before it started")))
+                .await,
+        );
+    }
+    if let Err(e) = sup.shared.runtime.start(cid).await {
+        let failure = match &e {
+            RuntimeError::Unavailable { .. } => {
+                FailureInfo::server("ContainerdUnavailable", e.to_string())
+            }
+            _ => FailureInfo::user("ContainerStartFailed", e.to_string()),
+        };
+        let mut info = info;
+        if let Some(c) = info.container.as_mut() {
+            c.error = e.to_string();
+        }
+        return Some(fail(sup, info, failure).await);
+    }
+    let mut info = info;
+    info.state = TaskState::Running;
+    info.ever_started = true;
+    info.started_at = Some(SystemTime::now());
+    if let Some(c) = info.container.as_mut() {
+        c.state = "running".into();
+    }
+    let info = save(sup, info).await;
+    tracing::info!(job_id = %key.job, task_id = %key.task, container_id = %cid, "task running");
+    Some(wait(sup, info, cid, stop).await)
+}
+
+/// Waits for the process to exit, stopping it on terminate or wall-clock expiry.
+async fn wait(
+    sup: &Supervisor,
+    info: TaskInfo,
+    cid: &str,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> TaskInfo {
+    let key = info.key().clone();
+    let rt = sup.shared.runtime.clone();
+    let deadline = info.spec.constraints.max_wall_clock_time.map(|max| {
+        let ran = info
+            .started_at
+            .and_then(|s| SystemTime::now().duration_since(s).ok())
+            .unwrap_or_default();
+        Instant::now() + max.saturating_sub(ran)
+    });
+    let exit = wait_with_retry(sup, cid);
+    tokio::pin!(exit);
+    let mut reason: Option<StopReason> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut stop_open = true;
+    let exit = loop {
+        let pending_stop = if reason.is_none() {
+            stop_requested(stop)
+        } else {
+            None
+        };
+        if let Some(s) = pending_stop {
+            reason = Some(s.reason);
+            kill_at = Some(Instant::now() + s.grace);
+            let _ = rt.kill(cid, SIGTERM).await;
+            continue;
+        }
+        tokio::select! {
+            r = &mut exit => break r,
+            _ = sleep_until_opt(deadline), if reason.is_none() && deadline.is_some() => {
+                tracing::info!(job_id = %key.job, task_id = %key.task, "max wall clock time reached: stopping task");
+                reason = Some(StopReason::WallClock);
+                kill_at = Some(Instant::now() + sup.shared.settings.terminate_grace);
+                let _ = rt.kill(cid, SIGTERM).await;
+            }
+            _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
+                kill_at = None;
+                let _ = rt.kill(cid, SIGKILL).await;
+            }
+            changed = stop.changed(), if stop_open && reason.is_none() => {
+                if changed.is_err() {
+                    stop_open = false;
+                }
+            }
+        }
+    };
+    let mut info = info;
+    match exit {
+        Ok(status) => {
+            let (code, failure) = completion(status.code, reason);
+            tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "task completed");
+            if let Some(c) = info.container.as_mut() {
+                c.state = "stopped".into();
+            }
+            info.complete(
+                Some(code),
+                failure,
+                status.exited_at.unwrap_or_else(SystemTime::now),
+            );
+            save(sup, info).await
+        }
+        Err(e) => {
+            if let Some(c) = info.container.as_mut() {
+                c.error = e.to_string();
+            }
+            fail(
+                sup,
+                info,
+                FailureInfo::server(
+                    "ContainerLost",
+                    format!("the task's container disappeared: {e}"),
+                ),
+            )
+            .await
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `Wait` on the task, retried while containerd is unreachable (a restart), so an
+/// exit that happens meanwhile is still collected. Ends with `NotFound` when the
+/// task is gone.
+async fn wait_with_retry(sup: &Supervisor, cid: &str) -> Result<ExitStatus, RuntimeError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sup.shared.runtime.wait(cid).await {
+            Err(RuntimeError::Unavailable { message }) => {
+                tracing::warn!(container_id = %cid, error = %message, "containerd unreachable while waiting; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}

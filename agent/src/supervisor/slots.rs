@@ -1,0 +1,100 @@
+//! Task slots: at most `total` slots in use; tasks wait in arrival order, first
+//! come first served (a task that needs more slots than are free holds the ones
+//! behind it, so big tasks are not starved by small ones).
+
+use crate::model::TaskKey;
+use std::collections::VecDeque;
+
+#[derive(Debug)]
+pub struct Slots {
+    total: u32,
+    used: u32,
+    queue: VecDeque<(TaskKey, u32)>,
+}
+
+impl Slots {
+    pub fn new(total: u32) -> Self {
+        Self {
+            total,
+            used: 0,
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    pub fn free(&self) -> u32 {
+        self.total.saturating_sub(self.used)
+    }
+
+    pub fn enqueue(&mut self, key: TaskKey, slots: u32) {
+        self.queue.push_back((key, slots));
+    }
+
+    /// Takes a waiting task out of the queue; false if it was not waiting.
+    pub fn remove_queued(&mut self, key: &TaskKey) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|(k, _)| k != key);
+        self.queue.len() != before
+    }
+
+    /// Marks slots used by a task that is already running (recovery).
+    pub fn occupy(&mut self, slots: u32) {
+        self.used += slots;
+    }
+
+    /// The next task to run, if the head of the queue fits in the free slots.
+    pub fn next_ready(&mut self) -> Option<(TaskKey, u32)> {
+        let (_, need) = self.queue.front()?;
+        if *need > self.free() {
+            return None;
+        }
+        let (key, need) = self.queue.pop_front()?;
+        self.used += need;
+        Some((key, need))
+    }
+
+    pub fn release(&mut self, slots: u32) {
+        self.used = self.used.saturating_sub(slots);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(t: &str) -> TaskKey {
+        TaskKey::new("j", t).unwrap()
+    }
+
+    #[test]
+    fn first_come_first_served() {
+        let mut s = Slots::new(2);
+        s.enqueue(k("a"), 1);
+        s.enqueue(k("b"), 2);
+        s.enqueue(k("c"), 1);
+        assert_eq!(s.next_ready(), Some((k("a"), 1)));
+        // b needs 2 and only 1 is free: c must wait behind b.
+        assert_eq!(s.next_ready(), None);
+        s.release(1);
+        assert_eq!(s.next_ready(), Some((k("b"), 2)));
+        assert_eq!(s.free(), 0);
+        s.release(2);
+        assert_eq!(s.next_ready(), Some((k("c"), 1)));
+        assert_eq!(s.next_ready(), None);
+    }
+
+    #[test]
+    fn remove_and_occupy() {
+        let mut s = Slots::new(1);
+        s.occupy(1);
+        s.enqueue(k("a"), 1);
+        assert!(s.remove_queued(&k("a")));
+        assert!(!s.remove_queued(&k("a")));
+        s.release(1);
+        assert_eq!(s.free(), 1);
+        assert_eq!(s.next_ready(), None);
+    }
+}

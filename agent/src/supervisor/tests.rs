@@ -1,0 +1,462 @@
+//! Supervisor tests against a recording fake runtime: lifecycle, slots,
+//! terminate, wall clock, refusals, recovery. The real containerd path is
+//! covered by the integration tests in `tests/`.
+
+use super::*;
+use crate::containerd::{CreateRequest, ExitStatus, ResolvedImage, RuntimeError, TaskStatus};
+use crate::images::ImageConfig;
+use crate::model::{ContainerSettings, TaskConstraints, UserIdentity, WorkingDirMode};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct FakeState {
+    /// Container id → status.
+    tasks: HashMap<String, TaskStatus>,
+    created: Vec<String>,
+    started: Vec<String>,
+    removed: Vec<String>,
+    signals: Vec<(String, u32)>,
+}
+
+/// A runtime whose processes exit when the test says so, or on SIGTERM/SIGKILL
+/// (with 128+signal) when `obey_signals` is set.
+struct Fake {
+    state: Mutex<FakeState>,
+    changed: Notify,
+    images: Vec<String>,
+    obey_signals: bool,
+}
+
+impl Fake {
+    fn new(obey_signals: bool) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            changed: Notify::new(),
+            images: vec!["docker.io/library/busybox:latest".into()],
+            obey_signals,
+        })
+    }
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+    fn exit(&self, cid: &str, code: u32) {
+        self.st().tasks.insert(
+            cid.into(),
+            TaskStatus::Stopped(ExitStatus {
+                code,
+                exited_at: None,
+            }),
+        );
+        self.changed.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Runtime for Fake {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok("fake".into())
+    }
+    async fn resolve_image(&self, name: &str, _: &Platform) -> Result<ResolvedImage, RuntimeError> {
+        if !self.images.iter().any(|i| i == name) {
+            return Err(RuntimeError::NotFound {
+                what: format!("image {name}"),
+            });
+        }
+        let config = ImageConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
+        Ok(ResolvedImage {
+            name: name.into(),
+            config,
+            chain_id: "sha256:x".into(),
+        })
+    }
+    async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError> {
+        let mut st = self.st();
+        st.created.push(req.id.clone());
+        st.tasks.insert(req.id, TaskStatus::Created);
+        Ok(())
+    }
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let mut st = self.st();
+        st.started.push(id.into());
+        st.tasks.insert(id.into(), TaskStatus::Running);
+        Ok(42)
+    }
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        loop {
+            let notified = self.changed.notified();
+            match self.st().tasks.get(id) {
+                Some(TaskStatus::Stopped(e)) => return Ok(*e),
+                None => return Err(RuntimeError::NotFound { what: id.into() }),
+                _ => {}
+            }
+            notified.await;
+        }
+    }
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
+        self.st().signals.push((id.into(), signal));
+        if self.obey_signals {
+            self.exit(id, 128 + signal);
+        }
+        Ok(())
+    }
+    async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
+        self.st()
+            .tasks
+            .get(id)
+            .copied()
+            .ok_or_else(|| RuntimeError::NotFound { what: id.into() })
+    }
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.st();
+        if st.tasks.remove(id).is_some() {
+            st.removed.push(id.into());
+        }
+        Ok(())
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    sup: Supervisor,
+    fake: Arc<Fake>,
+    store: Store,
+}
+
+fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path().join("node"));
+    layout.create_node_dirs().unwrap();
+    let node = NodeFacts {
+        node_id: "n".into(),
+        pool_id: "p".into(),
+        account_name: "a".into(),
+        is_dedicated: true,
+        root_dir: layout.root().into(),
+        hostname: "h".into(),
+        os: "linux".into(),
+        arch: "amd64".into(),
+        cpus: 1,
+        memory_bytes: 0,
+        network_files: vec![],
+    };
+    let settings = Settings {
+        namespace: "berth".into(),
+        task_slots: slots,
+        terminate_grace: Duration::from_millis(200),
+        platform: Platform::host(),
+    };
+    let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone());
+    Env {
+        _tmp: tmp,
+        sup,
+        fake,
+        store,
+    }
+}
+
+fn env(slots: u32) -> Env {
+    env_with(slots, Fake::new(true), Store::in_memory().unwrap())
+}
+
+fn spec(task: &str) -> TaskSpec {
+    TaskSpec {
+        key: TaskKey::new("job", task).unwrap(),
+        command_line: "/bin/true".into(),
+        container: Some(ContainerSettings {
+            image: "busybox".into(),
+            run_options: String::new(),
+            working_directory: WorkingDirMode::TaskWorkingDir,
+        }),
+        environment: BTreeMap::new(),
+        user: UserIdentity::default(),
+        constraints: TaskConstraints::default(),
+        required_slots: 1,
+    }
+}
+
+async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskInfo {
+    for _ in 0..500 {
+        let t = sup.get_task(key).await.unwrap();
+        if t.state == state {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "{key} never reached {state:?}: {:?}",
+        sup.get_task(key).await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn runs_to_completion_and_logs_every_transition() {
+    let e = env(1);
+    let info = e.sup.run_task(spec("t1")).await.unwrap();
+    assert_eq!(info.state, TaskState::Active);
+    let key = info.key().clone();
+    let cid = key.container_id();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    e.fake.exit(&cid, 0);
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.result, Some(crate::model::TaskResult::Success));
+    assert!(done.failure.is_none());
+    let states: Vec<TaskState> = e
+        .store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ev| ev.task.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Active,
+            TaskState::Preparing,
+            TaskState::Running,
+            TaskState::Completed
+        ]
+    );
+    // Container removed after the exit was recorded.
+    for _ in 0..100 {
+        if e.fake.st().removed.contains(&cid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(e.fake.st().removed.contains(&cid));
+    assert_eq!(e.fake.st().started, [cid]);
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals() {
+    let e = env(2);
+    let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
+    let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
+    until_state(&e.sup, &a, TaskState::Running).await;
+    until_state(&e.sup, &b, TaskState::Running).await;
+    e.fake.exit(&a.container_id(), 3);
+    e.fake.exit(&b.container_id(), 137);
+    let a = until_state(&e.sup, &a, TaskState::Completed).await;
+    let b = until_state(&e.sup, &b, TaskState::Completed).await;
+    assert_eq!(
+        (a.exit_code, a.failure.unwrap().code.as_str()),
+        (Some(3), "FailureExitCode")
+    );
+    assert_eq!(
+        (b.exit_code, b.failure.unwrap().code.as_str()),
+        (Some(137), "TaskKilledBySignal")
+    );
+}
+
+#[tokio::test]
+async fn missing_image_completes_with_image_not_found() {
+    let e = env(1);
+    let mut s = spec("t");
+    s.container.as_mut().unwrap().image = "nothere:1".into();
+    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    assert_eq!(done.failure.unwrap().code, "ImageNotFound");
+    assert_eq!(done.exit_code, None);
+    assert!(e.fake.st().created.is_empty());
+}
+
+#[tokio::test]
+async fn slots_run_tasks_one_at_a_time_in_order() {
+    let e = env(1);
+    let keys: Vec<TaskKey> =
+        futures::future::join_all((0..3).map(|i| e.sup.run_task(spec(&format!("t{i}")))))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().key().clone())
+            .collect();
+    for (i, k) in keys.iter().enumerate() {
+        until_state(&e.sup, k, TaskState::Running).await;
+        for later in &keys[i + 1..] {
+            assert_eq!(
+                e.sup.get_task(later).await.unwrap().state,
+                TaskState::Active
+            );
+        }
+        assert_eq!(e.sup.node_status().await.slots_free, 0);
+        e.fake.exit(&k.container_id(), 0);
+        until_state(&e.sup, k, TaskState::Completed).await;
+    }
+}
+
+#[tokio::test]
+async fn terminate_queued_and_running() {
+    let e = env(1);
+    let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
+    let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
+    until_state(&e.sup, &a, TaskState::Running).await;
+    // b waits for a slot: terminated at once, never created.
+    let tb = e.sup.terminate(&b, None).await.unwrap();
+    assert_eq!(tb.state, TaskState::Completed);
+    assert_eq!(tb.failure.unwrap().code, "TaskTerminated");
+    e.sup
+        .terminate(&a, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let ta = until_state(&e.sup, &a, TaskState::Completed).await;
+    assert_eq!(ta.exit_code, Some(143));
+    assert_eq!(ta.failure.unwrap().code, "TaskTerminated");
+    assert_eq!(e.fake.st().signals, [(a.container_id(), 15)]);
+    assert!(!e.fake.st().created.contains(&b.container_id()));
+    // Terminating a completed task changes nothing.
+    assert_eq!(
+        e.sup.terminate(&a, None).await.unwrap().sequence,
+        ta.sequence
+    );
+}
+
+#[tokio::test]
+async fn sigkill_after_grace_and_wall_clock() {
+    let fake = Fake::new(false);
+    let e = env_with(1, fake, Store::in_memory().unwrap());
+    let mut s = spec("slow");
+    s.constraints.max_wall_clock_time = Some(Duration::from_millis(50));
+    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let cid = key.container_id();
+    // The fake ignores SIGTERM; wait for the SIGKILL that follows the grace period.
+    for _ in 0..200 {
+        if e.fake.st().signals.iter().any(|(_, s)| *s == 9) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(e.fake.st().signals, [(cid.clone(), 15), (cid.clone(), 9)]);
+    e.fake.exit(&cid, 137);
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    assert_eq!(done.failure.unwrap().code, "MaxWallClockTimeExpiry");
+    assert_eq!(done.exit_code, Some(137));
+}
+
+#[tokio::test]
+async fn refusals_leave_nothing_behind() {
+    let e = env(2);
+    let mut cases: Vec<(TaskSpec, &str)> = Vec::new();
+    let mut s = spec("a");
+    s.container.as_mut().unwrap().image = "  ".into();
+    cases.push((s, "image reference is empty"));
+    let mut s = spec("b");
+    s.environment.insert("AZ_BATCH_NODE_ID".into(), "x".into());
+    cases.push((s, "AZ_BATCH_"));
+    let mut s = spec("c");
+    s.required_slots = 3;
+    cases.push((s, "required_slots"));
+    let mut s = spec("d");
+    s.container.as_mut().unwrap().run_options = "--bogus".into();
+    cases.push((s, "--bogus"));
+    let mut s = spec("e");
+    s.container = None;
+    cases.push((s, "container"));
+    for (s, want) in cases {
+        let err = e.sup.run_task(s).await.unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(e.store.list(None, None).await.unwrap().is_empty());
+    assert!(e.store.events_after(0, 10).await.unwrap().is_empty());
+
+    let key = e.sup.run_task(spec("dup")).await.unwrap().key().clone();
+    assert!(matches!(
+        e.sup.run_task(spec("dup")).await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        e.sup.delete(&key).await,
+        Err(Error::WrongState { .. })
+    ));
+}
+
+#[tokio::test]
+async fn recovery_never_runs_a_task_twice() {
+    let store = Store::in_memory().unwrap();
+    let fake = Fake::new(true);
+    let now = SystemTime::now();
+    // exited: recorded RUNNING, containerd has it stopped with 3.
+    let mut exited = TaskInfo::new(spec("exited"), now);
+    exited.state = TaskState::Running;
+    exited.ever_started = true;
+    store.insert(exited.clone()).await.unwrap();
+    fake.exit(&exited.key().container_id(), 3);
+    // lost: recorded RUNNING, containerd has nothing.
+    let mut lost = TaskInfo::new(spec("lost"), now);
+    lost.state = TaskState::Running;
+    store.insert(lost.clone()).await.unwrap();
+    // created: recorded PREPARING, containerd has it created (never started).
+    let mut created = TaskInfo::new(spec("created"), now);
+    created.state = TaskState::Preparing;
+    store.insert(created.clone()).await.unwrap();
+    fake.st()
+        .tasks
+        .insert(created.key().container_id(), TaskStatus::Created);
+    // queued: recorded ACTIVE, nothing in containerd.
+    let queued = TaskInfo::new(spec("queued"), now);
+    store.insert(queued.clone()).await.unwrap();
+
+    let e = env_with(4, fake, store);
+    e.sup.recover().await.unwrap();
+    let t = until_state(&e.sup, exited.key(), TaskState::Completed).await;
+    assert_eq!(t.exit_code, Some(3));
+    let t = until_state(&e.sup, lost.key(), TaskState::Completed).await;
+    assert_eq!(t.failure.unwrap().code, "ContainerLost");
+    until_state(&e.sup, created.key(), TaskState::Running).await;
+    until_state(&e.sup, queued.key(), TaskState::Running).await;
+    let started = e.fake.st().started.clone();
+    assert!(
+        !started.contains(&exited.key().container_id()),
+        "a stopped task must not start again"
+    );
+    assert_eq!(
+        started
+            .iter()
+            .filter(|c| **c == created.key().container_id())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn watch_replays_then_follows() {
+    let e = env(1);
+    let key = e.sup.run_task(spec("w")).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    let mut rx = e.sup.watch(1);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(rx.recv().await.unwrap().unwrap().sequence);
+    }
+    e.fake.exit(&key.container_id(), 0);
+    seen.push(rx.recv().await.unwrap().unwrap().sequence);
+    assert_eq!(seen, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn retention_sweep_removes_old_task_dirs() {
+    let e = env(1);
+    let mut s = spec("r");
+    s.constraints.retention_time = Some(Duration::from_secs(60));
+    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    let dir = e.sup.shared.layout.task(&key).task_dir;
+    assert!(dir.exists());
+    assert_eq!(e.sup.sweep_retention(SystemTime::now()).await.unwrap(), 0);
+    assert_eq!(
+        e.sup
+            .sweep_retention(SystemTime::now() + Duration::from_secs(61))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!dir.exists());
+    assert!(e.sup.get_task(&key).await.is_ok(), "the record stays");
+}

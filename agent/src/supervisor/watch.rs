@@ -1,0 +1,63 @@
+//! `WatchTasks`: replay the event log after a sequence number, then follow live
+//! events without a gap or a duplicate. The live subscription is taken before
+//! the replay, and live events at or below the last replayed sequence are
+//! skipped; if the feed lags, the gap is read back from the log.
+
+use super::Error;
+use crate::store::{Store, TaskEvent};
+use tokio::sync::{broadcast, mpsc};
+
+const PAGE: usize = 512;
+
+pub fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut live = store.subscribe();
+        let mut last = from;
+        // Replay, then follow; on lag, replay the gap again.
+        loop {
+            if replay(&store, &tx, &mut last).await.is_err() {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(ev) if ev.sequence <= last => continue,
+                    Ok(ev) => {
+                        last = ev.sequence;
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Sends every logged event after `last`; Err when the receiver is gone.
+async fn replay(
+    store: &Store,
+    tx: &mpsc::Sender<Result<TaskEvent, Error>>,
+    last: &mut u64,
+) -> Result<(), ()> {
+    loop {
+        let page = match store.events_after(*last, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return Err(());
+            }
+        };
+        let n = page.len();
+        for ev in page {
+            *last = ev.sequence;
+            tx.send(Ok(ev)).await.map_err(drop)?;
+        }
+        if n < PAGE {
+            return Ok(());
+        }
+    }
+}
