@@ -1,1 +1,381 @@
+//! Harness for berth's integration tests: a real `berth-agent` process, started
+//! with its own node root and state directory, talking to the real containerd and
+//! registry that `scripts/test` started (their addresses come in `BERTH_TEST_*`
+//! environment variables). Tests drive the agent over gRPC, as a scheduler does.
 
+use berth_proto::v1 as pb;
+use berth_proto::v1::node_agent_client::NodeAgentClient;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub use berth_proto::v1;
+
+/// A variable set by `scripts/test`; panics with a clear message when missing,
+/// so a run outside the test environment fails instead of passing vacuously.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through scripts/test, which starts containerd and the registries")
+    })
+}
+
+pub fn image(kind: &str) -> String {
+    env(&format!("BERTH_TEST_IMAGE_{}", kind.to_uppercase()))
+}
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
+}
+
+/// A built binary of the workspace (`berth-agent`, `berthctl`).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BERTH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Agent settings a test may change.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub task_slots: u32,
+    pub terminate_grace_seconds: u64,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            task_slots: 4,
+            terminate_grace_seconds: 2,
+        }
+    }
+}
+
+/// A running agent with its own temporary node root, state dir and socket.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub opts: AgentOptions,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub async fn start(opts: AgentOptions) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("tempdir");
+        let mut agent = Agent {
+            dir,
+            opts,
+            child: None,
+        };
+        agent.write_config();
+        agent.spawn().await;
+        agent
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("node")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+    pub fn addr(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn write_config(&self) {
+        let cfg = format!(
+            r#"[node]
+root_dir = "{root}"
+state_dir = "{state}"
+id = "test-node"
+pool_id = "test-pool"
+task_slots = {slots}
+
+[api]
+listen = "{addr}"
+
+[containerd]
+socket = "{sock}"
+namespace = "{ns}"
+
+[tasks]
+terminate_grace_seconds = {grace}
+"#,
+            root = self.root().display(),
+            state = self.dir.path().join("state").display(),
+            slots = self.opts.task_slots,
+            addr = self.addr(),
+            sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
+            ns = env("BERTH_TEST_NAMESPACE"),
+            grace = self.opts.terminate_grace_seconds,
+        );
+        std::fs::write(self.config_path(), cfg).expect("write config");
+    }
+
+    /// Starts the agent process and waits until it answers.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(binary("berth-agent"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("BERTH_LOG", "debug,h2=info,tower=info,hyper=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = berth_proto::connect(&self.addr()).await {
+                if NodeAgentClient::new(ch)
+                    .get_node(pb::GetNodeRequest {})
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("berth-agent exited with {status} at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth-agent did not answer within 20 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` to the agent process and waits for it to exit; SIGKILL
+    /// after 10 s. Returns how the process ended.
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let ch = berth_proto::connect(&self.addr())
+            .await
+            .expect("connect to agent");
+        Client {
+            inner: NodeAgentClient::new(ch),
+        }
+    }
+
+    /// Path of a task's file on the host.
+    pub fn task_path(&self, job: &str, task: &str, rel: &str) -> PathBuf {
+        self.root()
+            .join("workitems")
+            .join(job)
+            .join("job-1")
+            .join(task)
+            .join(rel)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let status = self.stop_with(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            std::thread::panicking() || status.is_some_and(|s| s.success()),
+            "berth-agent did not exit cleanly on SIGTERM ({status:?}):\n{}",
+            self.log()
+        );
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log ({}) ----\n{}",
+                self.log_path().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// A task spec with the usual defaults: busybox image, task working directory.
+pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
+    pb::TaskSpec {
+        job_id: job.into(),
+        task_id: task.into(),
+        command_line: command_line.into(),
+        container: Some(pb::ContainerSettings {
+            image: image("busybox"),
+            run_options: String::new(),
+            working_directory: pb::WorkingDirectory::TaskWorkingDir as i32,
+        }),
+        environment: HashMap::new(),
+        user: None,
+        constraints: None,
+        required_slots: 1,
+    }
+}
+
+/// A thin client with the calls tests repeat.
+#[derive(Clone)]
+pub struct Client {
+    pub inner: NodeAgentClient<Channel>,
+}
+
+impl Client {
+    pub async fn run(&mut self, spec: pb::TaskSpec) -> Result<pb::TaskInfo, tonic::Status> {
+        self.inner
+            .run_task(pb::RunTaskRequest { task: Some(spec) })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn get(&mut self, job: &str, task: &str) -> Result<pb::TaskInfo, tonic::Status> {
+        let req = pb::GetTaskRequest {
+            job_id: job.into(),
+            task_id: task.into(),
+        };
+        self.inner.get_task(req).await.map(|r| r.into_inner())
+    }
+
+    /// Polls until the task reaches `state` (or panics after `timeout`).
+    pub async fn wait_state(
+        &mut self,
+        job: &str,
+        task: &str,
+        state: pb::TaskState,
+        timeout: Duration,
+    ) -> pb::TaskInfo {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.get(job, task).await.expect("get task");
+            if t.state == state as i32 {
+                return t;
+            }
+            assert!(
+                t.state != pb::TaskState::Completed as i32 || state == pb::TaskState::Completed,
+                "{job}/{task} completed before reaching {state:?}: {t:?}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{job}/{task} not {state:?} after {timeout:?}: {t:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until the completed task's container is removed from containerd.
+    pub async fn wait_container_deleted(&mut self, job: &str, task: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.get(job, task).await.expect("get task");
+            if t.container_info
+                .as_ref()
+                .is_some_and(|c| c.state == "deleted")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container of {job}/{task} not removed: {t:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_done(&mut self, job: &str, task: &str) -> pb::TaskInfo {
+        self.wait_state(job, task, pb::TaskState::Completed, Duration::from_secs(90))
+            .await
+    }
+
+    /// Runs a task to completion.
+    pub async fn run_done(&mut self, spec: pb::TaskSpec) -> pb::TaskInfo {
+        let (job, task) = (spec.job_id.clone(), spec.task_id.clone());
+        self.run(spec).await.expect("run task");
+        self.wait_done(&job, &task).await
+    }
+
+    pub async fn read(
+        &mut self,
+        job: &str,
+        task: &str,
+        path: &str,
+    ) -> Result<String, tonic::Status> {
+        let req = pb::ReadTaskFileRequest {
+            job_id: job.into(),
+            task_id: task.into(),
+            path: path.into(),
+            offset: 0,
+            length: 0,
+        };
+        let r = self.inner.read_task_file(req).await?.into_inner();
+        Ok(String::from_utf8_lossy(&r.data).into_owned())
+    }
+}
+
+pub fn failure_code(t: &pb::TaskInfo) -> String {
+    t.failure_info
+        .as_ref()
+        .map(|f| f.code.clone())
+        .unwrap_or_default()
+}
+
+/// Seconds as a protobuf duration.
+pub fn secs(s: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: s as i64,
+        nanos: 0,
+    }
+}
+
+/// Lists the files directly under `dir` (empty if it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

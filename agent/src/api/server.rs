@@ -22,7 +22,39 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How long open calls (watch streams, long reads) get to finish after shutdown starts.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves until `shutdown` resolves, then drains open calls for at most [`DRAIN`]:
+/// a scheduler's open `WatchTasks` stream must not keep the agent from stopping.
 pub async fn serve(
+    api: Api,
+    listen: &Listen,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = serve_until(api, listen, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        () = shutdown => { let _ = stop_tx.send(true); }
+    }
+    let result = match tokio::time::timeout(DRAIN, server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!("open API calls did not finish within {DRAIN:?}; closing them");
+            Ok(())
+        }
+    };
+    if let Listen::Unix(path) = listen {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+async fn serve_until(
     api: Api,
     listen: &Listen,
     shutdown: impl Future<Output = ()> + Send,
@@ -46,7 +78,6 @@ pub async fn serve(
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
-            let _ = std::fs::remove_file(path);
         }
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -26,6 +26,14 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
         reference: reference.to_owned(),
         reason: e.to_string(),
     })?;
+    // The parser accepts an upper-case first component as a registry name even
+    // when it is not one ("UPPER/img"); docker refuses such a repository.
+    if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ImageError::BadReference {
+            reference: reference.to_owned(),
+            reason: "repository name must be lowercase".into(),
+        });
+    }
     Ok(parsed.whole())
 }
 
@@ -143,7 +151,14 @@ mod tests {
     #[test]
     fn refuses_bad_references() {
         assert_eq!(normalize("  "), Err(ImageError::Empty));
-        for bad in ["Busybox", "a b", "img@sha256:12", "img:", "::"] {
+        for bad in [
+            "Busybox",
+            "UPPER/case",
+            "a b",
+            "img@sha256:12",
+            "img:",
+            "::",
+        ] {
             assert!(
                 matches!(normalize(bad), Err(ImageError::BadReference { .. })),
                 "{bad}"

@@ -270,12 +270,17 @@ async fn missing_image_completes_with_image_not_found() {
 #[tokio::test]
 async fn slots_run_tasks_one_at_a_time_in_order() {
     let e = env(1);
-    let keys: Vec<TaskKey> =
-        futures::future::join_all((0..3).map(|i| e.sup.run_task(spec(&format!("t{i}")))))
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().key().clone())
-            .collect();
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        keys.push(
+            e.sup
+                .run_task(spec(&format!("t{i}")))
+                .await
+                .unwrap()
+                .key()
+                .clone(),
+        );
+    }
     for (i, k) in keys.iter().enumerate() {
         until_state(&e.sup, k, TaskState::Running).await;
         for later in &keys[i + 1..] {

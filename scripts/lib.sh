@@ -1,0 +1,651 @@
+#!/usr/bin/env bash
+# shellcheck shell=bash
+#
+# Shared helpers for berth's scripts (scripts/testenv, scripts/test, ...).
+# Source it:  . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# The test environment (berth_env_up / berth_env_down) lives entirely under one
+# directory DIR: a private containerd, a plain-HTTP registry, a TLS registry
+# with basic auth, and busybox-based OCI test images.
+#
+# containerd 1.6 hard-codes two paths under /run/containerd that no setting
+# moves: the shim sockets (/run/containerd/s/<sha256>) and the default runc
+# state root (/run/containerd/runc). To leave the host's /run/containerd
+# alone, the private containerd runs in its own mount namespace where DIR/run
+# is bind-mounted over /run; shims, runc and containers inherit that
+# namespace. Consequences: container rootfs mounts are not visible from the
+# host, and clients must not put task IO FIFOs under /run (use DIR/fifo).
+#
+# The functions check every step themselves, so they also work where set -e
+# is ignored (e.g. `berth_env_up DIR || ...`).
+
+set -euo pipefail
+
+# Debian packages needed to build and test berth.
+BERTH_PACKAGES=(
+    containerd runc protobuf-compiler docker-registry skopeo umoci
+    busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
+    apache2-utils openssl pkg-config
+)
+
+# Fixed test credentials for the TLS registry.
+BERTH_REGISTRY_USER=berthuser
+BERTH_REGISTRY_PASSWORD=s3cret-Registry-pw
+# containerd namespace used by the tests.
+BERTH_NAMESPACE=berth
+# Test image tags, built into the OCI layout and pushed as berth-test/<tag>.
+BERTH_IMAGE_TAGS=(busybox entrypoint workdir user)
+
+# berth_log MSG...: timestamped message on stderr.
+berth_log() {
+    printf '[berth %(%H:%M:%S)T] %s\n' -1 "$*" >&2
+}
+
+# berth_free_port: print a currently free TCP port on 127.0.0.1.
+berth_free_port() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+        return
+    fi
+    # Fallback: probe random high ports until one refuses connections.
+    local port i
+    for ((i = 0; i < 100; i++)); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    berth_log "ERROR: no free port found"
+    return 1
+}
+
+# berth_install_packages: install missing Debian packages (quiet if none).
+berth_install_packages() {
+    local missing=() pkg status sudo=()
+    for pkg in "${BERTH_PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [[ $status == installed ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]} > 0)) || return 0
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    berth_log "installing missing packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update || return 1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+}
+
+# berth_require_cargo: make sure a Rust toolchain (1.88 or newer) is on PATH.
+berth_require_cargo() {
+    [[ -d $HOME/.cargo/bin && :$PATH: != *":$HOME/.cargo/bin:"* ]] && export PATH=$HOME/.cargo/bin:$PATH
+    if ! command -v cargo >/dev/null 2>&1; then
+        berth_log "ERROR: cargo not found: install a Rust toolchain (rustup, 1.88 or newer)"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Small internal helpers
+# ---------------------------------------------------------------------------
+
+# _berth_fail DIR MSG [LOG...]: show the tails of LOGs (relative to DIR),
+# log MSG, return 1.
+_berth_fail() {
+    local dir=$1 msg=$2 log
+    shift 2
+    for log in "$@"; do
+        if [[ -s $dir/$log ]]; then
+            berth_log "---- last lines of $dir/$log ----"
+            tail -n 30 "$dir/$log" >&2
+        fi
+    done
+    berth_log "ERROR: $msg"
+    return 1
+}
+
+# _berth_wait SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.1 s until
+# it succeeds; give up early if it returns 2 (the daemon died).
+_berth_wait() {
+    local timeout=$1 desc=$2 deadline rc
+    shift 2
+    deadline=$((SECONDS + timeout))
+    while :; do
+        rc=0
+        "$@" >/dev/null 2>&1 || rc=$?
+        ((rc == 0)) && return 0
+        if ((rc == 2)); then
+            berth_log "$desc: process exited"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            berth_log "timed out after ${timeout}s waiting for $desc"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# _berth_proc_state PID: print the state letter of PID (fails if gone).
+_berth_proc_state() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    printf '%s\n' "${stat%% *}"
+}
+
+# _berth_pid_alive PIDFILE: the process in PIDFILE is alive (not a zombie).
+_berth_pid_alive() {
+    local pid state
+    [[ -s $1 ]] || return 1
+    pid=$(<"$1")
+    state=$(_berth_proc_state "$pid") || return 1
+    [[ $state != Z ]]
+}
+
+# _berth_cmdline_has PID STRING: some argument of PID contains STRING.
+_berth_cmdline_has() {
+    local arg
+    [[ -r /proc/$1/cmdline ]] || return 1
+    while IFS= read -r -d '' arg; do
+        [[ $arg == *"$2"* ]] && return 0
+    done 2>/dev/null <"/proc/$1/cmdline"
+    return 1
+}
+
+# _berth_spawn PIDFILE LOGFILE COMMAND...: start a daemon in its own session,
+# detached from the caller's terminal and pipes. The command is exec'd by the
+# shell that writes PIDFILE, so PIDFILE holds the daemon's own pid.
+_berth_spawn() {
+    local pidfile=$1 log=$2
+    shift 2
+    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell.
+    setsid sh -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
+        </dev/null >>"$log" 2>&1 &
+    disown "$!" # no "Killed" job reports from the caller's shell later
+    _berth_wait 5 "pid file $pidfile" test -s "$pidfile"
+}
+
+# _berth_ctr DIR ARGS...: ctr against DIR's containerd, namespace berth.
+_berth_ctr() {
+    local dir=$1
+    shift
+    ctr --address "$dir/containerd.sock" --namespace "$BERTH_NAMESPACE" "$@"
+}
+
+# _berth_wait_all PID...: wait for background jobs; fail if any failed.
+_berth_wait_all() {
+    local pid rc=0
+    for pid in "$@"; do wait "$pid" || rc=1; done
+    return "$rc"
+}
+
+# ---------------------------------------------------------------------------
+# Environment pieces
+# ---------------------------------------------------------------------------
+
+# _berth_containerd_start DIR: write DIR/containerd.toml and start containerd.
+_berth_containerd_start() {
+    local dir=$1
+    mkdir -p "$dir/containerd/root" "$dir/containerd/state" "$dir/run" "$dir/fifo" ||
+        return 1
+    cat >"$dir/containerd.toml" <<EOF || return 1
+# Private containerd for berth tests (generated by scripts/lib.sh).
+version = 2
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
+# Not needed by berth: CRI, the managed-plugin dir (/opt/containerd), the
+# restart monitor and snapshotters other than overlayfs and native.
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.internal.v1.restart",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+
+[debug]
+  level = "info"
+EOF
+    # Own mount namespace (slave: host mounts still propagate in, ours do not
+    # leak out) with DIR/run over /run. `mount -n` keeps libmount from
+    # creating /run/mount on the host.
+    # shellcheck disable=SC2016 # expanded by the inner shell.
+    _berth_spawn "$dir/containerd.pid" "$dir/containerd.log" \
+        unshare --mount --propagation slave \
+        sh -c 'mount -n --bind "$0" /run && exec containerd --config "$1"' \
+        "$dir/run" "$dir/containerd.toml"
+}
+
+# _berth_containerd_ready DIR: containerd answers (2 if it died).
+_berth_containerd_ready() {
+    _berth_pid_alive "$1/containerd.pid" || return 2
+    ctr --address "$1/containerd.sock" version
+}
+
+# _berth_registry_start DIR NAME PORT [EXTRA-YAML]: start a registry with
+# config DIR/NAME.yml, storage DIR/NAME, log DIR/NAME.log, pid DIR/NAME.pid.
+# EXTRA-YAML is appended after the `http:` section's keys.
+_berth_registry_start() {
+    local dir=$1 name=$2 port=$3 extra=${4:-} secret
+    mkdir -p "$dir/$name" || return 1
+    secret=$(openssl rand -hex 16) || return 1
+    cat >"$dir/$name.yml" <<EOF || return 1
+# Test registry for berth (generated by scripts/lib.sh).
+version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $dir/$name
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$port
+  secret: $secret
+$extra
+EOF
+    _berth_spawn "$dir/$name.pid" "$dir/$name.log" docker-registry serve "$dir/$name.yml"
+}
+
+# _berth_registry_ready PIDFILE URL OKCODES [CURL-ARGS...]: the registry
+# answers URL with one of the space-separated HTTP codes (2 if it died).
+_berth_registry_ready() {
+    local pidfile=$1 url=$2 ok=$3 code
+    shift 3
+    _berth_pid_alive "$pidfile" || return 2
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url") || return 1
+    [[ " $ok " == *" $code "* ]]
+}
+
+# _berth_tls_material DIR: in DIR/tls a CA (ca.pem), a server cert for
+# 127.0.0.1/localhost (server.pem, server-key.pem), htpasswd, the password
+# file (0600) and certs.d/ca.crt (a cert dir in the skopeo/containers style).
+_berth_tls_material() {
+    local tls=$1/tls serial
+    mkdir -p "$tls/certs.d" || return 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$tls/ca-key.pem" -out "$tls/ca.pem" -days 3650 \
+        -subj "/CN=berth test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" || return 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$tls/server-key.pem" -out "$tls/server.csr" \
+        -subj "/CN=localhost" || return 1
+    printf '%s\n' \
+        'basicConstraints = critical,CA:FALSE' \
+        'keyUsage = critical,digitalSignature' \
+        'extendedKeyUsage = serverAuth' \
+        'subjectAltName = IP:127.0.0.1,DNS:localhost' \
+        'subjectKeyIdentifier = hash' \
+        'authorityKeyIdentifier = keyid' >"$tls/server.ext" || return 1
+    serial=$(openssl rand -hex 8) || return 1
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca-key.pem" \
+        -set_serial "0x$serial" -days 825 \
+        -extfile "$tls/server.ext" -out "$tls/server.pem" || return 1
+    cp "$tls/ca.pem" "$tls/certs.d/ca.crt" || return 1
+    htpasswd -Bbc "$tls/htpasswd" "$BERTH_REGISTRY_USER" "$BERTH_REGISTRY_PASSWORD" ||
+        return 1
+    # The password, without a trailing newline, readable by root only.
+    (umask 077 && printf '%s' "$BERTH_REGISTRY_PASSWORD" >"$tls/password")
+}
+
+# _berth_build_images DIR: busybox-based test images in the OCI layout DIR/oci.
+# Only the busybox tag has a layer; the other tags are config-only variants
+# of it, so the layer is built (and later pulled) once.
+_berth_build_images() {
+    local dir=$1 oci=$1/oci bundle=$1/build/bundle
+    local rootfs=$bundle/rootfs applet
+    umoci init --layout "$oci" || return 1
+    umoci new --image "$oci:busybox" || return 1
+    umoci unpack --image "$oci:busybox" "$bundle" || return 1
+
+    mkdir -p "$rootfs"/{bin,etc,tmp,app,root,proc,sys,dev,home/batchuser} || return 1
+    cp /bin/busybox "$rootfs/bin/busybox" || return 1
+    while IFS= read -r applet; do
+        [[ -n $applet && $applet != */* ]] || continue
+        [[ -e $rootfs/bin/$applet || -L $rootfs/bin/$applet ]] && continue
+        ln -s busybox "$rootfs/bin/$applet" || return 1
+    done < <("$rootfs/bin/busybox" --list)
+    [[ -L $rootfs/bin/sh ]] || return 1
+    printf '%s\n' \
+        'root:x:0:0:root:/root:/bin/sh' \
+        'batchuser:x:1000:1000:batchuser:/home/batchuser:/bin/sh' \
+        'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' \
+        >"$rootfs/etc/passwd" || return 1
+    printf '%s\n' \
+        'root:x:0:' \
+        'batchgroup:x:1000:' \
+        'hpc:x:2000:batchuser' \
+        'nogroup:x:65534:' \
+        >"$rootfs/etc/group" || return 1
+    chmod 1777 "$rootfs/tmp" || return 1
+    chmod 0700 "$rootfs/root" || return 1
+    chown 1000:1000 "$rootfs/home/batchuser" || return 1
+
+    umoci repack --image "$oci:busybox" "$bundle" || return 1
+    umoci config --image "$oci:busybox" --no-history \
+        --architecture amd64 --os linux \
+        --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        --config.cmd sh || return 1
+    umoci config --image "$oci:busybox" --tag entrypoint --no-history \
+        --config.entrypoint /bin/echo --config.entrypoint from-entrypoint \
+        --config.cmd default-cmd || return 1
+    umoci config --image "$oci:busybox" --tag workdir --no-history \
+        --config.workingdir /app --config.env IMAGE_VAR=from-image \
+        --config.cmd /bin/sh --config.cmd=-c --config.cmd pwd || return 1
+    umoci config --image "$oci:busybox" --tag user --no-history \
+        --config.user 1000:1000 --config.cmd id || return 1
+    rm -rf "$dir/build"
+}
+
+# _berth_push DIR TAG DEST-REF [SKOPEO-ARGS...]: copy TAG of DIR/oci to a
+# registry, keeping the OCI manifest format.
+_berth_push() {
+    local dir=$1 tag=$2 ref=$3
+    shift 3
+    skopeo --policy "$dir/policy.json" copy --quiet --format oci "$@" \
+        "oci:$dir/oci:$tag" "docker://$ref"
+}
+
+# _berth_diagnose DIR: information on why containerd could not unpack or run.
+_berth_diagnose() {
+    local dir=$1
+    berth_log "diagnostics: $dir is on $(stat -f -c %T "$dir"); kernel $(uname -r)"
+    ctr --address "$dir/containerd.sock" plugins ls 2>&1 |
+        grep -E 'TYPE|overlayfs|runtime|tasks' >&2 || true
+    grep -iE 'level=(error|warning)' "$dir/containerd.log" 2>/dev/null | tail -n 20 >&2 || true
+}
+
+# ---------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------
+
+# berth_env_up DIR: bring up the test environment under DIR and write DIR/env
+# (export lines). DIR: short and fresh, like /tmp/berth-XXXX, because unix
+# socket paths are limited to 107 bytes. On failure, logs are in DIR and
+# berth_env_down DIR cleans up.
+berth_env_up() {
+    local dir=${1:?usage: berth_env_up DIR}
+    local port tls_port tag ref out id start=${EPOCHREALTIME//[!0-9]/} ds pids=()
+    mkdir -p "$dir" || return 1
+    dir=$(cd "$dir" && pwd -P) || return 1
+    if ((${#dir} > 60)); then
+        berth_log "ERROR: $dir is too long for unix socket paths; use e.g. /tmp/berth-XXXX"
+        return 1
+    fi
+    : >"$dir/.berth-testenv" || return 1 # marker: berth_env_down may delete DIR
+    echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$dir/policy.json" || return 1
+
+    # Start the daemons, then build the images while they come up.
+    berth_log "starting containerd and registries in $dir"
+    _berth_tls_material "$dir" >"$dir/tls.log" 2>&1 ||
+        { _berth_fail "$dir" "creating TLS material failed" tls.log; return 1; }
+    _berth_containerd_start "$dir" ||
+        { _berth_fail "$dir" "starting containerd failed" containerd.log; return 1; }
+    port=$(berth_free_port) || return 1
+    _berth_registry_start "$dir" reg-plain "$port" ||
+        { _berth_fail "$dir" "starting the plain registry failed" reg-plain.log; return 1; }
+    tls_port=$(berth_free_port) || return 1
+    while [[ $tls_port == "$port" ]]; do tls_port=$(berth_free_port) || return 1; done
+    _berth_registry_start "$dir" reg-tls "$tls_port" "  tls:
+    certificate: $dir/tls/server.pem
+    key: $dir/tls/server-key.pem
+auth:
+  htpasswd:
+    realm: berth-test
+    path: $dir/tls/htpasswd" ||
+        { _berth_fail "$dir" "starting the TLS registry failed" reg-tls.log; return 1; }
+
+    berth_log "building test images in $dir/oci"
+    _berth_build_images "$dir" >"$dir/build.log" 2>&1 ||
+        { _berth_fail "$dir" "building the test images failed" build.log; return 1; }
+
+    _berth_wait 20 containerd _berth_containerd_ready "$dir" ||
+        { _berth_fail "$dir" "containerd did not come up" containerd.log; return 1; }
+    _berth_wait 20 "plain registry on port $port" _berth_registry_ready \
+        "$dir/reg-plain.pid" "http://127.0.0.1:$port/v2/" 200 ||
+        { _berth_fail "$dir" "plain registry did not come up" reg-plain.log; return 1; }
+    _berth_wait 20 "TLS registry on port $tls_port" _berth_registry_ready \
+        "$dir/reg-tls.pid" "https://127.0.0.1:$tls_port/v2/" "200 401" \
+        --cacert "$dir/tls/ca.pem" ||
+        { _berth_fail "$dir" "TLS registry did not come up" reg-tls.log; return 1; }
+
+    berth_log "pushing test images to 127.0.0.1:$port and 127.0.0.1:$tls_port"
+    for tag in "${BERTH_IMAGE_TAGS[@]}"; do
+        _berth_push "$dir" "$tag" "127.0.0.1:$port/berth-test/$tag:latest" \
+            --dest-tls-verify=false >>"$dir/push.log" 2>&1 &
+        pids+=("$!")
+    done
+    _berth_push "$dir" busybox "127.0.0.1:$tls_port/berth-test/busybox:latest" \
+        --dest-cert-dir "$dir/tls/certs.d" \
+        --dest-creds "$BERTH_REGISTRY_USER:$BERTH_REGISTRY_PASSWORD" \
+        >>"$dir/push.log" 2>&1 &
+    pids+=("$!")
+    _berth_wait_all "${pids[@]}" ||
+        { _berth_fail "$dir" "pushing the test images failed" push.log; return 1; }
+
+    # busybox first: it brings the shared layer; then the rest in parallel.
+    berth_log "pulling test images into containerd (namespace $BERTH_NAMESPACE)"
+    _berth_ctr "$dir" images pull --plain-http \
+        "127.0.0.1:$port/berth-test/busybox:latest" >>"$dir/pull.log" 2>&1 || {
+        _berth_diagnose "$dir"
+        _berth_fail "$dir" "ctr images pull failed" pull.log
+        return 1
+    }
+    pids=()
+    for tag in "${BERTH_IMAGE_TAGS[@]:1}"; do
+        _berth_ctr "$dir" images pull --plain-http \
+            "127.0.0.1:$port/berth-test/$tag:latest" >>"$dir/pull.log" 2>&1 &
+        pids+=("$!")
+    done
+    _berth_wait_all "${pids[@]}" || {
+        _berth_diagnose "$dir"
+        _berth_fail "$dir" "ctr images pull failed" pull.log
+        return 1
+    }
+
+    # Smoke check: containerd + shim + runc + overlayfs can run a container.
+    berth_log "smoke check: ctr run"
+    id="berth-smoke-$$-$RANDOM"
+    out=$(timeout 60 ctr --address "$dir/containerd.sock" --namespace "$BERTH_NAMESPACE" \
+        run --rm --fifo-dir "$dir/fifo" \
+        "127.0.0.1:$port/berth-test/busybox:latest" "$id" /bin/echo ok 2>&1) || true
+    if [[ $out != ok ]]; then
+        berth_log "ctr run printed: $out"
+        _berth_diagnose "$dir"
+        _berth_fail "$dir" "smoke container did not print ok"
+        return 1
+    fi
+
+    ref="127.0.0.1:$port/berth-test"
+    printf 'export %s=%q\n' \
+        BERTH_TEST_DIR "$dir" \
+        BERTH_TEST_CONTAINERD_SOCKET "$dir/containerd.sock" \
+        BERTH_TEST_CONTAINERD_PID "$(<"$dir/containerd.pid")" \
+        BERTH_TEST_NAMESPACE "$BERTH_NAMESPACE" \
+        BERTH_TEST_FIFO_DIR "$dir/fifo" \
+        BERTH_TEST_REGISTRY "127.0.0.1:$port" \
+        BERTH_TEST_TLS_REGISTRY "127.0.0.1:$tls_port" \
+        BERTH_TEST_TLS_CA "$dir/tls/ca.pem" \
+        BERTH_TEST_REGISTRY_USER "$BERTH_REGISTRY_USER" \
+        BERTH_TEST_REGISTRY_PASSWORD_FILE "$dir/tls/password" \
+        BERTH_TEST_IMAGE_BUSYBOX "$ref/busybox:latest" \
+        BERTH_TEST_IMAGE_ENTRYPOINT "$ref/entrypoint:latest" \
+        BERTH_TEST_IMAGE_WORKDIR "$ref/workdir:latest" \
+        BERTH_TEST_IMAGE_USER "$ref/user:latest" \
+        BERTH_TEST_TLS_IMAGE_BUSYBOX "127.0.0.1:$tls_port/berth-test/busybox:latest" \
+        BERTH_TEST_OCI_LAYOUT "$dir/oci" \
+        >"$dir/env" || return 1
+    ds=$(((${EPOCHREALTIME//[!0-9]/} - start) / 100000)) # tenths of a second
+    berth_log "test environment up in $((ds / 10)).$((ds % 10))s: $dir/env"
+}
+
+# _berth_descendants PID...: print all descendants of the given pids.
+_berth_descendants() {
+    local -A children=()
+    local pid ppid cur queue=("$@")
+    while read -r pid ppid; do
+        children[$ppid]+=" $pid"
+    done < <(ps -e -o pid=,ppid=)
+    while ((${#queue[@]})); do
+        cur=${queue[0]}
+        queue=("${queue[@]:1}")
+        for pid in ${children[$cur]:-}; do
+            echo "$pid"
+            queue+=("$pid")
+        done
+    done
+}
+
+# _berth_shims DIR: pids of containerd shims of DIR's containerd: their
+# -address is DIR/containerd.sock, or their cwd (the bundle) is inside DIR.
+_berth_shims() {
+    local dir=$1 p pid arg0 cwd
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        arg0=
+        { IFS= read -r -d '' arg0 || true; } 2>/dev/null <"$p/cmdline" || continue
+        [[ ${arg0##*/} == containerd-shim* ]] || continue
+        cwd=$(readlink "$p/cwd" 2>/dev/null) || cwd=
+        if _berth_cmdline_has "$pid" "$dir/containerd.sock" || [[ $cwd == "$dir"/* ]]; then
+            echo "$pid"
+        fi
+    done
+}
+
+# _berth_owned_pid PIDFILE NEEDLE: print the pid in PIDFILE if that process
+# still runs and its command line mentions NEEDLE (guards against pid reuse).
+_berth_owned_pid() {
+    local pid
+    [[ -s $1 ]] || return 0
+    pid=$(<"$1")
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if _berth_cmdline_has "$pid" "$2"; then echo "$pid"; fi
+    return 0
+}
+
+# _berth_kill_wait PID...: SIGKILL the pids, wait up to 10 s until they are
+# gone or zombies.
+_berth_kill_wait() {
+    local pid state left deadline=$((SECONDS + 10))
+    (($#)) || return 0
+    kill -KILL "$@" 2>/dev/null || true
+    while :; do
+        left=0
+        for pid in "$@"; do
+            state=$(_berth_proc_state "$pid") || continue
+            [[ $state == Z ]] || left=1
+        done
+        ((left == 0)) && return 0
+        if ((SECONDS >= deadline)); then
+            berth_log "warning: some processes did not exit: $*"
+            return 0
+        fi
+        sleep 0.05
+    done
+}
+
+# berth_env_down DIR: stop and remove everything berth_env_up made in DIR.
+# Idempotent; safe in a trap whatever state DIR is in. Only touches
+# processes that belong to DIR.
+berth_env_down() {
+    local dir=${1:?usage: berth_env_down DIR}
+    [[ $dir == /* ]] || dir=$PWD/$dir
+    while [[ $dir == */ && $dir != / ]]; do dir=${dir%/}; done
+    if [[ -z $dir || $dir == / ]]; then
+        berth_log "ERROR: refusing to tear down '/'"
+        return 1
+    fi
+    if [[ -d $dir ]]; then dir=$(cd "$dir" && pwd -P) || return 1; fi
+
+    # 1. Find containerd, its shims, everything below the shims (containers
+    # and exec'd processes) and the registries.
+    local daemons=() procs=() pid cg name
+    local -A cgroups=()
+    mapfile -t daemons < <(
+        _berth_owned_pid "$dir/containerd.pid" "$dir/containerd.toml"
+        _berth_shims "$dir"
+    )
+    if ((${#daemons[@]})); then
+        mapfile -t procs < <(_berth_descendants "${daemons[@]}")
+        # Remember the containers' cgroups to remove them afterwards...
+        for pid in "${procs[@]}"; do
+            while IFS=: read -r _ _ cg; do
+                [[ -n $cg && $cg != / ]] && cgroups[$cg]=1
+            done 2>/dev/null <"/proc/$pid/cgroup" || true
+        done
+        # ...but not those of containerd and the shims (the caller's).
+        for pid in "${daemons[@]}"; do
+            while IFS=: read -r _ _ cg; do
+                [[ -n $cg ]] && unset "cgroups[$cg]"
+            done 2>/dev/null <"/proc/$pid/cgroup" || true
+        done
+    fi
+    for name in reg-plain reg-tls; do
+        pid=$(_berth_owned_pid "$dir/$name.pid" "$dir/$name.yml")
+        [[ -n $pid ]] && daemons+=("$pid")
+    done
+
+    # 2. SIGKILL (nothing in DIR needs a clean shutdown): first the container
+    # processes, while their shims are alive to reap them, then the daemons.
+    _berth_kill_wait "${procs[@]}"
+    _berth_kill_wait "${daemons[@]}"
+
+    # 3. Remove the containers' cgroups and their empty parents, in every
+    # hierarchy (rmdir only succeeds on empty cgroups).
+    local mnt fstype rel
+    for cg in "${!cgroups[@]}"; do
+        while read -r _ mnt fstype _; do
+            [[ $fstype == cgroup || $fstype == cgroup2 ]] || continue
+            rel=$cg
+            while [[ -n $rel && $rel != / && -d $mnt$rel ]] && rmdir "$mnt$rel" 2>/dev/null; do
+                rel=${rel%/*}
+            done
+        done </proc/self/mounts
+    done
+
+    # 4. Unmount anything at or under DIR in our namespace, deepest first.
+    local mounts=() m
+    while read -r _ mnt _; do
+        # Undo the kernel's \ooo escapes (space is \040, backslash \134).
+        mnt=$(printf '%b' "${mnt//\\/\\0}")
+        [[ $mnt == "$dir" || $mnt == "$dir"/* ]] && mounts+=("$mnt")
+    done </proc/self/mounts
+    if ((${#mounts[@]})); then
+        while IFS= read -r m; do
+            umount -n "$m" 2>/dev/null || umount -n -l "$m" 2>/dev/null ||
+                berth_log "warning: could not unmount $m"
+        done < <(for m in "${mounts[@]}"; do printf '%s\t%s\n' "${#m}" "$m"; done |
+            sort -rn | cut -f2-)
+    fi
+
+    # 5. Remove DIR, only if berth_env_up made it (marker) or it is empty.
+    # The marker goes last, so that a failed attempt can be retried.
+    [[ -d $dir ]] || return 0
+    if [[ -e $dir/.berth-testenv ]]; then
+        find "$dir" -mindepth 1 -maxdepth 1 ! -name .berth-testenv \
+            -exec rm -rf --one-file-system {} + || return 1
+        rm -f "$dir/.berth-testenv"
+    fi
+    rmdir "$dir" 2>/dev/null || {
+        berth_log "ERROR: $dir is not an (empty) berth test environment; not removing it"
+        return 1
+    }
+}

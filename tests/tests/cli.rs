@@ -1,0 +1,70 @@
+//! berthctl against a real agent: `run --wait` exit codes, logs, list, node.
+
+use berth_tests::{binary, image, Agent, AgentOptions};
+use std::process::Command;
+
+fn berthctl(agent: &Agent, args: &[&str]) -> std::process::Output {
+    Command::new(binary("berthctl"))
+        .arg("--addr")
+        .arg(agent.addr())
+        .args(args)
+        .output()
+        .expect("run berthctl")
+}
+
+#[tokio::test]
+async fn run_wait_logs_list_node() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let img = image("busybox");
+    let out = berthctl(
+        &agent,
+        &[
+            "run",
+            "--job",
+            "clijob",
+            "--task",
+            "t1",
+            "--image",
+            &img,
+            "--command-line",
+            "/bin/sh -c 'echo hi; exit 3'",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = berthctl(&agent, &["logs", "--job", "clijob", "--task", "t1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+
+    // A task that never ran exits 125.
+    let missing = format!(
+        "{}/berth-test/nothing:here",
+        berth_tests::env("BERTH_TEST_REGISTRY")
+    );
+    let out = berthctl(
+        &agent,
+        &[
+            "run", "--job", "clijob", "--task", "t2", "--image", &missing, "--wait", "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failure_info"]["code"], "ImageNotFound");
+
+    let out = berthctl(&agent, &["list", "--job", "clijob", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["exit_code"], 3);
+
+    let out = berthctl(&agent, &["node", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node_id"], "test-node");
+
+    // Errors from the agent: status code and message, exit 1.
+    let out = berthctl(&agent, &["get", "--job", "clijob", "--task", "none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,263 @@
+//! A container task end to end: the seed example, command-line, working
+//! directory and environment rules, output and exit codes. Real agent, real
+//! containerd, real runc.
+
+use berth_tests::{failure_code, image, task, v1 as pb, Agent, AgentOptions};
+
+#[tokio::test]
+async fn seed_example_writes_hello_world_to_the_host() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task(
+        "seedjob",
+        "seedtask",
+        r#"/bin/sh -c "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt""#,
+    );
+    spec.container.as_mut().unwrap().run_options = "--rm --workdir /".into();
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(done.result, pb::TaskResult::Success as i32);
+    assert!(done.failure_info.is_none());
+    let out =
+        std::fs::read_to_string(agent.task_path("seedjob", "seedtask", "wd/output.txt")).unwrap();
+    assert_eq!(out, "hello world\n");
+    assert_eq!(
+        done.working_dir,
+        agent
+            .task_path("seedjob", "seedtask", "wd")
+            .display()
+            .to_string()
+    );
+    // The container is gone; the task's files stay.
+    c.wait_container_deleted("seedjob", "seedtask").await;
+    assert!(agent
+        .task_path("seedjob", "seedtask", "stdout.txt")
+        .is_file());
+}
+
+#[tokio::test]
+async fn empty_command_line_runs_entrypoint_and_cmd() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("epjob", "t1", "");
+    spec.container.as_mut().unwrap().image = image("entrypoint");
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(
+        c.read("epjob", "t1", "stdout.txt").await.unwrap(),
+        "from-entrypoint default-cmd\n"
+    );
+
+    // A command line replaces both ENTRYPOINT and CMD, and no shell expands it.
+    let mut spec = task("epjob", "t2", "/bin/echo $HOME 'a  b'");
+    spec.container.as_mut().unwrap().image = image("entrypoint");
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(
+        c.read("epjob", "t2", "stdout.txt").await.unwrap(),
+        "$HOME a  b\n"
+    );
+}
+
+#[tokio::test]
+async fn working_directory_rules() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let cases = [
+        (
+            "image",
+            pb::WorkingDirectory::ImageDefault,
+            "",
+            "/app".to_string(),
+        ),
+        (
+            "task",
+            pb::WorkingDirectory::TaskWorkingDir,
+            "",
+            agent.task_path("wdjob", "task", "wd").display().to_string(),
+        ),
+        (
+            "unset",
+            pb::WorkingDirectory::Unspecified,
+            "",
+            agent
+                .task_path("wdjob", "unset", "wd")
+                .display()
+                .to_string(),
+        ),
+        (
+            "flag",
+            pb::WorkingDirectory::ImageDefault,
+            "-w /tmp",
+            "/tmp".to_string(),
+        ),
+    ];
+    for (id, mode, run_options, want) in cases {
+        let mut spec = task("wdjob", id, "");
+        let ct = spec.container.as_mut().unwrap();
+        ct.image = image("workdir");
+        ct.working_directory = mode as i32;
+        ct.run_options = run_options.into();
+        let done = c.run_done(spec).await;
+        assert_eq!(done.exit_code, Some(0), "{id}: {done:?}");
+        assert_eq!(
+            c.read("wdjob", id, "stdout.txt").await.unwrap().trim_end(),
+            want,
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn task_env_and_batch_variables_are_visible() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task(
+        "envjob",
+        "envtask",
+        "/bin/sh -c 'echo $MY_VAR; echo $IMAGE_VAR; echo $AZ_BATCH_JOB_ID; echo $AZ_BATCH_TASK_ID; \
+         echo $AZ_BATCH_NODE_ID; echo $AZ_BATCH_POOL_ID; echo $AZ_BATCH_NODE_SHARED_DIR; echo $AZ_BATCH_TASK_DIR; \
+         echo $AZ_BATCH_NODE_ROOT_DIR; echo $AZ_BATCH_NODE_IS_DEDICATED'",
+    );
+    spec.container.as_mut().unwrap().image = image("workdir");
+    spec.environment.insert("MY_VAR".into(), "my value".into());
+    spec.environment
+        .insert("IMAGE_VAR".into(), "from-task".into());
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    let out = c.read("envjob", "envtask", "stdout.txt").await.unwrap();
+    let root = agent.root().display().to_string();
+    let want = [
+        "my value".to_string(),
+        "from-task".into(),
+        "envjob".into(),
+        "envtask".into(),
+        "test-node".into(),
+        "test-pool".into(),
+        format!("{root}/shared"),
+        agent
+            .task_path("envjob", "envtask", "")
+            .display()
+            .to_string()
+            .trim_end_matches('/')
+            .to_string(),
+        root.clone(),
+        "true".into(),
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+}
+
+#[tokio::test]
+async fn node_root_is_shared_between_tasks() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let a = c
+        .run_done(task(
+            "sharejob",
+            "writer",
+            "/bin/sh -c 'echo shared-data > $AZ_BATCH_NODE_SHARED_DIR/f.txt'",
+        ))
+        .await;
+    assert_eq!(a.exit_code, Some(0), "{a:?}");
+    let b = c
+        .run_done(task(
+            "sharejob",
+            "reader",
+            "/bin/sh -c 'cat $AZ_BATCH_NODE_SHARED_DIR/f.txt'",
+        ))
+        .await;
+    assert_eq!(b.exit_code, Some(0), "{b:?}");
+    assert_eq!(
+        c.read("sharejob", "reader", "stdout.txt").await.unwrap(),
+        "shared-data\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.root().join("shared/f.txt")).unwrap(),
+        "shared-data\n"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_signals_and_stderr() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let done = c
+        .run_done(task(
+            "exitjob",
+            "three",
+            "/bin/sh -c 'echo oops >&2; exit 3'",
+        ))
+        .await;
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(done.result, pb::TaskResult::Failure as i32);
+    assert_eq!(failure_code(&done), "FailureExitCode");
+    assert_eq!(
+        c.read("exitjob", "three", "stderr.txt").await.unwrap(),
+        "oops\n"
+    );
+    assert_eq!(c.read("exitjob", "three", "stdout.txt").await.unwrap(), "");
+
+    // The shell is PID 1 and ignores SIGKILL from inside; a child shell is killable.
+    let done = c
+        .run_done(task(
+            "exitjob",
+            "killed",
+            "/bin/sh -c '/bin/sh -c \"kill -9 \\$\\$\"; exit $?'",
+        ))
+        .await;
+    assert_eq!(done.exit_code, Some(137), "{done:?}");
+    assert_eq!(failure_code(&done), "TaskKilledBySignal");
+    assert!(done
+        .failure_info
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("SIGKILL"));
+}
+
+#[tokio::test]
+async fn missing_image_fails_with_image_not_found() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("imgjob", "missing", "/bin/true");
+    spec.container.as_mut().unwrap().image = format!(
+        "{}/berth-test/does-not-exist:1",
+        berth_tests::env("BERTH_TEST_REGISTRY")
+    );
+    let done = c.run_done(spec).await;
+    assert_eq!(failure_code(&done), "ImageNotFound", "{done:?}");
+    assert_eq!(done.exit_code, None);
+    assert_eq!(
+        done.failure_info.unwrap().category,
+        pb::FailureCategory::UserError as i32
+    );
+}
+
+#[tokio::test]
+async fn hardening_is_in_place() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    // No inheritable or ambient capabilities, no_new_privs set; the task's cgroup
+    // hierarchy is readable (limits) but not writable; /dev/shm present.
+    let cmd = r#"/bin/sh -c 'grep -E "^(CapInh|CapAmb|NoNewPrivs)" /proc/self/status;
+        d=/sys/fs/cgroup; test -d $d/memory && d=$d/memory;
+        touch $d/x 2>/dev/null && echo cgroup-writable || echo cgroup-ro;
+        cat $d/memory.limit_in_bytes $d/memory.max 2>/dev/null | grep -qE "^([0-9]+|max)$" && echo limits-readable;
+        test -d /dev/shm && echo shm'"#;
+    let done = c.run_done(task("hardjob", "t", cmd)).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    let out = c.read("hardjob", "t", "stdout.txt").await.unwrap();
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let want = [
+        "CapInh: 0000000000000000",
+        "CapAmb: 0000000000000000",
+        "NoNewPrivs: 1",
+        "cgroup-ro",
+        "limits-readable",
+        "shm",
+    ];
+    assert_eq!(lines, want, "{out}");
+}
