@@ -13,15 +13,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("config key {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -117,25 +111,17 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`. `hostname` is the default node id.
     pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text, hostname).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.into(),
-                source,
-            },
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
             other => other,
         })
     }
 
     /// Validates TOML text; the defaults when `text` is empty.
     pub fn parse(text: &str, hostname: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::new(),
-            source,
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::new(), source })?;
         Self::validate(raw, hostname)
     }
 
@@ -150,32 +136,17 @@ impl Config {
         if task_slots == 0 {
             return Err(invalid("node.task_slots", "must be at least 1"));
         }
-        let listen = parse_listen(
-            raw.api
-                .listen
-                .as_deref()
-                .unwrap_or("unix:///run/berth/agent.sock"),
-        )?;
+        let listen = parse_listen(raw.api.listen.as_deref().unwrap_or("unix:///run/berth/agent.sock"))?;
         let namespace = raw.containerd.namespace.unwrap_or_else(|| "berth".into());
         if namespace.is_empty()
-            || !namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(invalid(
-                "containerd.namespace",
-                "must be letters, digits, '-', '_' or '.'",
-            ));
+            return Err(invalid("containerd.namespace", "must be letters, digits, '-', '_' or '.'"));
         }
         let log_format = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log.format",
-                    &format!("{other:?} is not \"text\" or \"json\""),
-                ))
-            }
+            other => return Err(invalid("log.format", &format!("{other:?} is not \"text\" or \"json\""))),
         };
         Ok(Config {
             root_dir,
@@ -186,43 +157,25 @@ impl Config {
             is_dedicated: raw.node.is_dedicated.unwrap_or(true),
             task_slots,
             listen,
-            containerd_socket: absolute(
-                "containerd.socket",
-                raw.containerd.socket,
-                "/run/containerd/containerd.sock",
-            )?,
+            containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
             namespace,
-            snapshotter: raw
-                .containerd
-                .snapshotter
-                .unwrap_or_else(|| "overlayfs".into()),
-            runtime: raw
-                .containerd
-                .runtime
-                .unwrap_or_else(|| "io.containerd.runc.v2".into()),
+            snapshotter: raw.containerd.snapshotter.unwrap_or_else(|| "overlayfs".into()),
+            runtime: raw.containerd.runtime.unwrap_or_else(|| "io.containerd.runc.v2".into()),
             terminate_grace: Duration::from_secs(raw.tasks.terminate_grace_seconds.unwrap_or(10)),
-            retention_sweep: Duration::from_secs(
-                raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1),
-            ),
+            retention_sweep: Duration::from_secs(raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1)),
             log_format,
         })
     }
 }
 
 fn invalid(key: &'static str, reason: &str) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.to_owned(),
-    }
+    ConfigError::Invalid { key, reason: reason.to_owned() }
 }
 
 fn absolute(key: &'static str, v: Option<PathBuf>, default: &str) -> Result<PathBuf, ConfigError> {
     let p = v.unwrap_or_else(|| PathBuf::from(default));
     if !p.is_absolute() {
-        return Err(invalid(
-            key,
-            &format!("{} is not an absolute path", p.display()),
-        ));
+        return Err(invalid(key, &format!("{} is not an absolute path", p.display())));
     }
     // Normalise away a trailing slash: the path is compared and joined as is.
     Ok(p.components().collect())
@@ -233,20 +186,14 @@ pub fn parse_listen(s: &str) -> Result<Listen, ConfigError> {
     if let Some(p) = s.strip_prefix("unix://") {
         let p = PathBuf::from(p);
         if !p.is_absolute() {
-            return Err(invalid(
-                "api.listen",
-                "a unix socket path must be absolute (unix:///run/berth/agent.sock)",
-            ));
+            return Err(invalid("api.listen", "a unix socket path must be absolute (unix:///run/berth/agent.sock)"));
         }
         return Ok(Listen::Unix(p));
     }
     let addr = s.strip_prefix("tcp://").unwrap_or(s);
-    let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
-        invalid(
-            "api.listen",
-            &format!("{s:?} is neither unix:///path nor an IP address with a port"),
-        )
-    })?;
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| invalid("api.listen", &format!("{s:?} is neither unix:///path nor an IP address with a port")))?;
     Ok(Listen::Tcp(addr))
 }
 
@@ -263,10 +210,7 @@ mod tests {
         assert_eq!(c.task_slots, 1);
         assert_eq!(c.listen, Listen::Unix("/run/berth/agent.sock".into()));
         assert_eq!(c.namespace, "berth");
-        assert_eq!(
-            c.containerd_socket,
-            PathBuf::from("/run/containerd/containerd.sock")
-        );
+        assert_eq!(c.containerd_socket, PathBuf::from("/run/containerd/containerd.sock"));
     }
 
     #[test]

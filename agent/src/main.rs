@@ -16,11 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(Parser)]
-#[command(
-    name = "berth-agent",
-    version,
-    about = "berth node agent: runs batch tasks in containers through containerd"
-)]
+#[command(name = "berth-agent", version, about = "berth node agent: runs batch tasks in containers through containerd")]
 struct Args {
     /// Config file (TOML). Without it, /etc/berth/agent.toml if present, else the defaults.
     #[arg(long, value_name = "FILE")]
@@ -43,11 +39,8 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -56,10 +49,7 @@ fn init_logging(format: LogFormat) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -99,12 +89,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let layout = Layout::new(&cfg.root_dir);
     layout.create_node_dirs().map_err(|e| e.to_string())?;
     let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
-    let runtime = Arc::new(Containerd::new(
-        &cfg.containerd_socket,
-        &cfg.namespace,
-        &cfg.snapshotter,
-        &cfg.runtime,
-    ));
+    let runtime = Arc::new(Containerd::new(&cfg.containerd_socket, &cfg.namespace, &cfg.snapshotter, &cfg.runtime));
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         task_slots: cfg.task_slots,
@@ -114,11 +99,13 @@ async fn run(cfg: Config) -> Result<(), String> {
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
     let sup = Supervisor::new(settings, node, layout.clone(), store, runtime);
+    tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.follow_exits().await }
+    });
     tokio::spawn(recover(sup.clone()));
     tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
-    api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -135,10 +122,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(cfg.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-agent: cannot start the async runtime: {e}");

@@ -7,10 +7,7 @@ use crate::model::NodeFacts;
 use std::path::PathBuf;
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 fn memory_bytes() -> u64 {
@@ -35,9 +32,7 @@ pub fn facts(cfg: &Config, platform: &Platform) -> NodeFacts {
         hostname: hostname(),
         os: platform.os.clone(),
         arch: platform.architecture.clone(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         memory_bytes: memory_bytes(),
         network_files: ["/etc/resolv.conf", "/etc/hosts"]
             .into_iter()

@@ -14,10 +14,9 @@ pub enum ConnectError {
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectError::BadAddress(a) => write!(
-                f,
-                "bad agent address {a:?}: expected unix:///path/to/socket or http://host:port"
-            ),
+            ConnectError::BadAddress(a) => {
+                write!(f, "bad agent address {a:?}: expected unix:///path/to/socket or http://host:port")
+            }
             ConnectError::Transport(e) => {
                 write!(f, "cannot connect to the agent: {e}")?;
                 let mut source = std::error::Error::source(e);
@@ -61,8 +60,7 @@ pub async fn connect(addr: &str) -> Result<Channel, ConnectError> {
             .map_err(ConnectError::Transport);
     }
     if addr.starts_with("http://") || addr.starts_with("https://") {
-        let endpoint = Endpoint::from_shared(addr.to_owned())
-            .map_err(|_| ConnectError::BadAddress(addr.into()))?;
+        let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|_| ConnectError::BadAddress(addr.into()))?;
         return endpoint.connect().await.map_err(ConnectError::Transport);
     }
     Err(ConnectError::BadAddress(addr.into()))
@@ -74,10 +72,7 @@ mod tests {
 
     #[test]
     fn unix_addresses() {
-        assert_eq!(
-            unix_path("unix:///run/berth/agent.sock"),
-            Some("/run/berth/agent.sock")
-        );
+        assert_eq!(unix_path("unix:///run/berth/agent.sock"), Some("/run/berth/agent.sock"));
         assert_eq!(unix_path("unix:/tmp/a.sock"), Some("/tmp/a.sock"));
         assert_eq!(unix_path("/tmp/a.sock"), Some("/tmp/a.sock"));
         assert_eq!(unix_path("http://127.0.0.1:7070"), None);

@@ -8,8 +8,7 @@ pub mod v1 {
     tonic::include_proto!("berth.v1");
 
     /// Encoded file descriptor set of `berth.v1`, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("berth_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_v1_descriptor");
 }
 
 mod connect;

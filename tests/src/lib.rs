@@ -26,23 +26,15 @@ pub fn image(kind: &str) -> String {
 }
 
 fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned()
 }
 
 /// A built binary of the workspace (`berth-agent`, `berthctl`).
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("BERTH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target/debug"));
+    let dir =
+        std::env::var_os("BERTH_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_dir().join("target/debug"));
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first (scripts/test does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} not found: build it first (scripts/test does)", path.display());
     path
 }
 
@@ -55,10 +47,7 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self {
-            task_slots: 4,
-            terminate_grace_seconds: 2,
-        }
+        Self { task_slots: 4, terminate_grace_seconds: 2 }
     }
 }
 
@@ -71,15 +60,8 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(opts: AgentOptions) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-it-")
-            .tempdir()
-            .expect("tempdir");
-        let mut agent = Agent {
-            dir,
-            opts,
-            child: None,
-        };
+        let dir = tempfile::Builder::new().prefix("berth-it-").tempdir().expect("tempdir");
+        let mut agent = Agent { dir, opts, child: None };
         agent.write_config();
         agent.spawn().await;
         agent
@@ -136,11 +118,7 @@ terminate_grace_seconds = {grace}
 
     /// Starts the agent process and waits until it answers.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(binary("berth-agent"))
             .arg("--config")
             .arg(self.config_path())
@@ -153,36 +131,21 @@ terminate_grace_seconds = {grace}
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(ch) = berth_proto::connect(&self.addr()).await {
-                if NodeAgentClient::new(ch)
-                    .get_node(pb::GetNodeRequest {})
-                    .await
-                    .is_ok()
-                {
+                if NodeAgentClient::new(ch).get_node(pb::GetNodeRequest {}).await.is_ok() {
                     return;
                 }
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("berth-agent exited with {status} at start:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "berth-agent did not answer within 20 s:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "berth-agent did not answer within 20 s:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Sends `signal` to the agent process and waits for it to exit; SIGKILL
     /// after 10 s. Returns how the process ended.
-    pub fn stop_with(
-        &mut self,
-        signal: nix::sys::signal::Signal,
-    ) -> Option<std::process::ExitStatus> {
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
@@ -200,22 +163,13 @@ terminate_grace_seconds = {grace}
     }
 
     pub async fn client(&self) -> Client {
-        let ch = berth_proto::connect(&self.addr())
-            .await
-            .expect("connect to agent");
-        Client {
-            inner: NodeAgentClient::new(ch),
-        }
+        let ch = berth_proto::connect(&self.addr()).await.expect("connect to agent");
+        Client { inner: NodeAgentClient::new(ch) }
     }
 
     /// Path of a task's file on the host.
     pub fn task_path(&self, job: &str, task: &str, rel: &str) -> PathBuf {
-        self.root()
-            .join("workitems")
-            .join(job)
-            .join("job-1")
-            .join(task)
-            .join(rel)
+        self.root().join("workitems").join(job).join("job-1").join(task).join(rel)
     }
 }
 
@@ -228,11 +182,7 @@ impl Drop for Agent {
             self.log()
         );
         if std::thread::panicking() {
-            eprintln!(
-                "---- agent log ({}) ----\n{}",
-                self.log_path().display(),
-                self.log()
-            );
+            eprintln!("---- agent log ({}) ----\n{}", self.log_path().display(), self.log());
         }
     }
 }
@@ -263,28 +213,16 @@ pub struct Client {
 
 impl Client {
     pub async fn run(&mut self, spec: pb::TaskSpec) -> Result<pb::TaskInfo, tonic::Status> {
-        self.inner
-            .run_task(pb::RunTaskRequest { task: Some(spec) })
-            .await
-            .map(|r| r.into_inner())
+        self.inner.run_task(pb::RunTaskRequest { task: Some(spec) }).await.map(|r| r.into_inner())
     }
 
     pub async fn get(&mut self, job: &str, task: &str) -> Result<pb::TaskInfo, tonic::Status> {
-        let req = pb::GetTaskRequest {
-            job_id: job.into(),
-            task_id: task.into(),
-        };
+        let req = pb::GetTaskRequest { job_id: job.into(), task_id: task.into() };
         self.inner.get_task(req).await.map(|r| r.into_inner())
     }
 
     /// Polls until the task reaches `state` (or panics after `timeout`).
-    pub async fn wait_state(
-        &mut self,
-        job: &str,
-        task: &str,
-        state: pb::TaskState,
-        timeout: Duration,
-    ) -> pb::TaskInfo {
+    pub async fn wait_state(&mut self, job: &str, task: &str, state: pb::TaskState, timeout: Duration) -> pb::TaskInfo {
         let deadline = Instant::now() + timeout;
         loop {
             let t = self.get(job, task).await.expect("get task");
@@ -295,10 +233,7 @@ impl Client {
                 t.state != pb::TaskState::Completed as i32 || state == pb::TaskState::Completed,
                 "{job}/{task} completed before reaching {state:?}: {t:?}"
             );
-            assert!(
-                Instant::now() < deadline,
-                "{job}/{task} not {state:?} after {timeout:?}: {t:?}"
-            );
+            assert!(Instant::now() < deadline, "{job}/{task} not {state:?} after {timeout:?}: {t:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -308,23 +243,16 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let t = self.get(job, task).await.expect("get task");
-            if t.container_info
-                .as_ref()
-                .is_some_and(|c| c.state == "deleted")
-            {
+            if t.container_info.as_ref().is_some_and(|c| c.state == "deleted") {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "container of {job}/{task} not removed: {t:?}"
-            );
+            assert!(Instant::now() < deadline, "container of {job}/{task} not removed: {t:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn wait_done(&mut self, job: &str, task: &str) -> pb::TaskInfo {
-        self.wait_state(job, task, pb::TaskState::Completed, Duration::from_secs(90))
-            .await
+        self.wait_state(job, task, pb::TaskState::Completed, Duration::from_secs(90)).await
     }
 
     /// Runs a task to completion.
@@ -334,12 +262,7 @@ impl Client {
         self.wait_done(&job, &task).await
     }
 
-    pub async fn read(
-        &mut self,
-        job: &str,
-        task: &str,
-        path: &str,
-    ) -> Result<String, tonic::Status> {
+    pub async fn read(&mut self, job: &str, task: &str, path: &str) -> Result<String, tonic::Status> {
         let req = pb::ReadTaskFileRequest {
             job_id: job.into(),
             task_id: task.into(),
@@ -353,28 +276,18 @@ impl Client {
 }
 
 pub fn failure_code(t: &pb::TaskInfo) -> String {
-    t.failure_info
-        .as_ref()
-        .map(|f| f.code.clone())
-        .unwrap_or_default()
+    t.failure_info.as_ref().map(|f| f.code.clone()).unwrap_or_default()
 }
 
 /// Seconds as a protobuf duration.
 pub fn secs(s: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: s as i64,
-        nanos: 0,
-    }
+    prost_types::Duration { seconds: s as i64, nanos: 0 }
 }
 
 /// Lists the files directly under `dir` (empty if it does not exist).
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     v.sort();
     v

@@ -12,42 +12,12 @@ async fn refused_requests_leave_nothing_behind() {
     let mut c = agent.client().await;
     let long = "x".repeat(65);
     let cases: Vec<(&str, Edit, Code, &str)> = vec![
-        (
-            "job with slash",
-            Box::new(|s| s.job_id = "a/b".into()),
-            Code::InvalidArgument,
-            "job id",
-        ),
-        (
-            "task with slash",
-            Box::new(|s| s.task_id = "a/b".into()),
-            Code::InvalidArgument,
-            "task id",
-        ),
-        (
-            "dot-dot",
-            Box::new(|s| s.task_id = "..".into()),
-            Code::InvalidArgument,
-            "task id",
-        ),
-        (
-            "NUL",
-            Box::new(|s| s.job_id = "a\0b".into()),
-            Code::InvalidArgument,
-            "job id",
-        ),
-        (
-            "65 chars",
-            Box::new(move |s| s.task_id = long.clone()),
-            Code::InvalidArgument,
-            "65 characters",
-        ),
-        (
-            "empty id",
-            Box::new(|s| s.task_id = String::new()),
-            Code::InvalidArgument,
-            "task id is empty",
-        ),
+        ("job with slash", Box::new(|s| s.job_id = "a/b".into()), Code::InvalidArgument, "job id"),
+        ("task with slash", Box::new(|s| s.task_id = "a/b".into()), Code::InvalidArgument, "task id"),
+        ("dot-dot", Box::new(|s| s.task_id = "..".into()), Code::InvalidArgument, "task id"),
+        ("NUL", Box::new(|s| s.job_id = "a\0b".into()), Code::InvalidArgument, "job id"),
+        ("65 chars", Box::new(move |s| s.task_id = long.clone()), Code::InvalidArgument, "65 characters"),
+        ("empty id", Box::new(|s| s.task_id = String::new()), Code::InvalidArgument, "task id is empty"),
         (
             "empty image",
             Box::new(|s| s.container.as_mut().unwrap().image = String::new()),
@@ -80,18 +50,8 @@ async fn refused_requests_leave_nothing_behind() {
             Code::InvalidArgument,
             "command line",
         ),
-        (
-            "too many slots",
-            Box::new(|s| s.required_slots = 99),
-            Code::InvalidArgument,
-            "required_slots",
-        ),
-        (
-            "no container",
-            Box::new(|s| s.container = None),
-            Code::InvalidArgument,
-            "container",
-        ),
+        ("too many slots", Box::new(|s| s.required_slots = 99), Code::InvalidArgument, "required_slots"),
+        ("no container", Box::new(|s| s.container = None), Code::InvalidArgument, "container"),
     ];
     for (name, edit, code, text) in cases {
         let mut spec = task("badjob", "t", "/bin/true");
@@ -101,12 +61,7 @@ async fn refused_requests_leave_nothing_behind() {
         assert!(err.message().contains(text), "{name}: {:?}", err.message());
     }
     // Nothing recorded, no directory created.
-    let list = c
-        .inner
-        .list_tasks(berth_tests::v1::ListTasksRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let list = c.inner.list_tasks(berth_tests::v1::ListTasksRequest::default()).await.unwrap().into_inner();
     assert!(list.tasks.is_empty(), "{:?}", list.tasks);
     assert!(entries(&agent.root().join("workitems")).is_empty());
 
@@ -116,10 +71,7 @@ async fn refused_requests_leave_nothing_behind() {
     assert_eq!(err.code(), Code::AlreadyExists);
 
     // Unknown task, unsafe and missing file paths.
-    assert_eq!(
-        c.get("badjob", "nope").await.unwrap_err().code(),
-        Code::NotFound
-    );
+    assert_eq!(c.get("badjob", "nope").await.unwrap_err().code(), Code::NotFound);
     for (path, code) in [
         ("../../../../etc/passwd", Code::InvalidArgument),
         ("/etc/passwd", Code::InvalidArgument),

@@ -4,12 +4,7 @@ use berth_tests::{binary, image, Agent, AgentOptions};
 use std::process::Command;
 
 fn berthctl(agent: &Agent, args: &[&str]) -> std::process::Output {
-    Command::new(binary("berthctl"))
-        .arg("--addr")
-        .arg(agent.addr())
-        .args(args)
-        .output()
-        .expect("run berthctl")
+    Command::new(binary("berthctl")).arg("--addr").arg(agent.addr()).args(args).output().expect("run berthctl")
 }
 
 #[tokio::test]
@@ -36,16 +31,10 @@ async fn run_wait_logs_list_node() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     // A task that never ran exits 125.
-    let missing = format!(
-        "{}/berth-test/nothing:here",
-        berth_tests::env("BERTH_TEST_REGISTRY")
-    );
+    let missing = format!("{}/berth-test/nothing:here", berth_tests::env("BERTH_TEST_REGISTRY"));
     let out = berthctl(
         &agent,
-        &[
-            "run", "--job", "clijob", "--task", "t2", "--image", &missing, "--wait", "--output",
-            "json",
-        ],
+        &["run", "--job", "clijob", "--task", "t2", "--image", &missing, "--wait", "--output", "json"],
     );
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -63,8 +52,5 @@ async fn run_wait_logs_list_node() {
     // Errors from the agent: status code and message, exit 1.
     let out = berthctl(&agent, &["get", "--job", "clijob", "--task", "none"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{out:?}");
 }

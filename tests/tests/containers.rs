@@ -8,31 +8,19 @@ use berth_tests::{failure_code, image, task, v1 as pb, Agent, AgentOptions};
 async fn seed_example_writes_hello_world_to_the_host() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task(
-        "seedjob",
-        "seedtask",
-        r#"/bin/sh -c "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt""#,
-    );
+    let mut spec =
+        task("seedjob", "seedtask", r#"/bin/sh -c "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt""#);
     spec.container.as_mut().unwrap().run_options = "--rm --workdir /".into();
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(done.result, pb::TaskResult::Success as i32);
     assert!(done.failure_info.is_none());
-    let out =
-        std::fs::read_to_string(agent.task_path("seedjob", "seedtask", "wd/output.txt")).unwrap();
+    let out = std::fs::read_to_string(agent.task_path("seedjob", "seedtask", "wd/output.txt")).unwrap();
     assert_eq!(out, "hello world\n");
-    assert_eq!(
-        done.working_dir,
-        agent
-            .task_path("seedjob", "seedtask", "wd")
-            .display()
-            .to_string()
-    );
+    assert_eq!(done.working_dir, agent.task_path("seedjob", "seedtask", "wd").display().to_string());
     // The container is gone; the task's files stay.
     c.wait_container_deleted("seedjob", "seedtask").await;
-    assert!(agent
-        .task_path("seedjob", "seedtask", "stdout.txt")
-        .is_file());
+    assert!(agent.task_path("seedjob", "seedtask", "stdout.txt").is_file());
 }
 
 #[tokio::test]
@@ -43,20 +31,14 @@ async fn empty_command_line_runs_entrypoint_and_cmd() {
     spec.container.as_mut().unwrap().image = image("entrypoint");
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
-    assert_eq!(
-        c.read("epjob", "t1", "stdout.txt").await.unwrap(),
-        "from-entrypoint default-cmd\n"
-    );
+    assert_eq!(c.read("epjob", "t1", "stdout.txt").await.unwrap(), "from-entrypoint default-cmd\n");
 
     // A command line replaces both ENTRYPOINT and CMD, and no shell expands it.
     let mut spec = task("epjob", "t2", "/bin/echo $HOME 'a  b'");
     spec.container.as_mut().unwrap().image = image("entrypoint");
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0));
-    assert_eq!(
-        c.read("epjob", "t2", "stdout.txt").await.unwrap(),
-        "$HOME a  b\n"
-    );
+    assert_eq!(c.read("epjob", "t2", "stdout.txt").await.unwrap(), "$HOME a  b\n");
 }
 
 #[tokio::test]
@@ -64,33 +46,15 @@ async fn working_directory_rules() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     let cases = [
-        (
-            "image",
-            pb::WorkingDirectory::ImageDefault,
-            "",
-            "/app".to_string(),
-        ),
+        ("image", pb::WorkingDirectory::ImageDefault, "", "/app".to_string()),
         (
             "task",
             pb::WorkingDirectory::TaskWorkingDir,
             "",
             agent.task_path("wdjob", "task", "wd").display().to_string(),
         ),
-        (
-            "unset",
-            pb::WorkingDirectory::Unspecified,
-            "",
-            agent
-                .task_path("wdjob", "unset", "wd")
-                .display()
-                .to_string(),
-        ),
-        (
-            "flag",
-            pb::WorkingDirectory::ImageDefault,
-            "-w /tmp",
-            "/tmp".to_string(),
-        ),
+        ("unset", pb::WorkingDirectory::Unspecified, "", agent.task_path("wdjob", "unset", "wd").display().to_string()),
+        ("flag", pb::WorkingDirectory::ImageDefault, "-w /tmp", "/tmp".to_string()),
     ];
     for (id, mode, run_options, want) in cases {
         let mut spec = task("wdjob", id, "");
@@ -100,11 +64,7 @@ async fn working_directory_rules() {
         ct.run_options = run_options.into();
         let done = c.run_done(spec).await;
         assert_eq!(done.exit_code, Some(0), "{id}: {done:?}");
-        assert_eq!(
-            c.read("wdjob", id, "stdout.txt").await.unwrap().trim_end(),
-            want,
-            "{id}"
-        );
+        assert_eq!(c.read("wdjob", id, "stdout.txt").await.unwrap().trim_end(), want, "{id}");
     }
 }
 
@@ -121,8 +81,7 @@ async fn task_env_and_batch_variables_are_visible() {
     );
     spec.container.as_mut().unwrap().image = image("workdir");
     spec.environment.insert("MY_VAR".into(), "my value".into());
-    spec.environment
-        .insert("IMAGE_VAR".into(), "from-task".into());
+    spec.environment.insert("IMAGE_VAR".into(), "from-task".into());
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     let out = c.read("envjob", "envtask", "stdout.txt").await.unwrap();
@@ -135,12 +94,7 @@ async fn task_env_and_batch_variables_are_visible() {
         "test-node".into(),
         "test-pool".into(),
         format!("{root}/shared"),
-        agent
-            .task_path("envjob", "envtask", "")
-            .display()
-            .to_string()
-            .trim_end_matches('/')
-            .to_string(),
+        agent.task_path("envjob", "envtask", "").display().to_string().trim_end_matches('/').to_string(),
         root.clone(),
         "true".into(),
     ];
@@ -151,68 +105,31 @@ async fn task_env_and_batch_variables_are_visible() {
 async fn node_root_is_shared_between_tasks() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let a = c
-        .run_done(task(
-            "sharejob",
-            "writer",
-            "/bin/sh -c 'echo shared-data > $AZ_BATCH_NODE_SHARED_DIR/f.txt'",
-        ))
-        .await;
+    let a =
+        c.run_done(task("sharejob", "writer", "/bin/sh -c 'echo shared-data > $AZ_BATCH_NODE_SHARED_DIR/f.txt'")).await;
     assert_eq!(a.exit_code, Some(0), "{a:?}");
-    let b = c
-        .run_done(task(
-            "sharejob",
-            "reader",
-            "/bin/sh -c 'cat $AZ_BATCH_NODE_SHARED_DIR/f.txt'",
-        ))
-        .await;
+    let b = c.run_done(task("sharejob", "reader", "/bin/sh -c 'cat $AZ_BATCH_NODE_SHARED_DIR/f.txt'")).await;
     assert_eq!(b.exit_code, Some(0), "{b:?}");
-    assert_eq!(
-        c.read("sharejob", "reader", "stdout.txt").await.unwrap(),
-        "shared-data\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(agent.root().join("shared/f.txt")).unwrap(),
-        "shared-data\n"
-    );
+    assert_eq!(c.read("sharejob", "reader", "stdout.txt").await.unwrap(), "shared-data\n");
+    assert_eq!(std::fs::read_to_string(agent.root().join("shared/f.txt")).unwrap(), "shared-data\n");
 }
 
 #[tokio::test]
 async fn exit_codes_signals_and_stderr() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let done = c
-        .run_done(task(
-            "exitjob",
-            "three",
-            "/bin/sh -c 'echo oops >&2; exit 3'",
-        ))
-        .await;
+    let done = c.run_done(task("exitjob", "three", "/bin/sh -c 'echo oops >&2; exit 3'")).await;
     assert_eq!(done.exit_code, Some(3));
     assert_eq!(done.result, pb::TaskResult::Failure as i32);
     assert_eq!(failure_code(&done), "FailureExitCode");
-    assert_eq!(
-        c.read("exitjob", "three", "stderr.txt").await.unwrap(),
-        "oops\n"
-    );
+    assert_eq!(c.read("exitjob", "three", "stderr.txt").await.unwrap(), "oops\n");
     assert_eq!(c.read("exitjob", "three", "stdout.txt").await.unwrap(), "");
 
     // The shell is PID 1 and ignores SIGKILL from inside; a child shell is killable.
-    let done = c
-        .run_done(task(
-            "exitjob",
-            "killed",
-            "/bin/sh -c '/bin/sh -c \"kill -9 \\$\\$\"; exit $?'",
-        ))
-        .await;
+    let done = c.run_done(task("exitjob", "killed", "/bin/sh -c '/bin/sh -c \"kill -9 \\$\\$\"; exit $?'")).await;
     assert_eq!(done.exit_code, Some(137), "{done:?}");
     assert_eq!(failure_code(&done), "TaskKilledBySignal");
-    assert!(done
-        .failure_info
-        .as_ref()
-        .unwrap()
-        .message
-        .contains("SIGKILL"));
+    assert!(done.failure_info.as_ref().unwrap().message.contains("SIGKILL"));
 }
 
 #[tokio::test]
@@ -220,17 +137,12 @@ async fn missing_image_fails_with_image_not_found() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     let mut spec = task("imgjob", "missing", "/bin/true");
-    spec.container.as_mut().unwrap().image = format!(
-        "{}/berth-test/does-not-exist:1",
-        berth_tests::env("BERTH_TEST_REGISTRY")
-    );
+    spec.container.as_mut().unwrap().image =
+        format!("{}/berth-test/does-not-exist:1", berth_tests::env("BERTH_TEST_REGISTRY"));
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImageNotFound", "{done:?}");
     assert_eq!(done.exit_code, None);
-    assert_eq!(
-        done.failure_info.unwrap().category,
-        pb::FailureCategory::UserError as i32
-    );
+    assert_eq!(done.failure_info.unwrap().category, pb::FailureCategory::UserError as i32);
 }
 
 #[tokio::test]
@@ -247,10 +159,7 @@ async fn hardening_is_in_place() {
     let done = c.run_done(task("hardjob", "t", cmd)).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     let out = c.read("hardjob", "t", "stdout.txt").await.unwrap();
-    let lines: Vec<String> = out
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     let want = [
         "CapInh: 0000000000000000",
         "CapAmb: 0000000000000000",
@@ -260,4 +169,24 @@ async fn hardening_is_in_place() {
         "shm",
     ];
     assert_eq!(lines, want, "{out}");
+}
+
+#[tokio::test]
+async fn runs_as_the_task_uid_and_gid() {
+    use std::os::unix::fs::MetadataExt;
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task(
+        "uidjob",
+        "t",
+        "/bin/sh -c 'id -u; id -g; grep CapEff /proc/self/status; echo x > $AZ_BATCH_TASK_WORKING_DIR/owned.txt'",
+    );
+    spec.user = Some(pb::UserIdentity { uid: Some(1000), gid: Some(1001) });
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    let out = c.read("uidjob", "t", "stdout.txt").await.unwrap();
+    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(lines, ["1000", "1001", "CapEff: 0000000000000000"], "{out}");
+    let meta = std::fs::metadata(agent.task_path("uidjob", "t", "wd/owned.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
 }

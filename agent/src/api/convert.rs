@@ -3,8 +3,8 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo,
-    TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
+    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo, TaskKey, TaskResult,
+    TaskSpec, TaskState, UserIdentity, WorkingDirMode,
 };
 use crate::store::TaskEvent;
 use crate::supervisor::NodeStatus;
@@ -15,15 +15,9 @@ pub fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Er
     Ok(TaskKey::new(job_id, task_id)?)
 }
 
-fn duration(
-    field: &'static str,
-    d: Option<prost_types::Duration>,
-) -> Result<Option<Duration>, DecodeError> {
-    d.map(|d| {
-        Duration::try_from(d)
-            .map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}")))
-    })
-    .transpose()
+fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DecodeError> {
+    d.map(|d| Duration::try_from(d).map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}"))))
+        .transpose()
 }
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
@@ -31,10 +25,7 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
-        seconds: i64::MAX,
-        nanos: 0,
-    })
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }
 
 pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
@@ -43,10 +34,7 @@ pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
             Ok(WorkingDirMode::TaskWorkingDir)
         }
         Ok(pb::WorkingDirectory::ImageDefault) => Ok(WorkingDirMode::ImageDefault),
-        Err(_) => Err(DecodeError::new(
-            "container.working_directory",
-            format!("unknown value {v}"),
-        )),
+        Err(_) => Err(DecodeError::new("container.working_directory", format!("unknown value {v}"))),
     }
 }
 
@@ -64,10 +52,7 @@ pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
 /// Decodes a `TaskSpec`. Id errors are reported by the supervisor's id types.
 pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> {
     let key = key(&t.job_id, &t.task_id)?;
-    let decode = |e: DecodeError| crate::supervisor::Error::Invalid {
-        field: e.field,
-        reason: e.reason,
-    };
+    let decode = |e: DecodeError| crate::supervisor::Error::Invalid { field: e.field, reason: e.reason };
     let container = match t.container {
         Some(c) => Some(ContainerSettings {
             image: c.image,
@@ -82,21 +67,11 @@ pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> 
         command_line: t.command_line,
         container,
         environment: t.environment.into_iter().collect(),
-        user: t
-            .user
-            .map(|u| UserIdentity {
-                uid: u.uid,
-                gid: u.gid,
-            })
-            .unwrap_or_default(),
+        user: t.user.map(|u| UserIdentity { uid: u.uid, gid: u.gid }).unwrap_or_default(),
         constraints: TaskConstraints {
-            max_wall_clock_time: duration(
-                "constraints.max_wall_clock_time",
-                constraints.max_wall_clock_time,
-            )
-            .map_err(decode)?,
-            retention_time: duration("constraints.retention_time", constraints.retention_time)
+            max_wall_clock_time: duration("constraints.max_wall_clock_time", constraints.max_wall_clock_time)
                 .map_err(decode)?,
+            retention_time: duration("constraints.retention_time", constraints.retention_time).map_err(decode)?,
         },
         required_slots: t.required_slots.max(1),
     })
@@ -116,10 +91,7 @@ fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
             } as i32,
         }),
         environment: s.environment.clone().into_iter().collect(),
-        user: Some(pb::UserIdentity {
-            uid: s.user.uid,
-            gid: s.user.gid,
-        }),
+        user: Some(pb::UserIdentity { uid: s.user.uid, gid: s.user.gid }),
         constraints: Some(pb::TaskConstraints {
             max_wall_clock_time: s.constraints.max_wall_clock_time.map(proto_duration),
             retention_time: Some(proto_duration(s.constraints.retention())),
@@ -149,11 +121,7 @@ fn failure_to_proto(f: &FailureInfo) -> pb::FailureInfo {
 }
 
 fn container_to_proto(c: &ContainerInfo) -> pb::ContainerInfo {
-    pb::ContainerInfo {
-        container_id: c.container_id.clone(),
-        state: c.state.clone(),
-        error: c.error.clone(),
-    }
+    pb::ContainerInfo { container_id: c.container_id.clone(), state: c.state.clone(), error: c.error.clone() }
 }
 
 /// `TaskInfo` for the API; `paths` are the task's directory and working directory.
@@ -181,10 +149,7 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
 }
 
 pub fn event(e: &TaskEvent, task: pb::TaskInfo) -> pb::TaskEvent {
-    pb::TaskEvent {
-        sequence: e.sequence,
-        task: Some(task),
-    }
+    pb::TaskEvent { sequence: e.sequence, task: Some(task) }
 }
 
 pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
@@ -221,15 +186,9 @@ mod tests {
                 working_directory: pb::WorkingDirectory::ImageDefault as i32,
             }),
             environment: HashMap::from([("A".to_string(), "1".to_string())]),
-            user: Some(pb::UserIdentity {
-                uid: Some(1000),
-                gid: Some(100),
-            }),
+            user: Some(pb::UserIdentity { uid: Some(1000), gid: Some(100) }),
             constraints: Some(pb::TaskConstraints {
-                max_wall_clock_time: Some(prost_types::Duration {
-                    seconds: 5,
-                    nanos: 0,
-                }),
+                max_wall_clock_time: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
                 retention_time: None,
             }),
             required_slots: 0,
@@ -240,48 +199,24 @@ mod tests {
     fn spec_round_trip() {
         let spec = task_spec(proto_spec()).unwrap();
         assert_eq!(spec.key.to_string(), "job1/task1");
-        assert_eq!(
-            spec.container.as_ref().unwrap().working_directory,
-            WorkingDirMode::ImageDefault
-        );
-        assert_eq!(
-            spec.user,
-            UserIdentity {
-                uid: Some(1000),
-                gid: Some(100)
-            }
-        );
-        assert_eq!(
-            spec.constraints.max_wall_clock_time,
-            Some(Duration::from_secs(5))
-        );
+        assert_eq!(spec.container.as_ref().unwrap().working_directory, WorkingDirMode::ImageDefault);
+        assert_eq!(spec.user, UserIdentity { uid: Some(1000), gid: Some(100) });
+        assert_eq!(spec.constraints.max_wall_clock_time, Some(Duration::from_secs(5)));
         assert_eq!(spec.required_slots, 1, "0 slots means 1");
         let back = spec_to_proto(&spec);
         assert_eq!(back.command_line, "/bin/true");
         assert_eq!(back.environment.get("A").map(String::as_str), Some("1"));
-        assert_eq!(
-            back.constraints.unwrap().retention_time.unwrap().seconds,
-            7 * 24 * 3600
-        );
+        assert_eq!(back.constraints.unwrap().retention_time.unwrap().seconds, 7 * 24 * 3600);
     }
 
     #[test]
     fn bad_fields() {
         let mut p = proto_spec();
         p.container.as_mut().unwrap().working_directory = 9;
-        assert!(task_spec(p)
-            .unwrap_err()
-            .to_string()
-            .contains("container.working_directory"));
+        assert!(task_spec(p).unwrap_err().to_string().contains("container.working_directory"));
         let mut p = proto_spec();
-        p.constraints.as_mut().unwrap().max_wall_clock_time = Some(prost_types::Duration {
-            seconds: -1,
-            nanos: 0,
-        });
-        assert!(task_spec(p)
-            .unwrap_err()
-            .to_string()
-            .contains("max_wall_clock_time"));
+        p.constraints.as_mut().unwrap().max_wall_clock_time = Some(prost_types::Duration { seconds: -1, nanos: 0 });
+        assert!(task_spec(p).unwrap_err().to_string().contains("max_wall_clock_time"));
         let mut p = proto_spec();
         p.task_id = "../x".into();
         assert!(task_spec(p).is_err());
@@ -302,10 +237,7 @@ mod tests {
         assert_eq!(p.state, pb::TaskState::Completed as i32);
         assert_eq!(p.exit_code, Some(137));
         assert_eq!(p.result, pb::TaskResult::Failure as i32);
-        assert_eq!(
-            p.failure_info.unwrap().category,
-            pb::FailureCategory::UserError as i32
-        );
+        assert_eq!(p.failure_info.unwrap().category, pb::FailureCategory::UserError as i32);
         assert_eq!(p.completed_at.unwrap().seconds, 20);
     }
 }

@@ -16,10 +16,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
+        Self { field, reason: reason.into() }
     }
 }
 
@@ -31,15 +28,11 @@ impl From<DecodeError> for Status {
 
 fn code_of(e: &Error) -> Code {
     match e {
-        Error::Id(_) | Error::Spec(_) | Error::Image(_) | Error::Invalid { .. } => {
-            Code::InvalidArgument
-        }
+        Error::Id(_) | Error::Spec(_) | Error::Image(_) | Error::Invalid { .. } => Code::InvalidArgument,
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::NotFound { .. } => Code::NotFound,
         Error::WrongState { .. } => Code::FailedPrecondition,
-        Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => {
-            Code::InvalidArgument
-        }
+        Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => Code::InvalidArgument,
         Error::Layout(LayoutError::NoSuchFile { .. }) => Code::NotFound,
         Error::Layout(_) | Error::Store(_) => Code::Internal,
         Error::Runtime(RuntimeError::Unavailable { .. }) => Code::Unavailable,
@@ -68,40 +61,14 @@ mod tests {
     fn codes() {
         let key = TaskKey::new("j", "t").unwrap();
         let cases: Vec<(Error, Code)> = vec![
-            (
-                Error::Id(crate::model::JobId::new("a/b").unwrap_err()),
-                Code::InvalidArgument,
-            ),
+            (Error::Id(crate::model::JobId::new("a/b").unwrap_err()), Code::InvalidArgument),
             (Error::Spec(SpecError::NoCommand), Code::InvalidArgument),
-            (
-                Error::AlreadyExists { key: key.clone() },
-                Code::AlreadyExists,
-            ),
+            (Error::AlreadyExists { key: key.clone() }, Code::AlreadyExists),
             (Error::NotFound { key: key.clone() }, Code::NotFound),
-            (
-                Error::WrongState {
-                    key,
-                    state: TaskState::Running,
-                    action: "deleted",
-                },
-                Code::FailedPrecondition,
-            ),
-            (
-                Error::Layout(LayoutError::UnsafePath {
-                    path: "../x".into(),
-                }),
-                Code::InvalidArgument,
-            ),
-            (
-                Error::Layout(LayoutError::NoSuchFile { path: "x".into() }),
-                Code::NotFound,
-            ),
-            (
-                Error::Runtime(RuntimeError::Unavailable {
-                    message: "down".into(),
-                }),
-                Code::Unavailable,
-            ),
+            (Error::WrongState { key, state: TaskState::Running, action: "deleted" }, Code::FailedPrecondition),
+            (Error::Layout(LayoutError::UnsafePath { path: "../x".into() }), Code::InvalidArgument),
+            (Error::Layout(LayoutError::NoSuchFile { path: "x".into() }), Code::NotFound),
+            (Error::Runtime(RuntimeError::Unavailable { message: "down".into() }), Code::Unavailable),
         ];
         for (e, want) in cases {
             let msg = e.to_string();

@@ -29,11 +29,7 @@ impl Api {
 
     fn info(&self, t: &TaskInfo) -> pb::TaskInfo {
         let p = self.layout.task(t.key());
-        convert::task_info(
-            t,
-            p.task_dir.display().to_string(),
-            p.working_dir.display().to_string(),
-        )
+        convert::task_info(t, p.task_dir.display().to_string(), p.working_dir.display().to_string())
     }
 }
 
@@ -41,78 +37,47 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Se
 
 #[tonic::async_trait]
 impl NodeAgent for Api {
-    async fn get_node(
-        &self,
-        _: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
-        Ok(Response::new(convert::node_info(
-            &self.sup.node_status().await,
-        )))
+    async fn get_node(&self, _: Request<pb::GetNodeRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+        Ok(Response::new(convert::node_info(&self.sup.node_status().await)))
     }
 
-    async fn run_task(
-        &self,
-        req: Request<pb::RunTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
-        let task = req
-            .into_inner()
-            .task
-            .ok_or_else(|| error::DecodeError::new("task", "is required"))?;
+    async fn run_task(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
+        let task = req.into_inner().task.ok_or_else(|| error::DecodeError::new("task", "is required"))?;
         let spec = convert::task_spec(task)?;
         let info = self.sup.run_task(spec).await?;
         Ok(Response::new(self.info(&info)))
     }
 
-    async fn get_task(
-        &self,
-        req: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
+    async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let r = req.into_inner();
-        let info = self
-            .sup
-            .get_task(&convert::key(&r.job_id, &r.task_id)?)
-            .await?;
+        let info = self.sup.get_task(&convert::key(&r.job_id, &r.task_id)?).await?;
         Ok(Response::new(self.info(&info)))
     }
 
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let state = convert::task_state(r.state)?;
         let job = (!r.job_id.is_empty()).then_some(r.job_id);
         let tasks = self.sup.list_tasks(job, state).await?;
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.iter().map(|t| self.info(t)).collect(),
-        }))
+        Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(|t| self.info(t)).collect() }))
     }
 
     type WatchTasksStream = EventStream;
 
-    async fn watch_tasks(
-        &self,
-        req: Request<pb::WatchTasksRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    async fn watch_tasks(&self, req: Request<pb::WatchTasksRequest>) -> Result<Response<EventStream>, Status> {
         let rx = self.sup.watch(req.into_inner().from_sequence);
         let layout = self.layout.clone();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |ev| {
             let ev = ev.map_err(Status::from)?;
             let p = layout.task(ev.task.key());
-            let info = convert::task_info(
-                &ev.task,
-                p.task_dir.display().to_string(),
-                p.working_dir.display().to_string(),
-            );
+            let info =
+                convert::task_info(&ev.task, p.task_dir.display().to_string(), p.working_dir.display().to_string());
             Ok(convert::event(&ev, info))
         });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn terminate_task(
-        &self,
-        req: Request<pb::TerminateTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
+    async fn terminate_task(&self, req: Request<pb::TerminateTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let r = req.into_inner();
         let key = convert::key(&r.job_id, &r.task_id)?;
         let grace = r
@@ -129,9 +94,7 @@ impl NodeAgent for Api {
         req: Request<pb::DeleteTaskRequest>,
     ) -> Result<Response<pb::DeleteTaskResponse>, Status> {
         let r = req.into_inner();
-        self.sup
-            .delete(&convert::key(&r.job_id, &r.task_id)?)
-            .await?;
+        self.sup.delete(&convert::key(&r.job_id, &r.task_id)?).await?;
         Ok(Response::new(pb::DeleteTaskResponse {}))
     }
 
@@ -141,14 +104,7 @@ impl NodeAgent for Api {
     ) -> Result<Response<pb::ReadTaskFileResponse>, Status> {
         let r = req.into_inner();
         let key = convert::key(&r.job_id, &r.task_id)?;
-        let f = self
-            .sup
-            .read_file(&key, &r.path, r.offset, r.length)
-            .await?;
-        Ok(Response::new(pb::ReadTaskFileResponse {
-            data: f.data,
-            size: f.size,
-            eof: f.eof,
-        }))
+        let f = self.sup.read_file(&key, &r.path, r.offset, r.length).await?;
+        Ok(Response::new(pb::ReadTaskFileResponse { data: f.data, size: f.size, eof: f.eof }))
     }
 }

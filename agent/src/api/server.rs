@@ -12,10 +12,7 @@ use tonic::transport::Server;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("gRPC reflection: {0}")]
     Reflection(String),
     #[error("API server: {0}")]
@@ -27,11 +24,7 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves until `shutdown` resolves, then drains open calls for at most [`DRAIN`]:
 /// a scheduler's open `WatchTasks` stream must not keep the agent from stopping.
-pub async fn serve(
-    api: Api,
-    listen: &Listen,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+pub async fn serve(api: Api, listen: &Listen, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = serve_until(api, listen, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -54,53 +47,37 @@ pub async fn serve(
     result
 }
 
-async fn serve_until(
-    api: Api,
-    listen: &Listen,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+async fn serve_until(api: Api, listen: &Listen, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeAgentServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(NodeAgentServer::new(api));
+    let router =
+        Server::builder().add_service(health_service).add_service(reflection).add_service(NodeAgentServer::new(api));
 
     match listen {
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;
             tracing::info!(socket = %path.display(), "API listening");
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await?;
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                })?;
+                .map_err(|source| ServeError::Listen { addr: addr.to_string(), source })?;
             tracing::info!(%addr, "API listening");
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await?;
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
     }
     Ok(())
 }
 
 fn bind_unix(path: &PathBuf) -> Result<tokio::net::UnixListener, ServeError> {
-    let err = |source| ServeError::Listen {
-        addr: format!("unix://{}", path.display()),
-        source,
-    };
+    let err = |source| ServeError::Listen { addr: format!("unix://{}", path.display()), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }

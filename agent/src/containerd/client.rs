@@ -1,12 +1,14 @@
 //! [`Runtime`] over containerd's gRPC API. One lazily connected channel, shared
 //! by every call; tonic reconnects it when containerd restarts.
 
-use super::{CreateRequest, ExitStatus, ResolvedImage, Runtime, RuntimeError, TaskStatus};
+use super::{CreateRequest, ExitEvent, ExitStatus, ExitStream, ResolvedImage, Runtime, RuntimeError, TaskStatus};
 use crate::images::Platform;
 use async_trait::async_trait;
+use containerd_client::events::TaskExit;
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -14,14 +16,15 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
+use containerd_client::services::v1::SubscribeRequest;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest, KillRequest, StartRequest,
-    WaitRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcessStatus;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -51,12 +54,7 @@ impl Containerd {
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             }));
-        Self {
-            channel,
-            namespace: namespace.into(),
-            snapshotter: snapshotter.into(),
-            runtime: runtime.into(),
-        }
+        Self { channel, namespace: namespace.into(), snapshotter: snapshotter.into(), runtime: runtime.into() }
     }
 
     pub(super) fn snapshotter(&self) -> &str {
@@ -107,22 +105,13 @@ impl Containerd {
     /// Maps a gRPC status from containerd into a [`RuntimeError`].
     pub(super) fn status_error(&self, op: &'static str, what: &str, s: Status) -> RuntimeError {
         match s.code() {
-            Code::NotFound => RuntimeError::NotFound {
-                what: what.to_owned(),
-            },
-            Code::Unavailable | Code::Cancelled => RuntimeError::Unavailable {
-                message: s.message().to_owned(),
-            },
+            Code::NotFound => RuntimeError::NotFound { what: what.to_owned() },
+            Code::Unavailable | Code::Cancelled => RuntimeError::Unavailable { message: s.message().to_owned() },
             // Transport failures (connection refused, reset) come back as Unknown with no server message.
             Code::Unknown if s.message().contains("transport") || s.message().is_empty() => {
-                RuntimeError::Unavailable {
-                    message: format!("{s}"),
-                }
+                RuntimeError::Unavailable { message: format!("{s}") }
             }
-            _ => RuntimeError::Failed {
-                op,
-                message: s.message().to_owned(),
-            },
+            _ => RuntimeError::Failed { op, message: s.message().to_owned() },
         }
     }
 
@@ -138,43 +127,24 @@ impl Containerd {
             .snapshots()
             .prepare(self.leased(prepare, lease))
             .await
-            .map_err(|s| {
-                self.status_error(
-                    "prepare snapshot",
-                    &format!("snapshot parent {}", req.image.chain_id),
-                    s,
-                )
-            })?
+            .map_err(|s| self.status_error("prepare snapshot", &format!("snapshot parent {}", req.image.chain_id), s))?
             .into_inner()
             .mounts;
 
-        let spec = serde_json::to_vec(&req.spec).map_err(|e| RuntimeError::Failed {
-            op: "encode spec",
-            message: e.to_string(),
-        })?;
+        let spec = serde_json::to_vec(&req.spec)
+            .map_err(|e| RuntimeError::Failed { op: "encode spec", message: e.to_string() })?;
         let container = Container {
             id: id.clone(),
             labels: req.labels.clone(),
             image: req.image.name.clone(),
-            runtime: Some(ContainerRuntime {
-                name: self.runtime.clone(),
-                options: None,
-            }),
-            spec: Some(prost_types::Any {
-                type_url: SPEC_TYPE_URL.into(),
-                value: spec,
-            }),
+            runtime: Some(ContainerRuntime { name: self.runtime.clone(), options: None }),
+            spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec }),
             snapshotter: self.snapshotter.clone(),
             snapshot_key: id.clone(),
             ..Default::default()
         };
         self.containers()
-            .create(self.leased(
-                CreateContainerRequest {
-                    container: Some(container),
-                },
-                lease,
-            ))
+            .create(self.leased(CreateContainerRequest { container: Some(container) }, lease))
             .await
             .map_err(|s| self.status_error("create container", &format!("container {id}"), s))?;
 
@@ -209,6 +179,21 @@ fn ignore_missing(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
     }
 }
 
+/// Decodes a `/tasks/exit` envelope; None for other events and exec processes.
+fn exit_event(env: containerd_client::types::Envelope) -> Option<ExitEvent> {
+    let mut any = env.event?;
+    // containerd sends type URLs without the leading '/' that prost's Any expects.
+    if !any.type_url.starts_with('/') {
+        any.type_url.insert(0, '/');
+    }
+    let exit: TaskExit = any.to_msg().ok()?;
+    // Exec'd processes have their own id; only the init process ends the task.
+    (exit.id == exit.container_id).then(|| ExitEvent {
+        container_id: exit.container_id,
+        status: ExitStatus { code: exit.exit_status, exited_at: to_system_time(exit.exited_at) },
+    })
+}
+
 #[async_trait]
 impl Runtime for Containerd {
     async fn version(&self) -> Result<String, RuntimeError> {
@@ -220,11 +205,7 @@ impl Runtime for Containerd {
         Ok(v.version)
     }
 
-    async fn resolve_image(
-        &self,
-        name: &str,
-        platform: &Platform,
-    ) -> Result<ResolvedImage, RuntimeError> {
+    async fn resolve_image(&self, name: &str, platform: &Platform) -> Result<ResolvedImage, RuntimeError> {
         self.resolve(name, platform).await
     }
 
@@ -232,14 +213,10 @@ impl Runtime for Containerd {
         // A lease keeps the new snapshot from containerd's GC until the container
         // record references it; it expires by itself if the agent dies meanwhile.
         let lease = format!("{}-create", req.id);
-        let expire =
-            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600))
-                .to_string();
+        let expire = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600)).to_string();
         let lease_req = CreateLeaseRequest {
             id: lease.clone(),
-            labels: [("containerd.io/gc.expire".to_string(), expire)]
-                .into_iter()
-                .collect(),
+            labels: [("containerd.io/gc.expire".to_string(), expire)].into_iter().collect(),
         };
         match self.leases().create(self.request(lease_req)).await {
             Ok(_) => {}
@@ -250,21 +227,12 @@ impl Runtime for Containerd {
         if result.is_err() {
             let _ = self.remove(&req.id).await;
         }
-        let _ = self
-            .leases()
-            .delete(self.request(DeleteLeaseRequest {
-                id: lease,
-                sync: false,
-            }))
-            .await;
+        let _ = self.leases().delete(self.request(DeleteLeaseRequest { id: lease, sync: false })).await;
         result
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
-        let req = StartRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-        };
+        let req = StartRequest { container_id: id.to_owned(), exec_id: String::new() };
         Ok(self
             .tasks()
             .start(self.request(req))
@@ -275,29 +243,18 @@ impl Runtime for Containerd {
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
-        let req = WaitRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-        };
+        let req = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
         let resp = self
             .tasks()
             .wait(self.request(req))
             .await
             .map_err(|s| self.status_error("wait task", &format!("task {id}"), s))?
             .into_inner();
-        Ok(ExitStatus {
-            code: resp.exit_status,
-            exited_at: to_system_time(resp.exited_at),
-        })
+        Ok(ExitStatus { code: resp.exit_status, exited_at: to_system_time(resp.exited_at) })
     }
 
     async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
-        let req = KillRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-            signal,
-            all: true,
-        };
+        let req = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all: true };
         self.tasks()
             .kill(self.request(req))
             .await
@@ -306,10 +263,7 @@ impl Runtime for Containerd {
     }
 
     async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
-        let req = GetRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-        };
+        let req = GetRequest { container_id: id.to_owned(), exec_id: String::new() };
         let p = self
             .tasks()
             .get(self.request(req))
@@ -317,48 +271,41 @@ impl Runtime for Containerd {
             .map_err(|s| self.status_error("get task", &format!("task {id}"), s))?
             .into_inner()
             .process
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: format!("task {id}"),
-            })?;
+            .ok_or_else(|| RuntimeError::NotFound { what: format!("task {id}") })?;
         Ok(match ProcessStatus::try_from(p.status) {
             Ok(ProcessStatus::Created) => TaskStatus::Created,
             Ok(ProcessStatus::Running) => TaskStatus::Running,
-            Ok(ProcessStatus::Stopped) => TaskStatus::Stopped(ExitStatus {
-                code: p.exit_status,
-                exited_at: to_system_time(p.exited_at),
-            }),
+            Ok(ProcessStatus::Stopped) => {
+                TaskStatus::Stopped(ExitStatus { code: p.exit_status, exited_at: to_system_time(p.exited_at) })
+            }
             _ => TaskStatus::Other,
         })
     }
 
+    async fn exit_events(&self) -> Result<ExitStream, RuntimeError> {
+        let filters = vec![format!("topic==\"/tasks/exit\",namespace=={}", self.namespace)];
+        let stream = EventsClient::new(self.channel.clone())
+            .subscribe(Request::new(SubscribeRequest { filters }))
+            .await
+            .map_err(|s| self.status_error("subscribe to events", "events service", s))?
+            .into_inner();
+        let this = self.clone();
+        let exits = stream.filter_map(move |env| match env {
+            Ok(env) => exit_event(env).map(Ok),
+            Err(s) => Some(Err(this.status_error("events", "events service", s))),
+        });
+        Ok(Box::pin(exits))
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let task = self
-            .tasks()
-            .delete(self.request(DeleteTaskRequest {
-                container_id: id.to_owned(),
-            }))
-            .await;
+        let task = self.tasks().delete(self.request(DeleteTaskRequest { container_id: id.to_owned() })).await;
+        ignore_missing(task.map(drop).map_err(|s| self.status_error("delete task", &format!("task {id}"), s)))?;
+        let container = self.containers().delete(self.request(DeleteContainerRequest { id: id.to_owned() })).await;
         ignore_missing(
-            task.map(drop)
-                .map_err(|s| self.status_error("delete task", &format!("task {id}"), s)),
+            container.map(drop).map_err(|s| self.status_error("delete container", &format!("container {id}"), s)),
         )?;
-        let container = self
-            .containers()
-            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
-            .await;
-        ignore_missing(
-            container
-                .map(drop)
-                .map_err(|s| self.status_error("delete container", &format!("container {id}"), s)),
-        )?;
-        let snap = RemoveSnapshotRequest {
-            snapshotter: self.snapshotter.clone(),
-            key: id.to_owned(),
-        };
+        let snap = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: id.to_owned() };
         let snap = self.snapshots().remove(self.request(snap)).await;
-        ignore_missing(
-            snap.map(drop)
-                .map_err(|s| self.status_error("remove snapshot", &format!("snapshot {id}"), s)),
-        )
+        ignore_missing(snap.map(drop).map_err(|s| self.status_error("remove snapshot", &format!("snapshot {id}"), s)))
     }
 }

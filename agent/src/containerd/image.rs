@@ -9,37 +9,23 @@ use containerd_client::services::v1::snapshots::StatSnapshotRequest;
 use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-const MANIFEST_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
 /// Manifests and configs are small; refuse anything absurd before reading it.
 const MAX_METADATA_BYTES: i64 = 16 << 20;
 
 fn bad(image: &str, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::BadImage {
-        image: image.to_owned(),
-        reason: reason.into(),
-    }
+    RuntimeError::BadImage { image: image.to_owned(), reason: reason.into() }
 }
 
 impl Containerd {
     async fn read_blob(&self, digest: &str, size: i64) -> Result<Vec<u8>, RuntimeError> {
         if size > MAX_METADATA_BYTES {
-            return Err(RuntimeError::Failed {
-                op: "read content",
-                message: format!("{digest} is {size} bytes"),
-            });
+            return Err(RuntimeError::Failed { op: "read content", message: format!("{digest} is {size} bytes") });
         }
-        let req = self.request(ReadContentRequest {
-            digest: digest.to_owned(),
-            offset: 0,
-            size: 0,
-        });
+        let req = self.request(ReadContentRequest { digest: digest.to_owned(), offset: 0, size: 0 });
         let mut stream = self
             .content()
             .read(req)
@@ -47,61 +33,37 @@ impl Containerd {
             .map_err(|s| self.status_error("read content", &format!("content {digest}"), s))?
             .into_inner();
         let mut out = Vec::with_capacity(size.max(0) as usize);
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| self.status_error("read content", &format!("content {digest}"), s))?
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| self.status_error("read content", &format!("content {digest}"), s))?
         {
             out.extend_from_slice(&chunk.data);
         }
         Ok(out)
     }
 
-    pub(super) async fn resolve(
-        &self,
-        name: &str,
-        platform: &Platform,
-    ) -> Result<ResolvedImage, RuntimeError> {
+    pub(super) async fn resolve(&self, name: &str, platform: &Platform) -> Result<ResolvedImage, RuntimeError> {
         let image = self
             .images()
-            .get(self.request(GetImageRequest {
-                name: name.to_owned(),
-            }))
+            .get(self.request(GetImageRequest { name: name.to_owned() }))
             .await
             .map_err(|s| self.status_error("get image", &format!("image {name}"), s))?
             .into_inner()
             .image
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: format!("image {name}"),
-            })?;
-        let mut desc = image
-            .target
-            .ok_or_else(|| bad(name, "image record has no target"))?;
+            .ok_or_else(|| RuntimeError::NotFound { what: format!("image {name}") })?;
+        let mut desc = image.target.ok_or_else(|| bad(name, "image record has no target"))?;
 
         // At most one level of index, as registries serve them.
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
             let bytes = self.read_blob(&desc.digest, desc.size).await?;
-            let index = ImageIndex::from_reader(bytes.as_slice())
-                .map_err(|e| bad(name, format!("bad index: {e}")))?;
+            let index = ImageIndex::from_reader(bytes.as_slice()).map_err(|e| bad(name, format!("bad index: {e}")))?;
             let mut available = Vec::new();
             let entry = index.manifests().iter().find(|m| {
                 let Some(p) = m.platform() else { return false };
                 available.push(format!("{}/{}", p.os(), p.architecture()));
-                platform.matches(
-                    &p.os().to_string(),
-                    &p.architecture().to_string(),
-                    p.variant().as_deref(),
-                )
+                platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
             });
             let entry = entry.ok_or_else(|| {
-                bad(
-                    name,
-                    format!(
-                        "no entry for {} (the image has {})",
-                        platform.describe(),
-                        available.join(", ")
-                    ),
-                )
+                bad(name, format!("no entry for {} (the image has {})", platform.describe(), available.join(", ")))
             })?;
             desc = containerd_client::types::Descriptor {
                 media_type: entry.media_type().to_string(),
@@ -111,39 +73,29 @@ impl Containerd {
             };
         }
         if !MANIFEST_TYPES.contains(&desc.media_type.as_str()) {
-            return Err(bad(
-                name,
-                format!("unsupported manifest media type {:?}", desc.media_type),
-            ));
+            return Err(bad(name, format!("unsupported manifest media type {:?}", desc.media_type)));
         }
         let bytes = self.read_blob(&desc.digest, desc.size).await?;
-        let manifest = ImageManifest::from_reader(bytes.as_slice())
-            .map_err(|e| bad(name, format!("bad manifest: {e}")))?;
+        let manifest =
+            ImageManifest::from_reader(bytes.as_slice()).map_err(|e| bad(name, format!("bad manifest: {e}")))?;
         let cfg_desc = manifest.config();
-        let bytes = self
-            .read_blob(cfg_desc.digest().as_ref(), cfg_desc.size() as i64)
-            .await?;
-        let config = ImageConfiguration::from_reader(bytes.as_slice())
-            .map_err(|e| bad(name, format!("bad config: {e}")))?;
-        let chain =
-            chain_id(config.rootfs().diff_ids()).ok_or_else(|| bad(name, "image has no layers"))?;
+        let bytes = self.read_blob(cfg_desc.digest().as_ref(), cfg_desc.size() as i64).await?;
+        let config =
+            ImageConfiguration::from_reader(bytes.as_slice()).map_err(|e| bad(name, format!("bad config: {e}")))?;
+        let chain = chain_id(config.rootfs().diff_ids()).ok_or_else(|| bad(name, "image has no layers"))?;
 
         // The image must be unpacked for our snapshotter.
-        let stat = StatSnapshotRequest {
-            snapshotter: self.snapshotter().to_owned(),
-            key: chain.clone(),
-        };
+        let stat = StatSnapshotRequest { snapshotter: self.snapshotter().to_owned(), key: chain.clone() };
         self.snapshots().stat(self.request(stat)).await.map_err(|s| {
             self.status_error(
                 "stat snapshot",
-                &format!("image {name} is in the content store but not unpacked for snapshotter {}; unpacked layers", self.snapshotter()),
+                &format!(
+                    "image {name} is in the content store but not unpacked for snapshotter {}; unpacked layers",
+                    self.snapshotter()
+                ),
                 s,
             )
         })?;
-        Ok(ResolvedImage {
-            name: name.to_owned(),
-            config: ImageConfig::from(&config),
-            chain_id: chain,
-        })
+        Ok(ResolvedImage { name: name.to_owned(), config: ImageConfig::from(&config), chain_id: chain })
     }
 }

@@ -66,6 +66,16 @@ pub struct ExitStatus {
     pub exited_at: Option<SystemTime>,
 }
 
+/// A task's init process exited (containerd's `/tasks/exit` event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub container_id: String,
+    pub status: ExitStatus,
+}
+
+/// Exit events as they happen; ends (or errs) when the connection to the runtime breaks.
+pub type ExitStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ExitEvent, RuntimeError>> + Send>>;
+
 /// The state of a container's task, as far as the runtime knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -80,11 +90,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// The runtime's version string.
     async fn version(&self) -> Result<String, RuntimeError>;
     /// Finds an unpacked image by name and reads its config.
-    async fn resolve_image(
-        &self,
-        name: &str,
-        platform: &Platform,
-    ) -> Result<ResolvedImage, RuntimeError>;
+    async fn resolve_image(&self, name: &str, platform: &Platform) -> Result<ResolvedImage, RuntimeError>;
     /// Creates the snapshot, the container and its task (created, not started).
     /// On failure, whatever this call made is removed again.
     async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError>;
@@ -97,4 +103,6 @@ pub trait Runtime: Send + Sync + 'static {
     async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError>;
     /// Deletes the task, the container and its snapshot; what is missing is skipped.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Subscribes to the exits of task init processes in our namespace.
+    async fn exit_events(&self) -> Result<ExitStream, RuntimeError>;
 }

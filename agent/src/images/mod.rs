@@ -22,10 +22,8 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
     if trimmed.is_empty() {
         return Err(ImageError::Empty);
     }
-    let parsed = Reference::try_from(trimmed).map_err(|e| ImageError::BadReference {
-        reference: reference.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let parsed = Reference::try_from(trimmed)
+        .map_err(|e| ImageError::BadReference { reference: reference.to_owned(), reason: e.to_string() })?;
     // The parser accepts an upper-case first component as a registry name even
     // when it is not one ("UPPER/img"); docker refuses such a repository.
     if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
@@ -84,11 +82,7 @@ impl Platform {
             "riscv64" => ("riscv64", None),
             other => (other, None),
         };
-        Self {
-            os: std::env::consts::OS.into(),
-            architecture: architecture.into(),
-            variant: variant.map(Into::into),
-        }
+        Self { os: std::env::consts::OS.into(), architecture: architecture.into(), variant: variant.map(Into::into) }
     }
 
     /// Whether an index entry's platform runs here. An entry without a variant
@@ -151,18 +145,8 @@ mod tests {
     #[test]
     fn refuses_bad_references() {
         assert_eq!(normalize("  "), Err(ImageError::Empty));
-        for bad in [
-            "Busybox",
-            "UPPER/case",
-            "a b",
-            "img@sha256:12",
-            "img:",
-            "::",
-        ] {
-            assert!(
-                matches!(normalize(bad), Err(ImageError::BadReference { .. })),
-                "{bad}"
-            );
+        for bad in ["Busybox", "UPPER/case", "a b", "img@sha256:12", "img:", "::"] {
+            assert!(matches!(normalize(bad), Err(ImageError::BadReference { .. })), "{bad}");
         }
     }
 
@@ -172,28 +156,17 @@ mod tests {
         let b = "sha256:bbbb".to_string();
         assert_eq!(chain_id(&[]), None);
         assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
-        let want = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(b"sha256:aaaa sha256:bbbb"))
-        );
+        let want = format!("sha256:{}", hex::encode(Sha256::digest(b"sha256:aaaa sha256:bbbb")));
         assert_eq!(chain_id(&[a, b]), Some(want));
     }
 
     #[test]
     fn platform_matching() {
-        let amd = Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        };
+        let amd = Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
         assert!(amd.matches("linux", "amd64", None));
         assert!(!amd.matches("linux", "arm64", None));
         assert!(!amd.matches("windows", "amd64", None));
-        let arm = Platform {
-            os: "linux".into(),
-            architecture: "arm64".into(),
-            variant: Some("v8".into()),
-        };
+        let arm = Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
         assert!(arm.matches("linux", "arm64", Some("v8")));
         assert!(arm.matches("linux", "arm64", None));
         assert!(!arm.matches("linux", "arm64", Some("v9")));

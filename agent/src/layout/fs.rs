@@ -11,15 +11,9 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("cannot create {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
     #[error("cannot remove {path}: {source}")]
-    Remove {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Remove { path: PathBuf, source: std::io::Error },
     #[error("path {path:?} is not a relative path inside the task directory")]
     UnsafePath { path: String },
     #[error("no file {path:?} in the task directory")]
@@ -27,10 +21,7 @@ pub enum LayoutError {
     #[error("{path:?} is not a regular file")]
     NotAFile { path: String },
     #[error("cannot read {path:?}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
 }
 
 /// What a read of a task file returned.
@@ -48,10 +39,7 @@ fn create_dir(path: &Path, mode: u32) -> Result<bool, LayoutError> {
         .mode(mode)
         .create(path)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
-        .map_err(|source| LayoutError::Create {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(|source| LayoutError::Create { path: path.into(), source })?;
     Ok(!existed)
 }
 
@@ -67,11 +55,7 @@ impl Layout {
     /// Creates the task directory, its `wd/`, and empty `stdout.txt`/`stderr.txt`
     /// (the containerd shim appends to them), owned by `owner` when given. If any
     /// step fails, what this call created is removed again.
-    pub fn create_task_dirs(
-        &self,
-        key: &TaskKey,
-        owner: Option<(u32, u32)>,
-    ) -> Result<TaskPaths, LayoutError> {
+    pub fn create_task_dirs(&self, key: &TaskKey, owner: Option<(u32, u32)>) -> Result<TaskPaths, LayoutError> {
         let paths = self.task(key);
         let created = create_dir(&paths.task_dir, 0o755)?;
         let result = (|| {
@@ -82,24 +66,12 @@ impl Layout {
                     .truncate(true)
                     .write(true)
                     .open(f)
-                    .map_err(|source| LayoutError::Create {
-                        path: f.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| LayoutError::Create { path: f.clone(), source })?;
             }
             if let Some((uid, gid)) = owner {
-                for p in [
-                    &paths.task_dir,
-                    &paths.working_dir,
-                    &paths.stdout,
-                    &paths.stderr,
-                ] {
-                    std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|source| {
-                        LayoutError::Create {
-                            path: p.clone(),
-                            source,
-                        }
-                    })?;
+                for p in [&paths.task_dir, &paths.working_dir, &paths.stdout, &paths.stderr] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                        .map_err(|source| LayoutError::Create { path: p.clone(), source })?;
                 }
             }
             Ok(())
@@ -117,10 +89,7 @@ impl Layout {
     pub fn remove_task_dir(&self, key: &TaskKey) -> Result<(), LayoutError> {
         let dir = self.task(key).task_dir;
         match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LayoutError::Remove {
-                path: dir,
-                source: e,
-            }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LayoutError::Remove { path: dir, source: e }),
             _ => Ok(()),
         }
     }
@@ -128,48 +97,28 @@ impl Layout {
     /// Reads up to `max` bytes at `offset` of the file `rel` under the task
     /// directory. `rel` must be relative and stay inside the task directory, also
     /// after symlinks are resolved (a task may plant a symlink in its wd).
-    pub fn read_task_file(
-        &self,
-        key: &TaskKey,
-        rel: &str,
-        offset: u64,
-        max: u64,
-    ) -> Result<TaskFiles, LayoutError> {
-        let unsafe_path = || LayoutError::UnsafePath {
-            path: rel.to_owned(),
-        };
+    pub fn read_task_file(&self, key: &TaskKey, rel: &str, offset: u64, max: u64) -> Result<TaskFiles, LayoutError> {
+        let unsafe_path = || LayoutError::UnsafePath { path: rel.to_owned() };
         let rel_path = Path::new(rel);
         if rel.is_empty()
             || rel.contains('\0')
-            || !rel_path
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            || !rel_path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         {
             return Err(unsafe_path());
         }
         let task_dir = self.task(key).task_dir;
-        let base = task_dir
-            .canonicalize()
-            .map_err(|_| LayoutError::NoSuchFile { path: rel.into() })?;
+        let base = task_dir.canonicalize().map_err(|_| LayoutError::NoSuchFile { path: rel.into() })?;
         let full = match base.join(rel_path).canonicalize() {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(LayoutError::NoSuchFile { path: rel.into() })
             }
-            Err(source) => {
-                return Err(LayoutError::Read {
-                    path: rel.into(),
-                    source,
-                })
-            }
+            Err(source) => return Err(LayoutError::Read { path: rel.into(), source }),
         };
         if !full.starts_with(&base) {
             return Err(unsafe_path());
         }
-        let read_err = |source| LayoutError::Read {
-            path: rel.to_owned(),
-            source,
-        };
+        let read_err = |source| LayoutError::Read { path: rel.to_owned(), source };
         let mut file = fs::File::open(&full).map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
@@ -179,9 +128,7 @@ impl Layout {
         let mut data = Vec::new();
         if offset < size {
             file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
-            file.take(max.min(size - offset))
-                .read_to_end(&mut data)
-                .map_err(read_err)?;
+            file.take(max.min(size - offset)).read_to_end(&mut data).map_err(read_err)?;
         }
         let eof = offset + data.len() as u64 >= size;
         Ok(TaskFiles { data, size, eof })
@@ -207,10 +154,7 @@ mod tests {
         let p = layout.task(&key);
         assert!(p.working_dir.is_dir());
         assert_eq!(fs::read(&p.stdout).unwrap(), b"");
-        assert_eq!(
-            fs::metadata(layout.shared()).unwrap().permissions().mode() & 0o7777,
-            0o1777
-        );
+        assert_eq!(fs::metadata(layout.shared()).unwrap().permissions().mode() & 0o7777, 0o1777);
     }
 
     #[test]
@@ -218,10 +162,7 @@ mod tests {
         let (_tmp, layout, key) = setup();
         fs::write(layout.task(&key).stdout, b"hello world").unwrap();
         let r = layout.read_task_file(&key, "stdout.txt", 6, 100).unwrap();
-        assert_eq!(
-            (r.data.as_slice(), r.size, r.eof),
-            (&b"world"[..], 11, true)
-        );
+        assert_eq!((r.data.as_slice(), r.size, r.eof), (&b"world"[..], 11, true));
         let r = layout.read_task_file(&key, "stdout.txt", 0, 5).unwrap();
         assert_eq!((r.data.as_slice(), r.eof), (&b"hello"[..], false));
         let r = layout.read_task_file(&key, "stdout.txt", 50, 5).unwrap();
@@ -235,31 +176,15 @@ mod tests {
         let wd = layout.task(&key).working_dir;
         std::os::unix::fs::symlink(tmp.path().join("secret"), wd.join("link")).unwrap();
         std::os::unix::fs::symlink("/etc", wd.join("etc")).unwrap();
-        for bad in [
-            "../t/stdout.txt",
-            "/etc/passwd",
-            "wd/../../../../secret",
-            "",
-            "a\0b",
-            "wd/link",
-            "wd/etc/passwd",
-        ] {
+        for bad in ["../t/stdout.txt", "/etc/passwd", "wd/../../../../secret", "", "a\0b", "wd/link", "wd/etc/passwd"] {
             let err = layout.read_task_file(&key, bad, 0, 10).unwrap_err();
-            assert!(
-                matches!(err, LayoutError::UnsafePath { .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, LayoutError::UnsafePath { .. }), "{bad:?}: {err}");
         }
         assert!(matches!(
-            layout
-                .read_task_file(&key, "wd/none.txt", 0, 10)
-                .unwrap_err(),
+            layout.read_task_file(&key, "wd/none.txt", 0, 10).unwrap_err(),
             LayoutError::NoSuchFile { .. }
         ));
-        assert!(matches!(
-            layout.read_task_file(&key, "wd", 0, 10).unwrap_err(),
-            LayoutError::NotAFile { .. }
-        ));
+        assert!(matches!(layout.read_task_file(&key, "wd", 0, 10).unwrap_err(), LayoutError::NotAFile { .. }));
     }
 
     #[test]

@@ -103,26 +103,11 @@ mod tests {
     fn batch_paths() {
         let l = Layout::new("/var/lib/berth/node");
         let t = l.task(&TaskKey::new("job1", "task1").unwrap());
-        assert_eq!(
-            t.task_dir,
-            Path::new("/var/lib/berth/node/workitems/job1/job-1/task1")
-        );
-        assert_eq!(
-            t.working_dir,
-            Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/wd")
-        );
-        assert_eq!(
-            t.stdout,
-            Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/stdout.txt")
-        );
-        assert_eq!(
-            t.stderr,
-            Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/stderr.txt")
-        );
-        assert_eq!(
-            t.job_prep_dir,
-            Path::new("/var/lib/berth/node/workitems/job1/job-1/jobpreparation")
-        );
+        assert_eq!(t.task_dir, Path::new("/var/lib/berth/node/workitems/job1/job-1/task1"));
+        assert_eq!(t.working_dir, Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/wd"));
+        assert_eq!(t.stdout, Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/stdout.txt"));
+        assert_eq!(t.stderr, Path::new("/var/lib/berth/node/workitems/job1/job-1/task1/stderr.txt"));
+        assert_eq!(t.job_prep_dir, Path::new("/var/lib/berth/node/workitems/job1/job-1/jobpreparation"));
         assert_eq!(l.startup_wd(), Path::new("/var/lib/berth/node/startup/wd"));
         assert_eq!(l.mounts(), Path::new("/var/lib/berth/node/fsmounts"));
     }

@@ -27,16 +27,9 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_LEN {
         return Err(IdError::TooLong { kind, len: s.len() });
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         // Escape control characters (NUL) so the message stays printable.
-        let shown: String = s
-            .chars()
-            .take(MAX_ID_LEN)
-            .flat_map(char::escape_default)
-            .collect();
+        let shown: String = s.chars().take(MAX_ID_LEN).flat_map(char::escape_default).collect();
         return Err(IdError::BadCharacter { kind, shown });
     }
     Ok(())
@@ -92,10 +85,7 @@ pub struct TaskKey {
 
 impl TaskKey {
     pub fn new(job: &str, task: &str) -> Result<Self, IdError> {
-        Ok(Self {
-            job: JobId::new(job)?,
-            task: TaskId::new(task)?,
-        })
+        Ok(Self { job: JobId::new(job)?, task: TaskId::new(task)? })
     }
 
     /// The containerd container id of this task: deterministic, so that after a
@@ -138,9 +128,7 @@ mod tests {
             ("a\0b", |e| matches!(e, IdError::BadCharacter { .. })),
             ("a b", |e| matches!(e, IdError::BadCharacter { .. })),
             ("é", |e| matches!(e, IdError::BadCharacter { .. })),
-            (&"x".repeat(65), |e| {
-                matches!(e, IdError::TooLong { len: 65, .. })
-            }),
+            (&"x".repeat(65), |e| matches!(e, IdError::TooLong { len: 65, .. })),
         ];
         for (id, want) in cases {
             let err = JobId::new(*id).expect_err(id);

@@ -9,6 +9,6 @@ mod task;
 pub use ids::{IdError, JobId, TaskId, TaskKey};
 pub use node::NodeFacts;
 pub use task::{
-    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo,
-    TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
+    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo, TaskResult, TaskSpec,
+    TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
 };

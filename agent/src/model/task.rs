@@ -76,14 +76,9 @@ impl TaskState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Active,
-            Self::Preparing,
-            Self::Running,
-            Self::Completed,
-        ]
-        .into_iter()
-        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+        [Self::Active, Self::Preparing, Self::Running, Self::Completed]
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -108,18 +103,10 @@ pub struct FailureInfo {
 
 impl FailureInfo {
     pub fn user(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            category: FailureCategory::UserError,
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { category: FailureCategory::UserError, code: code.into(), message: message.into() }
     }
     pub fn server(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            category: FailureCategory::ServerError,
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { category: FailureCategory::ServerError, code: code.into(), message: message.into() }
     }
 }
 
@@ -171,19 +158,11 @@ impl TaskInfo {
 
     /// Marks the task completed with an exit code (if the process ran) and a
     /// failure (if any). The result follows: success only for exit code 0 and no failure.
-    pub fn complete(
-        &mut self,
-        exit_code: Option<i32>,
-        failure: Option<FailureInfo>,
-        now: SystemTime,
-    ) {
+    pub fn complete(&mut self, exit_code: Option<i32>, failure: Option<FailureInfo>, now: SystemTime) {
         self.state = TaskState::Completed;
         self.exit_code = exit_code;
-        self.result = Some(if failure.is_none() && exit_code == Some(0) {
-            TaskResult::Success
-        } else {
-            TaskResult::Failure
-        });
+        self.result =
+            Some(if failure.is_none() && exit_code == Some(0) { TaskResult::Success } else { TaskResult::Failure });
         self.failure = failure;
         self.completed_at = Some(now);
     }
@@ -220,12 +199,7 @@ mod tests {
 
     #[test]
     fn state_names_round_trip() {
-        for s in [
-            TaskState::Active,
-            TaskState::Preparing,
-            TaskState::Running,
-            TaskState::Completed,
-        ] {
+        for s in [TaskState::Active, TaskState::Preparing, TaskState::Running, TaskState::Completed] {
             assert_eq!(TaskState::parse(s.as_str()), Some(s));
             assert_eq!(TaskState::parse(&s.as_str().to_lowercase()), Some(s));
         }

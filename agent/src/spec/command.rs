@@ -8,13 +8,9 @@ use crate::images::ImageConfig;
 
 /// Splits a non-empty command line; checks it at acceptance time too.
 pub fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
-    let words = shell_words::split(command_line).map_err(|e| SpecError::CommandLine {
-        reason: e.to_string(),
-    })?;
+    let words = shell_words::split(command_line).map_err(|e| SpecError::CommandLine { reason: e.to_string() })?;
     if words.iter().any(|w| w.contains('\0')) {
-        return Err(SpecError::CommandLine {
-            reason: "contains NUL".into(),
-        });
+        return Err(SpecError::CommandLine { reason: "contains NUL".into() });
     }
     Ok(words)
 }
@@ -54,11 +50,7 @@ mod tests {
             (
                 r#"/bin/sh -c "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt""#,
                 &ep,
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt",
-                ],
+                &["/bin/sh", "-c", "echo 'hello world' > $AZ_BATCH_TASK_WORKING_DIR/output.txt"],
             ),
             (r"a\ b 'c d' e", &ep, &["a b", "c d", "e"]),
             ("", &image(&[], &["sh"]), &["sh"]),
@@ -71,13 +63,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(
-            argv("", &ImageConfig::default()),
-            Err(SpecError::NoCommand)
-        ));
-        assert!(matches!(
-            argv("echo \"unclosed", &ImageConfig::default()),
-            Err(SpecError::CommandLine { .. })
-        ));
+        assert!(matches!(argv("", &ImageConfig::default()), Err(SpecError::NoCommand)));
+        assert!(matches!(argv("echo \"unclosed", &ImageConfig::default()), Err(SpecError::CommandLine { .. })));
     }
 }

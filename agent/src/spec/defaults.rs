@@ -4,9 +4,8 @@
 //! See the OCI runtime spec, config-linux.md, for the meaning of each field.
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, PosixRlimit,
-    PosixRlimitBuilder, PosixRlimitType,
+    Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
 };
 use oci_spec::OciSpecError;
 use std::collections::HashSet;
@@ -43,33 +42,26 @@ pub const MASKED_PATHS: [&str; 11] = [
     "/proc/scsi",
 ];
 
-pub const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// Bounding, effective and permitted sets; never inheritable or ambient (so a
-/// non-root process does not keep capabilities across exec).
-pub fn capabilities() -> Result<LinuxCapabilities, OciSpecError> {
+/// The default set as bounding set; effective and permitted only for root, so a
+/// task running as another uid has no privilege over files it does not own
+/// (as Docker does for non-root users). Never inheritable or ambient, so nothing
+/// is kept across exec.
+pub fn capabilities(root: bool) -> Result<LinuxCapabilities, OciSpecError> {
     let set: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let active = if root { set.clone() } else { HashSet::new() };
     LinuxCapabilitiesBuilder::default()
-        .bounding(set.clone())
-        .effective(set.clone())
-        .permitted(set)
+        .bounding(set)
+        .effective(active.clone())
+        .permitted(active)
         .inheritable(HashSet::new())
         .ambient(HashSet::new())
         .build()
 }
 
 pub fn rlimits() -> Result<Vec<PosixRlimit>, OciSpecError> {
-    Ok(vec![PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .hard(1024u64)
-        .soft(1024u64)
-        .build()?])
+    Ok(vec![PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(1024u64).soft(1024u64).build()?])
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
@@ -84,71 +76,31 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 pub fn mounts() -> Result<Vec<Mount>, OciSpecError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        )?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         )?,
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        )?,
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        )?,
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        )?,
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        )?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
     ])
 }
 
 /// New pid, ipc, uts and mount namespaces. The network namespace is the node's
 /// (as Batch container tasks have it: MPI and RDMA need the host network).
 pub fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
-    [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-    .collect()
+    [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect()
 }
 
 /// Deny every device; runc then allows its default set (null, zero, full, tty,
 /// random, urandom, pts, ptmx).
 pub fn device_rules() -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
-    Ok(vec![LinuxDeviceCgroupBuilder::default()
-        .allow(false)
-        .access("rwm")
-        .build()?])
+    Ok(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?])
 }

@@ -15,10 +15,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// Checks a variable name a task wants to set.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
-    let bad = |reason: &str| SpecError::EnvName {
-        name: name.escape_default().to_string(),
-        reason: reason.into(),
-    };
+    let bad = |reason: &str| SpecError::EnvName { name: name.escape_default().to_string(), reason: reason.into() };
     if name.is_empty() {
         return Err(bad("is empty"));
     }
@@ -26,9 +23,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
         return Err(bad("contains '=' or NUL"));
     }
     if name.starts_with(RESERVED_PREFIX) {
-        return Err(bad(
-            "starts with AZ_BATCH_, which is reserved for the variables the agent sets",
-        ));
+        return Err(bad("starts with AZ_BATCH_, which is reserved for the variables the agent sets"));
     }
     Ok(())
 }
@@ -38,38 +33,24 @@ pub fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
     for (name, value) in env {
         check_name(name)?;
         if value.contains('\0') {
-            return Err(SpecError::EnvName {
-                name: name.clone(),
-                reason: "value contains NUL".into(),
-            });
+            return Err(SpecError::EnvName { name: name.clone(), reason: "value contains NUL".into() });
         }
     }
     Ok(())
 }
 
 /// The `AZ_BATCH_*` variables of a task (SEMANTICS.md, "Node layout and environment variables").
-pub fn batch_vars(
-    node: &NodeFacts,
-    layout: &Layout,
-    key: &TaskKey,
-    paths: &TaskPaths,
-) -> Vec<(String, String)> {
+pub fn batch_vars(node: &NodeFacts, layout: &Layout, key: &TaskKey, paths: &TaskPaths) -> Vec<(String, String)> {
     let p = |path: &std::path::Path| path.display().to_string();
     vec![
         ("AZ_BATCH_ACCOUNT_NAME".into(), node.account_name.clone()),
         ("AZ_BATCH_POOL_ID".into(), node.pool_id.clone()),
         ("AZ_BATCH_NODE_ID".into(), node.node_id.clone()),
-        (
-            "AZ_BATCH_NODE_IS_DEDICATED".into(),
-            node.is_dedicated.to_string(),
-        ),
+        ("AZ_BATCH_NODE_IS_DEDICATED".into(), node.is_dedicated.to_string()),
         ("AZ_BATCH_NODE_ROOT_DIR".into(), p(layout.root())),
         ("AZ_BATCH_NODE_SHARED_DIR".into(), p(&layout.shared())),
         ("AZ_BATCH_NODE_STARTUP_DIR".into(), p(&layout.startup())),
-        (
-            "AZ_BATCH_NODE_STARTUP_WORKING_DIR".into(),
-            p(&layout.startup_wd()),
-        ),
+        ("AZ_BATCH_NODE_STARTUP_WORKING_DIR".into(), p(&layout.startup_wd())),
         ("AZ_BATCH_NODE_MOUNTS_DIR".into(), p(&layout.mounts())),
         ("AZ_BATCH_JOB_ID".into(), key.job.to_string()),
         ("AZ_BATCH_TASK_ID".into(), key.task.to_string()),

@@ -20,8 +20,8 @@ use crate::images::ImageConfig;
 use crate::layout::Layout;
 use crate::model::{NodeFacts, TaskSpec, WorkingDirMode};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use oci_spec::OciSpecError;
 
@@ -70,83 +70,47 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     let args = command::argv(&i.task.command_line, i.image)?;
 
     let batch = env::batch_vars(i.node, i.layout, key, &paths);
-    let task_env: Vec<(String, String)> = i
-        .task
-        .environment
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let task_env: Vec<(String, String)> = i.task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let env = env::merge(&i.image.env, &[&i.run_options.env, &task_env, &batch]);
 
-    let mode = i
-        .task
-        .container
-        .as_ref()
-        .map(|c| c.working_directory)
-        .unwrap_or_default();
+    let mode = i.task.container.as_ref().map(|c| c.working_directory).unwrap_or_default();
     let cwd = match (&i.run_options.workdir, mode) {
         (Some(w), _) => w.clone(),
         (None, WorkingDirMode::TaskWorkingDir) => paths.working_dir.display().to_string(),
-        (None, WorkingDirMode::ImageDefault) => {
-            i.image.working_dir.clone().unwrap_or_else(|| "/".into())
-        }
+        (None, WorkingDirMode::ImageDefault) => i.image.working_dir.clone().unwrap_or_else(|| "/".into()),
     };
 
-    let user = UserBuilder::default()
-        .uid(i.task.user.uid.unwrap_or(0))
-        .gid(i.task.user.gid.unwrap_or(0))
-        .build()?;
+    let uid = i.task.user.uid.unwrap_or(0);
+    let user = UserBuilder::default().uid(uid).gid(i.task.user.gid.unwrap_or(0)).build()?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
         .args(args)
         .env(env)
         .cwd(cwd)
-        .capabilities(defaults::capabilities()?)
+        .capabilities(defaults::capabilities(uid == 0)?)
         .rlimits(defaults::rlimits()?)
         .no_new_privileges(true)
         .build()?;
 
     let mut mounts = defaults::mounts()?;
-    mounts.push(bind(
-        i.layout.root().display().to_string(),
-        &["rbind", "rprivate", "rw"],
-    )?);
+    mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw"])?);
     for f in &i.node.network_files {
         mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro"])?);
     }
 
     let linux = LinuxBuilder::default()
         .namespaces(defaults::namespaces()?)
-        .masked_paths(
-            defaults::MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            defaults::READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .resources(
-            LinuxResourcesBuilder::default()
-                .devices(defaults::device_rules()?)
-                .build()?,
-        )
+        .masked_paths(defaults::MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(defaults::READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .resources(LinuxResourcesBuilder::default().devices(defaults::device_rules()?).build()?)
         .cgroups_path(i.cgroups_path)
         .build()?;
 
     Ok(SpecBuilder::default()
         .version("1.0.2-dev")
         .hostname(i.node.hostname.clone())
-        .root(
-            RootBuilder::default()
-                .path("rootfs")
-                .readonly(false)
-                .build()?,
-        )
+        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
         .process(process)
         .mounts(mounts)
         .linux(linux)

@@ -40,10 +40,7 @@ impl Flag {
 }
 
 fn bad(flag: &str, reason: impl Into<String>) -> SpecError {
-    SpecError::RunOption {
-        flag: flag.to_owned(),
-        reason: reason.into(),
-    }
+    SpecError::RunOption { flag: flag.to_owned(), reason: reason.into() }
 }
 
 /// Splits `name=value` / `-xvalue` forms into the flag name and an inline value.
@@ -68,20 +65,18 @@ pub fn parse(text: &str) -> Result<RunOptions, SpecError> {
     let mut iter = words.iter();
     while let Some(arg) = iter.next() {
         if !arg.starts_with('-') || arg == "-" || arg == "--" {
-            return Err(bad(arg, "unexpected argument: run options take only flags (the command goes in the command line)"));
+            return Err(bad(
+                arg,
+                "unexpected argument: run options take only flags (the command goes in the command line)",
+            ));
         }
         let (name, inline) = split_flag(arg);
-        let flag =
-            Flag::lookup(name).ok_or_else(|| bad(name, "unknown or unsupported run option"))?;
+        let flag = Flag::lookup(name).ok_or_else(|| bad(name, "unknown or unsupported run option"))?;
         let value = match (flag.takes_value(), inline) {
             (false, None) => None,
             (false, Some(_)) => return Err(bad(name, "takes no value")),
             (true, Some(v)) => Some(v.to_owned()),
-            (true, None) => Some(
-                iter.next()
-                    .cloned()
-                    .ok_or_else(|| bad(name, "needs a value"))?,
-            ),
+            (true, None) => Some(iter.next().cloned().ok_or_else(|| bad(name, "needs a value"))?),
         };
         let value = value.unwrap_or_default();
         match flag {
@@ -93,9 +88,14 @@ pub fn parse(text: &str) -> Result<RunOptions, SpecError> {
                 out.workdir = Some(value);
             }
             Flag::Env => {
-                let (k, v) = value
-                    .split_once('=')
-                    .ok_or_else(|| bad(name, format!("{value:?} is not KEY=VALUE (taking values from the agent's environment is not supported)")))?;
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    bad(
+                        name,
+                        format!(
+                            "{value:?} is not KEY=VALUE (taking values from the agent's environment is not supported)"
+                        ),
+                    )
+                })?;
                 check_name(k).map_err(|e| bad(name, e.to_string()))?;
                 out.env.push((k.to_owned(), v.to_owned()));
             }
@@ -112,56 +112,13 @@ mod tests {
     fn accepts_supported_flags_in_every_form() {
         let cases: &[(&str, RunOptions)] = &[
             ("", RunOptions::default()),
-            (
-                "--rm",
-                RunOptions {
-                    remove: true,
-                    ..Default::default()
-                },
-            ),
-            (
-                "--rm --workdir /",
-                RunOptions {
-                    remove: true,
-                    workdir: Some("/".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "--workdir=/app",
-                RunOptions {
-                    workdir: Some("/app".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "-w /app",
-                RunOptions {
-                    workdir: Some("/app".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "-w=/app",
-                RunOptions {
-                    workdir: Some("/app".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "-w/app",
-                RunOptions {
-                    workdir: Some("/app".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "'--workdir' '/my dir'",
-                RunOptions {
-                    workdir: Some("/my dir".into()),
-                    ..Default::default()
-                },
-            ),
+            ("--rm", RunOptions { remove: true, ..Default::default() }),
+            ("--rm --workdir /", RunOptions { remove: true, workdir: Some("/".into()), ..Default::default() }),
+            ("--workdir=/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+            ("-w /app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+            ("-w=/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+            ("-w/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+            ("'--workdir' '/my dir'", RunOptions { workdir: Some("/my dir".into()), ..Default::default() }),
             (
                 "-e A=1 --env B=two=2 --env=C= -eD=4",
                 RunOptions {

@@ -43,11 +43,7 @@ fn image() -> ImageConfig {
     ImageConfig {
         entrypoint: vec![],
         cmd: vec!["sh".into()],
-        env: vec![
-            "PATH=/usr/bin:/bin".into(),
-            "IMAGE_VAR=from-image".into(),
-            "MY_VAR=image".into(),
-        ],
+        env: vec!["PATH=/usr/bin:/bin".into(), "IMAGE_VAR=from-image".into(), "MY_VAR=image".into()],
         working_dir: Some("/app".into()),
         user: None,
     }
@@ -81,9 +77,7 @@ fn canonical(spec: &Spec) -> Value {
 }
 
 fn golden(name: &str, spec: &Spec) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/spec/testdata")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/spec/testdata").join(name);
     let got = canonical(spec);
     if std::env::var_os("BERTH_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
@@ -105,118 +99,73 @@ fn golden_seed_example() {
 #[test]
 fn golden_image_default_with_uid() {
     let mut t = task("", "", WorkingDirMode::ImageDefault);
-    t.user = UserIdentity {
-        uid: Some(1000),
-        gid: Some(1000),
-    };
+    t.user = UserIdentity { uid: Some(1000), gid: Some(1000) };
     golden("image-default-uid.json", &build_for(&t, &image()));
 }
 
 #[test]
 fn working_directory_rules() {
-    let no_wd = ImageConfig {
-        working_dir: None,
-        ..image()
-    };
+    let no_wd = ImageConfig { working_dir: None, ..image() };
     let cases: &[(&str, WorkingDirMode, &ImageConfig, &str)] = &[
-        (
-            "",
-            WorkingDirMode::TaskWorkingDir,
-            &image(),
-            "/var/lib/berth/node/workitems/job1/job-1/task1/wd",
-        ),
+        ("", WorkingDirMode::TaskWorkingDir, &image(), "/var/lib/berth/node/workitems/job1/job-1/task1/wd"),
         ("", WorkingDirMode::ImageDefault, &image(), "/app"),
         ("", WorkingDirMode::ImageDefault, &no_wd, "/"),
-        (
-            "--workdir /x",
-            WorkingDirMode::TaskWorkingDir,
-            &image(),
-            "/x",
-        ),
+        ("--workdir /x", WorkingDirMode::TaskWorkingDir, &image(), "/x"),
         ("-w /y", WorkingDirMode::ImageDefault, &image(), "/y"),
     ];
     for (ro, mode, img, want) in cases {
         let spec = build_for(&task("", ro, *mode), img);
-        assert_eq!(
-            spec.process().as_ref().unwrap().cwd().to_str(),
-            Some(*want),
-            "{ro} {mode:?}"
-        );
+        assert_eq!(spec.process().as_ref().unwrap().cwd().to_str(), Some(*want), "{ro} {mode:?}");
     }
 }
 
 #[test]
 fn environment_layers_and_batch_vars() {
-    let t = task(
-        "",
-        "-e RUN_VAR=run -e MY_VAR=run",
-        WorkingDirMode::TaskWorkingDir,
-    );
+    let t = task("", "-e RUN_VAR=run -e MY_VAR=run", WorkingDirMode::TaskWorkingDir);
     let spec = build_for(&t, &image());
     let env = spec.process().as_ref().unwrap().env().clone().unwrap();
-    let get = |k: &str| {
-        env.iter()
-            .find_map(|e| e.strip_prefix(&format!("{k}=")).map(str::to_owned))
-    };
+    let get = |k: &str| env.iter().find_map(|e| e.strip_prefix(&format!("{k}=")).map(str::to_owned));
     assert_eq!(get("IMAGE_VAR").as_deref(), Some("from-image"));
     assert_eq!(get("RUN_VAR").as_deref(), Some("run"));
-    assert_eq!(
-        get("MY_VAR").as_deref(),
-        Some("mine"),
-        "task env wins over run options and image"
-    );
+    assert_eq!(get("MY_VAR").as_deref(), Some("mine"), "task env wins over run options and image");
     assert_eq!(get("AZ_BATCH_TASK_ID").as_deref(), Some("task1"));
     assert_eq!(get("AZ_BATCH_JOB_ID").as_deref(), Some("job1"));
-    assert_eq!(
-        get("AZ_BATCH_NODE_SHARED_DIR").as_deref(),
-        Some("/var/lib/berth/node/shared")
-    );
-    assert_eq!(
-        get("AZ_BATCH_TASK_WORKING_DIR").as_deref(),
-        Some("/var/lib/berth/node/workitems/job1/job-1/task1/wd")
-    );
+    assert_eq!(get("AZ_BATCH_NODE_SHARED_DIR").as_deref(), Some("/var/lib/berth/node/shared"));
+    assert_eq!(get("AZ_BATCH_TASK_WORKING_DIR").as_deref(), Some("/var/lib/berth/node/workitems/job1/job-1/task1/wd"));
     assert_eq!(get("AZ_BATCH_NODE_IS_DEDICATED").as_deref(), Some("true"));
 }
 
 #[test]
 fn hardening_and_node_root_bind() {
-    let spec = build_for(
-        &task("/bin/true", "", WorkingDirMode::TaskWorkingDir),
-        &image(),
-    );
+    let spec = build_for(&task("/bin/true", "", WorkingDirMode::TaskWorkingDir), &image());
     let process = spec.process().as_ref().unwrap();
     assert_eq!(process.no_new_privileges(), Some(true));
     let caps = process.capabilities().as_ref().unwrap();
     assert!(caps.ambient().as_ref().unwrap().is_empty());
     assert!(caps.inheritable().as_ref().unwrap().is_empty());
     assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+    assert_eq!(caps.effective().as_ref().unwrap().len(), 14, "root keeps the default set");
     let mounts = spec.mounts().as_ref().unwrap();
-    let root_bind = mounts
-        .iter()
-        .find(|m| m.destination().to_str() == Some("/var/lib/berth/node"))
-        .unwrap();
-    assert_eq!(
-        root_bind.source().as_ref().unwrap().to_str(),
-        Some("/var/lib/berth/node")
-    );
-    assert!(root_bind
-        .options()
-        .as_ref()
-        .unwrap()
-        .contains(&"rbind".to_string()));
-    let cgroup = mounts
-        .iter()
-        .find(|m| m.destination().to_str() == Some("/sys/fs/cgroup"))
-        .unwrap();
-    assert!(cgroup
-        .options()
-        .as_ref()
-        .unwrap()
-        .contains(&"ro".to_string()));
-    assert!(mounts
-        .iter()
-        .any(|m| m.destination().to_str() == Some("/dev/shm")));
+    let root_bind = mounts.iter().find(|m| m.destination().to_str() == Some("/var/lib/berth/node")).unwrap();
+    assert_eq!(root_bind.source().as_ref().unwrap().to_str(), Some("/var/lib/berth/node"));
+    assert!(root_bind.options().as_ref().unwrap().contains(&"rbind".to_string()));
+    let cgroup = mounts.iter().find(|m| m.destination().to_str() == Some("/sys/fs/cgroup")).unwrap();
+    assert!(cgroup.options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(mounts.iter().any(|m| m.destination().to_str() == Some("/dev/shm")));
     assert_eq!(spec.hostname().as_deref(), Some("host-1"));
+}
+
+#[test]
+fn non_root_has_no_effective_capabilities() {
+    let mut t = task("/bin/true", "", WorkingDirMode::TaskWorkingDir);
+    t.user = UserIdentity { uid: Some(1000), gid: Some(1000) };
+    let spec = build_for(&t, &image());
+    let process = spec.process().as_ref().unwrap();
+    assert_eq!((process.user().uid(), process.user().gid()), (1000, 1000));
+    let caps = process.capabilities().as_ref().unwrap();
+    assert!(caps.effective().as_ref().unwrap().is_empty());
+    assert!(caps.permitted().as_ref().unwrap().is_empty());
+    assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
 }
 
 #[test]

@@ -15,10 +15,7 @@ use tokio::sync::broadcast;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the state database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database record is not valid: {0}")]
@@ -69,17 +66,11 @@ impl Store {
     /// Opens (creating if needed) `dir/berth.db`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("berth.db");
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let conn = Connection::open(&path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(Self::from_conn(conn))
     }
@@ -93,12 +84,7 @@ impl Store {
 
     fn from_conn(conn: Connection) -> Self {
         let (feed, _) = broadcast::channel(1024);
-        Self {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                feed,
-            }),
-        }
+        Self { inner: Arc::new(Inner { conn: Mutex::new(conn), feed }) }
     }
 
     /// Live events from now on.
@@ -111,9 +97,7 @@ impl Store {
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Join(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::Join(e.to_string()))?
     }
 
     /// Records a new task; `ALREADY_EXISTS`-style error if the key is taken.
@@ -143,11 +127,7 @@ impl Store {
     }
 
     /// Tasks in acceptance order, optionally of one job and/or in one state.
-    pub async fn list(
-        &self,
-        job: Option<String>,
-        state: Option<TaskState>,
-    ) -> Result<Vec<TaskInfo>, StoreError> {
+    pub async fn list(&self, job: Option<String>, state: Option<TaskState>) -> Result<Vec<TaskInfo>, StoreError> {
         self.blocking(move |inner| {
             let conn = inner.lock();
             let mut stmt = conn.prepare(
@@ -197,25 +177,17 @@ impl Store {
     }
 
     /// Up to `limit` events with a sequence greater than `after`, in order.
-    pub async fn events_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<TaskEvent>, StoreError> {
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<TaskEvent>, StoreError> {
         self.blocking(move |inner| {
             let conn = inner.lock();
-            let mut stmt = conn
-                .prepare("SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut stmt = conn.prepare("SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })?;
             let mut out = Vec::new();
             for r in rows {
                 let (seq, rec) = r?;
-                out.push(TaskEvent {
-                    sequence: seq as u64,
-                    task: serde_json::from_str(&rec)?,
-                });
+                out.push(TaskEvent { sequence: seq as u64, task: serde_json::from_str(&rec)? });
             }
             Ok(out)
         })
@@ -235,27 +207,20 @@ impl Inner {
         let tx = conn.transaction()?;
         let key = task.key().clone();
         let (job, id) = (key.job.as_str(), key.task.as_str());
-        let exists: bool = tx.query_row(
-            "SELECT COUNT(*) FROM tasks WHERE job_id = ?1 AND task_id = ?2",
-            params![job, id],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
+        let exists: bool =
+            tx.query_row("SELECT COUNT(*) FROM tasks WHERE job_id = ?1 AND task_id = ?2", params![job, id], |r| {
+                r.get::<_, i64>(0).map(|n| n > 0)
+            })?;
         match (new, exists) {
             (true, true) => return Err(StoreError::Exists { key }),
             (false, false) => return Err(StoreError::Missing { key }),
             _ => {}
         }
         // Reserve the sequence number, then store the record carrying it.
-        tx.execute(
-            "INSERT INTO events (job_id, task_id, record) VALUES (?1, ?2, '')",
-            params![job, id],
-        )?;
+        tx.execute("INSERT INTO events (job_id, task_id, record) VALUES (?1, ?2, '')", params![job, id])?;
         task.sequence = tx.last_insert_rowid() as u64;
         let rec = serde_json::to_string(&task)?;
-        tx.execute(
-            "UPDATE events SET record = ?1 WHERE seq = ?2",
-            params![rec, task.sequence as i64],
-        )?;
+        tx.execute("UPDATE events SET record = ?1 WHERE seq = ?2", params![rec, task.sequence as i64])?;
         tx.execute(
             "INSERT INTO tasks (job_id, task_id, state, record) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(job_id, task_id) DO UPDATE SET state = excluded.state, record = excluded.record",
@@ -263,10 +228,7 @@ impl Inner {
         )?;
         tx.commit()?;
         // Published under the lock, so live events go out in sequence order.
-        let _ = self.feed.send(TaskEvent {
-            sequence: task.sequence,
-            task: task.clone(),
-        });
+        let _ = self.feed.send(TaskEvent { sequence: task.sequence, task: task.clone() });
         Ok(task)
     }
 }
@@ -297,38 +259,19 @@ mod tests {
         let s = Store::in_memory().unwrap();
         let a = s.insert(task("j1", "a")).await.unwrap();
         assert_eq!(a.sequence, 1);
-        assert!(matches!(
-            s.insert(task("j1", "a")).await,
-            Err(StoreError::Exists { .. })
-        ));
+        assert!(matches!(s.insert(task("j1", "a")).await, Err(StoreError::Exists { .. })));
         s.insert(task("j2", "b")).await.unwrap();
         let mut a2 = a.clone();
         a2.state = TaskState::Running;
         let a2 = s.update(a2).await.unwrap();
-        assert_eq!(
-            a2.sequence, 3,
-            "the refused insert must not consume a sequence number"
-        );
-        assert_eq!(
-            s.get(&a.spec.key).await.unwrap().unwrap().state,
-            TaskState::Running
-        );
+        assert_eq!(a2.sequence, 3, "the refused insert must not consume a sequence number");
+        assert_eq!(s.get(&a.spec.key).await.unwrap().unwrap().state, TaskState::Running);
         assert_eq!(s.list(None, None).await.unwrap().len(), 2);
         assert_eq!(s.list(Some("j1".into()), None).await.unwrap().len(), 1);
-        assert_eq!(
-            s.list(None, Some(TaskState::Active)).await.unwrap()[0]
-                .spec
-                .key
-                .task
-                .as_str(),
-            "b"
-        );
+        assert_eq!(s.list(None, Some(TaskState::Active)).await.unwrap()[0].spec.key.task.as_str(), "b");
         s.delete(&a.spec.key).await.unwrap();
         assert!(s.get(&a.spec.key).await.unwrap().is_none());
-        assert!(matches!(
-            s.update(a2).await,
-            Err(StoreError::Missing { .. })
-        ));
+        assert!(matches!(s.update(a2).await, Err(StoreError::Missing { .. })));
     }
 
     #[tokio::test]
@@ -355,11 +298,7 @@ mod tests {
             s.insert(task("j", "a")).await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert!(s
-            .get(&TaskKey::new("j", "a").unwrap())
-            .await
-            .unwrap()
-            .is_some());
+        assert!(s.get(&TaskKey::new("j", "a").unwrap()).await.unwrap().is_some());
         let next = s.insert(task("j", "b")).await.unwrap();
         assert_eq!(next.sequence, 2);
     }

@@ -22,11 +22,7 @@ pub enum Error {
     #[error("task {key} not found")]
     NotFound { key: TaskKey },
     #[error("task {key} is {state}; only a completed task can be {action}", state = state.as_str())]
-    WrongState {
-        key: TaskKey,
-        state: TaskState,
-        action: &'static str,
-    },
+    WrongState { key: TaskKey, state: TaskState, action: &'static str },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]

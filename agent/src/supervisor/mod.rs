@@ -12,7 +12,7 @@ mod watch;
 pub use error::Error;
 pub use outcome::StopReason;
 
-use crate::containerd::Runtime;
+use crate::containerd::{ExitEvent, Runtime};
 use crate::images::{self, Platform};
 use crate::layout::{Layout, TaskFiles};
 use crate::model::{FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState};
@@ -21,7 +21,8 @@ use slots::Slots;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch as tokio_watch};
+use tokio::sync::{broadcast, mpsc, watch as tokio_watch};
+use tokio_stream::StreamExt;
 
 /// Largest chunk `ReadTaskFile` returns.
 pub const MAX_READ: u64 = 4 << 20;
@@ -58,6 +59,8 @@ struct Shared {
     store: Store,
     runtime: Arc<dyn Runtime>,
     sched: Mutex<Sched>,
+    /// containerd's `/tasks/exit` events, fanned out to the runners.
+    exits: broadcast::Sender<ExitEvent>,
 }
 
 /// Node-level counters for `GetNode`.
@@ -76,27 +79,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        settings: Settings,
-        node: NodeFacts,
-        layout: Layout,
-        store: Store,
-        runtime: Arc<dyn Runtime>,
-    ) -> Self {
-        let sched = Sched {
-            slots: Slots::new(settings.task_slots),
-            stops: HashMap::new(),
-        };
-        Self {
-            shared: Arc::new(Shared {
-                settings,
-                node,
-                layout,
-                store,
-                runtime,
-                sched: Mutex::new(sched),
-            }),
-        }
+    pub fn new(settings: Settings, node: NodeFacts, layout: Layout, store: Store, runtime: Arc<dyn Runtime>) -> Self {
+        let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new() };
+        let exits = broadcast::channel(1024).0;
+        Self { shared: Arc::new(Shared { settings, node, layout, store, runtime, sched: Mutex::new(sched), exits }) }
     }
 
     fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
@@ -116,10 +102,7 @@ impl Supervisor {
         if spec.required_slots == 0 || spec.required_slots > total {
             return Err(Error::Invalid {
                 field: "required_slots",
-                reason: format!(
-                    "{} slots requested; this node has {total}",
-                    spec.required_slots
-                ),
+                reason: format!("{} slots requested; this node has {total}", spec.required_slots),
             });
         }
         Ok(())
@@ -128,11 +111,7 @@ impl Supervisor {
     /// Accepts a task: records it ACTIVE and queues it for a slot.
     pub async fn run_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
         self.check(&spec)?;
-        let info = self
-            .shared
-            .store
-            .insert(TaskInfo::new(spec, SystemTime::now()))
-            .await?;
+        let info = self.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
         tracing::info!(job_id = %info.key().job, task_id = %info.key().task, "task accepted");
         self.enqueue(info.key().clone(), info.spec.required_slots);
         Ok(info)
@@ -148,16 +127,9 @@ impl Supervisor {
     /// Starts every queued task that fits in the free slots.
     fn dispatch(&self, sched: &mut Sched) {
         while let Some((key, slots)) = sched.slots.next_ready() {
-            let stop = sched
-                .stops
-                .entry(key.clone())
-                .or_insert_with(|| tokio_watch::channel(None).0)
-                .subscribe();
+            let stop = sched.stops.entry(key.clone()).or_insert_with(|| tokio_watch::channel(None).0).subscribe();
             let this = self.clone();
-            tokio::spawn(async move {
-                this.run_and_release(key, slots, runner::Phase::Prepare, stop)
-                    .await
-            });
+            tokio::spawn(async move { this.run_and_release(key, slots, runner::Phase::Prepare, stop).await });
         }
     }
 
@@ -177,29 +149,17 @@ impl Supervisor {
     }
 
     pub async fn get_task(&self, key: &TaskKey) -> Result<TaskInfo, Error> {
-        self.shared
-            .store
-            .get(key)
-            .await?
-            .ok_or_else(|| Error::NotFound { key: key.clone() })
+        self.shared.store.get(key).await?.ok_or_else(|| Error::NotFound { key: key.clone() })
     }
 
-    pub async fn list_tasks(
-        &self,
-        job: Option<String>,
-        state: Option<TaskState>,
-    ) -> Result<Vec<TaskInfo>, Error> {
+    pub async fn list_tasks(&self, job: Option<String>, state: Option<TaskState>) -> Result<Vec<TaskInfo>, Error> {
         Ok(self.shared.store.list(job, state).await?)
     }
 
     /// Stops a task. A task still waiting for a slot completes at once; a
     /// preparing or running one gets SIGTERM, then SIGKILL after `grace`.
     /// A completed task is returned unchanged.
-    pub async fn terminate(
-        &self,
-        key: &TaskKey,
-        grace: Option<Duration>,
-    ) -> Result<TaskInfo, Error> {
+    pub async fn terminate(&self, key: &TaskKey, grace: Option<Duration>) -> Result<TaskInfo, Error> {
         let info = self.get_task(key).await?;
         if info.state == TaskState::Completed {
             return Ok(info);
@@ -211,20 +171,13 @@ impl Supervisor {
             if queued {
                 sched.stops.remove(key);
             } else if let Some(tx) = sched.stops.get(key) {
-                tx.send_replace(Some(Stop {
-                    reason: StopReason::Terminated,
-                    grace,
-                }));
+                tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
             }
             queued
         };
         if was_queued {
             let mut info = self.get_task(key).await?;
-            info.complete(
-                None,
-                Some(StopReason::Terminated.failure(" before it started")),
-                SystemTime::now(),
-            );
+            info.complete(None, Some(StopReason::Terminated.failure(" before it started")), SystemTime::now());
             return Ok(self.shared.store.update(info).await?);
         }
         tracing::info!(job_id = %key.job, task_id = %key.task, grace_ms = grace.as_millis() as u64, "terminating task");
@@ -235,11 +188,7 @@ impl Supervisor {
     pub async fn delete(&self, key: &TaskKey) -> Result<(), Error> {
         let info = self.get_task(key).await?;
         if info.state != TaskState::Completed {
-            return Err(Error::WrongState {
-                key: key.clone(),
-                state: info.state,
-                action: "deleted",
-            });
+            return Err(Error::WrongState { key: key.clone(), state: info.state, action: "deleted" });
         }
         self.shared.layout.remove_task_dir(key)?;
         self.shared.store.delete(key).await?;
@@ -248,33 +197,19 @@ impl Supervisor {
     }
 
     /// Reads a file under the task directory.
-    pub async fn read_file(
-        &self,
-        key: &TaskKey,
-        path: &str,
-        offset: u64,
-        length: u64,
-    ) -> Result<TaskFiles, Error> {
+    pub async fn read_file(&self, key: &TaskKey, path: &str, offset: u64, length: u64) -> Result<TaskFiles, Error> {
         self.get_task(key).await?;
-        let max = if length == 0 {
-            MAX_READ
-        } else {
-            length.min(MAX_READ)
-        };
+        let max = if length == 0 { MAX_READ } else { length.min(MAX_READ) };
         let layout = self.shared.layout.clone();
         let (key, path) = (key.clone(), path.to_owned());
         tokio::task::spawn_blocking(move || layout.read_task_file(&key, &path, offset, max))
             .await
-            .map_err(|e| Error::Invalid {
-                field: "path",
-                reason: format!("read failed: {e}"),
-            })?
+            .map_err(|e| Error::Invalid { field: "path", reason: format!("read failed: {e}") })?
             .map_err(Error::from)
     }
 
     pub async fn node_status(&self) -> NodeStatus {
-        let version =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
+        let version = tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
         let (total, free) = {
             let sched = self.sched();
             (sched.slots.total(), sched.slots.free())
@@ -296,16 +231,9 @@ impl Supervisor {
     /// Removes task directories whose retention time has passed. Returns how many.
     pub async fn sweep_retention(&self, now: SystemTime) -> Result<usize, Error> {
         let mut removed = 0;
-        for t in self
-            .shared
-            .store
-            .list(None, Some(TaskState::Completed))
-            .await?
-        {
+        for t in self.shared.store.list(None, Some(TaskState::Completed)).await? {
             let Some(done) = t.completed_at else { continue };
-            if done + t.spec.constraints.retention() <= now
-                && self.shared.layout.task(t.key()).task_dir.exists()
-            {
+            if done + t.spec.constraints.retention() <= now && self.shared.layout.task(t.key()).task_dir.exists() {
                 self.shared.layout.remove_task_dir(t.key())?;
                 tracing::info!(job_id = %t.key().job, task_id = %t.key().task, "retention time passed: task directory removed");
                 removed += 1;
@@ -315,14 +243,37 @@ impl Supervisor {
     }
 
     /// Records a completion computed outside a runner (recovery, early failure).
-    async fn complete(
-        &self,
-        mut info: TaskInfo,
-        exit: Option<i32>,
-        failure: Option<FailureInfo>,
-    ) -> TaskInfo {
+    async fn complete(&self, mut info: TaskInfo, exit: Option<i32>, failure: Option<FailureInfo>) -> TaskInfo {
         info.complete(exit, failure, SystemTime::now());
         runner::save(self, info).await
+    }
+
+    /// Forwards containerd's exit events to the runners, resubscribing after a
+    /// broken connection. Runners also `Wait` on their task, so an exit missed
+    /// while unsubscribed is still collected.
+    pub async fn follow_exits(&self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.shared.runtime.exit_events().await {
+                Ok(mut events) => {
+                    backoff = Duration::from_millis(100);
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(ev) => {
+                                let _ = self.shared.exits.send(ev);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "containerd event stream broke; resubscribing");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to containerd events; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Re-attaches to what the previous agent left: see `recovery`.

@@ -13,9 +13,7 @@ pub enum StopReason {
 impl StopReason {
     pub fn failure(self, detail: &str) -> FailureInfo {
         match self {
-            StopReason::Terminated => {
-                FailureInfo::user("TaskTerminated", format!("the task was terminated{detail}"))
-            }
+            StopReason::Terminated => FailureInfo::user("TaskTerminated", format!("the task was terminated{detail}")),
             StopReason::WallClock => FailureInfo::user(
                 "MaxWallClockTimeExpiry",
                 format!("the task ran past its max_wall_clock_time and was stopped{detail}"),
@@ -32,9 +30,7 @@ pub fn signal_of(code: i32) -> Option<i32> {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_else(|_| format!("signal {sig}"))
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// The exit code and failure of a process that exited with `code`.
@@ -45,15 +41,9 @@ pub fn completion(code: u32, stop: Option<StopReason>) -> (i32, Option<FailureIn
         (None, _) if code == 0 => None,
         (None, Some(sig)) => Some(FailureInfo::user(
             "TaskKilledBySignal",
-            format!(
-                "the task was killed by {} ({sig}); exit code {code}",
-                signal_name(sig)
-            ),
+            format!("the task was killed by {} ({sig}); exit code {code}", signal_name(sig)),
         )),
-        (None, None) => Some(FailureInfo::user(
-            "FailureExitCode",
-            format!("the task exited with code {code}"),
-        )),
+        (None, None) => Some(FailureInfo::user("FailureExitCode", format!("the task exited with code {code}"))),
     };
     (code, failure)
 }
@@ -71,32 +61,14 @@ mod tests {
             (143, None, 143, Some("TaskKilledBySignal")),
             (128, None, 128, Some("FailureExitCode")),
             (255, None, 255, Some("FailureExitCode")),
-            (
-                143,
-                Some(StopReason::Terminated),
-                143,
-                Some("TaskTerminated"),
-            ),
-            (
-                0,
-                Some(StopReason::WallClock),
-                0,
-                Some("MaxWallClockTimeExpiry"),
-            ),
+            (143, Some(StopReason::Terminated), 143, Some("TaskTerminated")),
+            (0, Some(StopReason::WallClock), 0, Some("MaxWallClockTimeExpiry")),
         ];
         for (code, stop, want_code, want_failure) in cases {
             let (c, f) = completion(*code, *stop);
             assert_eq!(c, *want_code);
-            assert_eq!(
-                f.map(|f| f.code).as_deref(),
-                *want_failure,
-                "{code} {stop:?}"
-            );
+            assert_eq!(f.map(|f| f.code).as_deref(), *want_failure, "{code} {stop:?}");
         }
-        assert!(completion(137, None)
-            .1
-            .unwrap()
-            .message
-            .contains("SIGKILL (9)"));
+        assert!(completion(137, None).1.unwrap().message.contains("SIGKILL (9)"));
     }
 }

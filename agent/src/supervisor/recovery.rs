@@ -26,11 +26,7 @@ pub async fn recover(sup: &Supervisor) -> Result<(), Error> {
         let cid = key.container_id();
         if info.state == TaskState::Completed {
             // The container of a completed task may have outlived a crash.
-            if info
-                .container
-                .as_ref()
-                .is_some_and(|c| c.state != "deleted")
-            {
+            if info.container.as_ref().is_some_and(|c| c.state != "deleted") {
                 let _ = sup.shared.runtime.remove(&cid).await;
             }
             continue;

@@ -46,12 +46,7 @@ fn stop_requested(stop: &watch::Receiver<Option<Stop>>) -> Option<Stop> {
     *stop.borrow()
 }
 
-pub async fn run(
-    sup: &Supervisor,
-    key: &TaskKey,
-    phase: Phase,
-    mut stop: watch::Receiver<Option<Stop>>,
-) {
+pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch::Receiver<Option<Stop>>) {
     let info = match sup.get_task(key).await {
         Ok(i) => i,
         Err(e) => {
@@ -106,56 +101,29 @@ async fn prepare(
         info = save(sup, info).await;
     }
     let user = info.spec.user;
-    let owner = (user.uid.is_some() || user.gid.is_some())
-        .then(|| (user.uid.unwrap_or(0), user.gid.unwrap_or(0)));
+    let owner = (user.uid.is_some() || user.gid.is_some()).then(|| (user.uid.unwrap_or(0), user.gid.unwrap_or(0)));
     let layout = sh.layout.clone();
     let k = key.clone();
     let dirs = tokio::task::spawn_blocking(move || layout.create_task_dirs(&k, owner)).await;
     let paths = match dirs {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
-            )
-            .await)
+            return Err(fail(sup, info, FailureInfo::server("TaskDirectoryCreateFailed", e.to_string())).await)
         }
-        Err(e) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
-            )
-            .await)
-        }
+        Err(e) => return Err(fail(sup, info, FailureInfo::server("TaskDirectoryCreateFailed", e.to_string())).await),
     };
 
     let Some(container) = info.spec.container.clone() else {
-        return Err(fail(
-            sup,
-            info,
-            FailureInfo::user("HostTaskNotSupported", "the task has no container settings"),
-        )
-        .await);
+        return Err(
+            fail(sup, info, FailureInfo::user("HostTaskNotSupported", "the task has no container settings")).await
+        );
     };
     let image_name = match images::normalize(&container.image) {
         Ok(n) => n,
-        Err(e) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::user("ImageReferenceInvalid", e.to_string()),
-            )
-            .await)
-        }
+        Err(e) => return Err(fail(sup, info, FailureInfo::user("ImageReferenceInvalid", e.to_string())).await),
     };
     tracing::info!(job_id = %key.job, task_id = %key.task, image = %image_name, "preparing task");
-    let image = match sh
-        .runtime
-        .resolve_image(&image_name, &sh.settings.platform)
-        .await
-    {
+    let image = match sh.runtime.resolve_image(&image_name, &sh.settings.platform).await {
         Ok(i) => i,
         Err(RuntimeError::NotFound { .. }) => {
             let msg = format!("image {image_name} is not on this node");
@@ -164,26 +132,12 @@ async fn prepare(
         Err(e @ RuntimeError::BadImage { .. }) => {
             return Err(fail(sup, info, FailureInfo::user("ImageInvalid", e.to_string())).await)
         }
-        Err(e) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::server("ContainerdUnavailable", e.to_string()),
-            )
-            .await)
-        }
+        Err(e) => return Err(fail(sup, info, FailureInfo::server("ContainerdUnavailable", e.to_string())).await),
     };
 
     let run_options = match spec::check_task(&info.spec) {
         Ok(r) => r,
-        Err(e) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::user("ContainerCreateFailed", e.to_string()),
-            )
-            .await)
-        }
+        Err(e) => return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", e.to_string())).await),
     };
     let cgroups_path = format!("/{}/{cid}", sh.settings.namespace);
     let inputs = SpecInputs {
@@ -196,19 +150,10 @@ async fn prepare(
     };
     let oci = match spec::build(inputs) {
         Ok(s) => s,
-        Err(e) => {
-            return Err(fail(
-                sup,
-                info,
-                FailureInfo::user("ContainerCreateFailed", e.to_string()),
-            )
-            .await)
-        }
+        Err(e) => return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", e.to_string())).await),
     };
     if let Some(s) = stop_requested(stop) {
-        return Err(sup
-            .complete(info, None, Some(s.reason.failure(" before it started")))
-            .await);
+        return Err(sup.complete(info, None, Some(s.reason.failure(" before it started"))).await);
     }
 
     let labels = HashMap::from([
@@ -218,28 +163,17 @@ async fn prepare(
     ]);
     // Whatever an interrupted earlier attempt left under this id goes first.
     let _ = sh.runtime.remove(cid).await;
-    let req = CreateRequest {
-        id: cid.to_owned(),
-        image,
-        spec: oci,
-        labels,
-        stdout: paths.stdout,
-        stderr: paths.stderr,
-    };
+    let req =
+        CreateRequest { id: cid.to_owned(), image, spec: oci, labels, stdout: paths.stdout, stderr: paths.stderr };
     if let Err(e) = sh.runtime.create(req).await {
         let failure = match &e {
-            RuntimeError::Unavailable { .. } => {
-                FailureInfo::server("ContainerdUnavailable", e.to_string())
-            }
+            RuntimeError::Unavailable { .. } => FailureInfo::server("ContainerdUnavailable", e.to_string()),
             _ => FailureInfo::user("ContainerCreateFailed", e.to_string()),
         };
         return Err(fail(sup, info, failure).await);
     }
-    info.container = Some(ContainerInfo {
-        container_id: cid.to_owned(),
-        state: "created".into(),
-        error: String::new(),
-    });
+    info.container =
+        Some(ContainerInfo { container_id: cid.to_owned(), state: "created".into(), error: String::new() });
     // Not a state change, so no event: recovery finds the container by its id anyway.
     if let Err(e) = sh.store.amend(info.clone()).await {
         tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot record container");
@@ -257,16 +191,11 @@ async fn start(
 ) -> Option<TaskInfo> {
     let key = info.key().clone();
     if let Some(s) = stop_requested(stop) {
-        return Some(
-            sup.complete(info, None, Some(s.reason.failure(" before it started")))
-                .await,
-        );
+        return Some(sup.complete(info, None, Some(s.reason.failure(" before it started"))).await);
     }
     if let Err(e) = sup.shared.runtime.start(cid).await {
         let failure = match &e {
-            RuntimeError::Unavailable { .. } => {
-                FailureInfo::server("ContainerdUnavailable", e.to_string())
-            }
+            RuntimeError::Unavailable { .. } => FailureInfo::server("ContainerdUnavailable", e.to_string()),
             _ => FailureInfo::user("ContainerStartFailed", e.to_string()),
         };
         let mut info = info;
@@ -288,32 +217,22 @@ async fn start(
 }
 
 /// Waits for the process to exit, stopping it on terminate or wall-clock expiry.
-async fn wait(
-    sup: &Supervisor,
-    info: TaskInfo,
-    cid: &str,
-    stop: &mut watch::Receiver<Option<Stop>>,
-) -> TaskInfo {
+async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
     let key = info.key().clone();
     let rt = sup.shared.runtime.clone();
     let deadline = info.spec.constraints.max_wall_clock_time.map(|max| {
-        let ran = info
-            .started_at
-            .and_then(|s| SystemTime::now().duration_since(s).ok())
-            .unwrap_or_default();
+        let ran = info.started_at.and_then(|s| SystemTime::now().duration_since(s).ok()).unwrap_or_default();
         Instant::now() + max.saturating_sub(ran)
     });
+    // Subscribed before Wait is called, so an exit between the two is not missed.
+    let mut events = sup.shared.exits.subscribe();
     let exit = wait_with_retry(sup, cid);
     tokio::pin!(exit);
     let mut reason: Option<StopReason> = None;
     let mut kill_at: Option<Instant> = None;
     let mut stop_open = true;
     let exit = loop {
-        let pending_stop = if reason.is_none() {
-            stop_requested(stop)
-        } else {
-            None
-        };
+        let pending_stop = if reason.is_none() { stop_requested(stop) } else { None };
         if let Some(s) = pending_stop {
             reason = Some(s.reason);
             kill_at = Some(Instant::now() + s.grace);
@@ -322,6 +241,13 @@ async fn wait(
         }
         tokio::select! {
             r = &mut exit => break r,
+            ev = events.recv() => {
+                if let Ok(ev) = ev {
+                    if ev.container_id == cid {
+                        break Ok(ev.status);
+                    }
+                }
+            }
             _ = sleep_until_opt(deadline), if reason.is_none() && deadline.is_some() => {
                 tracing::info!(job_id = %key.job, task_id = %key.task, "max wall clock time reached: stopping task");
                 reason = Some(StopReason::WallClock);
@@ -347,26 +273,15 @@ async fn wait(
             if let Some(c) = info.container.as_mut() {
                 c.state = "stopped".into();
             }
-            info.complete(
-                Some(code),
-                failure,
-                status.exited_at.unwrap_or_else(SystemTime::now),
-            );
+            info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));
             save(sup, info).await
         }
         Err(e) => {
             if let Some(c) = info.container.as_mut() {
                 c.error = e.to_string();
             }
-            fail(
-                sup,
-                info,
-                FailureInfo::server(
-                    "ContainerLost",
-                    format!("the task's container disappeared: {e}"),
-                ),
-            )
-            .await
+            fail(sup, info, FailureInfo::server("ContainerLost", format!("the task's container disappeared: {e}")))
+                .await
         }
     }
 }

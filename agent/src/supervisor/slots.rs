@@ -14,11 +14,7 @@ pub struct Slots {
 
 impl Slots {
     pub fn new(total: u32) -> Self {
-        Self {
-            total,
-            used: 0,
-            queue: VecDeque::new(),
-        }
+        Self { total, used: 0, queue: VecDeque::new() }
     }
 
     pub fn total(&self) -> u32 {

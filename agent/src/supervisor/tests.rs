@@ -3,7 +3,7 @@
 //! covered by the integration tests in `tests/`.
 
 use super::*;
-use crate::containerd::{CreateRequest, ExitStatus, ResolvedImage, RuntimeError, TaskStatus};
+use crate::containerd::{CreateRequest, ExitEvent, ExitStatus, ExitStream, ResolvedImage, RuntimeError, TaskStatus};
 use crate::images::ImageConfig;
 use crate::model::{ContainerSettings, TaskConstraints, UserIdentity, WorkingDirMode};
 use async_trait::async_trait;
@@ -27,29 +27,33 @@ struct Fake {
     changed: Notify,
     images: Vec<String>,
     obey_signals: bool,
+    /// `Wait` never returns: exits arrive only as events.
+    wait_hangs: bool,
+    events: tokio::sync::broadcast::Sender<ExitEvent>,
 }
 
 impl Fake {
     fn new(obey_signals: bool) -> Arc<Self> {
+        Self::with(obey_signals, false)
+    }
+    fn with(obey_signals: bool, wait_hangs: bool) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             changed: Notify::new(),
             images: vec!["docker.io/library/busybox:latest".into()],
             obey_signals,
+            wait_hangs,
+            events: tokio::sync::broadcast::channel(64).0,
         })
     }
     fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap()
     }
     fn exit(&self, cid: &str, code: u32) {
-        self.st().tasks.insert(
-            cid.into(),
-            TaskStatus::Stopped(ExitStatus {
-                code,
-                exited_at: None,
-            }),
-        );
+        let status = ExitStatus { code, exited_at: None };
+        self.st().tasks.insert(cid.into(), TaskStatus::Stopped(status));
         self.changed.notify_waiters();
+        let _ = self.events.send(ExitEvent { container_id: cid.into(), status });
     }
 }
 
@@ -60,19 +64,10 @@ impl Runtime for Fake {
     }
     async fn resolve_image(&self, name: &str, _: &Platform) -> Result<ResolvedImage, RuntimeError> {
         if !self.images.iter().any(|i| i == name) {
-            return Err(RuntimeError::NotFound {
-                what: format!("image {name}"),
-            });
+            return Err(RuntimeError::NotFound { what: format!("image {name}") });
         }
-        let config = ImageConfig {
-            cmd: vec!["sh".into()],
-            ..Default::default()
-        };
-        Ok(ResolvedImage {
-            name: name.into(),
-            config,
-            chain_id: "sha256:x".into(),
-        })
+        let config = ImageConfig { cmd: vec!["sh".into()], ..Default::default() };
+        Ok(ResolvedImage { name: name.into(), config, chain_id: "sha256:x".into() })
     }
     async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError> {
         let mut st = self.st();
@@ -87,6 +82,9 @@ impl Runtime for Fake {
         Ok(42)
     }
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        if self.wait_hangs {
+            return std::future::pending().await;
+        }
         loop {
             let notified = self.changed.notified();
             match self.st().tasks.get(id) {
@@ -105,11 +103,11 @@ impl Runtime for Fake {
         Ok(())
     }
     async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
-        self.st()
-            .tasks
-            .get(id)
-            .copied()
-            .ok_or_else(|| RuntimeError::NotFound { what: id.into() })
+        self.st().tasks.get(id).copied().ok_or_else(|| RuntimeError::NotFound { what: id.into() })
+    }
+    async fn exit_events(&self) -> Result<ExitStream, RuntimeError> {
+        let rx = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe());
+        Ok(Box::pin(rx.filter_map(|r| r.ok().map(Ok))))
     }
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut st = self.st();
@@ -151,12 +149,11 @@ fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
         platform: Platform::host(),
     };
     let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone());
-    Env {
-        _tmp: tmp,
-        sup,
-        fake,
-        store,
-    }
+    tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.follow_exits().await }
+    });
+    Env { _tmp: tmp, sup, fake, store }
 }
 
 fn env(slots: u32) -> Env {
@@ -187,10 +184,7 @@ async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskI
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!(
-        "{key} never reached {state:?}: {:?}",
-        sup.get_task(key).await.unwrap()
-    );
+    panic!("{key} never reached {state:?}: {:?}", sup.get_task(key).await.unwrap());
 }
 
 #[tokio::test]
@@ -206,23 +200,9 @@ async fn runs_to_completion_and_logs_every_transition() {
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.result, Some(crate::model::TaskResult::Success));
     assert!(done.failure.is_none());
-    let states: Vec<TaskState> = e
-        .store
-        .events_after(0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|ev| ev.task.state)
-        .collect();
-    assert_eq!(
-        states,
-        [
-            TaskState::Active,
-            TaskState::Preparing,
-            TaskState::Running,
-            TaskState::Completed
-        ]
-    );
+    let states: Vec<TaskState> =
+        e.store.events_after(0, 100).await.unwrap().into_iter().map(|ev| ev.task.state).collect();
+    assert_eq!(states, [TaskState::Active, TaskState::Preparing, TaskState::Running, TaskState::Completed]);
     // Container removed after the exit was recorded.
     for _ in 0..100 {
         if e.fake.st().removed.contains(&cid) {
@@ -245,14 +225,8 @@ async fn exit_codes_and_signals() {
     e.fake.exit(&b.container_id(), 137);
     let a = until_state(&e.sup, &a, TaskState::Completed).await;
     let b = until_state(&e.sup, &b, TaskState::Completed).await;
-    assert_eq!(
-        (a.exit_code, a.failure.unwrap().code.as_str()),
-        (Some(3), "FailureExitCode")
-    );
-    assert_eq!(
-        (b.exit_code, b.failure.unwrap().code.as_str()),
-        (Some(137), "TaskKilledBySignal")
-    );
+    assert_eq!((a.exit_code, a.failure.unwrap().code.as_str()), (Some(3), "FailureExitCode"));
+    assert_eq!((b.exit_code, b.failure.unwrap().code.as_str()), (Some(137), "TaskKilledBySignal"));
 }
 
 #[tokio::test]
@@ -272,22 +246,12 @@ async fn slots_run_tasks_one_at_a_time_in_order() {
     let e = env(1);
     let mut keys = Vec::new();
     for i in 0..3 {
-        keys.push(
-            e.sup
-                .run_task(spec(&format!("t{i}")))
-                .await
-                .unwrap()
-                .key()
-                .clone(),
-        );
+        keys.push(e.sup.run_task(spec(&format!("t{i}"))).await.unwrap().key().clone());
     }
     for (i, k) in keys.iter().enumerate() {
         until_state(&e.sup, k, TaskState::Running).await;
         for later in &keys[i + 1..] {
-            assert_eq!(
-                e.sup.get_task(later).await.unwrap().state,
-                TaskState::Active
-            );
+            assert_eq!(e.sup.get_task(later).await.unwrap().state, TaskState::Active);
         }
         assert_eq!(e.sup.node_status().await.slots_free, 0);
         e.fake.exit(&k.container_id(), 0);
@@ -305,20 +269,14 @@ async fn terminate_queued_and_running() {
     let tb = e.sup.terminate(&b, None).await.unwrap();
     assert_eq!(tb.state, TaskState::Completed);
     assert_eq!(tb.failure.unwrap().code, "TaskTerminated");
-    e.sup
-        .terminate(&a, Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
+    e.sup.terminate(&a, Some(Duration::from_secs(5))).await.unwrap();
     let ta = until_state(&e.sup, &a, TaskState::Completed).await;
     assert_eq!(ta.exit_code, Some(143));
     assert_eq!(ta.failure.unwrap().code, "TaskTerminated");
     assert_eq!(e.fake.st().signals, [(a.container_id(), 15)]);
     assert!(!e.fake.st().created.contains(&b.container_id()));
     // Terminating a completed task changes nothing.
-    assert_eq!(
-        e.sup.terminate(&a, None).await.unwrap().sequence,
-        ta.sequence
-    );
+    assert_eq!(e.sup.terminate(&a, None).await.unwrap().sequence, ta.sequence);
 }
 
 #[tokio::test]
@@ -370,14 +328,8 @@ async fn refusals_leave_nothing_behind() {
     assert!(e.store.events_after(0, 10).await.unwrap().is_empty());
 
     let key = e.sup.run_task(spec("dup")).await.unwrap().key().clone();
-    assert!(matches!(
-        e.sup.run_task(spec("dup")).await,
-        Err(Error::AlreadyExists { .. })
-    ));
-    assert!(matches!(
-        e.sup.delete(&key).await,
-        Err(Error::WrongState { .. })
-    ));
+    assert!(matches!(e.sup.run_task(spec("dup")).await, Err(Error::AlreadyExists { .. })));
+    assert!(matches!(e.sup.delete(&key).await, Err(Error::WrongState { .. })));
 }
 
 #[tokio::test]
@@ -399,9 +351,7 @@ async fn recovery_never_runs_a_task_twice() {
     let mut created = TaskInfo::new(spec("created"), now);
     created.state = TaskState::Preparing;
     store.insert(created.clone()).await.unwrap();
-    fake.st()
-        .tasks
-        .insert(created.key().container_id(), TaskStatus::Created);
+    fake.st().tasks.insert(created.key().container_id(), TaskStatus::Created);
     // queued: recorded ACTIVE, nothing in containerd.
     let queued = TaskInfo::new(spec("queued"), now);
     store.insert(queued.clone()).await.unwrap();
@@ -415,17 +365,8 @@ async fn recovery_never_runs_a_task_twice() {
     until_state(&e.sup, created.key(), TaskState::Running).await;
     until_state(&e.sup, queued.key(), TaskState::Running).await;
     let started = e.fake.st().started.clone();
-    assert!(
-        !started.contains(&exited.key().container_id()),
-        "a stopped task must not start again"
-    );
-    assert_eq!(
-        started
-            .iter()
-            .filter(|c| **c == created.key().container_id())
-            .count(),
-        1
-    );
+    assert!(!started.contains(&exited.key().container_id()), "a stopped task must not start again");
+    assert_eq!(started.iter().filter(|c| **c == created.key().container_id()).count(), 1);
 }
 
 #[tokio::test]
@@ -455,13 +396,19 @@ async fn retention_sweep_removes_old_task_dirs() {
     let dir = e.sup.shared.layout.task(&key).task_dir;
     assert!(dir.exists());
     assert_eq!(e.sup.sweep_retention(SystemTime::now()).await.unwrap(), 0);
-    assert_eq!(
-        e.sup
-            .sweep_retention(SystemTime::now() + Duration::from_secs(61))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(e.sup.sweep_retention(SystemTime::now() + Duration::from_secs(61)).await.unwrap(), 1);
     assert!(!dir.exists());
     assert!(e.sup.get_task(&key).await.is_ok(), "the record stays");
+}
+
+#[tokio::test]
+async fn exit_is_collected_from_events_when_wait_never_returns() {
+    let e = env_with(1, Fake::with(true, true), Store::in_memory().unwrap());
+    let key = e.sup.run_task(spec("ev")).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    // Give follow_exits time to subscribe (the fake's feed has no replay).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.fake.exit(&key.container_id(), 5);
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    assert_eq!(done.exit_code, Some(5));
 }

@@ -38,11 +38,7 @@ pub fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>
 }
 
 /// Sends every logged event after `last`; Err when the receiver is gone.
-async fn replay(
-    store: &Store,
-    tx: &mpsc::Sender<Result<TaskEvent, Error>>,
-    last: &mut u64,
-) -> Result<(), ()> {
+async fn replay(store: &Store, tx: &mpsc::Sender<Result<TaskEvent, Error>>, last: &mut u64) -> Result<(), ()> {
     loop {
         let page = match store.events_after(*last, PAGE).await {
             Ok(p) => p,

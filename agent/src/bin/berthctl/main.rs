@@ -23,12 +23,7 @@ const EXIT_NOT_RUN: u8 = 125;
 #[command(name = "berthctl", version, about = "Talk to a berth node agent")]
 struct Cli {
     /// Agent address: unix:///path/to/socket or http://host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_ADDR",
-        default_value = "unix:///run/berth/agent.sock"
-    )]
+    #[arg(long, global = true, env = "BERTH_ADDR", default_value = "unix:///run/berth/agent.sock")]
     addr: String,
     /// Output format of the read verbs.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -166,9 +161,7 @@ async fn wait_for(
     from: u64,
 ) -> Result<pb::TaskInfo, String> {
     let mut stream = client
-        .watch_tasks(pb::WatchTasksRequest {
-            from_sequence: from,
-        })
+        .watch_tasks(pb::WatchTasksRequest { from_sequence: from })
         .await
         .map_err(|s| status_msg(&s))?
         .into_inner();
@@ -183,9 +176,7 @@ async fn wait_for(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let channel = berth_proto::connect(&cli.addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = berth_proto::connect(&cli.addr).await.map_err(|e| e.to_string())?;
     let mut client = NodeAgentClient::new(channel);
     let out = cli.output;
     let st = |s: tonic::Status| status_msg(&s);
@@ -224,22 +215,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }),
                 required_slots: slots,
             };
-            let info = client
-                .run_task(pb::RunTaskRequest { task: Some(spec) })
-                .await
-                .map_err(st)?
-                .into_inner();
+            let info = client.run_task(pb::RunTaskRequest { task: Some(spec) }).await.map_err(st)?.into_inner();
             if !wait {
                 print_task(out, &info);
                 return Ok(ExitCode::SUCCESS);
             }
-            let done = wait_for(
-                &mut client,
-                &id.job,
-                &id.task,
-                info.sequence.saturating_sub(1),
-            )
-            .await?;
+            let done = wait_for(&mut client, &id.job, &id.task, info.sequence.saturating_sub(1)).await?;
             print_task(out, &done);
             Ok(match done.exit_code {
                 Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -247,44 +228,28 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             })
         }
         Cmd::Get { id } => {
-            let t = client
-                .get_task(pb::GetTaskRequest {
-                    job_id: id.job,
-                    task_id: id.task,
-                })
-                .await
-                .map_err(st)?;
+            let t = client.get_task(pb::GetTaskRequest { job_id: id.job, task_id: id.task }).await.map_err(st)?;
             print_task(out, t.get_ref());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::List { job, state } => {
             let state = match state {
                 None => pb::TaskState::Unspecified,
-                Some(s) => pb::TaskState::from_str_name(&s.to_uppercase())
-                    .ok_or_else(|| format!("unknown state {s:?}"))?,
+                Some(s) => {
+                    pb::TaskState::from_str_name(&s.to_uppercase()).ok_or_else(|| format!("unknown state {s:?}"))?
+                }
             };
-            let req = pb::ListTasksRequest {
-                job_id: job.unwrap_or_default(),
-                state: state as i32,
-            };
+            let req = pb::ListTasksRequest { job_id: job.unwrap_or_default(), state: state as i32 };
             let tasks = client.list_tasks(req).await.map_err(st)?.into_inner().tasks;
             match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::Value::Array(tasks.iter().map(output::task_json).collect())
-                ),
+                Output::Json => println!("{}", serde_json::Value::Array(tasks.iter().map(output::task_json).collect())),
                 Output::Text => println!("{}", output::table(&tasks)),
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Watch { from } => {
-            let mut stream = client
-                .watch_tasks(pb::WatchTasksRequest {
-                    from_sequence: from,
-                })
-                .await
-                .map_err(st)?
-                .into_inner();
+            let mut stream =
+                client.watch_tasks(pb::WatchTasksRequest { from_sequence: from }).await.map_err(st)?.into_inner();
             while let Some(ev) = stream.message().await.map_err(st)? {
                 match out {
                     Output::Json => println!("{}", output::event_json(&ev)),
@@ -327,31 +292,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rm { id } => {
-            client
-                .delete_task(pb::DeleteTaskRequest {
-                    job_id: id.job,
-                    task_id: id.task,
-                })
-                .await
-                .map_err(st)?;
+            client.delete_task(pb::DeleteTaskRequest { job_id: id.job, task_id: id.task }).await.map_err(st)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node => {
-            let n = client
-                .get_node(pb::GetNodeRequest {})
-                .await
-                .map_err(st)?
-                .into_inner();
+            let n = client.get_node(pb::GetNodeRequest {}).await.map_err(st)?.into_inner();
             match out {
                 Output::Json => println!("{}", output::node_json(&n)),
                 Output::Text => {
                     for (k, v) in output::node_json(&n).as_object().into_iter().flatten() {
-                        println!(
-                            "{k:<20} {}",
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string())
-                        );
+                        println!("{k:<20} {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
                     }
                 }
             }
@@ -362,10 +312,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };

@@ -4,16 +4,13 @@ use berth_proto::v1 as pb;
 use serde_json::{json, Value};
 
 pub fn state_name(v: i32) -> &'static str {
-    pb::TaskState::try_from(v)
-        .map(|s| s.as_str_name())
-        .unwrap_or("UNKNOWN")
+    pb::TaskState::try_from(v).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
         Some(t) => {
-            let st = std::time::UNIX_EPOCH
-                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            let st = std::time::UNIX_EPOCH + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
             Value::String(humantime::format_rfc3339_millis(st).to_string())
         }
         None => Value::Null,
@@ -72,37 +69,20 @@ pub fn task_human(t: &pb::TaskInfo) -> String {
 }
 
 pub fn table(tasks: &[pb::TaskInfo]) -> String {
-    let mut rows = vec![[
-        "JOB".to_string(),
-        "TASK".into(),
-        "STATE".into(),
-        "EXIT".into(),
-        "FAILURE".into(),
-    ]];
+    let mut rows = vec![["JOB".to_string(), "TASK".into(), "STATE".into(), "EXIT".into(), "FAILURE".into()]];
     for t in tasks {
         rows.push([
             t.job_id.clone(),
             t.task_id.clone(),
             state_name(t.state).into(),
-            t.exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            t.failure_info
-                .as_ref()
-                .map(|f| f.code.clone())
-                .unwrap_or_else(|| "-".into()),
+            t.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            t.failure_info.as_ref().map(|f| f.code.clone()).unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             cells.join("  ").trim_end().to_string()
         })
         .collect::<Vec<_>>()
