@@ -87,6 +87,24 @@ berth_require_cargo() {
     fi
 }
 
+# berth_containerd_stop DIR: stop the test environment's containerd (SIGTERM).
+# Shims and the tasks in them keep running, as with a real containerd restart.
+berth_containerd_stop() {
+    local dir=${1:?usage: berth_containerd_stop DIR} pid
+    pid=$(<"$dir/containerd.pid") || return 1
+    kill -TERM "$pid" 2>/dev/null || true
+    # shellcheck disable=SC2016 # expanded by the inner shell.
+    _berth_wait 20 "containerd to stop" sh -c '! test -d /proc/$0 || grep -q "^[^)]*) Z" /proc/$0/stat' "$pid"
+}
+
+# berth_containerd_start DIR: start it again with the same config and state.
+berth_containerd_start() {
+    local dir=${1:?usage: berth_containerd_start DIR}
+    rm -f "$dir/containerd.pid"
+    _berth_containerd_start "$dir" &&
+        _berth_wait 20 containerd _berth_containerd_ready "$dir"
+}
+
 # ---------------------------------------------------------------------------
 # Small internal helpers
 # ---------------------------------------------------------------------------
@@ -397,6 +415,10 @@ berth_env_up() {
     berth_log "starting containerd and registries in $dir"
     _berth_tls_material "$dir" >"$dir/tls.log" 2>&1 ||
         { _berth_fail "$dir" "creating TLS material failed" tls.log; return 1; }
+    # A small file system for disk-full tests, mounted before containerd starts
+    # so that its mount namespace has it too.
+    { mkdir -p "$dir/smallfs" && mount -n -t tmpfs -o size=16m,mode=755 berth-smallfs "$dir/smallfs"; } ||
+        { _berth_fail "$dir" "mounting the small test file system failed"; return 1; }
     _berth_containerd_start "$dir" ||
         { _berth_fail "$dir" "starting containerd failed" containerd.log; return 1; }
     port=$(berth_free_port) || return 1
@@ -492,6 +514,8 @@ auth:
         BERTH_TEST_IMAGE_USER "$ref/user:latest" \
         BERTH_TEST_TLS_IMAGE_BUSYBOX "127.0.0.1:$tls_port/berth-test/busybox:latest" \
         BERTH_TEST_OCI_LAYOUT "$dir/oci" \
+        BERTH_TEST_SMALL_FS "$dir/smallfs" \
+        BERTH_TEST_LIB "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/lib.sh" \
         >"$dir/env" || return 1
     ds=$(((${EPOCHREALTIME//[!0-9]/} - start) / 100000)) # tenths of a second
     berth_log "test environment up in $((ds / 10)).$((ds % 10))s: $dir/env"

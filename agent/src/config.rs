@@ -45,6 +45,7 @@ struct RawNode {
     account_name: Option<String>,
     is_dedicated: Option<bool>,
     task_slots: Option<u32>,
+    min_free_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -67,6 +68,8 @@ struct RawContainerd {
 struct RawTasks {
     terminate_grace_seconds: Option<u64>,
     retention_sweep_seconds: Option<u64>,
+    history_limit: Option<usize>,
+    event_log_keep: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -105,6 +108,12 @@ pub struct Config {
     pub runtime: String,
     pub terminate_grace: Duration,
     pub retention_sweep: Duration,
+    /// A task is not started while the node root has less free space than this.
+    pub min_free_bytes: u64,
+    /// Completed task records kept; the oldest beyond are deleted with their directories.
+    pub history_limit: usize,
+    /// Events kept in the log `WatchTasks` replays from.
+    pub event_log_keep: u64,
     pub log_format: LogFormat,
 }
 
@@ -163,6 +172,9 @@ impl Config {
             runtime: raw.containerd.runtime.unwrap_or_else(|| "io.containerd.runc.v2".into()),
             terminate_grace: Duration::from_secs(raw.tasks.terminate_grace_seconds.unwrap_or(10)),
             retention_sweep: Duration::from_secs(raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1)),
+            min_free_bytes: raw.node.min_free_mb.unwrap_or(64) * 1024 * 1024,
+            history_limit: raw.tasks.history_limit.unwrap_or(10_000),
+            event_log_keep: raw.tasks.event_log_keep.unwrap_or(100_000).max(1),
             log_format,
         })
     }
@@ -230,6 +242,8 @@ mod tests {
             namespace = "b2"
             [tasks]
             terminate_grace_seconds = 3
+            history_limit = 5
+            event_log_keep = 50
             [log]
             format = "json"
             "#,
@@ -241,6 +255,8 @@ mod tests {
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
         assert_eq!(c.namespace, "b2");
         assert_eq!(c.terminate_grace, Duration::from_secs(3));
+        assert_eq!((c.history_limit, c.event_log_keep), (5, 50));
+        assert_eq!(c.min_free_bytes, 64 << 20);
         assert_eq!(c.log_format, LogFormat::Json);
     }
 

@@ -59,11 +59,14 @@ async fn shutdown_signal() {
 }
 
 /// Recovers what the previous agent left, retrying while containerd is unreachable.
-async fn recover(sup: Supervisor) {
+async fn recover(sup: Supervisor, rebuild: bool) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match sup.recover().await {
-            Ok(()) => return,
+        match sup.recover(rebuild).await {
+            Ok(report) => {
+                tracing::info!(?report, "recovery done");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "recovery failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -88,22 +91,34 @@ async fn run(cfg: Config) -> Result<(), String> {
     let node = berth_agent::node::facts(&cfg, &platform);
     let layout = Layout::new(&cfg.root_dir);
     layout.create_node_dirs().map_err(|e| e.to_string())?;
-    let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+    let opened = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
     let runtime = Arc::new(Containerd::new(&cfg.containerd_socket, &cfg.namespace, &cfg.snapshotter, &cfg.runtime));
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         task_slots: cfg.task_slots,
         terminate_grace: cfg.terminate_grace,
         platform,
+        min_free_bytes: cfg.min_free_bytes,
+        history_limit: cfg.history_limit,
+        event_log_keep: cfg.event_log_keep,
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
-    let sup = Supervisor::new(settings, node, layout.clone(), store, runtime);
+    let sup = Supervisor::new(settings, node, layout.clone(), opened.store, runtime);
+    if let Some(note) = opened.note {
+        sup.note(note);
+    }
     tokio::spawn({
         let sup = sup.clone();
         async move { sup.follow_exits().await }
     });
-    tokio::spawn(recover(sup.clone()));
+    // Know whether containerd answers before serving, then keep watching it.
+    sup.check_containerd().await;
+    tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.monitor_containerd().await }
+    });
+    tokio::spawn(recover(sup.clone(), opened.fresh));
     tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
     api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal()).await.map_err(|e| e.to_string())
 }

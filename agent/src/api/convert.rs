@@ -167,6 +167,7 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
         node_root: s.node.root_dir.display().to_string(),
         containerd_reachable: s.containerd_version.is_some(),
         hostname: s.node.hostname.clone(),
+        notes: s.notes.clone(),
     }
 }
 

@@ -32,6 +32,7 @@ fn code_of(e: &Error) -> Code {
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::NotFound { .. } => Code::NotFound,
         Error::WrongState { .. } => Code::FailedPrecondition,
+        Error::Compacted { .. } => Code::OutOfRange,
         Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => Code::InvalidArgument,
         Error::Layout(LayoutError::NoSuchFile { .. }) => Code::NotFound,
         Error::Layout(_) | Error::Store(_) => Code::Internal,

@@ -7,6 +7,7 @@ use berth_proto::v1::node_agent_server::NodeAgentServer;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +26,32 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Serves until `shutdown` resolves, then drains open calls for at most [`DRAIN`]:
 /// a scheduler's open `WatchTasks` stream must not keep the agent from stopping.
 pub async fn serve(api: Api, listen: &Listen, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING while containerd is unreachable, for the node service and the server as a whole.
+    let mut containerd = api.sup.containerd_status();
+    tokio::spawn(async move {
+        loop {
+            let up = containerd.borrow_and_update().is_some();
+            if up {
+                health.set_serving::<NodeAgentServer<Api>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            } else {
+                health.set_not_serving::<NodeAgentServer<Api>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            }
+            if containerd.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = serve_until(api, listen, async move {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let router =
+        Server::builder().add_service(health_service).add_service(reflection).add_service(NodeAgentServer::new(api));
+    let server = serve_until(router, listen, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
     tokio::pin!(server);
@@ -47,16 +72,11 @@ pub async fn serve(api: Api, listen: &Listen, shutdown: impl Future<Output = ()>
     result
 }
 
-async fn serve_until(api: Api, listen: &Listen, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NodeAgentServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let router =
-        Server::builder().add_service(health_service).add_service(reflection).add_service(NodeAgentServer::new(api));
-
+async fn serve_until(
+    router: Router,
+    listen: &Listen,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     match listen {
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;

@@ -1,7 +1,10 @@
 //! [`Runtime`] over containerd's gRPC API. One lazily connected channel, shared
 //! by every call; tonic reconnects it when containerd restarts.
 
-use super::{CreateRequest, ExitEvent, ExitStatus, ExitStream, ResolvedImage, Runtime, RuntimeError, TaskStatus};
+use super::{
+    CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, Runtime, RuntimeError,
+    TaskStatus, LABEL_NODE,
+};
 use crate::images::Platform;
 use async_trait::async_trait;
 use containerd_client::events::TaskExit;
@@ -92,13 +95,13 @@ impl Containerd {
     pub(super) fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel.clone())
     }
-    fn containers(&self) -> ContainersClient<Channel> {
+    pub(super) fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
     }
     fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())
     }
-    fn leases(&self) -> LeasesClient<Channel> {
+    pub(super) fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
 
@@ -106,11 +109,7 @@ impl Containerd {
     pub(super) fn status_error(&self, op: &'static str, what: &str, s: Status) -> RuntimeError {
         match s.code() {
             Code::NotFound => RuntimeError::NotFound { what: what.to_owned() },
-            Code::Unavailable | Code::Cancelled => RuntimeError::Unavailable { message: s.message().to_owned() },
-            // Transport failures (connection refused, reset) come back as Unknown with no server message.
-            Code::Unknown if s.message().contains("transport") || s.message().is_empty() => {
-                RuntimeError::Unavailable { message: format!("{s}") }
-            }
+            _ if is_transport_failure(&s) => RuntimeError::Unavailable { message: s.message().to_owned() },
             _ => RuntimeError::Failed { op, message: s.message().to_owned() },
         }
     }
@@ -121,7 +120,7 @@ impl Containerd {
             snapshotter: self.snapshotter.clone(),
             key: id.clone(),
             parent: req.image.chain_id.clone(),
-            labels: Default::default(),
+            labels: req.labels.clone(),
         };
         let mounts = self
             .snapshots()
@@ -171,6 +170,29 @@ fn to_system_time(ts: Option<prost_types::Timestamp>) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32))
 }
 
+/// Whether a status means the connection to containerd failed (it is down or
+/// restarting) rather than containerd answering with an error. tonic reports a
+/// broken connection as Unavailable, Cancelled, or Unknown/Internal carrying the
+/// transport's message.
+fn is_transport_failure(s: &Status) -> bool {
+    const TRANSPORT: [&str; 6] = [
+        "transport error",
+        "h2 protocol error",
+        "connection",
+        "broken pipe",
+        "error trying to connect",
+        "operation was canceled",
+    ];
+    match s.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown | Code::Internal => {
+            let m = s.message().to_ascii_lowercase();
+            m.is_empty() || TRANSPORT.iter().any(|t| m.contains(t))
+        }
+        _ => false,
+    }
+}
+
 /// Ignores NotFound: used where a missing object is already the wanted outcome.
 fn ignore_missing(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
     match r {
@@ -216,7 +238,13 @@ impl Runtime for Containerd {
         let expire = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600)).to_string();
         let lease_req = CreateLeaseRequest {
             id: lease.clone(),
-            labels: [("containerd.io/gc.expire".to_string(), expire)].into_iter().collect(),
+            labels: req
+                .labels
+                .iter()
+                .filter(|(k, _)| k.as_str() == LABEL_NODE)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain([("containerd.io/gc.expire".to_string(), expire)])
+                .collect(),
         };
         match self.leases().create(self.request(lease_req)).await {
             Ok(_) => {}
@@ -297,6 +325,14 @@ impl Runtime for Containerd {
         Ok(Box::pin(exits))
     }
 
+    async fn list_labelled(&self, node_id: &str) -> Result<Vec<LabelledContainer>, RuntimeError> {
+        self.labelled(node_id).await
+    }
+
+    async fn remove_leftovers(&self, node_id: &str, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        self.leftovers(node_id, keep).await
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let task = self.tasks().delete(self.request(DeleteTaskRequest { container_id: id.to_owned() })).await;
         ignore_missing(task.map(drop).map_err(|s| self.status_error("delete task", &format!("task {id}"), s)))?;
@@ -307,5 +343,28 @@ impl Runtime for Containerd {
         let snap = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: id.to_owned() };
         let snap = self.snapshots().remove(self.request(snap)).await;
         ignore_missing(snap.map(drop).map_err(|s| self.status_error("remove snapshot", &format!("snapshot {id}"), s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transport_failure;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn transport_failures() {
+        let cases = [
+            (Status::unavailable("connection refused"), true),
+            (Status::cancelled(""), true),
+            (Status::unknown("h2 protocol error: error reading a body from connection"), true),
+            (Status::unknown("transport error"), true),
+            (Status::internal(""), true),
+            (Status::unknown("failed to create shim task: OCI runtime create failed: exec: \"x\": not found"), false),
+            (Status::new(Code::FailedPrecondition, "task must be stopped"), false),
+            (Status::not_found("container x"), false),
+        ];
+        for (s, want) in cases {
+            assert_eq!(is_transport_failure(&s), want, "{s:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 mod client;
 mod image;
+mod inventory;
 
 pub use client::Containerd;
 
@@ -34,6 +35,27 @@ impl RuntimeError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::NotFound { .. })
     }
+}
+
+/// Labels on every container (and snapshot and lease) berth creates. The node
+/// label scopes start-up cleanup to this agent's own objects.
+pub const LABEL_JOB: &str = "berth.job-id";
+pub const LABEL_TASK: &str = "berth.task-id";
+pub const LABEL_KEY: &str = "berth.task-key";
+pub const LABEL_NODE: &str = "berth.node-id";
+
+/// A container in the runtime that carries this node's berth labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledContainer {
+    pub id: String,
+    pub job: String,
+    pub task: String,
+    pub image: String,
+    pub created_at: Option<SystemTime>,
+    /// From the container's OCI spec: what it runs and as whom.
+    pub args: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// An image found in the runtime's image store.
@@ -105,4 +127,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Subscribes to the exits of task init processes in our namespace.
     async fn exit_events(&self) -> Result<ExitStream, RuntimeError>;
+    /// Containers labelled with this node's id.
+    async fn list_labelled(&self, node_id: &str) -> Result<Vec<LabelledContainer>, RuntimeError>;
+    /// Removes this node's snapshots and leases that no container in `keep` uses
+    /// (left by interrupted work); returns what was removed.
+    async fn remove_leftovers(&self, node_id: &str, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
 }

@@ -24,6 +24,16 @@ pub enum LayoutError {
     Read { path: String, source: std::io::Error },
 }
 
+impl LayoutError {
+    /// The OS error behind a failed create or remove, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            LayoutError::Create { source, .. } | LayoutError::Remove { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
 /// What a read of a task file returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFiles {
@@ -83,6 +93,34 @@ impl Layout {
             return Err(e);
         }
         Ok(paths)
+    }
+
+    /// Every task directory under `workitems/` (`<job>/job-1/<task>` with valid
+    /// ids; job preparation and release directories are not tasks).
+    pub fn list_task_dirs(&self) -> Vec<TaskKey> {
+        let names = |dir: PathBuf| -> Vec<String> {
+            fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for job in names(self.workitems()) {
+            for task in names(self.workitems().join(&job).join("job-1")) {
+                if task == "jobpreparation" || task == "jobrelease" {
+                    continue;
+                }
+                if let Ok(key) = TaskKey::new(&job, &task) {
+                    out.push(key);
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Removes the task directory; a missing one is not an error.
@@ -185,6 +223,16 @@ mod tests {
             LayoutError::NoSuchFile { .. }
         ));
         assert!(matches!(layout.read_task_file(&key, "wd", 0, 10).unwrap_err(), LayoutError::NotAFile { .. }));
+    }
+
+    #[test]
+    fn lists_task_dirs() {
+        let (_tmp, layout, key) = setup();
+        layout.create_task_dirs(&TaskKey::new("j2", "b").unwrap(), None).unwrap();
+        fs::create_dir_all(layout.task(&key).job_prep_dir).unwrap();
+        fs::create_dir_all(layout.workitems().join("j/job-1/bad name")).unwrap();
+        let got: Vec<String> = layout.list_task_dirs().iter().map(|k| k.to_string()).collect();
+        assert_eq!(got, ["j/t", "j2/b"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::model::{TaskInfo, TaskKey, TaskState};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,20 @@ pub enum StoreError {
     Exists { key: TaskKey },
     #[error("task {key} not found")]
     Missing { key: TaskKey },
+    #[error("state database failed its integrity check: {detail}")]
+    Corrupt { detail: String },
     #[error("state database worker failed: {0}")]
     Join(String),
+}
+
+/// An opened state database.
+pub struct Opened {
+    pub store: Store,
+    /// The database was created now (missing, or unreadable and moved aside):
+    /// what it should hold must be rebuilt from containerd and the task directories.
+    pub fresh: bool,
+    /// Why it was rebuilt, for operators.
+    pub note: Option<String>,
 }
 
 /// One entry of the event log: the task as it was right after a change.
@@ -41,6 +54,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT NOT NULL,
     state   TEXT NOT NULL,
     record  TEXT NOT NULL,
+    -- sequence number of the task's first event: acceptance order
+    created_seq INTEGER NOT NULL,
     PRIMARY KEY (job_id, task_id)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -63,12 +78,41 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/berth.db`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) `dir/berth.db`. A database that cannot be
+    /// opened or fails SQLite's integrity check is moved aside and a new one is
+    /// created: the agent never refuses to start over its state database.
+    pub fn open(dir: &Path) -> Result<Opened, StoreError> {
         let path = dir.join("berth.db");
-        let open_err = |source| StoreError::Open { path: path.clone(), source };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let conn = Connection::open(&path).map_err(open_err)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        let existed = path.exists();
+        match Self::open_checked(&path) {
+            Ok(store) => Ok(Opened { store, fresh: !existed, note: None }),
+            Err(e) if existed => {
+                let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let aside = dir.join(format!("berth.db.corrupt-{stamp}"));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                    if from.exists() {
+                        let _ = std::fs::rename(&from, format!("{}{suffix}", aside.display()));
+                    }
+                }
+                let note = format!("the state database was unreadable ({e}); moved to {} and rebuilt", aside.display());
+                Ok(Opened { store: Self::open_checked(&path)?, fresh: true, note: Some(note) })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(open_err)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt { detail: check });
+        }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
@@ -133,7 +177,7 @@ impl Store {
             let mut stmt = conn.prepare(
                 "SELECT t.record FROM tasks t
                  WHERE (?1 IS NULL OR t.job_id = ?1) AND (?2 IS NULL OR t.state = ?2)
-                 ORDER BY (SELECT MIN(seq) FROM events e WHERE e.job_id = t.job_id AND e.task_id = t.task_id)",
+                 ORDER BY t.created_seq",
             )?;
             let rows = stmt.query_map(params![job, state.map(|s| s.as_str())], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
@@ -172,6 +216,25 @@ impl Store {
                 return Err(StoreError::Missing { key });
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the oldest events so that at most `keep` remain; returns how many went.
+    pub async fn compact_events(&self, keep: u64) -> Result<usize, StoreError> {
+        self.blocking(move |inner| {
+            Ok(inner
+                .lock()
+                .execute("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1", params![keep as i64])?)
+        })
+        .await
+    }
+
+    /// The oldest sequence number still in the log.
+    pub async fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        self.blocking(|inner| {
+            let v: Option<i64> = inner.lock().query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
+            Ok(v.map(|v| v as u64))
         })
         .await
     }
@@ -222,9 +285,9 @@ impl Inner {
         let rec = serde_json::to_string(&task)?;
         tx.execute("UPDATE events SET record = ?1 WHERE seq = ?2", params![rec, task.sequence as i64])?;
         tx.execute(
-            "INSERT INTO tasks (job_id, task_id, state, record) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO tasks (job_id, task_id, state, record, created_seq) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(job_id, task_id) DO UPDATE SET state = excluded.state, record = excluded.record",
-            params![job, id, task.state.as_str(), rec],
+            params![job, id, task.state.as_str(), rec, task.sequence as i64],
         )?;
         tx.commit()?;
         // Published under the lock, so live events go out in sequence order.
@@ -291,13 +354,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn corrupt_database_is_moved_aside_and_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.db"), vec![0x5a; 8192]).unwrap();
+        let o = Store::open(dir.path()).unwrap();
+        assert!(o.fresh);
+        assert!(o.note.unwrap().contains("berth.db.corrupt-"));
+        o.store.insert(task("j", "a")).await.unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("berth.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_the_newest_events_and_the_order() {
+        let s = Store::in_memory().unwrap();
+        let a = s.insert(task("j", "a")).await.unwrap();
+        s.insert(task("j", "b")).await.unwrap();
+        for _ in 0..3 {
+            s.update(a.clone()).await.unwrap();
+        }
+        assert_eq!(s.compact_events(2).await.unwrap(), 3);
+        assert_eq!(s.oldest_event().await.unwrap(), Some(4));
+        let tasks: Vec<String> = s.list(None, None).await.unwrap().iter().map(|t| t.key().to_string()).collect();
+        assert_eq!(tasks, ["j/a", "j/b"], "acceptance order survives compaction");
+    }
+
+    #[tokio::test]
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
-            s.insert(task("j", "a")).await.unwrap();
+            let o = Store::open(dir.path()).unwrap();
+            assert!(o.fresh && o.note.is_none());
+            o.store.insert(task("j", "a")).await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let o = Store::open(dir.path()).unwrap();
+        assert!(!o.fresh);
+        let s = o.store;
         assert!(s.get(&TaskKey::new("j", "a").unwrap()).await.unwrap().is_some());
         let next = s.insert(task("j", "b")).await.unwrap();
         assert_eq!(next.sequence, 2);

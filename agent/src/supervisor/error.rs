@@ -23,6 +23,8 @@ pub enum Error {
     NotFound { key: TaskKey },
     #[error("task {key} is {state}; only a completed task can be {action}", state = state.as_str())]
     WrongState { key: TaskKey, state: TaskState, action: &'static str },
+    #[error("events up to {} were removed from the log (it starts at {oldest}); list the tasks, then watch from the newest sequence", oldest - 1)]
+    Compacted { from: u64, oldest: u64 },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]

@@ -11,6 +11,7 @@ mod watch;
 
 pub use error::Error;
 pub use outcome::StopReason;
+pub use recovery::Report as RecoveryReport;
 
 use crate::containerd::{ExitEvent, Runtime};
 use crate::images::{self, Platform};
@@ -35,6 +36,12 @@ pub struct Settings {
     /// Between SIGTERM and SIGKILL when a task is stopped without a grace period of its own.
     pub terminate_grace: Duration,
     pub platform: Platform,
+    /// A task is not started while the node root has less free space (`DiskFull`).
+    pub min_free_bytes: u64,
+    /// Completed records kept (oldest deleted first, with their directories).
+    pub history_limit: usize,
+    /// Events kept in the log.
+    pub event_log_keep: u64,
 }
 
 /// A request to stop a running task.
@@ -61,6 +68,10 @@ struct Shared {
     sched: Mutex<Sched>,
     /// containerd's `/tasks/exit` events, fanned out to the runners.
     exits: broadcast::Sender<ExitEvent>,
+    /// containerd's version while it answers; None while it does not.
+    containerd: tokio_watch::Sender<Option<String>>,
+    /// What recovery found worth telling an operator (a rebuilt database, ...).
+    notes: Mutex<Vec<String>>,
 }
 
 /// Node-level counters for `GetNode`.
@@ -71,6 +82,7 @@ pub struct NodeStatus {
     pub slots_free: u32,
     /// None when containerd could not be reached.
     pub containerd_version: Option<String>,
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -82,7 +94,19 @@ impl Supervisor {
     pub fn new(settings: Settings, node: NodeFacts, layout: Layout, store: Store, runtime: Arc<dyn Runtime>) -> Self {
         let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new() };
         let exits = broadcast::channel(1024).0;
-        Self { shared: Arc::new(Shared { settings, node, layout, store, runtime, sched: Mutex::new(sched), exits }) }
+        let containerd = tokio_watch::channel(None).0;
+        let shared = Shared {
+            settings,
+            node,
+            layout,
+            store,
+            runtime,
+            sched: Mutex::new(sched),
+            exits,
+            containerd,
+            notes: Mutex::default(),
+        };
+        Self { shared: Arc::new(shared) }
     }
 
     fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
@@ -209,7 +233,6 @@ impl Supervisor {
     }
 
     pub async fn node_status(&self) -> NodeStatus {
-        let version = tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
         let (total, free) = {
             let sched = self.sched();
             (sched.slots.total(), sched.slots.free())
@@ -218,7 +241,48 @@ impl Supervisor {
             node: self.shared.node.clone(),
             slots_total: total,
             slots_free: free,
-            containerd_version: version.ok().and_then(Result::ok),
+            containerd_version: self.shared.containerd.borrow().clone(),
+            notes: self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// containerd's reachability: its version while it answers, None while not.
+    pub fn containerd_status(&self) -> tokio_watch::Receiver<Option<String>> {
+        self.shared.containerd.subscribe()
+    }
+
+    /// Adds a note for operators, shown by `GetNode`.
+    pub fn note(&self, note: String) {
+        tracing::warn!(note = %note, "node note");
+        self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).push(note);
+    }
+
+    /// Asks containerd for its version once: updates the reachability state.
+    pub async fn check_containerd(&self) -> bool {
+        let version = tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
+        let version = version.ok().and_then(Result::ok);
+        let up = version.is_some();
+        self.shared.containerd.send_if_modified(|cur| {
+            if *cur == version {
+                return false;
+            }
+            match (&*cur, &version) {
+                (Some(_), None) => tracing::warn!("containerd is unreachable"),
+                (None, Some(v)) => tracing::info!(version = %v, "containerd is reachable"),
+                _ => {}
+            }
+            *cur = version.clone();
+            true
+        });
+        up
+    }
+
+    /// Checks containerd's reachability every second while it is down, every
+    /// five while it is up.
+    pub async fn monitor_containerd(&self) {
+        loop {
+            let up = self.check_containerd().await;
+            tokio::time::sleep(Duration::from_secs(if up { 5 } else { 1 })).await;
         }
     }
 
@@ -228,10 +292,23 @@ impl Supervisor {
         watch::spawn(self.shared.store.clone(), from)
     }
 
-    /// Removes task directories whose retention time has passed. Returns how many.
+    /// Removes task directories whose retention time has passed (returns how
+    /// many), completed records beyond the history limit, and events beyond what
+    /// the log keeps.
     pub async fn sweep_retention(&self, now: SystemTime) -> Result<usize, Error> {
         let mut removed = 0;
-        for t in self.shared.store.list(None, Some(TaskState::Completed)).await? {
+        let completed = self.shared.store.list(None, Some(TaskState::Completed)).await?;
+        let excess = completed.len().saturating_sub(self.shared.settings.history_limit);
+        for t in &completed[..excess] {
+            self.shared.layout.remove_task_dir(t.key())?;
+            self.shared.store.delete(t.key()).await?;
+            tracing::info!(job_id = %t.key().job, task_id = %t.key().task, "history limit: task record removed");
+        }
+        let compacted = self.shared.store.compact_events(self.shared.settings.event_log_keep).await?;
+        if compacted > 0 {
+            tracing::info!(events = compacted, "event log compacted");
+        }
+        for t in &completed[excess..] {
             let Some(done) = t.completed_at else { continue };
             if done + t.spec.constraints.retention() <= now && self.shared.layout.task(t.key()).task_dir.exists() {
                 self.shared.layout.remove_task_dir(t.key())?;
@@ -276,9 +353,19 @@ impl Supervisor {
         }
     }
 
-    /// Re-attaches to what the previous agent left: see `recovery`.
-    pub async fn recover(&self) -> Result<(), Error> {
-        recovery::recover(self).await
+    /// Re-attaches to what the previous agent left: see `recovery`. `rebuild`:
+    /// the state database was created anew, so containers and task directories
+    /// without a record are adopted rather than removed.
+    pub async fn recover(&self, rebuild: bool) -> Result<RecoveryReport, Error> {
+        let report = recovery::recover(self, rebuild).await?;
+        if rebuild && (report.adopted > 0 || report.records_lost > 0) {
+            self.note(format!(
+                "the state database was rebuilt: {} running task(s) adopted from containerd, {} finished task(s) \
+                 found in task directories with their results lost",
+                report.adopted, report.records_lost
+            ));
+        }
+        Ok(report)
     }
 }
 

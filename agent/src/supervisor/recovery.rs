@@ -11,19 +11,95 @@
 //!
 //! A container is only started from containerd's `Created` state, so a finished
 //! task is never run again.
+//!
+//! Containers with this node's labels but no record are removed, unless the
+//! state database was lost (`rebuild`): then they are adopted (a record is made
+//! from their labels and spec) and task directories without a record become
+//! COMPLETED with `TaskRecordLost`. Snapshots and leases of interrupted work are
+//! removed last.
 
 use super::runner::Phase;
 use super::{Error, Supervisor};
-use crate::containerd::TaskStatus;
-use crate::model::{FailureInfo, TaskState};
+use crate::containerd::{LabelledContainer, TaskStatus};
+use crate::model::{
+    ContainerSettings, FailureInfo, TaskConstraints, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
+};
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
-pub async fn recover(sup: &Supervisor) -> Result<(), Error> {
-    let tasks = sup.shared.store.list(None, None).await?;
+/// What recovery did, for the log and `GetNode`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub reattached: usize,
+    pub requeued: usize,
+    pub lost: usize,
+    pub adopted: usize,
+    pub removed_containers: usize,
+    pub records_lost: usize,
+}
+
+/// A record for a container found without one (the database was lost).
+fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
+    let spec = TaskSpec {
+        key,
+        command_line: shell_words::join(&c.args),
+        container: Some(ContainerSettings {
+            image: c.image.clone(),
+            run_options: String::new(),
+            working_directory: Default::default(),
+        }),
+        environment: Default::default(),
+        user: UserIdentity { uid: Some(c.uid), gid: Some(c.gid) },
+        constraints: TaskConstraints::default(),
+        required_slots: 1,
+    };
+    TaskInfo::new(spec, c.created_at.unwrap_or_else(SystemTime::now))
+}
+
+/// Kills and removes a container that no record accounts for.
+async fn remove_orphan(sup: &Supervisor, c: &LabelledContainer) {
+    tracing::warn!(container_id = %c.id, job_id = %c.job, task_id = %c.task,
+        "removing a container of this node that has no task record");
+    let rt = &sup.shared.runtime;
+    if matches!(rt.status(&c.id).await, Ok(TaskStatus::Running | TaskStatus::Other)) {
+        let _ = rt.kill(&c.id, 9).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), rt.wait(&c.id)).await;
+    }
+    if let Err(e) = rt.remove(&c.id).await {
+        tracing::warn!(container_id = %c.id, error = %e, "cannot remove orphan container");
+    }
+}
+
+pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let node_id = sup.shared.node.node_id.clone();
+    let labelled = sup.shared.runtime.list_labelled(&node_id).await?;
+    let mut records = sup.shared.store.list(None, None).await?;
+    let known: HashSet<String> = records.iter().map(|t| t.key().container_id()).collect();
+
+    for c in labelled.iter().filter(|c| !known.contains(&c.id)) {
+        match TaskKey::new(&c.job, &c.task) {
+            Ok(key) if rebuild && key.container_id() == c.id => {
+                tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %c.id,
+                    "adopting a container found without a record (the state database was rebuilt)");
+                records.push(sup.shared.store.insert(adopted_record(c, key)).await?);
+                report.adopted += 1;
+            }
+            _ => {
+                remove_orphan(sup, c).await;
+                report.removed_containers += 1;
+            }
+        }
+    }
+
     let mut requeue = Vec::new();
-    for info in tasks {
+    for info in records {
         let key = info.key().clone();
         let cid = key.container_id();
+        if sup.sched().stops.contains_key(&key) {
+            continue; // already being handled (recovery is retried after a failure)
+        }
         if info.state == TaskState::Completed {
             // The container of a completed task may have outlived a crash.
             if info.container.as_ref().is_some_and(|c| c.state != "deleted") {
@@ -31,11 +107,9 @@ pub async fn recover(sup: &Supervisor) -> Result<(), Error> {
             }
             continue;
         }
-        let status = sup.shared.runtime.status(&cid).await;
-        let phase = match status {
-            Ok(TaskStatus::Running) | Ok(TaskStatus::Other) => Some(Phase::Wait),
+        let phase = match sup.shared.runtime.status(&cid).await {
+            Ok(TaskStatus::Running | TaskStatus::Other | TaskStatus::Stopped(_)) => Some(Phase::Wait),
             Ok(TaskStatus::Created) => Some(Phase::Start),
-            Ok(TaskStatus::Stopped(_)) => Some(Phase::Wait),
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
@@ -53,6 +127,7 @@ pub async fn recover(sup: &Supervisor) -> Result<(), Error> {
                 };
                 let this = sup.clone();
                 tokio::spawn(async move { this.run_and_release(key, slots, phase, stop).await });
+                report.reattached += 1;
             }
             (None, TaskState::Active | TaskState::Preparing) => requeue.push(info),
             (None, _) => {
@@ -61,11 +136,52 @@ pub async fn recover(sup: &Supervisor) -> Result<(), Error> {
                     "the task's container was gone when the agent restarted; its exit code is unknown",
                 );
                 sup.complete(info, None, Some(failure)).await;
+                report.lost += 1;
             }
         }
     }
+    report.requeued = requeue.len();
     for info in requeue {
         sup.enqueue(info.key().clone(), info.spec.required_slots);
     }
-    Ok(())
+
+    if rebuild {
+        report.records_lost = record_lost_task_dirs(sup).await?;
+    }
+    let keep: Vec<String> = sup.shared.runtime.list_labelled(&node_id).await?.into_iter().map(|c| c.id).collect();
+    for what in sup.shared.runtime.remove_leftovers(&node_id, &keep).await? {
+        tracing::info!(removed = %what, "removed leftover of interrupted work");
+    }
+    Ok(report)
+}
+
+/// Task directories without a record (the database was lost): their tasks are
+/// over, but their results are unknown.
+async fn record_lost_task_dirs(sup: &Supervisor) -> Result<usize, Error> {
+    let layout = sup.shared.layout.clone();
+    let dirs = tokio::task::spawn_blocking(move || layout.list_task_dirs()).await.unwrap_or_default();
+    let mut n = 0;
+    for key in dirs {
+        if sup.shared.store.get(&key).await?.is_some() {
+            continue;
+        }
+        let spec = TaskSpec {
+            key,
+            command_line: String::new(),
+            container: None,
+            environment: Default::default(),
+            user: UserIdentity::default(),
+            constraints: TaskConstraints::default(),
+            required_slots: 1,
+        };
+        let mut info = sup.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
+        let failure = FailureInfo::server(
+            "TaskRecordLost",
+            "the agent's state database was lost; this task had finished and its result is unknown",
+        );
+        info.complete(None, Some(failure), SystemTime::now());
+        sup.shared.store.update(info).await?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -5,7 +5,7 @@
 
 use super::outcome::{completion, StopReason};
 use super::{Stop, Supervisor};
-use crate::containerd::{CreateRequest, ExitStatus, RuntimeError};
+use crate::containerd::{CreateRequest, ExitStatus, RuntimeError, LABEL_JOB, LABEL_KEY, LABEL_NODE, LABEL_TASK};
 use crate::images;
 use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskState};
 use crate::spec::{self, SpecInputs};
@@ -22,11 +22,6 @@ pub enum Phase {
     Start,
     Wait,
 }
-
-/// Labels on every container berth creates.
-pub const LABEL_JOB: &str = "berth.job-id";
-pub const LABEL_TASK: &str = "berth.task-id";
-pub const LABEL_KEY: &str = "berth.task-key";
 
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
@@ -64,7 +59,17 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
             Err(done) => Some(done),
         },
         Phase::Start => start(sup, info, &cid, &mut stop).await,
-        Phase::Wait => Some(wait(sup, info, &cid, &mut stop).await),
+        Phase::Wait => {
+            // It runs (or ran while the agent was away): the record says so before the exit.
+            let mut info = info;
+            if info.state != TaskState::Running {
+                info.state = TaskState::Running;
+                info.ever_started = true;
+                info.started_at.get_or_insert_with(SystemTime::now);
+                info = save(sup, info).await;
+            }
+            Some(wait(sup, info, &cid, &mut stop).await)
+        }
     };
     if let Some(info) = info {
         if let Err(e) = sup.shared.runtime.remove(&cid).await {
@@ -104,12 +109,26 @@ async fn prepare(
     let owner = (user.uid.is_some() || user.gid.is_some()).then(|| (user.uid.unwrap_or(0), user.gid.unwrap_or(0)));
     let layout = sh.layout.clone();
     let k = key.clone();
-    let dirs = tokio::task::spawn_blocking(move || layout.create_task_dirs(&k, owner)).await;
+    let min_free = sh.settings.min_free_bytes;
+    let dirs = tokio::task::spawn_blocking(move || match free_bytes(layout.root()) {
+        Some(free) if free < min_free => Err(FailureInfo::server(
+            "DiskFull",
+            format!(
+                "the node root {} has {} MiB free, less than the {} MiB a task needs to start",
+                layout.root().display(),
+                free >> 20,
+                min_free >> 20
+            ),
+        )),
+        _ => layout.create_task_dirs(&k, owner).map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ENOSPC as i32 => FailureInfo::server("DiskFull", e.to_string()),
+            _ => FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
+        }),
+    })
+    .await;
     let paths = match dirs {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            return Err(fail(sup, info, FailureInfo::server("TaskDirectoryCreateFailed", e.to_string())).await)
-        }
+        Ok(Err(failure)) => return Err(fail(sup, info, failure).await),
         Err(e) => return Err(fail(sup, info, FailureInfo::server("TaskDirectoryCreateFailed", e.to_string())).await),
     };
 
@@ -160,6 +179,7 @@ async fn prepare(
         (LABEL_JOB.to_string(), key.job.to_string()),
         (LABEL_TASK.to_string(), key.task.to_string()),
         (LABEL_KEY.to_string(), key.to_string()),
+        (LABEL_NODE.to_string(), sh.node.node_id.clone()),
     ]);
     // Whatever an interrupted earlier attempt left under this id goes first.
     let _ = sh.runtime.remove(cid).await;
@@ -284,6 +304,12 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
                 .await
         }
     }
+}
+
+/// Free bytes for unprivileged users on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

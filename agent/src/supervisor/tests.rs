@@ -3,7 +3,9 @@
 //! covered by the integration tests in `tests/`.
 
 use super::*;
-use crate::containerd::{CreateRequest, ExitEvent, ExitStatus, ExitStream, ResolvedImage, RuntimeError, TaskStatus};
+use crate::containerd::{
+    CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, RuntimeError, TaskStatus,
+};
 use crate::images::ImageConfig;
 use crate::model::{ContainerSettings, TaskConstraints, UserIdentity, WorkingDirMode};
 use async_trait::async_trait;
@@ -18,6 +20,7 @@ struct FakeState {
     started: Vec<String>,
     removed: Vec<String>,
     signals: Vec<(String, u32)>,
+    labelled: Vec<LabelledContainer>,
 }
 
 /// A runtime whose processes exit when the test says so, or on SIGTERM/SIGKILL
@@ -105,6 +108,12 @@ impl Runtime for Fake {
     async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
         self.st().tasks.get(id).copied().ok_or_else(|| RuntimeError::NotFound { what: id.into() })
     }
+    async fn list_labelled(&self, _node_id: &str) -> Result<Vec<LabelledContainer>, RuntimeError> {
+        Ok(self.st().labelled.clone())
+    }
+    async fn remove_leftovers(&self, _node_id: &str, _keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        Ok(vec![])
+    }
     async fn exit_events(&self) -> Result<ExitStream, RuntimeError> {
         let rx = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe());
         Ok(Box::pin(rx.filter_map(|r| r.ok().map(Ok))))
@@ -126,6 +135,10 @@ struct Env {
 }
 
 fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
+    env_custom(slots, fake, store, |_| {})
+}
+
+fn env_custom(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut Settings)) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let layout = Layout::new(tmp.path().join("node"));
     layout.create_node_dirs().unwrap();
@@ -147,7 +160,12 @@ fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
         task_slots: slots,
         terminate_grace: Duration::from_millis(200),
         platform: Platform::host(),
+        min_free_bytes: 0,
+        history_limit: 100,
+        event_log_keep: 1000,
     };
+    let mut settings = settings;
+    adjust(&mut settings);
     let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone());
     tokio::spawn({
         let sup = sup.clone();
@@ -357,7 +375,7 @@ async fn recovery_never_runs_a_task_twice() {
     store.insert(queued.clone()).await.unwrap();
 
     let e = env_with(4, fake, store);
-    e.sup.recover().await.unwrap();
+    e.sup.recover(false).await.unwrap();
     let t = until_state(&e.sup, exited.key(), TaskState::Completed).await;
     assert_eq!(t.exit_code, Some(3));
     let t = until_state(&e.sup, lost.key(), TaskState::Completed).await;
@@ -411,4 +429,105 @@ async fn exit_is_collected_from_events_when_wait_never_returns() {
     e.fake.exit(&key.container_id(), 5);
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     assert_eq!(done.exit_code, Some(5));
+}
+
+fn labelled(key: &TaskKey) -> LabelledContainer {
+    LabelledContainer {
+        id: key.container_id(),
+        job: key.job.to_string(),
+        task: key.task.to_string(),
+        image: "docker.io/library/busybox:latest".into(),
+        created_at: None,
+        args: vec!["/bin/sh".into(), "-c".into(), "sleep 1; exit 4".into()],
+        uid: 0,
+        gid: 0,
+    }
+}
+
+#[tokio::test]
+async fn orphan_containers_are_removed_when_the_database_is_intact() {
+    let fake = Fake::new(true);
+    let key = TaskKey::new("job", "orphan").unwrap();
+    fake.st().labelled.push(labelled(&key));
+    fake.st().tasks.insert(key.container_id(), TaskStatus::Running);
+    let e = env_with(1, fake, Store::in_memory().unwrap());
+    let report = e.sup.recover(false).await.unwrap();
+    assert_eq!(report.removed_containers, 1);
+    assert!(e.fake.st().removed.contains(&key.container_id()));
+    assert_eq!(e.fake.st().signals, [(key.container_id(), 9)]);
+    assert!(e.sup.get_task(&key).await.is_err(), "no record is made up");
+}
+
+#[tokio::test]
+async fn rebuild_adopts_containers_and_records_lost_task_dirs() {
+    let fake = Fake::new(true);
+    let running = TaskKey::new("job", "running").unwrap();
+    let exited = TaskKey::new("job", "exited").unwrap();
+    for k in [&running, &exited] {
+        fake.st().labelled.push(labelled(k));
+    }
+    fake.st().tasks.insert(running.container_id(), TaskStatus::Running);
+    fake.exit(&exited.container_id(), 6);
+    let e = env_with(2, fake, Store::in_memory().unwrap());
+    // A finished task whose directory survived but whose record is gone.
+    let gone = TaskKey::new("job", "gone").unwrap();
+    e.sup.shared.layout.create_task_dirs(&gone, None).unwrap();
+
+    let report = e.sup.recover(true).await.unwrap();
+    assert_eq!((report.adopted, report.records_lost), (2, 1));
+    let t = until_state(&e.sup, &exited, TaskState::Completed).await;
+    assert_eq!(t.exit_code, Some(6));
+    assert_eq!(t.spec.command_line, "/bin/sh -c 'sleep 1; exit 4'");
+    until_state(&e.sup, &running, TaskState::Running).await;
+    e.fake.exit(&running.container_id(), 0);
+    assert_eq!(until_state(&e.sup, &running, TaskState::Completed).await.exit_code, Some(0));
+    let t = e.sup.get_task(&gone).await.unwrap();
+    assert_eq!((t.state, t.failure.unwrap().code.as_str()), (TaskState::Completed, "TaskRecordLost"));
+    assert!(e.sup.node_status().await.notes[0].contains("rebuilt"));
+    assert!(e.fake.st().started.is_empty(), "nothing is started again");
+}
+
+#[tokio::test]
+async fn disk_full_fails_the_task_before_anything_is_created() {
+    let fake = Fake::new(true);
+    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.min_free_bytes = u64::MAX);
+    let key = e.sup.run_task(spec("full")).await.unwrap().key().clone();
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    let failure = done.failure.unwrap();
+    assert_eq!((failure.code.as_str(), failure.category), ("DiskFull", crate::model::FailureCategory::ServerError));
+    assert!(e.fake.st().created.is_empty());
+    assert!(!e.sup.shared.layout.task(&key).task_dir.exists());
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_point_is_refused() {
+    let e = env(1);
+    let key = e.sup.run_task(spec("c")).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    e.store.compact_events(1).await.unwrap();
+    let mut rx = e.sup.watch(1);
+    assert!(matches!(rx.recv().await.unwrap(), Err(Error::Compacted { from: 1, oldest: 4 })));
+    // From zero: what the log still has.
+    let mut rx = e.sup.watch(0);
+    assert_eq!(rx.recv().await.unwrap().unwrap().sequence, 4);
+}
+
+#[tokio::test]
+async fn history_limit_removes_the_oldest_completed_tasks() {
+    let fake = Fake::new(true);
+    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.history_limit = 1);
+    let mut keys = Vec::new();
+    for i in 0..2 {
+        let key = e.sup.run_task(spec(&format!("h{i}"))).await.unwrap().key().clone();
+        until_state(&e.sup, &key, TaskState::Running).await;
+        e.fake.exit(&key.container_id(), 0);
+        until_state(&e.sup, &key, TaskState::Completed).await;
+        keys.push(key);
+    }
+    e.sup.sweep_retention(SystemTime::now()).await.unwrap();
+    assert!(matches!(e.sup.get_task(&keys[0]).await, Err(Error::NotFound { .. })));
+    assert!(!e.sup.shared.layout.task(&keys[0]).task_dir.exists());
+    assert!(e.sup.get_task(&keys[1]).await.is_ok());
 }

@@ -14,6 +14,21 @@ pub fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>
     tokio::spawn(async move {
         let mut live = store.subscribe();
         let mut last = from;
+        // Resuming from a point the log no longer holds would silently skip
+        // events: say so, so the client resyncs with ListTasks.
+        if from > 0 {
+            match store.oldest_event().await {
+                Ok(Some(oldest)) if from + 1 < oldest => {
+                    let _ = tx.send(Err(Error::Compacted { from, oldest })).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
         // Replay, then follow; on lag, replay the gap again.
         loop {
             if replay(&store, &tx, &mut last).await.is_err() {

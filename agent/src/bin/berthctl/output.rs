@@ -53,7 +53,7 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
         "cpus": n.cpus, "memory_bytes": n.memory_bytes,
         "task_slots_total": n.task_slots_total, "task_slots_free": n.task_slots_free,
         "containerd_version": n.containerd_version, "containerd_reachable": n.containerd_reachable,
-        "agent_version": n.agent_version, "node_root": n.node_root,
+        "agent_version": n.agent_version, "node_root": n.node_root, "notes": n.notes,
     })
 }
 
