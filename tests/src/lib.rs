@@ -43,11 +43,14 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct AgentOptions {
     pub task_slots: u32,
     pub terminate_grace_seconds: u64,
+    /// Node root; default: `node/` in the agent's temp dir.
+    pub root_dir: Option<PathBuf>,
+    pub min_free_mb: u64,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { task_slots: 4, terminate_grace_seconds: 2 }
+        Self { task_slots: 4, terminate_grace_seconds: 2, root_dir: None, min_free_mb: 0 }
     }
 }
 
@@ -68,7 +71,16 @@ impl Agent {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("node")
+        self.opts.root_dir.clone().unwrap_or_else(|| self.dir.path().join("node"))
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    /// Unique per agent: agents of concurrent tests share containerd's namespace,
+    /// and each cleans up only what carries its own node id.
+    pub fn node_id(&self) -> String {
+        let name = self.dir.path().file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+        format!("test-{}", name.trim_start_matches("berth-it-"))
     }
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
@@ -91,9 +103,10 @@ impl Agent {
             r#"[node]
 root_dir = "{root}"
 state_dir = "{state}"
-id = "test-node"
+id = "{id}"
 pool_id = "test-pool"
 task_slots = {slots}
+min_free_mb = {min_free}
 
 [api]
 listen = "{addr}"
@@ -106,7 +119,9 @@ namespace = "{ns}"
 terminate_grace_seconds = {grace}
 "#,
             root = self.root().display(),
-            state = self.dir.path().join("state").display(),
+            state = self.state_dir().display(),
+            id = self.node_id(),
+            min_free = self.opts.min_free_mb,
             slots = self.opts.task_slots,
             addr = self.addr(),
             sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
@@ -185,6 +200,15 @@ impl Drop for Agent {
             eprintln!("---- agent log ({}) ----\n{}", self.log_path().display(), self.log());
         }
     }
+}
+
+/// Stops (`stop`) or starts (`start`) the test environment's containerd, through
+/// the functions of scripts/lib.sh. Its shims and their tasks keep running.
+pub fn containerd(action: &str) {
+    let script =
+        format!(". {lib}; berth_containerd_{action} {dir}", lib = env("BERTH_TEST_LIB"), dir = env("BERTH_TEST_DIR"));
+    let out = Command::new("bash").arg("-c").arg(script).output().expect("run bash");
+    assert!(out.status.success(), "containerd {action} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A task spec with the usual defaults: busybox image, task working directory.

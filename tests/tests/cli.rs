@@ -47,7 +47,7 @@ async fn run_wait_logs_list_node() {
 
     let out = berthctl(&agent, &["node", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["node_id"], "test-node");
+    assert_eq!(v["node_id"], agent.node_id());
 
     // Errors from the agent: status code and message, exit 1.
     let out = berthctl(&agent, &["get", "--job", "clijob", "--task", "none"]);

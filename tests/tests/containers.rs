@@ -91,7 +91,7 @@ async fn task_env_and_batch_variables_are_visible() {
         "from-task".into(),
         "envjob".into(),
         "envtask".into(),
-        "test-node".into(),
+        agent.node_id(),
         "test-pool".into(),
         format!("{root}/shared"),
         agent.task_path("envjob", "envtask", "").display().to_string().trim_end_matches('/').to_string(),

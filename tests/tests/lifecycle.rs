@@ -144,7 +144,7 @@ async fn node_info_and_health() {
     let agent = Agent::start(AgentOptions { task_slots: 3, ..Default::default() }).await;
     let mut c = agent.client().await;
     let n = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
-    assert_eq!((n.node_id.as_str(), n.pool_id.as_str()), ("test-node", "test-pool"));
+    assert_eq!((n.node_id.as_str(), n.pool_id.as_str()), (agent.node_id().as_str(), "test-pool"));
     assert_eq!((n.task_slots_total, n.task_slots_free), (3, 3));
     assert!(n.containerd_reachable);
     assert!(n.containerd_version.starts_with('1') || n.containerd_version.starts_with('2'), "{n:?}");

@@ -98,6 +98,25 @@ impl TaskKey {
         h.update(self.task.as_str());
         format!("berth-{}", &hex::encode(h.finalize())[..32])
     }
+
+    /// The container id of the task's `attempt`-th container. A fresh id per
+    /// attempt: containerd 1.6 cannot reuse an id whose shim start was cut short
+    /// (its bundle directory stays until containerd restarts).
+    pub fn container_id_for(&self, attempt: u32) -> String {
+        match attempt {
+            0 | 1 => self.container_id(),
+            n => format!("{}-{n}", self.container_id()),
+        }
+    }
+
+    /// The attempt a container id of this task stands for, if it is one.
+    pub fn attempt_of(&self, container_id: &str) -> Option<u32> {
+        let base = self.container_id();
+        match container_id.strip_prefix(&base)? {
+            "" => Some(1),
+            rest => rest.strip_prefix('-')?.parse().ok().filter(|n| *n > 1),
+        }
+    }
 }
 
 impl fmt::Display for TaskKey {
@@ -152,6 +171,19 @@ mod tests {
         let a = TaskKey::new("ab", "c").unwrap();
         let b = TaskKey::new("a", "bc").unwrap();
         assert_ne!(a.container_id(), b.container_id());
+    }
+
+    #[test]
+    fn attempts_have_their_own_ids() {
+        let k = TaskKey::new("job", "task").unwrap();
+        assert_eq!(k.container_id_for(1), k.container_id());
+        assert_eq!(k.container_id_for(3), format!("{}-3", k.container_id()));
+        for n in [1, 2, 17] {
+            assert_eq!(k.attempt_of(&k.container_id_for(n)), Some(n));
+        }
+        assert_eq!(k.attempt_of("berth-other"), None);
+        assert_eq!(k.attempt_of(&format!("{}-x", k.container_id())), None);
+        assert_eq!(k.attempt_of(&format!("{}-1", k.container_id())), None);
     }
 
     #[test]

@@ -133,6 +133,10 @@ pub struct TaskInfo {
     pub sequence: u64,
     /// Set once the task's process was started, so a restart never starts it again.
     pub ever_started: bool,
+    /// How many containers were made for the task (more than one only when an
+    /// agent crash interrupted creating one).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl TaskInfo {
@@ -149,7 +153,13 @@ impl TaskInfo {
             completed_at: None,
             sequence: 0,
             ever_started: false,
+            attempt: 0,
         }
+    }
+
+    /// The id of the task's current container.
+    pub fn container_id(&self) -> String {
+        self.spec.key.container_id_for(self.attempt)
     }
 
     pub fn key(&self) -> &TaskKey {

@@ -76,14 +76,19 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
     let node_id = sup.shared.node.node_id.clone();
     let labelled = sup.shared.runtime.list_labelled(&node_id).await?;
     let mut records = sup.shared.store.list(None, None).await?;
-    let known: HashSet<String> = records.iter().map(|t| t.key().container_id()).collect();
+    let known: HashSet<String> = records.iter().map(TaskInfo::container_id).collect();
 
     for c in labelled.iter().filter(|c| !known.contains(&c.id)) {
-        match TaskKey::new(&c.job, &c.task) {
-            Ok(key) if rebuild && key.container_id() == c.id => {
+        let key = TaskKey::new(&c.job, &c.task).ok();
+        let attempt = key.as_ref().and_then(|k| k.attempt_of(&c.id));
+        let adoptable = rebuild && !records.iter().any(|r| Some(r.key()) == key.as_ref());
+        match (key, attempt) {
+            (Some(key), Some(attempt)) if adoptable => {
                 tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %c.id,
                     "adopting a container found without a record (the state database was rebuilt)");
-                records.push(sup.shared.store.insert(adopted_record(c, key)).await?);
+                let mut info = adopted_record(c, key);
+                info.attempt = attempt;
+                records.push(sup.shared.store.insert(info).await?);
                 report.adopted += 1;
             }
             _ => {
@@ -96,7 +101,7 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
     let mut requeue = Vec::new();
     for info in records {
         let key = info.key().clone();
-        let cid = key.container_id();
+        let cid = info.container_id();
         if sup.sched().stops.contains_key(&key) {
             continue; // already being handled (recovery is retried after a failure)
         }

@@ -52,13 +52,18 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
     if info.state == TaskState::Completed {
         return;
     }
-    let cid = key.container_id();
     let info = match phase {
-        Phase::Prepare => match prepare(sup, info, &cid, &stop).await {
-            Ok(info) => start(sup, info, &cid, &mut stop).await,
+        Phase::Prepare => match prepare(sup, info, &stop).await {
+            Ok(info) => {
+                let cid = info.container_id();
+                start(sup, info, &cid, &mut stop).await
+            }
             Err(done) => Some(done),
         },
-        Phase::Start => start(sup, info, &cid, &mut stop).await,
+        Phase::Start => {
+            let cid = info.container_id();
+            start(sup, info, &cid, &mut stop).await
+        }
         Phase::Wait => {
             // It runs (or ran while the agent was away): the record says so before the exit.
             let mut info = info;
@@ -68,10 +73,12 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
                 info.started_at.get_or_insert_with(SystemTime::now);
                 info = save(sup, info).await;
             }
+            let cid = info.container_id();
             Some(wait(sup, info, &cid, &mut stop).await)
         }
     };
     if let Some(info) = info {
+        let cid = info.container_id();
         if let Err(e) = sup.shared.runtime.remove(&cid).await {
             tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
             return;
@@ -96,7 +103,6 @@ async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInf
 async fn prepare(
     sup: &Supervisor,
     mut info: TaskInfo,
-    cid: &str,
     stop: &watch::Receiver<Option<Stop>>,
 ) -> Result<TaskInfo, TaskInfo> {
     let sh = &sup.shared;
@@ -158,6 +164,16 @@ async fn prepare(
         Ok(r) => r,
         Err(e) => return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", e.to_string())).await),
     };
+    // A new container id per attempt, recorded before the container is made so
+    // that recovery knows which to look for; what an interrupted attempt left goes first.
+    if info.attempt > 0 {
+        let _ = sh.runtime.remove(&info.container_id()).await;
+    }
+    info.attempt += 1;
+    let cid = info.container_id();
+    if let Err(e) = sh.store.amend(info.clone()).await {
+        return Err(fail(sup, info, FailureInfo::server("StateDatabaseFailed", e.to_string())).await);
+    }
     let cgroups_path = format!("/{}/{cid}", sh.settings.namespace);
     let inputs = SpecInputs {
         task: &info.spec,
@@ -181,10 +197,7 @@ async fn prepare(
         (LABEL_KEY.to_string(), key.to_string()),
         (LABEL_NODE.to_string(), sh.node.node_id.clone()),
     ]);
-    // Whatever an interrupted earlier attempt left under this id goes first.
-    let _ = sh.runtime.remove(cid).await;
-    let req =
-        CreateRequest { id: cid.to_owned(), image, spec: oci, labels, stdout: paths.stdout, stderr: paths.stderr };
+    let req = CreateRequest { id: cid.clone(), image, spec: oci, labels, stdout: paths.stdout, stderr: paths.stderr };
     if let Err(e) = sh.runtime.create(req).await {
         let failure = match &e {
             RuntimeError::Unavailable { .. } => FailureInfo::server("ContainerdUnavailable", e.to_string()),
