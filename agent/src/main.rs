@@ -104,6 +104,12 @@ async fn run(cfg: Config) -> Result<(), String> {
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
+    // A database created anew on a node that has run tasks before: continue the
+    // sequence numbers above any a scheduler may have seen (milliseconds since the epoch).
+    if opened.fresh && !layout.list_task_dirs().is_empty() {
+        let floor = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        opened.store.seed_sequence(floor).await.map_err(|e| e.to_string())?;
+    }
     let sup = Supervisor::new(settings, node, layout.clone(), opened.store, runtime);
     if let Some(note) = opened.note {
         sup.note(note);

@@ -125,11 +125,21 @@ async fn exit_codes_signals_and_stderr() {
     assert_eq!(c.read("exitjob", "three", "stderr.txt").await.unwrap(), "oops\n");
     assert_eq!(c.read("exitjob", "three", "stdout.txt").await.unwrap(), "");
 
-    // The shell is PID 1 and ignores SIGKILL from inside; a child shell is killable.
-    let done = c.run_done(task("exitjob", "killed", "/bin/sh -c '/bin/sh -c \"kill -9 \\$\\$\"; exit $?'")).await;
+    // Killed from outside the agent (the OOM killer, an operator): 128+N and the signal named.
+    c.run(task("exitjob", "killed", "/bin/sleep 300")).await.unwrap();
+    let running = c.wait_state("exitjob", "killed", pb::TaskState::Running, std::time::Duration::from_secs(60)).await;
+    let cid = running.container_info.unwrap().container_id;
+    let out = std::process::Command::new("ctr")
+        .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace"])
+        .arg(berth_tests::env("BERTH_TEST_NAMESPACE"))
+        .args(["tasks", "kill", "--signal", "SIGKILL", &cid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let done = c.wait_done("exitjob", "killed").await;
     assert_eq!(done.exit_code, Some(137), "{done:?}");
     assert_eq!(failure_code(&done), "TaskKilledBySignal");
-    assert!(done.failure_info.as_ref().unwrap().message.contains("SIGKILL"));
+    assert!(done.failure_info.as_ref().unwrap().message.contains("SIGKILL (9)"));
 }
 
 #[tokio::test]
@@ -150,12 +160,14 @@ async fn hardening_is_in_place() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     // No inheritable or ambient capabilities, no_new_privs set; the task's cgroup
-    // hierarchy is readable (limits) but not writable; /dev/shm present.
+    // hierarchy is readable (limits) but not writable, and in a cgroup namespace
+    // it is the root the task sees; /dev/shm present.
     let cmd = r#"/bin/sh -c 'grep -E "^(CapInh|CapAmb|NoNewPrivs)" /proc/self/status;
         d=/sys/fs/cgroup; test -d $d/memory && d=$d/memory;
         touch $d/x 2>/dev/null && echo cgroup-writable || echo cgroup-ro;
         cat $d/memory.limit_in_bytes $d/memory.max 2>/dev/null | grep -qE "^([0-9]+|max)$" && echo limits-readable;
-        test -d /dev/shm && echo shm'"#;
+        test -d /dev/shm && echo shm;
+        grep -qv ":/$" /proc/self/cgroup && echo sees-host-cgroups || echo own-cgroup-root'"#;
     let done = c.run_done(task("hardjob", "t", cmd)).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     let out = c.read("hardjob", "t", "stdout.txt").await.unwrap();
@@ -167,6 +179,7 @@ async fn hardening_is_in_place() {
         "cgroup-ro",
         "limits-readable",
         "shm",
+        "own-cgroup-root",
     ];
     assert_eq!(lines, want, "{out}");
 }

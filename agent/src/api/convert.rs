@@ -15,9 +15,18 @@ pub fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Er
     Ok(TaskKey::new(job_id, task_id)?)
 }
 
-fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DecodeError> {
-    d.map(|d| Duration::try_from(d).map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}"))))
-        .transpose()
+/// The longest duration protobuf's `Duration` allows (10,000 years).
+const MAX_DURATION_SECS: u64 = 315_576_000_000;
+
+pub fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DecodeError> {
+    d.map(|d| {
+        let d = Duration::try_from(d).map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}")))?;
+        if d.as_secs() > MAX_DURATION_SECS {
+            return Err(DecodeError::new(field, format!("{} s is longer than protobuf allows", d.as_secs())));
+        }
+        Ok(d)
+    })
+    .transpose()
 }
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
@@ -218,6 +227,9 @@ mod tests {
         let mut p = proto_spec();
         p.constraints.as_mut().unwrap().max_wall_clock_time = Some(prost_types::Duration { seconds: -1, nanos: 0 });
         assert!(task_spec(p).unwrap_err().to_string().contains("max_wall_clock_time"));
+        let mut p = proto_spec();
+        p.constraints.as_mut().unwrap().retention_time = Some(prost_types::Duration { seconds: i64::MAX, nanos: 0 });
+        assert!(task_spec(p).unwrap_err().to_string().contains("retention_time"));
         let mut p = proto_spec();
         p.task_id = "../x".into();
         assert!(task_spec(p).is_err());

@@ -80,11 +80,7 @@ impl NodeAgent for Api {
     async fn terminate_task(&self, req: Request<pb::TerminateTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let r = req.into_inner();
         let key = convert::key(&r.job_id, &r.task_id)?;
-        let grace = r
-            .grace_period
-            .map(std::time::Duration::try_from)
-            .transpose()
-            .map_err(|_| error::DecodeError::new("grace_period", "must not be negative"))?;
+        let grace = convert::duration("grace_period", r.grace_period)?;
         let info = self.sup.terminate(&key, grace).await?;
         Ok(Response::new(self.info(&info)))
     }

@@ -3,9 +3,14 @@
 
 use super::{Layout, TaskPaths};
 use crate::model::TaskKey;
-use std::fs::{self, OpenOptions};
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, mkdirat, Mode};
+use nix::unistd::{fchown, Gid, Uid};
+use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,22 +47,67 @@ pub struct TaskFiles {
     pub eof: bool,
 }
 
-fn create_dir(path: &Path, mode: u32) -> Result<bool, LayoutError> {
-    let existed = path.is_dir();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
-        .map_err(|source| LayoutError::Create { path: path.into(), source })?;
-    Ok(!existed)
+fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Create { path: path.to_owned(), source }
+}
+
+/// Everything under the node root is reachable by tasks (the root is bind-mounted
+/// into every container), so a task may have replaced any directory with a
+/// symlink. The agent, running as root on the host, therefore walks below the
+/// root only with `openat2(RESOLVE_NO_SYMLINKS)` and works on file descriptors.
+fn open_beneath(dir: impl AsFd, name: &Path) -> std::io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    Ok(openat2(dir, name, how)?)
+}
+
+/// Opens (creating with `mode` if missing) the directory `rel` below `root`,
+/// refusing symlinks in any component.
+fn dir_beneath(root: &Path, rel: &Path, create: Option<u32>) -> std::io::Result<(OwnedFd, bool)> {
+    let mut cur: OwnedFd = fs::File::open(root)?.into();
+    let mut created = false;
+    for comp in rel.components() {
+        let Component::Normal(name) = comp else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "unexpected path component"));
+        };
+        if let Some(mode) = create {
+            match mkdirat(&cur, name, Mode::from_bits_truncate(mode)) {
+                Ok(()) => created = true,
+                Err(Errno::EEXIST) => created = false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        cur = open_beneath(&cur, Path::new(name))?;
+    }
+    Ok((cur, created))
+}
+
+fn chmod_chown(fd: impl AsFd, mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))?;
+    if let Some((uid, gid)) = owner {
+        fchown(fd.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    }
+    Ok(())
+}
+
+fn job_rel(key: &TaskKey) -> PathBuf {
+    Path::new("workitems").join(key.job.as_str()).join("job-1")
 }
 
 impl Layout {
-    /// Creates the node directories (idempotent).
+    /// Creates the node directories (idempotent), with their modes.
     pub fn create_node_dirs(&self) -> Result<(), LayoutError> {
+        let root = self.root();
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(root).map_err(create_err(root))?;
         for (dir, mode) in self.node_dirs() {
-            create_dir(&dir, mode)?;
+            let Ok(rel) = dir.strip_prefix(root) else { continue };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            dir_beneath(root, rel, Some(mode))
+                .and_then(|(fd, _)| chmod_chown(fd, mode, None))
+                .map_err(create_err(&dir))?;
         }
         Ok(())
     }
@@ -67,30 +117,41 @@ impl Layout {
     /// step fails, what this call created is removed again.
     pub fn create_task_dirs(&self, key: &TaskKey, owner: Option<(u32, u32)>) -> Result<TaskPaths, LayoutError> {
         let paths = self.task(key);
-        let created = create_dir(&paths.task_dir, 0o755)?;
-        let result = (|| {
-            create_dir(&paths.working_dir, 0o755)?;
-            for f in [&paths.stdout, &paths.stderr] {
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(f)
-                    .map_err(|source| LayoutError::Create { path: f.clone(), source })?;
+        let (job, _) = dir_beneath(self.root(), &job_rel(key), Some(0o755)).map_err(create_err(&paths.task_dir))?;
+        let created = match mkdirat(&job, key.task.as_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(LayoutError::Create { path: paths.task_dir.clone(), source: e.into() }),
+        };
+        let result = (|| -> std::io::Result<()> {
+            let task = open_beneath(&job, Path::new(key.task.as_str()))?;
+            chmod_chown(&task, 0o755, owner)?;
+            match mkdirat(&task, "wd", Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
             }
-            if let Some((uid, gid)) = owner {
-                for p in [&paths.task_dir, &paths.working_dir, &paths.stdout, &paths.stderr] {
-                    std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                        .map_err(|source| LayoutError::Create { path: p.clone(), source })?;
+            chmod_chown(open_beneath(&task, Path::new("wd"))?, 0o755, owner)?;
+            for name in ["stdout.txt", "stderr.txt"] {
+                let how = OpenHow::new()
+                    .flags(OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                    .mode(Mode::from_bits_truncate(0o644))
+                    .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+                let fd = openat2(&task, name, how)?;
+                if !fs::File::from(fd.try_clone()?).metadata()?.is_file() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{name} is not a regular file"),
+                    ));
                 }
+                chmod_chown(fd, 0o644, owner)?;
             }
             Ok(())
         })();
-        if let Err(e) = result {
+        if let Err(source) = result {
             if created {
-                let _ = fs::remove_dir_all(&paths.task_dir);
+                let _ = self.remove_task_dir(key);
             }
-            return Err(e);
+            return Err(LayoutError::Create { path: paths.task_dir, source });
         }
         Ok(paths)
     }
@@ -123,20 +184,34 @@ impl Layout {
         out
     }
 
-    /// Removes the task directory; a missing one is not an error.
+    /// Removes the task directory; a missing one is not an error. The job
+    /// directory is reached without following symlinks, and `remove_dir_all`
+    /// does not follow them inside the task directory.
     pub fn remove_task_dir(&self, key: &TaskKey) -> Result<(), LayoutError> {
         let dir = self.task(key).task_dir;
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LayoutError::Remove { path: dir, source: e }),
-            _ => Ok(()),
+        let job = match dir_beneath(self.root(), &job_rel(key), None) {
+            Ok((fd, _)) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(LayoutError::Remove { path: dir, source }),
+        };
+        // The task directory, named through the job directory's descriptor.
+        let target = PathBuf::from(format!("/proc/self/fd/{}", job.as_raw_fd())).join(key.task.as_str());
+        match fs::symlink_metadata(&target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(meta) if !meta.is_dir() => {
+                fs::remove_file(&target).map_err(|source| LayoutError::Remove { path: dir, source })
+            }
+            _ => fs::remove_dir_all(&target).map_err(|source| LayoutError::Remove { path: dir, source }),
         }
     }
 
     /// Reads up to `max` bytes at `offset` of the file `rel` under the task
     /// directory. `rel` must be relative and stay inside the task directory, also
-    /// after symlinks are resolved (a task may plant a symlink in its wd).
+    /// through symlinks (a task may plant them); the task directory itself is
+    /// reached without following any symlink; only regular files are read.
     pub fn read_task_file(&self, key: &TaskKey, rel: &str, offset: u64, max: u64) -> Result<TaskFiles, LayoutError> {
         let unsafe_path = || LayoutError::UnsafePath { path: rel.to_owned() };
+        let no_file = || LayoutError::NoSuchFile { path: rel.to_owned() };
         let rel_path = Path::new(rel);
         if rel.is_empty()
             || rel.contains('\0')
@@ -144,20 +219,19 @@ impl Layout {
         {
             return Err(unsafe_path());
         }
-        let task_dir = self.task(key).task_dir;
-        let base = task_dir.canonicalize().map_err(|_| LayoutError::NoSuchFile { path: rel.into() })?;
-        let full = match base.join(rel_path).canonicalize() {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LayoutError::NoSuchFile { path: rel.into() })
-            }
-            Err(source) => return Err(LayoutError::Read { path: rel.into(), source }),
+        let task_rel = job_rel(key).join(key.task.as_str());
+        let (task, _) = dir_beneath(self.root(), &task_rel, None).map_err(|_| no_file())?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(&task, rel_path, how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(no_file()),
+            Err(Errno::EXDEV | Errno::ELOOP) => return Err(unsafe_path()),
+            Err(e) => return Err(LayoutError::Read { path: rel.to_owned(), source: e.into() }),
         };
-        if !full.starts_with(&base) {
-            return Err(unsafe_path());
-        }
         let read_err = |source| LayoutError::Read { path: rel.to_owned(), source };
-        let mut file = fs::File::open(&full).map_err(read_err)?;
+        let mut file = fs::File::from(fd);
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
             return Err(LayoutError::NotAFile { path: rel.into() });
@@ -168,7 +242,7 @@ impl Layout {
             file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
             file.take(max.min(size - offset)).read_to_end(&mut data).map_err(read_err)?;
         }
-        let eof = offset + data.len() as u64 >= size;
+        let eof = offset.saturating_add(data.len() as u64) >= size;
         Ok(TaskFiles { data, size, eof })
     }
 }
@@ -176,6 +250,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn setup() -> (tempfile::TempDir, Layout, TaskKey) {
         let tmp = tempfile::tempdir().unwrap();
@@ -233,6 +308,49 @@ mod tests {
         fs::create_dir_all(layout.workitems().join("j/job-1/bad name")).unwrap();
         let got: Vec<String> = layout.list_task_dirs().iter().map(|k| k.to_string()).collect();
         assert_eq!(got, ["j/t", "j2/b"]);
+    }
+
+    #[test]
+    fn planted_symlinks_are_never_followed() {
+        let (tmp, layout, key) = setup();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"s").unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+
+        // A task replaces its own directory with a symlink to the host.
+        let dir = layout.task(&key).task_dir;
+        fs::remove_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&outside, &dir).unwrap();
+        assert!(matches!(layout.read_task_file(&key, "secret", 0, 10), Err(LayoutError::NoSuchFile { .. })));
+        assert!(layout.create_task_dirs(&key, None).is_err());
+        assert_eq!(fs::metadata(&outside).unwrap().permissions().mode() & 0o777, 0o700, "no chmod through the link");
+        layout.remove_task_dir(&key).unwrap();
+        assert!(outside.join("secret").exists(), "removing the task dir removed only the link");
+
+        // stdout.txt planted as a symlink to a host file: refused, file untouched.
+        let k2 = TaskKey::new("j", "t2").unwrap();
+        let p2 = layout.task(&k2);
+        fs::create_dir_all(&p2.task_dir).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), &p2.stdout).unwrap();
+        assert!(layout.create_task_dirs(&k2, None).is_err());
+        assert_eq!(fs::read(outside.join("secret")).unwrap(), b"s");
+
+        // A job directory that is a symlink: removal does not reach through it.
+        let k3 = TaskKey::new("j3", "secret").unwrap();
+        fs::create_dir_all(layout.workitems().join("j3")).unwrap();
+        std::os::unix::fs::symlink(&outside, layout.workitems().join("j3/job-1")).unwrap();
+        assert!(layout.remove_task_dir(&k3).is_err());
+        assert!(outside.join("secret").exists());
+    }
+
+    #[test]
+    fn fifos_and_directories_are_not_read() {
+        let (_tmp, layout, key) = setup();
+        let fifo = layout.task(&key).working_dir.join("p");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(layout.read_task_file(&key, "wd/p", 0, 10), Err(LayoutError::NotAFile { .. })));
+        assert!(matches!(layout.read_task_file(&key, "stdout.txt/x", 0, 10), Err(LayoutError::NoSuchFile { .. })));
     }
 
     #[test]

@@ -90,13 +90,21 @@ pub fn mounts() -> Result<Vec<Mount>, OciSpecError> {
     ])
 }
 
-/// New pid, ipc, uts and mount namespaces. The network namespace is the node's
-/// (as Batch container tasks have it: MPI and RDMA need the host network).
+/// New pid, ipc, uts, mount and cgroup namespaces (the cgroup namespace makes
+/// `/sys/fs/cgroup` show the task's own cgroup, as Docker and the CRI plugin do
+/// on cgroup v2). The network namespace is the node's (as Batch container tasks
+/// have it: MPI and RDMA need the host network).
 pub fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
-    [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
-        .into_iter()
-        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-        .collect()
+    [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect()
 }
 
 /// Deny every device; runc then allows its default set (null, zero, full, tty,

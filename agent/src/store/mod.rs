@@ -230,11 +230,27 @@ impl Store {
         .await
     }
 
-    /// The oldest sequence number still in the log.
-    pub async fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+    /// The oldest and newest sequence numbers still in the log.
+    pub async fn event_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
         self.blocking(|inner| {
-            let v: Option<i64> = inner.lock().query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
-            Ok(v.map(|v| v as u64))
+            let v: (Option<i64>, Option<i64>) =
+                inner.lock().query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(v.0.zip(v.1).map(|(a, b)| (a as u64, b as u64)))
+        })
+        .await
+    }
+
+    /// Makes the next sequence number greater than `floor`: a rebuilt database
+    /// must not hand out numbers a watcher has already seen.
+    pub async fn seed_sequence(&self, floor: u64) -> Result<(), StoreError> {
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'", [])?;
+            conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'events', MAX(?1, IFNULL(MAX(seq), 0)) FROM events",
+                params![floor as i64],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -244,7 +260,7 @@ impl Store {
         self.blocking(move |inner| {
             let conn = inner.lock();
             let mut stmt = conn.prepare("SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            let rows = stmt.query_map(params![after.min(i64::MAX as u64) as i64, limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })?;
             let mut out = Vec::new();
@@ -378,9 +394,16 @@ mod tests {
             s.update(a.clone()).await.unwrap();
         }
         assert_eq!(s.compact_events(2).await.unwrap(), 3);
-        assert_eq!(s.oldest_event().await.unwrap(), Some(4));
+        assert_eq!(s.event_range().await.unwrap(), Some((4, 5)));
         let tasks: Vec<String> = s.list(None, None).await.unwrap().iter().map(|t| t.key().to_string()).collect();
         assert_eq!(tasks, ["j/a", "j/b"], "acceptance order survives compaction");
+    }
+
+    #[tokio::test]
+    async fn seeded_sequence_continues_above_the_floor() {
+        let s = Store::in_memory().unwrap();
+        s.seed_sequence(1_000_000).await.unwrap();
+        assert_eq!(s.insert(task("j", "a")).await.unwrap().sequence, 1_000_001);
     }
 
     #[tokio::test]

@@ -25,6 +25,12 @@ pub enum Error {
     WrongState { key: TaskKey, state: TaskState, action: &'static str },
     #[error("events up to {} were removed from the log (it starts at {oldest}); list the tasks, then watch from the newest sequence", oldest - 1)]
     Compacted { from: u64, oldest: u64 },
+    #[error("sequence {from} is past the newest event ({newest}): the agent's log was reset; list the tasks, then watch from the newest sequence")]
+    AheadOfLog { from: u64, newest: u64 },
+    #[error("task {key} is completed but its container is still being removed; retry")]
+    Busy { key: TaskKey },
+    #[error("the agent is still re-attaching to the tasks of its previous run; retry")]
+    Recovering,
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]

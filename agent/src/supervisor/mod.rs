@@ -55,8 +55,27 @@ type StopSender = tokio_watch::Sender<Option<Stop>>;
 
 struct Sched {
     slots: Slots,
-    /// One per task that was accepted and has not completed yet.
+    /// One per task that was accepted and whose runner has not finished yet.
     stops: HashMap<TaskKey, StopSender>,
+    /// No task is dispatched before recovery has re-attached (and counted the
+    /// slots of) what the previous agent left running.
+    recovered: bool,
+}
+
+/// Frees a runner's slots when it ends, also if it panics.
+struct Release {
+    sup: Supervisor,
+    key: TaskKey,
+    slots: u32,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut sched = self.sup.sched();
+        sched.slots.release(self.slots);
+        sched.stops.remove(&self.key);
+        self.sup.dispatch(&mut sched);
+    }
 }
 
 struct Shared {
@@ -92,7 +111,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(settings: Settings, node: NodeFacts, layout: Layout, store: Store, runtime: Arc<dyn Runtime>) -> Self {
-        let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new() };
+        let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new(), recovered: false };
         let exits = broadcast::channel(1024).0;
         let containerd = tokio_watch::channel(None).0;
         let shared = Shared {
@@ -150,6 +169,9 @@ impl Supervisor {
 
     /// Starts every queued task that fits in the free slots.
     fn dispatch(&self, sched: &mut Sched) {
+        if !sched.recovered {
+            return;
+        }
         while let Some((key, slots)) = sched.slots.next_ready() {
             let stop = sched.stops.entry(key.clone()).or_insert_with(|| tokio_watch::channel(None).0).subscribe();
             let this = self.clone();
@@ -165,11 +187,8 @@ impl Supervisor {
         phase: runner::Phase,
         stop: tokio_watch::Receiver<Option<Stop>>,
     ) {
+        let _release = Release { sup: self.clone(), key: key.clone(), slots };
         runner::run(self, &key, phase, stop).await;
-        let mut sched = self.sched();
-        sched.slots.release(slots);
-        sched.stops.remove(&key);
-        self.dispatch(&mut sched);
     }
 
     pub async fn get_task(&self, key: &TaskKey) -> Result<TaskInfo, Error> {
@@ -196,6 +215,8 @@ impl Supervisor {
                 sched.stops.remove(key);
             } else if let Some(tx) = sched.stops.get(key) {
                 tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
+            } else if !sched.recovered {
+                return Err(Error::Recovering);
             }
             queued
         };
@@ -214,6 +235,9 @@ impl Supervisor {
         if info.state != TaskState::Completed {
             return Err(Error::WrongState { key: key.clone(), state: info.state, action: "deleted" });
         }
+        if self.sched().stops.contains_key(key) {
+            return Err(Error::Busy { key: key.clone() });
+        }
         self.shared.layout.remove_task_dir(key)?;
         self.shared.store.delete(key).await?;
         tracing::info!(job_id = %key.job, task_id = %key.task, "task deleted");
@@ -225,10 +249,15 @@ impl Supervisor {
         self.get_task(key).await?;
         let max = if length == 0 { MAX_READ } else { length.min(MAX_READ) };
         let layout = self.shared.layout.clone();
-        let (key, path) = (key.clone(), path.to_owned());
+        let (key, path, path_owned) = (key.clone(), path.to_owned(), path.to_owned());
         tokio::task::spawn_blocking(move || layout.read_task_file(&key, &path, offset, max))
             .await
-            .map_err(|e| Error::Invalid { field: "path", reason: format!("read failed: {e}") })?
+            .map_err(|e| {
+                Error::Layout(crate::layout::LayoutError::Read {
+                    path: path_owned,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
             .map_err(Error::from)
     }
 
@@ -300,6 +329,9 @@ impl Supervisor {
         let completed = self.shared.store.list(None, Some(TaskState::Completed)).await?;
         let excess = completed.len().saturating_sub(self.shared.settings.history_limit);
         for t in &completed[..excess] {
+            if self.sched().stops.contains_key(t.key()) {
+                continue;
+            }
             self.shared.layout.remove_task_dir(t.key())?;
             self.shared.store.delete(t.key()).await?;
             tracing::info!(job_id = %t.key().job, task_id = %t.key().task, "history limit: task record removed");
@@ -310,7 +342,8 @@ impl Supervisor {
         }
         for t in &completed[excess..] {
             let Some(done) = t.completed_at else { continue };
-            if done + t.spec.constraints.retention() <= now && self.shared.layout.task(t.key()).task_dir.exists() {
+            let expired = done.checked_add(t.spec.constraints.retention()).is_some_and(|until| until <= now);
+            if expired && self.shared.layout.task(t.key()).task_dir.exists() {
                 self.shared.layout.remove_task_dir(t.key())?;
                 tracing::info!(job_id = %t.key().job, task_id = %t.key().task, "retention time passed: task directory removed");
                 removed += 1;
@@ -322,7 +355,14 @@ impl Supervisor {
     /// Records a completion computed outside a runner (recovery, early failure).
     async fn complete(&self, mut info: TaskInfo, exit: Option<i32>, failure: Option<FailureInfo>) -> TaskInfo {
         info.complete(exit, failure, SystemTime::now());
-        runner::save(self, info).await
+        runner::save_durably(self, info).await
+    }
+
+    /// Lets queued tasks run: called when recovery is done.
+    fn mark_recovered(&self) {
+        let mut sched = self.sched();
+        sched.recovered = true;
+        self.dispatch(&mut sched);
     }
 
     /// Forwards containerd's exit events to the runners, resubscribing after a
@@ -358,6 +398,7 @@ impl Supervisor {
     /// without a record are adopted rather than removed.
     pub async fn recover(&self, rebuild: bool) -> Result<RecoveryReport, Error> {
         let report = recovery::recover(self, rebuild).await?;
+        self.mark_recovered();
         if rebuild && (report.adopted > 0 || report.records_lost > 0) {
             self.note(format!(
                 "the state database was rebuilt: {} running task(s) adopted from containerd, {} finished task(s) \

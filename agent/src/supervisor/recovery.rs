@@ -6,8 +6,8 @@
 //! | any                    | running             | re-attach: wait for its exit            |
 //! | any                    | created (never ran) | start it (it has never run)             |
 //! | any                    | stopped             | record its real exit code               |
-//! | ACTIVE / PREPARING     | none                | prepare again from scratch              |
-//! | RUNNING                | none                | COMPLETED, `ContainerLost`              |
+//! | never started          | none                | prepare again from scratch              |
+//! | started (maybe)        | none                | COMPLETED, `ContainerLost`              |
 //!
 //! A container is only started from containerd's `Created` state, so a finished
 //! task is never run again.
@@ -134,7 +134,7 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
                 tokio::spawn(async move { this.run_and_release(key, slots, phase, stop).await });
                 report.reattached += 1;
             }
-            (None, TaskState::Active | TaskState::Preparing) => requeue.push(info),
+            (None, TaskState::Active | TaskState::Preparing) if !info.ever_started => requeue.push(info),
             (None, _) => {
                 let failure = FailureInfo::server(
                     "ContainerLost",
@@ -146,7 +146,17 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
         }
     }
     report.requeued = requeue.len();
+    let total = sup.shared.settings.task_slots;
     for info in requeue {
+        // The node may have been reconfigured with fewer slots since it was accepted.
+        if info.spec.required_slots > total {
+            let failure = FailureInfo::user(
+                "TaskSlotsUnavailable",
+                format!("the task needs {} slots; this node now has {total}", info.spec.required_slots),
+            );
+            sup.complete(info, None, Some(failure)).await;
+            continue;
+        }
         sup.enqueue(info.key().clone(), info.spec.required_slots);
     }
 

@@ -5,7 +5,9 @@
 
 use super::outcome::{completion, StopReason};
 use super::{Stop, Supervisor};
-use crate::containerd::{CreateRequest, ExitStatus, RuntimeError, LABEL_JOB, LABEL_KEY, LABEL_NODE, LABEL_TASK};
+use crate::containerd::{
+    CreateRequest, ExitStatus, RuntimeError, TaskStatus, LABEL_JOB, LABEL_KEY, LABEL_NODE, LABEL_TASK,
+};
 use crate::images;
 use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskState};
 use crate::spec::{self, SpecInputs};
@@ -33,6 +35,23 @@ pub async fn save(sup: &Supervisor, info: TaskInfo) -> TaskInfo {
         Err(e) => {
             tracing::error!(job_id = %info.key().job, task_id = %info.key().task, error = %e, "cannot record task state");
             info
+        }
+    }
+}
+
+/// Saves a completion, retrying until the state database takes it: the
+/// container (which holds the exit status) is removed only after that.
+pub async fn save_durably(sup: &Supervisor, info: TaskInfo) -> TaskInfo {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sup.shared.store.update(info.clone()).await {
+            Ok(saved) => return saved,
+            Err(e) => {
+                tracing::error!(job_id = %info.key().job, task_id = %info.key().task, error = %e,
+                    "cannot record the task's result; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }
@@ -226,18 +245,24 @@ async fn start(
     if let Some(s) = stop_requested(stop) {
         return Some(sup.complete(info, None, Some(s.reason.failure(" before it started"))).await);
     }
-    if let Err(e) = sup.shared.runtime.start(cid).await {
+    // Recorded before Start: after a crash, a task that may have run is never
+    // prepared and run again (recovery reports it lost instead).
+    let mut info = info;
+    info.ever_started = true;
+    if let Err(e) = sup.shared.store.amend(info.clone()).await {
+        return Some(fail(sup, info, FailureInfo::server("StateDatabaseFailed", e.to_string())).await);
+    }
+    if let Err(e) = start_with_retry(sup, cid).await {
         let failure = match &e {
             RuntimeError::Unavailable { .. } => FailureInfo::server("ContainerdUnavailable", e.to_string()),
+            RuntimeError::NotFound { .. } => FailureInfo::server("ContainerLost", e.to_string()),
             _ => FailureInfo::user("ContainerStartFailed", e.to_string()),
         };
-        let mut info = info;
         if let Some(c) = info.container.as_mut() {
             c.error = e.to_string();
         }
         return Some(fail(sup, info, failure).await);
     }
-    let mut info = info;
     info.state = TaskState::Running;
     info.ever_started = true;
     info.started_at = Some(SystemTime::now());
@@ -253,9 +278,13 @@ async fn start(
 async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
     let key = info.key().clone();
     let rt = sup.shared.runtime.clone();
-    let deadline = info.spec.constraints.max_wall_clock_time.map(|max| {
+    // A task that already exited (while the agent was away) is not stopped again.
+    if let Ok(TaskStatus::Stopped(status)) = rt.status(cid).await {
+        return finish(sup, info, Ok(status), None).await;
+    }
+    let deadline = info.spec.constraints.max_wall_clock_time.and_then(|max| {
         let ran = info.started_at.and_then(|s| SystemTime::now().duration_since(s).ok()).unwrap_or_default();
-        Instant::now() + max.saturating_sub(ran)
+        Instant::now().checked_add(max.saturating_sub(ran))
     });
     // Subscribed before Wait is called, so an exit between the two is not missed.
     let mut events = sup.shared.exits.subscribe();
@@ -268,7 +297,7 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
         let pending_stop = if reason.is_none() { stop_requested(stop) } else { None };
         if let Some(s) = pending_stop {
             reason = Some(s.reason);
-            kill_at = Some(Instant::now() + s.grace);
+            kill_at = Some(Instant::now().checked_add(s.grace).unwrap_or_else(far_future));
             let _ = rt.kill(cid, SIGTERM).await;
             continue;
         }
@@ -284,7 +313,7 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
             _ = sleep_until_opt(deadline), if reason.is_none() && deadline.is_some() => {
                 tracing::info!(job_id = %key.job, task_id = %key.task, "max wall clock time reached: stopping task");
                 reason = Some(StopReason::WallClock);
-                kill_at = Some(Instant::now() + sup.shared.settings.terminate_grace);
+                kill_at = Some(Instant::now().checked_add(sup.shared.settings.terminate_grace).unwrap_or_else(far_future));
                 let _ = rt.kill(cid, SIGTERM).await;
             }
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
@@ -298,7 +327,17 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
             }
         }
     };
-    let mut info = info;
+    finish(sup, info, exit, reason).await
+}
+
+/// Records how the process ended (durably: the container goes only afterwards).
+async fn finish(
+    sup: &Supervisor,
+    mut info: TaskInfo,
+    exit: Result<ExitStatus, RuntimeError>,
+    reason: Option<StopReason>,
+) -> TaskInfo {
+    let key = info.key().clone();
     match exit {
         Ok(status) => {
             let (code, failure) = completion(status.code, reason);
@@ -307,7 +346,7 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
                 c.state = "stopped".into();
             }
             info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));
-            save(sup, info).await
+            save_durably(sup, info).await
         }
         Err(e) => {
             if let Some(c) = info.container.as_mut() {
@@ -325,6 +364,38 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
+/// An instant no task will live to see.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// `Start`, with a lost answer (containerd restarting) resolved by asking for
+/// the task's state: started if it runs or ran, started again only if it is
+/// still `Created`.
+async fn start_with_retry(sup: &Supervisor, cid: &str) -> Result<(), RuntimeError> {
+    let rt = &sup.shared.runtime;
+    let mut backoff = Duration::from_millis(100);
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        match rt.start(cid).await {
+            Err(RuntimeError::Unavailable { message }) if Instant::now() < give_up => {
+                tracing::warn!(container_id = %cid, error = %message, "containerd unreachable while starting; checking the task");
+            }
+            other => return other.map(drop),
+        }
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            match rt.status(cid).await {
+                Ok(TaskStatus::Created) => break,
+                Ok(_) => return Ok(()),
+                Err(RuntimeError::Unavailable { .. }) if Instant::now() < give_up => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -337,14 +408,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// task is gone.
 async fn wait_with_retry(sup: &Supervisor, cid: &str) -> Result<ExitStatus, RuntimeError> {
     let mut backoff = Duration::from_millis(100);
+    // containerd answering with an error is retried a few times; it being
+    // unreachable (a restart) as long as it takes.
+    let mut errors_left = 10;
     loop {
         match sup.shared.runtime.wait(cid).await {
             Err(RuntimeError::Unavailable { message }) => {
                 tracing::warn!(container_id = %cid, error = %message, "containerd unreachable while waiting; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e @ RuntimeError::Failed { .. }) if errors_left > 0 => {
+                errors_left -= 1;
+                tracing::warn!(container_id = %cid, error = %e, "wait failed; retrying");
             }
             other => return other,
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -134,11 +134,23 @@ struct Env {
     store: Store,
 }
 
-fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
-    env_custom(slots, fake, store, |_| {})
+/// An environment whose supervisor has not recovered yet (nothing is dispatched
+/// before `recover`).
+fn env_unrecovered(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
+    build_env(slots, fake, store, |_| {})
 }
 
-fn env_custom(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut Settings)) -> Env {
+async fn env_with(slots: u32, fake: Arc<Fake>, store: Store) -> Env {
+    env_custom(slots, fake, store, |_| {}).await
+}
+
+async fn env_custom(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut Settings)) -> Env {
+    let e = build_env(slots, fake, store, adjust);
+    e.sup.recover(false).await.unwrap();
+    e
+}
+
+fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut Settings)) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let layout = Layout::new(tmp.path().join("node"));
     layout.create_node_dirs().unwrap();
@@ -174,8 +186,8 @@ fn env_custom(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mu
     Env { _tmp: tmp, sup, fake, store }
 }
 
-fn env(slots: u32) -> Env {
-    env_with(slots, Fake::new(true), Store::in_memory().unwrap())
+async fn env(slots: u32) -> Env {
+    env_with(slots, Fake::new(true), Store::in_memory().unwrap()).await
 }
 
 fn spec(task: &str) -> TaskSpec {
@@ -207,7 +219,7 @@ async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskI
 
 #[tokio::test]
 async fn runs_to_completion_and_logs_every_transition() {
-    let e = env(1);
+    let e = env(1).await;
     let info = e.sup.run_task(spec("t1")).await.unwrap();
     assert_eq!(info.state, TaskState::Active);
     let key = info.key().clone();
@@ -234,7 +246,7 @@ async fn runs_to_completion_and_logs_every_transition() {
 
 #[tokio::test]
 async fn exit_codes_and_signals() {
-    let e = env(2);
+    let e = env(2).await;
     let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
     let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
     until_state(&e.sup, &a, TaskState::Running).await;
@@ -249,7 +261,7 @@ async fn exit_codes_and_signals() {
 
 #[tokio::test]
 async fn missing_image_completes_with_image_not_found() {
-    let e = env(1);
+    let e = env(1).await;
     let mut s = spec("t");
     s.container.as_mut().unwrap().image = "nothere:1".into();
     let key = e.sup.run_task(s).await.unwrap().key().clone();
@@ -261,7 +273,7 @@ async fn missing_image_completes_with_image_not_found() {
 
 #[tokio::test]
 async fn slots_run_tasks_one_at_a_time_in_order() {
-    let e = env(1);
+    let e = env(1).await;
     let mut keys = Vec::new();
     for i in 0..3 {
         keys.push(e.sup.run_task(spec(&format!("t{i}"))).await.unwrap().key().clone());
@@ -279,7 +291,7 @@ async fn slots_run_tasks_one_at_a_time_in_order() {
 
 #[tokio::test]
 async fn terminate_queued_and_running() {
-    let e = env(1);
+    let e = env(1).await;
     let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
     let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
     until_state(&e.sup, &a, TaskState::Running).await;
@@ -300,7 +312,7 @@ async fn terminate_queued_and_running() {
 #[tokio::test]
 async fn sigkill_after_grace_and_wall_clock() {
     let fake = Fake::new(false);
-    let e = env_with(1, fake, Store::in_memory().unwrap());
+    let e = env_with(1, fake, Store::in_memory().unwrap()).await;
     let mut s = spec("slow");
     s.constraints.max_wall_clock_time = Some(Duration::from_millis(50));
     let key = e.sup.run_task(s).await.unwrap().key().clone();
@@ -321,7 +333,7 @@ async fn sigkill_after_grace_and_wall_clock() {
 
 #[tokio::test]
 async fn refusals_leave_nothing_behind() {
-    let e = env(2);
+    let e = env(2).await;
     let mut cases: Vec<(TaskSpec, &str)> = Vec::new();
     let mut s = spec("a");
     s.container.as_mut().unwrap().image = "  ".into();
@@ -374,7 +386,7 @@ async fn recovery_never_runs_a_task_twice() {
     let queued = TaskInfo::new(spec("queued"), now);
     store.insert(queued.clone()).await.unwrap();
 
-    let e = env_with(4, fake, store);
+    let e = env_unrecovered(4, fake, store);
     e.sup.recover(false).await.unwrap();
     let t = until_state(&e.sup, exited.key(), TaskState::Completed).await;
     assert_eq!(t.exit_code, Some(3));
@@ -389,7 +401,7 @@ async fn recovery_never_runs_a_task_twice() {
 
 #[tokio::test]
 async fn watch_replays_then_follows() {
-    let e = env(1);
+    let e = env(1).await;
     let key = e.sup.run_task(spec("w")).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     let mut rx = e.sup.watch(1);
@@ -404,7 +416,7 @@ async fn watch_replays_then_follows() {
 
 #[tokio::test]
 async fn retention_sweep_removes_old_task_dirs() {
-    let e = env(1);
+    let e = env(1).await;
     let mut s = spec("r");
     s.constraints.retention_time = Some(Duration::from_secs(60));
     let key = e.sup.run_task(s).await.unwrap().key().clone();
@@ -421,7 +433,7 @@ async fn retention_sweep_removes_old_task_dirs() {
 
 #[tokio::test]
 async fn exit_is_collected_from_events_when_wait_never_returns() {
-    let e = env_with(1, Fake::with(true, true), Store::in_memory().unwrap());
+    let e = env_with(1, Fake::with(true, true), Store::in_memory().unwrap()).await;
     let key = e.sup.run_task(spec("ev")).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     // Give follow_exits time to subscribe (the fake's feed has no replay).
@@ -450,7 +462,7 @@ async fn orphan_containers_are_removed_when_the_database_is_intact() {
     let key = TaskKey::new("job", "orphan").unwrap();
     fake.st().labelled.push(labelled(&key));
     fake.st().tasks.insert(key.container_id(), TaskStatus::Running);
-    let e = env_with(1, fake, Store::in_memory().unwrap());
+    let e = env_unrecovered(1, fake, Store::in_memory().unwrap());
     let report = e.sup.recover(false).await.unwrap();
     assert_eq!(report.removed_containers, 1);
     assert!(e.fake.st().removed.contains(&key.container_id()));
@@ -468,7 +480,7 @@ async fn rebuild_adopts_containers_and_records_lost_task_dirs() {
     }
     fake.st().tasks.insert(running.container_id(), TaskStatus::Running);
     fake.exit(&exited.container_id(), 6);
-    let e = env_with(2, fake, Store::in_memory().unwrap());
+    let e = env_unrecovered(2, fake, Store::in_memory().unwrap());
     // A finished task whose directory survived but whose record is gone.
     let gone = TaskKey::new("job", "gone").unwrap();
     e.sup.shared.layout.create_task_dirs(&gone, None).unwrap();
@@ -490,7 +502,7 @@ async fn rebuild_adopts_containers_and_records_lost_task_dirs() {
 #[tokio::test]
 async fn disk_full_fails_the_task_before_anything_is_created() {
     let fake = Fake::new(true);
-    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.min_free_bytes = u64::MAX);
+    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.min_free_bytes = u64::MAX).await;
     let key = e.sup.run_task(spec("full")).await.unwrap().key().clone();
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     let failure = done.failure.unwrap();
@@ -501,7 +513,7 @@ async fn disk_full_fails_the_task_before_anything_is_created() {
 
 #[tokio::test]
 async fn watch_from_a_compacted_point_is_refused() {
-    let e = env(1);
+    let e = env(1).await;
     let key = e.sup.run_task(spec("c")).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     e.fake.exit(&key.container_id(), 0);
@@ -512,12 +524,17 @@ async fn watch_from_a_compacted_point_is_refused() {
     // From zero: what the log still has.
     let mut rx = e.sup.watch(0);
     assert_eq!(rx.recv().await.unwrap().unwrap().sequence, 4);
+    // Past the newest event: the log was reset, the client must resync.
+    let mut rx = e.sup.watch(100);
+    assert!(matches!(rx.recv().await.unwrap(), Err(Error::AheadOfLog { from: 100, newest: 4 })));
+    let mut rx = e.sup.watch(u64::MAX);
+    assert!(matches!(rx.recv().await.unwrap(), Err(Error::AheadOfLog { .. })));
 }
 
 #[tokio::test]
 async fn history_limit_removes_the_oldest_completed_tasks() {
     let fake = Fake::new(true);
-    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.history_limit = 1);
+    let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.history_limit = 1).await;
     let mut keys = Vec::new();
     for i in 0..2 {
         let key = e.sup.run_task(spec(&format!("h{i}"))).await.unwrap().key().clone();
@@ -530,4 +547,48 @@ async fn history_limit_removes_the_oldest_completed_tasks() {
     assert!(matches!(e.sup.get_task(&keys[0]).await, Err(Error::NotFound { .. })));
     assert!(!e.sup.shared.layout.task(&keys[0]).task_dir.exists());
     assert!(e.sup.get_task(&keys[1]).await.is_ok());
+}
+
+#[tokio::test]
+async fn nothing_is_dispatched_before_recovery() {
+    let e = env_unrecovered(1, Fake::new(true), Store::in_memory().unwrap());
+    let key = e.sup.run_task(spec("early")).await.unwrap().key().clone();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(e.sup.get_task(&key).await.unwrap().state, TaskState::Active);
+    e.sup.recover(false).await.unwrap();
+    until_state(&e.sup, &key, TaskState::Running).await;
+}
+
+#[tokio::test]
+async fn a_task_that_may_have_started_is_never_prepared_again() {
+    let store = Store::in_memory().unwrap();
+    let mut info = TaskInfo::new(spec("maybe"), SystemTime::now());
+    info.state = TaskState::Preparing;
+    info.ever_started = true;
+    info.attempt = 1;
+    store.insert(info.clone()).await.unwrap();
+    let e = env_unrecovered(1, Fake::new(true), store);
+    e.sup.recover(false).await.unwrap();
+    let t = until_state(&e.sup, info.key(), TaskState::Completed).await;
+    assert_eq!(t.failure.unwrap().code, "ContainerLost");
+    assert!(e.fake.st().created.is_empty());
+}
+
+#[tokio::test]
+async fn an_exit_while_away_is_not_a_wall_clock_failure() {
+    let store = Store::in_memory().unwrap();
+    let mut s = spec("away");
+    s.constraints.max_wall_clock_time = Some(Duration::from_secs(1));
+    let mut info = TaskInfo::new(s, SystemTime::now());
+    info.state = TaskState::Running;
+    info.ever_started = true;
+    info.started_at = Some(SystemTime::now() - Duration::from_secs(60));
+    store.insert(info.clone()).await.unwrap();
+    let fake = Fake::new(true);
+    fake.exit(&info.container_id(), 0);
+    let e = env_unrecovered(1, fake, store);
+    e.sup.recover(false).await.unwrap();
+    let t = until_state(&e.sup, info.key(), TaskState::Completed).await;
+    assert_eq!((t.exit_code, t.failure), (Some(0), None));
+    assert!(e.fake.st().signals.is_empty());
 }

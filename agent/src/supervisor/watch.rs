@@ -17,9 +17,15 @@ pub fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>
         // Resuming from a point the log no longer holds would silently skip
         // events: say so, so the client resyncs with ListTasks.
         if from > 0 {
-            match store.oldest_event().await {
-                Ok(Some(oldest)) if from + 1 < oldest => {
+            match store.event_range().await {
+                Ok(Some((oldest, _))) if from.saturating_add(1) < oldest => {
                     let _ = tx.send(Err(Error::Compacted { from, oldest })).await;
+                    return;
+                }
+                // Ahead of the log: it was reset (a lost database); resync.
+                Ok(range) if from > range.map_or(0, |(_, newest)| newest) => {
+                    let newest = range.map_or(0, |(_, newest)| newest);
+                    let _ = tx.send(Err(Error::AheadOfLog { from, newest })).await;
                     return;
                 }
                 Err(e) => {

@@ -2,8 +2,9 @@
 //!
 //! Exit status: 0 on success; for `run --wait`, the task's exit code, or 125 when
 //! the task completed without its process running (image not found, container
-//! create failed, terminated while waiting); 1 when the agent answered with an
-//! error or could not be reached; 2 for a usage error.
+//! create failed, terminated while waiting), or 124 when the process exited 0
+//! but the task failed (terminated, wall clock); 1 when the agent answered with
+//! an error or could not be reached; 2 for a usage error.
 
 mod output;
 
@@ -18,6 +19,9 @@ use tonic::transport::Channel;
 
 /// Exit status of `run --wait` when the task's process never ran.
 const EXIT_NOT_RUN: u8 = 125;
+/// Exit status of `run --wait` when the process exited 0 but the task failed
+/// (terminated, or stopped at its wall-clock limit).
+const EXIT_FAILED_ZERO: u8 = 124;
 
 #[derive(Parser)]
 #[command(name = "berthctl", version, about = "Talk to a berth node agent")]
@@ -222,7 +226,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             let done = wait_for(&mut client, &id.job, &id.task, info.sequence.saturating_sub(1)).await?;
             print_task(out, &done);
+            let failed = done.result == pb::TaskResult::Failure as i32;
             Ok(match done.exit_code {
+                Some(0) if failed => ExitCode::from(EXIT_FAILED_ZERO),
                 Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 None => ExitCode::from(EXIT_NOT_RUN),
             })
