@@ -97,6 +97,19 @@ async fn agent_killed_ten_times_loses_nothing_and_reruns_nothing() {
     }
 }
 
+/// Starts containerd again if a test stopped it and then failed.
+struct RestartContainerd;
+
+impl Drop for RestartContainerd {
+    fn drop(&mut self) {
+        let sock = berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET");
+        let up = std::process::Command::new("ctr").args(["--address", &sock, "version"]).output();
+        if !up.is_ok_and(|o| o.status.success()) {
+            containerd("start");
+        }
+    }
+}
+
 async fn node(c: &mut Client) -> pb::NodeInfo {
     c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner()
 }
@@ -113,12 +126,14 @@ async fn health(addr: &str) -> i32 {
 async fn containerd_restart_keeps_tasks_and_their_exits() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    c.run(task("cdjob", "early", "/bin/sh -c 'sleep 1.5; exit 4'")).await.unwrap();
-    c.run(task("cdjob", "late", "/bin/sh -c 'sleep 6; echo done; exit 5'")).await.unwrap();
+    c.run(task("cdjob", "early", "/bin/sh -c 'sleep 4; exit 4'")).await.unwrap();
+    c.run(task("cdjob", "late", "/bin/sh -c 'sleep 14; echo done; exit 5'")).await.unwrap();
     for t in ["early", "late"] {
         c.wait_state("cdjob", t, pb::TaskState::Running, Duration::from_secs(60)).await;
     }
+    let _restart = RestartContainerd;
     containerd("stop");
+    let stopped_at = std::time::SystemTime::now();
     // The node says containerd is gone, and health says NOT_SERVING.
     let deadline = Instant::now() + Duration::from_secs(10);
     while node(&mut c).await.containerd_reachable {
@@ -128,12 +143,14 @@ async fn containerd_restart_keeps_tasks_and_their_exits() {
     use tonic_health::pb::health_check_response::ServingStatus;
     assert_eq!(health(&agent.addr()).await, ServingStatus::NotServing as i32);
     // "early" exits while containerd is down.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(c.get("cdjob", "early").await.unwrap().state, pb::TaskState::Running as i32);
+    tokio::time::sleep(Duration::from_secs(6)).await;
     containerd("start");
 
     let early = c.wait_done("cdjob", "early").await;
     assert_eq!((early.exit_code, failure_code(&early).as_str()), (Some(4), "FailureExitCode"), "{early:?}");
+    let exited = early.completed_at.unwrap();
+    let stopped = stopped_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(exited.seconds >= stopped, "the exit being tested happened while containerd was down");
     let late = c.wait_done("cdjob", "late").await;
     assert_eq!(late.exit_code, Some(5), "{late:?}");
     assert_eq!(c.read("cdjob", "late", "stdout.txt").await.unwrap(), "done\n");

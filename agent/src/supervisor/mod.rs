@@ -235,8 +235,13 @@ impl Supervisor {
         if info.state != TaskState::Completed {
             return Err(Error::WrongState { key: key.clone(), state: info.state, action: "deleted" });
         }
-        if self.sched().stops.contains_key(key) {
-            return Err(Error::Busy { key: key.clone() });
+        // The runner may still be removing the container of a task just completed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.sched().stops.contains_key(key) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Busy { key: key.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.shared.layout.remove_task_dir(key)?;
         self.shared.store.delete(key).await?;
