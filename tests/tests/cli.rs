@@ -49,6 +49,23 @@ async fn run_wait_logs_list_node() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["node_id"], agent.node_id());
 
+    // watch: one JSON object per line, replayed from the log.
+    let out = Command::new("timeout")
+        .args(["2"])
+        .arg(binary("berthctl"))
+        .args(["--addr", &agent.addr(), "watch", "--from", "0", "--output", "json"])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.len() >= 6, "{events:?}");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence"], i as u64 + 1);
+        assert_eq!(e["job_id"], "clijob");
+        assert!(e["task_id"].is_string() && e["state"].is_string() && e.get("exit_code").is_some(), "{e}");
+    }
+    assert!(events.iter().any(|e| e["state"] == "COMPLETED" && e["exit_code"] == 3));
+
     // Errors from the agent: status code and message, exit 1.
     let out = berthctl(&agent, &["get", "--job", "clijob", "--task", "none"]);
     assert_eq!(out.status.code(), Some(1));

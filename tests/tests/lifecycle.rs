@@ -180,3 +180,44 @@ async fn node_info_and_health() {
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::IntoStreamingRequest<Message = T> {
     tonic::codegen::tokio_stream::once(item)
 }
+
+fn ctr(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ctr")
+        .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace"])
+        .arg(berth_tests::env("BERTH_TEST_NAMESPACE"))
+        .args(args)
+        .output()
+        .expect("run ctr")
+}
+
+#[tokio::test]
+async fn leftovers_of_interrupted_work_are_removed_at_start() {
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    // What a crash in the middle of creating a container leaves: a snapshot and a
+    // lease carrying this node's label; another node's are left alone.
+    let node_label = format!("berth.node-id={}", agent.node_id());
+    let mine = format!("berth-leftover-{}", agent.node_id());
+    let theirs = format!("berth-other-{}", agent.node_id());
+    for (key, label) in [(&mine, node_label.as_str()), (&theirs, "berth.node-id=someone-else")] {
+        let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "prepare", key]);
+        assert!(out.status.success(), "{out:?}");
+        let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "label", key, label]);
+        assert!(out.status.success(), "{out:?}");
+        let out = ctr(&["leases", "create", "--id", key, label]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    agent.spawn().await;
+    let listed = |what: &str, key: &str| {
+        let out = ctr(&[what, "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(key))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while listed("snapshots", &mine) || listed("leases", &mine) {
+        assert!(std::time::Instant::now() < deadline, "leftovers not removed:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed("snapshots", &theirs) && listed("leases", &theirs), "another node's objects were touched");
+    let _ = ctr(&["snapshots", "--snapshotter", "overlayfs", "rm", &theirs]);
+    let _ = ctr(&["leases", "rm", &theirs]);
+}
