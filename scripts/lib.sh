@@ -6,7 +6,8 @@
 #
 # The test environment (berth_env_up / berth_env_down) lives entirely under one
 # directory DIR: a private containerd, a plain-HTTP registry, a TLS registry
-# with basic auth, and busybox-based OCI test images.
+# with basic auth, and busybox-based OCI test images (pushed to the
+# registries; containerd starts without images, the agent pulls them).
 #
 # containerd 1.6 hard-codes two paths under /run/containerd that no setting
 # moves: the shim sockets (/run/containerd/s/<sha256>) and the default runc
@@ -25,7 +26,7 @@ set -euo pipefail
 BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
-    apache2-utils openssl pkg-config
+    apache2-utils openssl pkg-config jq curl
 )
 
 # Fixed test credentials for the TLS registry.
@@ -33,8 +34,15 @@ BERTH_REGISTRY_USER=berthuser
 BERTH_REGISTRY_PASSWORD=s3cret-Registry-pw
 # containerd namespace used by the tests.
 BERTH_NAMESPACE=berth
+# containerd namespace of berth_env_up's own smoke check (emptied afterwards).
+BERTH_SMOKE_NAMESPACE=smoke
 # Test image tags, built into the OCI layout and pushed as berth-test/<tag>.
 BERTH_IMAGE_TAGS=(busybox entrypoint workdir user)
+# Repositories that all get the 3-layer image (OCI layout tag "layers").
+BERTH_LAYERS_REPOS=(layers layers-a layers-b layers-c)
+# Media types used in the generated manifests.
+BERTH_MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
+BERTH_MT_INDEX=application/vnd.oci.image.index.v1+json
 
 # berth_log MSG...: timestamped message on stderr.
 berth_log() {
@@ -105,6 +113,31 @@ berth_containerd_start() {
         _berth_wait 20 containerd _berth_containerd_ready "$dir"
 }
 
+# berth_registry_stop DIR: stop the test environment's plain registry
+# (SIGTERM) and wait until it is gone. Does nothing if it is not running.
+berth_registry_stop() {
+    local dir=${1:?usage: berth_registry_stop DIR} pid
+    pid=$(_berth_owned_pid "$dir/reg-plain.pid" "$dir/reg-plain.yml")
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    # shellcheck disable=SC2016 # expanded by the inner shell.
+    _berth_wait 20 "the plain registry to stop" \
+        sh -c '! test -d /proc/$0 || grep -q "^[^)]*) Z" /proc/$0/stat' "$pid"
+}
+
+# berth_registry_start DIR: start it again with the same config, port and
+# storage (log appended to the same file); wait until it answers.
+berth_registry_start() {
+    local dir=${1:?usage: berth_registry_start DIR} addr
+    addr=$(_berth_registry_addr "$dir" reg-plain) || return 1
+    if [[ -z $(_berth_owned_pid "$dir/reg-plain.pid" "$dir/reg-plain.yml") ]]; then
+        rm -f "$dir/reg-plain.pid"
+        _berth_registry_spawn "$dir" reg-plain || return 1
+    fi
+    _berth_wait 20 "plain registry on $addr" _berth_registry_ready \
+        "$dir/reg-plain.pid" "http://$addr/v2/" 200
+}
+
 # ---------------------------------------------------------------------------
 # Small internal helpers
 # ---------------------------------------------------------------------------
@@ -124,10 +157,11 @@ _berth_fail() {
     return 1
 }
 
-# _berth_wait SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.1 s until
-# it succeeds; give up early if it returns 2 (the daemon died).
+# _berth_wait SECONDS DESCRIPTION COMMAND...: poll COMMAND (every 0.02 s for
+# the first 20 tries, then every 0.1 s) until it succeeds; give up early if it
+# returns 2 (the daemon died).
 _berth_wait() {
-    local timeout=$1 desc=$2 deadline rc
+    local timeout=$1 desc=$2 deadline rc tries=0
     shift 2
     deadline=$((SECONDS + timeout))
     while :; do
@@ -142,7 +176,7 @@ _berth_wait() {
             berth_log "timed out after ${timeout}s waiting for $desc"
             return 1
         fi
-        sleep 0.1
+        if ((++tries <= 20)); then sleep 0.02; else sleep 0.1; fi
     done
 }
 
@@ -186,11 +220,11 @@ _berth_spawn() {
     _berth_wait 5 "pid file $pidfile" test -s "$pidfile"
 }
 
-# _berth_ctr DIR ARGS...: ctr against DIR's containerd, namespace berth.
+# _berth_ctr DIR NAMESPACE ARGS...: ctr against DIR's containerd.
 _berth_ctr() {
-    local dir=$1
-    shift
-    ctr --address "$dir/containerd.sock" --namespace "$BERTH_NAMESPACE" "$@"
+    local dir=$1 ns=$2
+    shift 2
+    ctr --address "$dir/containerd.sock" --namespace "$ns" "$@"
 }
 
 # _berth_wait_all PID...: wait for background jobs; fail if any failed.
@@ -279,7 +313,26 @@ http:
   secret: $secret
 $extra
 EOF
-    _berth_spawn "$dir/$name.pid" "$dir/$name.log" docker-registry serve "$dir/$name.yml"
+    _berth_registry_spawn "$dir" "$name"
+}
+
+# _berth_registry_spawn DIR NAME: start the registry configured in DIR/NAME.yml.
+# Its log (the access log included) is appended to DIR/NAME.log.
+_berth_registry_spawn() {
+    _berth_spawn "$1/$2.pid" "$1/$2.log" docker-registry serve "$1/$2.yml"
+}
+
+# _berth_registry_addr DIR NAME: print the HOST:PORT from DIR/NAME.yml.
+_berth_registry_addr() {
+    local line
+    while IFS= read -r line; do
+        if [[ $line =~ ^[[:space:]]+addr:[[:space:]]*([^[:space:]]+) ]]; then
+            echo "${BASH_REMATCH[1]}"
+            return 0
+        fi
+    done <"$1/$2.yml"
+    berth_log "ERROR: no addr in $1/$2.yml"
+    return 1
 }
 
 # _berth_registry_ready PIDFILE URL OKCODES [CURL-ARGS...]: the registry
@@ -373,6 +426,159 @@ _berth_build_images() {
     rm -rf "$dir/build"
 }
 
+# _berth_tar_layer STAGE NAME SRC PATH...: the PATHs under SRC as a gzipped
+# layer blob STAGE/blobs/<hex>, described in STAGE/NAME.json (descriptor
+# plus diff_id and created_by). Owner root, mtime 0.
+_berth_tar_layer() {
+    local stage=$1 name=$2 src=$3 diffid hex size
+    shift 3
+    mkdir -p "$stage/blobs" || return 1
+    tar -C "$src" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
+        -cf "$stage/$name.tar" "$@" || return 1
+    diffid=$(sha256sum <"$stage/$name.tar") || return 1
+    gzip -n "$stage/$name.tar" || return 1
+    hex=$(sha256sum <"$stage/$name.tar.gz") || return 1
+    hex=${hex%% *}
+    size=$(stat -c %s "$stage/$name.tar.gz") || return 1
+    mv "$stage/$name.tar.gz" "$stage/blobs/$hex" || return 1
+    jq -n --arg d "sha256:$hex" --argjson s "$size" --arg id "sha256:${diffid%% *}" \
+        --arg by "berth test layer $name: $*" \
+        '{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $d,
+          size: $s, diff_id: $id, created_by: $by}' >"$stage/$name.json"
+}
+
+# _berth_build_layers DIR: the layers that the extra test images add on top
+# of busybox, staged in DIR/build-layers (independent of the OCI layout, so
+# this runs while umoci builds busybox): arch-<arch> (/etc/berth-arch holding
+# <arch>, no newline) and data-one, data-two (/data/one, /data/two: 2 MiB of
+# random bytes each).
+_berth_build_layers() {
+    local stage=$1/build-layers arch n
+    for arch in amd64 arm64 s390x; do
+        mkdir -p "$stage/arch-$arch/etc" || return 1
+        chmod 0755 "$stage/arch-$arch/etc" || return 1
+        printf '%s' "$arch" >"$stage/arch-$arch/etc/berth-arch" || return 1
+        chmod 0644 "$stage/arch-$arch/etc/berth-arch" || return 1
+        _berth_tar_layer "$stage" "arch-$arch" "$stage/arch-$arch" etc || return 1
+    done
+    for n in one two; do
+        mkdir -p "$stage/data-$n/data" || return 1
+        chmod 0755 "$stage/data-$n/data" || return 1
+        head -c 2097152 /dev/urandom >"$stage/data-$n/data/$n" || return 1
+        chmod 0644 "$stage/data-$n/data/$n" || return 1
+        _berth_tar_layer "$stage" "data-$n" "$stage/data-$n" data || return 1
+    done
+}
+
+# _berth_put_blob OCI FILE: move FILE into the blob store of the OCI layout
+# OCI; print its digest and size.
+_berth_put_blob() {
+    local hex size
+    hex=$(sha256sum <"$2") || return 1
+    hex=${hex%% *}
+    size=$(stat -c %s "$2") || return 1
+    mv "$2" "$1/blobs/sha256/$hex" || return 1
+    echo "sha256:$hex $size"
+}
+
+# _berth_derive_image DIR OUT ARCH VARIANT LAYER...: add an image to DIR/oci:
+# the busybox image plus the staged layers LAYER... (names in
+# DIR/build-layers), with config architecture ARCH and variant VARIANT (may
+# be empty). Writes its manifest descriptor, with a linux/ARCH[/VARIANT]
+# platform, as JSON to DIR/build-layers/OUT.desc.
+_berth_derive_image() {
+    local dir=$1 out=$2 arch=$3 variant=$4 oci=$1/oci stage=$1/build-layers
+    local base config layers files=() l cdesc mdesc
+    shift 4
+    for l in "$@"; do files+=("$stage/$l.json"); done
+    layers=$(jq -cs . "${files[@]}") || return 1
+    base=$(<"$stage/busybox.manifest") || return 1
+    config=$(<"$stage/busybox.config") || return 1
+    jq -c --arg arch "$arch" --arg variant "$variant" --argjson layers "$layers" '
+        .architecture = $arch
+        | if $variant == "" then del(.variant) else .variant = $variant end
+        | .created as $c
+        | .rootfs.diff_ids += [$layers[].diff_id]
+        | .history += [$layers[] | {created: $c, created_by}]' \
+        "$oci/blobs/sha256/$config" >"$stage/$out.config" || return 1
+    cdesc=$(_berth_put_blob "$oci" "$stage/$out.config") || return 1
+    jq -c --arg mt "$BERTH_MT_MANIFEST" --arg cd "${cdesc% *}" --argjson cs "${cdesc#* }" \
+        --argjson layers "$layers" '
+        {schemaVersion, mediaType: $mt, config: (.config + {digest: $cd, size: $cs}),
+         layers: (.layers + [$layers[] | {mediaType, digest, size}])}' \
+        "$oci/blobs/sha256/$base" >"$stage/$out.manifest" || return 1
+    mdesc=$(_berth_put_blob "$oci" "$stage/$out.manifest") || return 1
+    jq -cn --arg mt "$BERTH_MT_MANIFEST" --arg d "${mdesc% *}" --argjson s "${mdesc#* }" \
+        --arg arch "$arch" --arg variant "$variant" '
+        {mediaType: $mt, digest: $d, size: $s,
+         platform: ({architecture: $arch, os: "linux"}
+                    + if $variant == "" then {} else {variant: $variant} end)}' \
+        >"$stage/$out.desc"
+}
+
+# _berth_build_extra_images DIR: after _berth_build_images and
+# _berth_build_layers, add to DIR/oci the tags multiarch (index: linux/amd64,
+# linux/arm64/v8), armonly (index: linux/arm64/v8, linux/s390x) and layers
+# (busybox + data-one + data-two).
+_berth_build_extra_images() {
+    local dir=$1 oci=$1/oci stage=$1/build-layers base multiarch armonly pids=()
+    mv "$stage/blobs/"* "$oci/blobs/sha256/" || return 1
+    base=$(jq -r '.manifests[] | select(.annotations."org.opencontainers.image.ref.name" == "busybox")
+        | .digest | ltrimstr("sha256:")' "$oci/index.json") || return 1
+    echo "$base" >"$stage/busybox.manifest" || return 1
+    jq -r '.config.digest | ltrimstr("sha256:")' "$oci/blobs/sha256/$base" \
+        >"$stage/busybox.config" || return 1
+    _berth_derive_image "$dir" amd64 amd64 "" arch-amd64 &
+    pids+=("$!")
+    _berth_derive_image "$dir" arm64 arm64 v8 arch-arm64 &
+    pids+=("$!")
+    _berth_derive_image "$dir" s390x s390x "" arch-s390x &
+    pids+=("$!")
+    _berth_derive_image "$dir" layers amd64 "" data-one data-two &
+    pids+=("$!")
+    _berth_wait_all "${pids[@]}" || return 1
+    jq -cn --arg mt "$BERTH_MT_INDEX" --slurpfile a "$stage/amd64.desc" \
+        --slurpfile b "$stage/arm64.desc" \
+        '{schemaVersion: 2, mediaType: $mt, manifests: ($a + $b)}' >"$stage/multiarch" || return 1
+    multiarch=$(_berth_put_blob "$oci" "$stage/multiarch") || return 1
+    jq -cn --arg mt "$BERTH_MT_INDEX" --slurpfile a "$stage/arm64.desc" \
+        --slurpfile b "$stage/s390x.desc" \
+        '{schemaVersion: 2, mediaType: $mt, manifests: ($a + $b)}' >"$stage/armonly" || return 1
+    armonly=$(_berth_put_blob "$oci" "$stage/armonly") || return 1
+    # index.json is replaced atomically: skopeo may be reading it already.
+    jq --arg mt "$BERTH_MT_INDEX" --arg md "${multiarch% *}" --argjson msz "${multiarch#* }" \
+        --arg ad "${armonly% *}" --argjson asz "${armonly#* }" \
+        --slurpfile l "$stage/layers.desc" '
+        def tag($name): . + {annotations: {"org.opencontainers.image.ref.name": $name}};
+        .manifests += [
+            ({mediaType: $mt, digest: $md, size: $msz} | tag("multiarch")),
+            ({mediaType: $mt, digest: $ad, size: $asz} | tag("armonly")),
+            ($l[0] | del(.platform) | tag("layers"))
+        ]' "$oci/index.json" >"$stage/index.json" || return 1
+    mv "$stage/index.json" "$oci/index.json" || return 1
+    rm -rf "$stage"
+}
+
+# _berth_manifest_digest URL [CURL-ARGS...]: print the Docker-Content-Digest
+# the registry sends for the manifest URL (HEAD, OCI Accept headers).
+_berth_manifest_digest() {
+    local url=$1 line digest=
+    shift
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        if [[ ${line,,} == docker-content-digest:* ]]; then
+            digest=${line#*:}
+            digest=${digest//[[:space:]]/}
+        fi
+    done < <(curl -sSfI --max-time 5 -H "Accept: $BERTH_MT_MANIFEST" \
+        -H "Accept: $BERTH_MT_INDEX" "$@" "$url")
+    [[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] || {
+        berth_log "ERROR: no manifest digest for $url (got '$digest')"
+        return 1
+    }
+    echo "$digest"
+}
+
 # _berth_push DIR TAG DEST-REF [SKOPEO-ARGS...]: copy TAG of DIR/oci to a
 # registry, keeping the OCI manifest format.
 _berth_push() {
@@ -391,6 +597,32 @@ _berth_diagnose() {
     grep -iE 'level=(error|warning)' "$dir/containerd.log" 2>/dev/null | tail -n 20 >&2 || true
 }
 
+# _berth_smoke DIR REF: pull REF into the smoke namespace, run /bin/echo ok
+# in it, then empty and remove the namespace (the images rm --sync makes the
+# garbage collector remove the content and snapshots right away).
+_berth_smoke() {
+    local dir=$1 ref=$2 ns=$BERTH_SMOKE_NAMESPACE id out
+    _berth_ctr "$dir" "$ns" images pull --plain-http "$ref" >>"$dir/pull.log" 2>&1 || {
+        _berth_diagnose "$dir"
+        _berth_fail "$dir" "ctr images pull failed" pull.log
+        return 1
+    }
+    id="berth-smoke-$$-$RANDOM"
+    out=$(timeout 60 ctr --address "$dir/containerd.sock" --namespace "$ns" \
+        run --rm --fifo-dir "$dir/fifo" "$ref" "$id" /bin/echo ok 2>&1) || true
+    if [[ $out != ok ]]; then
+        berth_log "ctr run printed: $out"
+        _berth_diagnose "$dir"
+        _berth_fail "$dir" "smoke container did not print ok"
+        return 1
+    fi
+    {
+        _berth_ctr "$dir" "$ns" images rm --sync "$ref" &&
+            _berth_ctr "$dir" "$ns" namespaces rm "$ns"
+    } >>"$dir/pull.log" 2>&1 ||
+        { _berth_fail "$dir" "emptying the smoke check's namespace failed" pull.log; return 1; }
+}
+
 # ---------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------
@@ -401,7 +633,7 @@ _berth_diagnose() {
 # berth_env_down DIR cleans up.
 berth_env_up() {
     local dir=${1:?usage: berth_env_up DIR}
-    local port tls_port tag ref out id start=${EPOCHREALTIME//[!0-9]/} ds pids=()
+    local port tls_port tag ref repo start=${EPOCHREALTIME//[!0-9]/} ds pids=() lpid digest
     mkdir -p "$dir" || return 1
     dir=$(cd "$dir" && pwd -P) || return 1
     if ((${#dir} > 60)); then
@@ -435,19 +667,27 @@ auth:
     path: $dir/tls/htpasswd" ||
         { _berth_fail "$dir" "starting the TLS registry failed" reg-tls.log; return 1; }
 
+    # Pipeline: the extra layers build while umoci builds busybox; the
+    # images derived from busybox are assembled while busybox and its
+    # variants are pushed; the smoke check runs while the derived images push.
     berth_log "building test images in $dir/oci"
-    _berth_build_images "$dir" >"$dir/build.log" 2>&1 ||
-        { _berth_fail "$dir" "building the test images failed" build.log; return 1; }
+    _berth_build_layers "$dir" >"$dir/build-layers.log" 2>&1 &
+    lpid=$!
+    _berth_build_images "$dir" >"$dir/build.log" 2>&1 || {
+        wait "$lpid" || true
+        _berth_fail "$dir" "building the test images failed" build.log
+        return 1
+    }
 
     _berth_wait 20 containerd _berth_containerd_ready "$dir" ||
-        { _berth_fail "$dir" "containerd did not come up" containerd.log; return 1; }
+        { wait "$lpid" || true; _berth_fail "$dir" "containerd did not come up" containerd.log; return 1; }
     _berth_wait 20 "plain registry on port $port" _berth_registry_ready \
         "$dir/reg-plain.pid" "http://127.0.0.1:$port/v2/" 200 ||
-        { _berth_fail "$dir" "plain registry did not come up" reg-plain.log; return 1; }
+        { wait "$lpid" || true; _berth_fail "$dir" "plain registry did not come up" reg-plain.log; return 1; }
     _berth_wait 20 "TLS registry on port $tls_port" _berth_registry_ready \
         "$dir/reg-tls.pid" "https://127.0.0.1:$tls_port/v2/" "200 401" \
         --cacert "$dir/tls/ca.pem" ||
-        { _berth_fail "$dir" "TLS registry did not come up" reg-tls.log; return 1; }
+        { wait "$lpid" || true; _berth_fail "$dir" "TLS registry did not come up" reg-tls.log; return 1; }
 
     berth_log "pushing test images to 127.0.0.1:$port and 127.0.0.1:$tls_port"
     for tag in "${BERTH_IMAGE_TAGS[@]}"; do
@@ -460,43 +700,52 @@ auth:
         --dest-creds "$BERTH_REGISTRY_USER:$BERTH_REGISTRY_PASSWORD" \
         >>"$dir/push.log" 2>&1 &
     pids+=("$!")
-    _berth_wait_all "${pids[@]}" ||
-        { _berth_fail "$dir" "pushing the test images failed" push.log; return 1; }
 
-    # busybox first: it brings the shared layer; then the rest in parallel.
-    berth_log "pulling test images into containerd (namespace $BERTH_NAMESPACE)"
-    _berth_ctr "$dir" images pull --plain-http \
-        "127.0.0.1:$port/berth-test/busybox:latest" >>"$dir/pull.log" 2>&1 || {
-        _berth_diagnose "$dir"
-        _berth_fail "$dir" "ctr images pull failed" pull.log
+    wait "$lpid" || {
+        _berth_wait_all "${pids[@]}" || true
+        _berth_fail "$dir" "building the test image layers failed" build-layers.log
         return 1
     }
+    _berth_build_extra_images "$dir" >>"$dir/build.log" 2>&1 || {
+        _berth_wait_all "${pids[@]}" || true
+        _berth_fail "$dir" "building the extra test images failed" build.log
+        return 1
+    }
+    _berth_wait_all "${pids[@]}" ||
+        { _berth_fail "$dir" "pushing the test images failed" push.log; return 1; }
     pids=()
-    for tag in "${BERTH_IMAGE_TAGS[@]:1}"; do
-        _berth_ctr "$dir" images pull --plain-http \
-            "127.0.0.1:$port/berth-test/$tag:latest" >>"$dir/pull.log" 2>&1 &
+    # Image indexes: --all pushes every platform's image, then the index.
+    for tag in multiarch armonly; do
+        _berth_push "$dir" "$tag" "127.0.0.1:$port/berth-test/$tag:latest" \
+            --dest-tls-verify=false --all >>"$dir/push.log" 2>&1 &
         pids+=("$!")
     done
-    _berth_wait_all "${pids[@]}" || {
-        _berth_diagnose "$dir"
-        _berth_fail "$dir" "ctr images pull failed" pull.log
+    for repo in "${BERTH_LAYERS_REPOS[@]}"; do
+        _berth_push "$dir" layers "127.0.0.1:$port/berth-test/$repo:latest" \
+            --dest-tls-verify=false >>"$dir/push.log" 2>&1 &
+        pids+=("$!")
+    done
+
+    ref="127.0.0.1:$port/berth-test"
+    digest=$(_berth_manifest_digest "http://127.0.0.1:$port/v2/berth-test/busybox/manifests/latest") || {
+        _berth_wait_all "${pids[@]}" || true
+        _berth_fail "$dir" "reading the busybox manifest digest failed" reg-plain.log
         return 1
     }
 
     # Smoke check: containerd + shim + runc + overlayfs can run a container.
-    berth_log "smoke check: ctr run"
-    id="berth-smoke-$$-$RANDOM"
-    out=$(timeout 60 ctr --address "$dir/containerd.sock" --namespace "$BERTH_NAMESPACE" \
-        run --rm --fifo-dir "$dir/fifo" \
-        "127.0.0.1:$port/berth-test/busybox:latest" "$id" /bin/echo ok 2>&1) || true
-    if [[ $out != ok ]]; then
-        berth_log "ctr run printed: $out"
-        _berth_diagnose "$dir"
-        _berth_fail "$dir" "smoke container did not print ok"
+    # In its own namespace, emptied afterwards (the garbage collector then
+    # removes the content and snapshots), so that the tests start with an
+    # empty containerd: containerd shares blobs across namespaces, so content
+    # left here would spare the agent pulling busybox's layer.
+    berth_log "smoke check: ctr run (namespace $BERTH_SMOKE_NAMESPACE)"
+    _berth_smoke "$dir" "$ref/busybox:latest" || {
+        _berth_wait_all "${pids[@]}" || true
         return 1
-    fi
+    }
+    _berth_wait_all "${pids[@]}" ||
+        { _berth_fail "$dir" "pushing the test images failed" push.log; return 1; }
 
-    ref="127.0.0.1:$port/berth-test"
     printf 'export %s=%q\n' \
         BERTH_TEST_DIR "$dir" \
         BERTH_TEST_CONTAINERD_SOCKET "$dir/containerd.sock" \
@@ -512,7 +761,17 @@ auth:
         BERTH_TEST_IMAGE_ENTRYPOINT "$ref/entrypoint:latest" \
         BERTH_TEST_IMAGE_WORKDIR "$ref/workdir:latest" \
         BERTH_TEST_IMAGE_USER "$ref/user:latest" \
+        BERTH_TEST_IMAGE_BUSYBOX_DIGEST "$ref/busybox@$digest" \
+        BERTH_TEST_IMAGE_MULTIARCH "$ref/multiarch:latest" \
+        BERTH_TEST_IMAGE_ARMONLY "$ref/armonly:latest" \
+        BERTH_TEST_IMAGE_LAYERS "$ref/layers:latest" \
+        BERTH_TEST_IMAGE_LAYERS_A "$ref/layers-a:latest" \
+        BERTH_TEST_IMAGE_LAYERS_B "$ref/layers-b:latest" \
+        BERTH_TEST_IMAGE_LAYERS_C "$ref/layers-c:latest" \
         BERTH_TEST_TLS_IMAGE_BUSYBOX "127.0.0.1:$tls_port/berth-test/busybox:latest" \
+        BERTH_TEST_REGISTRY_STORAGE "$dir/reg-plain" \
+        BERTH_TEST_REGISTRY_LOG "$dir/reg-plain.log" \
+        BERTH_TEST_TLS_REGISTRY_LOG "$dir/reg-tls.log" \
         BERTH_TEST_OCI_LAYOUT "$dir/oci" \
         BERTH_TEST_SMALL_FS "$dir/smallfs" \
         BERTH_TEST_LIB "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/lib.sh" \

@@ -33,6 +33,37 @@ struct RawConfig {
     tasks: RawTasks,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    registries: RawRegistries,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistries {
+    #[serde(default)]
+    insecure: Vec<String>,
+    #[serde(default)]
+    ca_files: Vec<PathBuf>,
+    #[serde(default)]
+    credentials: Vec<RawCredentials>,
+    max_concurrent_downloads: Option<usize>,
+    pull_timeout_seconds: Option<u64>,
+    no_progress_timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    server: String,
+    username: Option<String>,
+    password: Option<String>,
+    identity_token: Option<String>,
+}
+
+impl std::fmt::Debug for RawCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawCredentials({}, <redacted>)", self.server)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -115,16 +146,48 @@ pub struct Config {
     /// Events kept in the log `WatchTasks` replays from.
     pub event_log_keep: u64,
     pub log_format: LogFormat,
+    pub registries: RegistryConfig,
+}
+
+/// `[registries]`: how the agent reaches image registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// `host:port` reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// CA certificates (PEM files) trusted besides the system roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Node-wide credentials by registry `server` (`host[:port]`).
+    pub credentials: Vec<(String, crate::model::Credentials)>,
+    pub max_concurrent_downloads: usize,
+    pub pull_timeout: Duration,
+    pub no_progress_timeout: Duration,
 }
 
 impl Config {
     /// Reads and validates `path`. `hostname` is the default node id.
     pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text, hostname).map_err(|e| match e {
+        let cfg = Self::parse(&text, hostname).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
             other => other,
-        })
+        })?;
+        // A file holding registry secrets must not be readable by every user.
+        if !cfg.registries.credentials.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let mode = meta.permissions().mode();
+            if mode & 0o004 != 0 {
+                return Err(invalid(
+                    "registries.credentials",
+                    &format!(
+                        "{} holds registry credentials and is world-readable (mode {:o}); chmod o-r it",
+                        path.display(),
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
+        Ok(cfg)
     }
 
     /// Validates TOML text; the defaults when `text` is empty.
@@ -157,7 +220,38 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("log.format", &format!("{other:?} is not \"text\" or \"json\""))),
         };
+        let mut credentials = Vec::new();
+        for c in raw.registries.credentials {
+            let cred = match (c.username, c.password, c.identity_token) {
+                (Some(username), Some(password), None) => crate::model::Credentials::Basic { username, password },
+                (None, None, Some(token)) => crate::model::Credentials::Token(token),
+                _ => {
+                    return Err(invalid(
+                        "registries.credentials",
+                        &format!("{}: give username and password, or identity_token alone", c.server),
+                    ))
+                }
+            };
+            if c.server.is_empty() || c.server.contains('/') {
+                return Err(invalid("registries.credentials", &format!("server {:?} is not host[:port]", c.server)));
+            }
+            credentials.push((c.server, cred));
+        }
+        for f in &raw.registries.ca_files {
+            if !f.is_absolute() {
+                return Err(invalid("registries.ca_files", &format!("{} is not an absolute path", f.display())));
+            }
+        }
+        let registries = RegistryConfig {
+            insecure: raw.registries.insecure,
+            ca_files: raw.registries.ca_files,
+            credentials,
+            max_concurrent_downloads: raw.registries.max_concurrent_downloads.unwrap_or(3).max(1),
+            pull_timeout: Duration::from_secs(raw.registries.pull_timeout_seconds.unwrap_or(3600).max(1)),
+            no_progress_timeout: Duration::from_secs(raw.registries.no_progress_timeout_seconds.unwrap_or(60).max(1)),
+        };
         Ok(Config {
+            registries,
             root_dir,
             state_dir,
             node_id,
@@ -258,6 +352,53 @@ mod tests {
         assert_eq!((c.history_limit, c.event_log_keep), (5, 50));
         assert_eq!(c.min_free_bytes, 64 << 20);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn registries() {
+        let c = Config::parse(
+            r#"
+            [registries]
+            insecure = ["127.0.0.1:5000"]
+            ca_files = ["/etc/berth/ca.pem"]
+            [[registries.credentials]]
+            server = "reg.example:443"
+            username = "u"
+            password = "hunter2"
+            [[registries.credentials]]
+            server = "other.example"
+            identity_token = "tok"
+            "#,
+            "h",
+        )
+        .unwrap();
+        assert_eq!(c.registries.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(c.registries.credentials.len(), 2);
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug of the config shows no secret");
+        for bad in [
+            "[[registries.credentials]]\nserver = \"a\"\nusername = \"u\"",
+            "[[registries.credentials]]\nserver = \"a\"\npassword = \"p\"\nidentity_token = \"t\"",
+            "[[registries.credentials]]\nserver = \"a/b\"\nidentity_token = \"t\"",
+            "[registries]\nca_files = [\"rel.pem\"]",
+        ] {
+            let err = Config::parse(bad, "h").unwrap_err().to_string();
+            assert!(err.contains("registries."), "{bad}: {err}");
+            assert!(!err.contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn world_readable_credentials_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "[[registries.credentials]]\nserver = \"r\"\nusername = \"u\"\npassword = \"p\"\n")
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(&path, "h").unwrap_err().to_string();
+        assert!(err.contains("world-readable"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path, "h").is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod images;
 pub mod layout;
 pub mod model;
 pub mod node;
+pub mod registry;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -5,8 +5,9 @@
 use berth_agent::api::{self, Api};
 use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use berth_agent::containerd::Containerd;
-use berth_agent::images::Platform;
+use berth_agent::images::{Platform, PullSettings, Puller};
 use berth_agent::layout::Layout;
+use berth_agent::registry::{Registry, RegistrySettings};
 use berth_agent::store::Store;
 use berth_agent::supervisor::{Settings, Supervisor};
 use clap::Parser;
@@ -92,7 +93,30 @@ async fn run(cfg: Config) -> Result<(), String> {
     let layout = Layout::new(&cfg.root_dir);
     layout.create_node_dirs().map_err(|e| e.to_string())?;
     let opened = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
-    let runtime = Arc::new(Containerd::new(&cfg.containerd_socket, &cfg.namespace, &cfg.snapshotter, &cfg.runtime));
+    let containerd = Arc::new(Containerd::new(&cfg.containerd_socket, &cfg.namespace, &cfg.snapshotter, &cfg.runtime));
+    let mut ca_pems = Vec::new();
+    for f in &cfg.registries.ca_files {
+        ca_pems.push(std::fs::read(f).map_err(|e| format!("registries.ca_files: cannot read {}: {e}", f.display()))?);
+    }
+    let registry = Registry::new(RegistrySettings {
+        insecure: cfg.registries.insecure.clone(),
+        ca_pems,
+        credentials: cfg.registries.credentials.clone(),
+    });
+    let pull_settings = PullSettings {
+        max_concurrent_downloads: cfg.registries.max_concurrent_downloads,
+        timeout: cfg.registries.pull_timeout,
+        no_progress_timeout: cfg.registries.no_progress_timeout,
+        ..PullSettings::default()
+    };
+    let puller = Arc::new(Puller::new(
+        registry,
+        containerd.clone(),
+        cfg.node_id.clone(),
+        cfg.snapshotter.clone(),
+        platform.clone(),
+        pull_settings,
+    ));
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         task_slots: cfg.task_slots,
@@ -110,7 +134,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         let floor = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         opened.store.seed_sequence(floor).await.map_err(|e| e.to_string())?;
     }
-    let sup = Supervisor::new(settings, node, layout.clone(), opened.store, runtime);
+    let sup = Supervisor::new(settings, node, layout.clone(), opened.store, containerd, puller);
     if let Some(note) = opened.note {
         sup.note(note);
     }

@@ -76,8 +76,13 @@ impl Agent {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
-    /// Unique per agent: agents of concurrent tests share containerd's namespace,
-    /// and each cleans up only what carries its own node id.
+    /// Each agent has a containerd namespace of its own (so it pulls its images
+    /// itself, as a fresh node does).
+    pub fn namespace(&self) -> String {
+        self.node_id()
+    }
+
+    /// Unique per agent: each cleans up only what carries its own node id.
     pub fn node_id(&self) -> String {
         let name = self.dir.path().file_name().unwrap_or_default().to_string_lossy().to_lowercase();
         format!("test-{}", name.trim_start_matches("berth-it-"))
@@ -115,6 +120,10 @@ listen = "{addr}"
 socket = "{sock}"
 namespace = "{ns}"
 
+[registries]
+insecure = ["{registry}"]
+ca_files = ["{ca}"]
+
 [tasks]
 terminate_grace_seconds = {grace}
 "#,
@@ -125,7 +134,9 @@ terminate_grace_seconds = {grace}
             slots = self.opts.task_slots,
             addr = self.addr(),
             sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
-            ns = env("BERTH_TEST_NAMESPACE"),
+            ns = self.namespace(),
+            registry = env("BERTH_TEST_REGISTRY"),
+            ca = env("BERTH_TEST_TLS_CA"),
             grace = self.opts.terminate_grace_seconds,
         );
         std::fs::write(self.config_path(), cfg).expect("write config");
@@ -221,6 +232,8 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
             image: image("busybox"),
             run_options: String::new(),
             working_directory: pb::WorkingDirectory::TaskWorkingDir as i32,
+            registry: None,
+            pull_policy: pb::PullPolicy::Missing as i32,
         }),
         environment: HashMap::new(),
         user: None,

@@ -38,7 +38,7 @@ async fn run_wait_logs_list_node() {
     );
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["failure_info"]["code"], "ImageNotFound");
+    assert_eq!(v["failure_info"]["code"], "ImagePullFailed");
 
     let out = berthctl(&agent, &["list", "--job", "clijob", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

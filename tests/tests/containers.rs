@@ -131,7 +131,7 @@ async fn exit_codes_signals_and_stderr() {
     let cid = running.container_info.unwrap().container_id;
     let out = std::process::Command::new("ctr")
         .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace"])
-        .arg(berth_tests::env("BERTH_TEST_NAMESPACE"))
+        .arg(agent.namespace())
         .args(["tasks", "kill", "--signal", "SIGKILL", &cid])
         .output()
         .unwrap();
@@ -143,16 +143,24 @@ async fn exit_codes_signals_and_stderr() {
 }
 
 #[tokio::test]
-async fn missing_image_fails_with_image_not_found() {
+async fn missing_image_fails_clearly() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
+    let missing = format!("{}/berth-test/does-not-exist:1", berth_tests::env("BERTH_TEST_REGISTRY"));
+    // Pulled (policy MISSING): the registry's answer, in words.
     let mut spec = task("imgjob", "missing", "/bin/true");
-    spec.container.as_mut().unwrap().image =
-        format!("{}/berth-test/does-not-exist:1", berth_tests::env("BERTH_TEST_REGISTRY"));
+    spec.container.as_mut().unwrap().image = missing.clone();
+    let done = c.run_done(spec).await;
+    assert_eq!(failure_code(&done), "ImagePullFailed", "{done:?}");
+    let f = done.failure_info.unwrap();
+    assert!(f.message.contains("not found"), "{f:?}");
+    assert_eq!((done.exit_code, f.category), (None, pb::FailureCategory::UserError as i32));
+    // Policy NEVER: not on the node.
+    let mut spec = task("imgjob", "never", "/bin/true");
+    spec.container.as_mut().unwrap().image = missing;
+    spec.container.as_mut().unwrap().pull_policy = pb::PullPolicy::Never as i32;
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImageNotFound", "{done:?}");
-    assert_eq!(done.exit_code, None);
-    assert_eq!(done.failure_info.unwrap().category, pb::FailureCategory::UserError as i32);
 }
 
 #[tokio::test]

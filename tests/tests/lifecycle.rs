@@ -181,10 +181,9 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::IntoStreamingReq
     tonic::codegen::tokio_stream::once(item)
 }
 
-fn ctr(args: &[&str]) -> std::process::Output {
+fn ctr(namespace: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new("ctr")
-        .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace"])
-        .arg(berth_tests::env("BERTH_TEST_NAMESPACE"))
+        .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace", namespace])
         .args(args)
         .output()
         .expect("run ctr")
@@ -194,22 +193,23 @@ fn ctr(args: &[&str]) -> std::process::Output {
 async fn leftovers_of_interrupted_work_are_removed_at_start() {
     let mut agent = Agent::start(AgentOptions::default()).await;
     agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    let ns = agent.namespace();
     // What a crash in the middle of creating a container leaves: a snapshot and a
     // lease carrying this node's label; another node's are left alone.
     let node_label = format!("berth.node-id={}", agent.node_id());
     let mine = format!("berth-leftover-{}", agent.node_id());
     let theirs = format!("berth-other-{}", agent.node_id());
     for (key, label) in [(&mine, node_label.as_str()), (&theirs, "berth.node-id=someone-else")] {
-        let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "prepare", key]);
+        let out = ctr(&ns, &["snapshots", "--snapshotter", "overlayfs", "prepare", key]);
         assert!(out.status.success(), "{out:?}");
-        let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "label", key, label]);
+        let out = ctr(&ns, &["snapshots", "--snapshotter", "overlayfs", "label", key, label]);
         assert!(out.status.success(), "{out:?}");
-        let out = ctr(&["leases", "create", "--id", key, label]);
+        let out = ctr(&ns, &["leases", "create", "--id", key, label]);
         assert!(out.status.success(), "{out:?}");
     }
     agent.spawn().await;
     let listed = |what: &str, key: &str| {
-        let out = ctr(&[what, "ls"]);
+        let out = ctr(&ns, &[what, "ls"]);
         String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(key))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -218,6 +218,6 @@ async fn leftovers_of_interrupted_work_are_removed_at_start() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(listed("snapshots", &theirs) && listed("leases", &theirs), "another node's objects were touched");
-    let _ = ctr(&["snapshots", "--snapshotter", "overlayfs", "rm", &theirs]);
-    let _ = ctr(&["leases", "rm", &theirs]);
+    let _ = ctr(&ns, &["snapshots", "--snapshotter", "overlayfs", "rm", &theirs]);
+    let _ = ctr(&ns, &["leases", "rm", &theirs]);
 }

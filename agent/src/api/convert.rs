@@ -3,8 +3,8 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo, TaskKey, TaskResult,
-    TaskSpec, TaskState, UserIdentity, WorkingDirMode,
+    ContainerInfo, ContainerSettings, Credentials, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo,
+    TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
 };
 use crate::store::TaskEvent;
 use crate::supervisor::NodeStatus;
@@ -47,6 +47,26 @@ pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
     }
 }
 
+pub fn pull_policy(v: i32) -> Result<PullPolicy, DecodeError> {
+    match pb::PullPolicy::try_from(v) {
+        Ok(pb::PullPolicy::Unspecified | pb::PullPolicy::Missing) => Ok(PullPolicy::Missing),
+        Ok(pb::PullPolicy::Always) => Ok(PullPolicy::Always),
+        Ok(pb::PullPolicy::Never) => Ok(PullPolicy::Never),
+        Err(_) => Err(DecodeError::new("container.pull_policy", format!("unknown value {v}"))),
+    }
+}
+
+/// Registry credentials: a username with a password, or an identity token.
+pub fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credentials>, DecodeError> {
+    let Some(c) = c else { return Ok(None) };
+    match (c.username.is_empty(), c.password.is_empty(), c.identity_token.is_empty()) {
+        (true, true, true) => Ok(None),
+        (false, false, true) => Ok(Some(Credentials::Basic { username: c.username, password: c.password })),
+        (true, true, false) => Ok(Some(Credentials::Token(c.identity_token))),
+        _ => Err(DecodeError::new("registry", "give a username with a password, or an identity token alone")),
+    }
+}
+
 pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
     Ok(match pb::TaskState::try_from(v) {
         Ok(pb::TaskState::Unspecified) => None,
@@ -67,6 +87,8 @@ pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> 
             image: c.image,
             run_options: c.run_options,
             working_directory: working_dir(c.working_directory).map_err(decode)?,
+            pull_policy: pull_policy(c.pull_policy).map_err(decode)?,
+            credentials: credentials(c.registry).map_err(decode)?,
         }),
         None => None,
     };
@@ -97,6 +119,13 @@ fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
             working_directory: match c.working_directory {
                 WorkingDirMode::TaskWorkingDir => pb::WorkingDirectory::TaskWorkingDir,
                 WorkingDirMode::ImageDefault => pb::WorkingDirectory::ImageDefault,
+            } as i32,
+            // Credentials are never echoed back.
+            registry: None,
+            pull_policy: match c.pull_policy {
+                PullPolicy::Missing => pb::PullPolicy::Missing,
+                PullPolicy::Always => pb::PullPolicy::Always,
+                PullPolicy::Never => pb::PullPolicy::Never,
             } as i32,
         }),
         environment: s.environment.clone().into_iter().collect(),
@@ -194,6 +223,12 @@ mod tests {
                 image: "busybox".into(),
                 run_options: "--rm".into(),
                 working_directory: pb::WorkingDirectory::ImageDefault as i32,
+                registry: Some(pb::RegistryCredentials {
+                    username: "u".into(),
+                    password: "hunter2".into(),
+                    identity_token: String::new(),
+                }),
+                pull_policy: pb::PullPolicy::Always as i32,
             }),
             environment: HashMap::from([("A".to_string(), "1".to_string())]),
             user: Some(pb::UserIdentity { uid: Some(1000), gid: Some(100) }),
@@ -213,7 +248,12 @@ mod tests {
         assert_eq!(spec.user, UserIdentity { uid: Some(1000), gid: Some(100) });
         assert_eq!(spec.constraints.max_wall_clock_time, Some(Duration::from_secs(5)));
         assert_eq!(spec.required_slots, 1, "0 slots means 1");
+        let c = spec.container.as_ref().unwrap();
+        assert_eq!(c.pull_policy, PullPolicy::Always);
+        assert!(matches!(&c.credentials, Some(Credentials::Basic { username, .. }) if username == "u"));
         let back = spec_to_proto(&spec);
+        assert!(back.container.as_ref().unwrap().registry.is_none(), "credentials are never echoed");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("hunter2"), "nor stored");
         assert_eq!(back.command_line, "/bin/true");
         assert_eq!(back.environment.get("A").map(String::as_str), Some("1"));
         assert_eq!(back.constraints.unwrap().retention_time.unwrap().seconds, 7 * 24 * 3600);

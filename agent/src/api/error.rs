@@ -2,6 +2,7 @@
 //! with the request, never a Debug dump.
 
 use crate::containerd::RuntimeError;
+use crate::images::PullError;
 use crate::layout::LayoutError;
 use crate::supervisor::Error;
 use tonic::{Code, Status};
@@ -41,6 +42,15 @@ fn code_of(e: &Error) -> Code {
         Error::Runtime(RuntimeError::Unavailable { .. }) => Code::Unavailable,
         Error::Runtime(RuntimeError::NotFound { .. }) => Code::NotFound,
         Error::Runtime(_) => Code::Internal,
+        Error::Pull(p) => match p {
+            PullError::Unauthorized(_) => Code::PermissionDenied,
+            PullError::NotFound(_) => Code::NotFound,
+            PullError::PlatformMismatch { .. } => Code::FailedPrecondition,
+            PullError::Schema1 { .. } | PullError::Invalid { .. } => Code::InvalidArgument,
+            PullError::Blob { .. } => Code::DataLoss,
+            PullError::Timeout { .. } => Code::DeadlineExceeded,
+            PullError::Registry(_) | PullError::Store(_) => Code::Unavailable,
+        },
     }
 }
 

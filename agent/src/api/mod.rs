@@ -63,6 +63,20 @@ impl NodeAgent for Api {
     }
 
     type WatchTasksStream = EventStream;
+    type PullImageStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
+
+    async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullImageStream>, Status> {
+        let r = req.into_inner();
+        let creds = convert::credentials(r.credentials)?;
+        let (name, report) = self.sup.pull_image(&r.reference, creds).await?;
+        let done = pb::PullProgress {
+            reference: name,
+            bytes_fetched: report.bytes_fetched,
+            blobs_fetched: report.blobs_fetched as u32,
+            done: true,
+        };
+        Ok(Response::new(Box::pin(tokio_stream::once(Ok(done)))))
+    }
 
     async fn watch_tasks(&self, req: Request<pb::WatchTasksRequest>) -> Result<Response<EventStream>, Status> {
         let rx = self.sup.watch(req.into_inner().from_sequence);

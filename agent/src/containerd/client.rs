@@ -86,6 +86,9 @@ impl Containerd {
         req
     }
 
+    pub(super) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
     pub(super) fn content(&self) -> ContentClient<Channel> {
         ContentClient::new(self.channel.clone())
     }

@@ -8,6 +8,7 @@
 //! task delete → container delete → snapshot remove.
 
 mod client;
+mod content;
 mod image;
 mod inventory;
 
@@ -29,6 +30,9 @@ pub enum RuntimeError {
     Failed { op: &'static str, message: String },
     #[error("image {image}: {reason}")]
     BadImage { image: String, reason: String },
+    /// The data being written failed at its source (a download).
+    #[error("{message}")]
+    Source { message: String },
 }
 
 impl RuntimeError {
@@ -56,6 +60,45 @@ pub struct LabelledContainer {
     pub args: Vec<String>,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// A blob as a manifest names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+/// containerd's content and snapshot stores, as a pull uses them.
+#[async_trait]
+pub trait ImageStore: Send + Sync + 'static {
+    /// A lease protecting what a pull writes until the image record holds it.
+    async fn create_lease(&self, node_id: &str) -> Result<String, RuntimeError>;
+    async fn delete_lease(&self, id: &str);
+    async fn has_blob(&self, digest: &str) -> Result<bool, RuntimeError>;
+    /// Streams a blob in; containerd verifies size and digest at commit. Returns
+    /// the bytes written (0 when the blob was already there).
+    async fn write_blob(
+        &self,
+        lease: &str,
+        blob: &BlobRef,
+        labels: HashMap<String, String>,
+        data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    ) -> Result<u64, RuntimeError>;
+    /// Creates or updates the image record.
+    async fn put_image(&self, name: &str, target: &BlobRef) -> Result<(), RuntimeError>;
+    async fn has_snapshot(&self, chain_id: &str) -> Result<bool, RuntimeError>;
+    /// Applies a layer on `parent` and commits the result as `chain_id`,
+    /// checking that the unpacked digest is the config's `diff_id`.
+    async fn unpack_layer(
+        &self,
+        lease: &str,
+        layer: &BlobRef,
+        parent: Option<&str>,
+        chain_id: &str,
+        diff_id: &str,
+    ) -> Result<(), RuntimeError>;
 }
 
 /// An image found in the runtime's image store.

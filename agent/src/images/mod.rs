@@ -3,6 +3,10 @@
 //! an image config that shape a container, platform selection in an index, and
 //! the chain ID under which an image's unpacked layers live in a snapshotter.
 
+mod pull;
+
+pub use pull::{Pull, PullError, PullReport, PullSettings, Puller};
+
 use oci_spec::distribution::Reference;
 use sha2::{Digest, Sha256};
 

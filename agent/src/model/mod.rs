@@ -2,13 +2,15 @@
 //! No transport types here (the scheduler API's generated types live in `api/`,
 //! containerd's in `containerd/`).
 
+mod credentials;
 mod ids;
 mod node;
 mod task;
 
+pub use credentials::Credentials;
 pub use ids::{IdError, JobId, TaskId, TaskKey};
 pub use node::NodeFacts;
 pub use task::{
-    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, TaskConstraints, TaskInfo, TaskResult, TaskSpec,
-    TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
+    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo, TaskResult,
+    TaskSpec, TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
 };

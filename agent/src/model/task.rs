@@ -18,11 +18,29 @@ pub enum WorkingDirMode {
     ImageDefault,
 }
 
+/// When the image is pulled from its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Only when the node does not have it.
+    #[default]
+    Missing,
+    /// Every time (a tag may have moved).
+    Always,
+    /// Never: the image must be on the node.
+    Never,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSettings {
     pub image: String,
     pub run_options: String,
     pub working_directory: WorkingDirMode,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// The task's own registry credentials (they win over the node's for this
+    /// task). In memory only: never written to the state database.
+    #[serde(skip)]
+    pub credentials: Option<super::Credentials>,
 }
 
 /// The uid/gid a task runs as. Unset fields mean root.

@@ -31,6 +31,8 @@ fn task(command_line: &str, run_options: &str, wd: WorkingDirMode) -> TaskSpec {
             image: "busybox".into(),
             run_options: run_options.into(),
             working_directory: wd,
+            pull_policy: Default::default(),
+            credentials: None,
         }),
         environment: BTreeMap::from([("MY_VAR".to_string(), "mine".to_string())]),
         user: UserIdentity::default(),

@@ -37,6 +37,8 @@ pub enum Error {
     Store(StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Pull(#[from] crate::images::PullError),
 }
 
 impl From<StoreError> for Error {

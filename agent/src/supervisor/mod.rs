@@ -14,9 +14,9 @@ pub use outcome::StopReason;
 pub use recovery::Report as RecoveryReport;
 
 use crate::containerd::{ExitEvent, Runtime};
-use crate::images::{self, Platform};
+use crate::images::{self, Platform, Pull, PullReport};
 use crate::layout::{Layout, TaskFiles};
-use crate::model::{FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState};
+use crate::model::{Credentials, FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState};
 use crate::store::{Store, TaskEvent};
 use slots::Slots;
 use std::collections::HashMap;
@@ -71,6 +71,7 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        self.sup.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
         let mut sched = self.sup.sched();
         sched.slots.release(self.slots);
         sched.stops.remove(&self.key);
@@ -84,6 +85,9 @@ struct Shared {
     layout: Layout,
     store: Store,
     runtime: Arc<dyn Runtime>,
+    puller: Arc<dyn Pull>,
+    /// Tasks' own registry credentials, in memory only (never in the database).
+    credentials: Mutex<HashMap<TaskKey, Credentials>>,
     sched: Mutex<Sched>,
     /// containerd's `/tasks/exit` events, fanned out to the runners.
     exits: broadcast::Sender<ExitEvent>,
@@ -110,7 +114,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(settings: Settings, node: NodeFacts, layout: Layout, store: Store, runtime: Arc<dyn Runtime>) -> Self {
+    pub fn new(
+        settings: Settings,
+        node: NodeFacts,
+        layout: Layout,
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        puller: Arc<dyn Pull>,
+    ) -> Self {
         let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new(), recovered: false };
         let exits = broadcast::channel(1024).0;
         let containerd = tokio_watch::channel(None).0;
@@ -120,6 +131,8 @@ impl Supervisor {
             layout,
             store,
             runtime,
+            puller,
+            credentials: Mutex::default(),
             sched: Mutex::new(sched),
             exits,
             containerd,
@@ -154,7 +167,11 @@ impl Supervisor {
     /// Accepts a task: records it ACTIVE and queues it for a slot.
     pub async fn run_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
         self.check(&spec)?;
+        let creds = spec.container.as_ref().and_then(|c| c.credentials.clone());
         let info = self.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
+        if let Some(creds) = creds {
+            self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).insert(info.key().clone(), creds);
+        }
         tracing::info!(job_id = %info.key().job, task_id = %info.key().task, "task accepted");
         self.enqueue(info.key().clone(), info.spec.required_slots);
         Ok(info)
@@ -361,6 +378,20 @@ impl Supervisor {
     async fn complete(&self, mut info: TaskInfo, exit: Option<i32>, failure: Option<FailureInfo>) -> TaskInfo {
         info.complete(exit, failure, SystemTime::now());
         runner::save_durably(self, info).await
+    }
+
+    /// The credentials for a task's image: its own, else the node's for that registry.
+    fn credentials_for(&self, key: &TaskKey, image: &str) -> Option<Credentials> {
+        let own = self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        own.or_else(|| self.shared.puller.configured_credentials(image))
+    }
+
+    /// Pulls an image (the `PullImage` call).
+    pub async fn pull_image(&self, reference: &str, creds: Option<Credentials>) -> Result<(String, PullReport), Error> {
+        let name = images::normalize(reference)?;
+        let creds = creds.or_else(|| self.shared.puller.configured_credentials(&name));
+        let report = self.shared.puller.pull(&name, creds.as_ref()).await?;
+        Ok((name, report))
     }
 
     /// Lets queued tasks run: called when recovery is done.

@@ -48,6 +48,8 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
             image: c.image.clone(),
             run_options: String::new(),
             working_directory: Default::default(),
+            pull_policy: Default::default(),
+            credentials: None,
         }),
         environment: Default::default(),
         user: UserIdentity { uid: Some(c.uid), gid: Some(c.gid) },

@@ -5,11 +5,13 @@
 
 use super::outcome::{completion, StopReason};
 use super::{Stop, Supervisor};
+use crate::containerd::ResolvedImage;
 use crate::containerd::{
     CreateRequest, ExitStatus, RuntimeError, TaskStatus, LABEL_JOB, LABEL_KEY, LABEL_NODE, LABEL_TASK,
 };
-use crate::images;
+use crate::images::{self, PullError};
 use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskState};
+use crate::model::{Credentials, PullPolicy};
 use crate::spec::{self, SpecInputs};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -167,16 +169,10 @@ async fn prepare(
         Err(e) => return Err(fail(sup, info, FailureInfo::user("ImageReferenceInvalid", e.to_string())).await),
     };
     tracing::info!(job_id = %key.job, task_id = %key.task, image = %image_name, "preparing task");
-    let image = match sh.runtime.resolve_image(&image_name, &sh.settings.platform).await {
+    let creds = sup.credentials_for(&key, &image_name);
+    let image = match image_for(sup, &image_name, container.pull_policy, creds.as_ref()).await {
         Ok(i) => i,
-        Err(RuntimeError::NotFound { .. }) => {
-            let msg = format!("image {image_name} is not on this node");
-            return Err(fail(sup, info, FailureInfo::user("ImageNotFound", msg)).await);
-        }
-        Err(e @ RuntimeError::BadImage { .. }) => {
-            return Err(fail(sup, info, FailureInfo::user("ImageInvalid", e.to_string())).await)
-        }
-        Err(e) => return Err(fail(sup, info, FailureInfo::server("ContainerdUnavailable", e.to_string())).await),
+        Err(failure) => return Err(fail(sup, info, failure).await),
     };
 
     let run_options = match spec::check_task(&info.spec) {
@@ -356,6 +352,48 @@ async fn finish(
                 .await
         }
     }
+}
+
+/// The image of a task, pulled first as its policy says.
+async fn image_for(
+    sup: &Supervisor,
+    name: &str,
+    policy: PullPolicy,
+    creds: Option<&Credentials>,
+) -> Result<ResolvedImage, FailureInfo> {
+    let sh = &sup.shared;
+    let resolve = || sh.runtime.resolve_image(name, &sh.settings.platform);
+    let pull = || async {
+        sh.puller.pull(name, creds).await.map_err(|e| match e {
+            PullError::PlatformMismatch { .. } => FailureInfo::user("ImagePlatformMismatch", e.to_string()),
+            PullError::Store(_) => FailureInfo::server("ImagePullFailed", e.to_string()),
+            _ => FailureInfo::user("ImagePullFailed", e.to_string()),
+        })
+    };
+    let first = match policy {
+        PullPolicy::Always => {
+            pull().await?;
+            resolve().await
+        }
+        PullPolicy::Missing | PullPolicy::Never => resolve().await,
+    };
+    let resolved = match (first, policy) {
+        (Err(RuntimeError::NotFound { .. }), PullPolicy::Missing) => {
+            pull().await?;
+            resolve().await
+        }
+        (other, _) => other,
+    };
+    resolved.map_err(|e| match e {
+        RuntimeError::NotFound { .. } => {
+            FailureInfo::user("ImageNotFound", format!("image {name} is not on this node and the pull policy is NEVER"))
+        }
+        e @ RuntimeError::BadImage { .. } => {
+            let code = if e.to_string().contains("no entry for") { "ImagePlatformMismatch" } else { "ImageInvalid" };
+            FailureInfo::user(code, e.to_string())
+        }
+        e => FailureInfo::server("ContainerdUnavailable", e.to_string()),
+    })
 }
 
 /// Free bytes for unprivileged users on the file system holding `path`.

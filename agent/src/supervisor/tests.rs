@@ -7,7 +7,7 @@ use crate::containerd::{
     CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, RuntimeError, TaskStatus,
 };
 use crate::images::ImageConfig;
-use crate::model::{ContainerSettings, TaskConstraints, UserIdentity, WorkingDirMode};
+use crate::model::{ContainerSettings, Credentials, PullPolicy, TaskConstraints, UserIdentity, WorkingDirMode};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use tokio::sync::Notify;
@@ -127,8 +127,30 @@ impl Runtime for Fake {
     }
 }
 
+/// A puller that "pulls" the images it lists and fails the others.
+struct FakePuller {
+    pulled: Mutex<Vec<String>>,
+    available: Vec<String>,
+}
+
+#[async_trait]
+impl Pull for FakePuller {
+    async fn pull(&self, name: &str, _creds: Option<&Credentials>) -> Result<PullReport, crate::images::PullError> {
+        self.pulled.lock().unwrap().push(name.into());
+        if self.available.iter().any(|a| a == name) {
+            Ok(PullReport::default())
+        } else {
+            Err(crate::images::PullError::NotFound(format!("manifest {name} not found in registry")))
+        }
+    }
+    fn configured_credentials(&self, _name: &str) -> Option<Credentials> {
+        None
+    }
+}
+
 struct Env {
     _tmp: tempfile::TempDir,
+    puller: Arc<FakePuller>,
     sup: Supervisor,
     fake: Arc<Fake>,
     store: Store,
@@ -178,12 +200,14 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
     };
     let mut settings = settings;
     adjust(&mut settings);
-    let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone());
+    let puller =
+        Arc::new(FakePuller { pulled: Mutex::default(), available: vec!["docker.io/library/busybox:latest".into()] });
+    let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone(), puller.clone());
     tokio::spawn({
         let sup = sup.clone();
         async move { sup.follow_exits().await }
     });
-    Env { _tmp: tmp, sup, fake, store }
+    Env { _tmp: tmp, sup, fake, store, puller }
 }
 
 async fn env(slots: u32) -> Env {
@@ -198,6 +222,8 @@ fn spec(task: &str) -> TaskSpec {
             image: "busybox".into(),
             run_options: String::new(),
             working_directory: WorkingDirMode::TaskWorkingDir,
+            pull_policy: PullPolicy::Missing,
+            credentials: None,
         }),
         environment: BTreeMap::new(),
         user: UserIdentity::default(),
@@ -262,13 +288,40 @@ async fn exit_codes_and_signals() {
 #[tokio::test]
 async fn missing_image_completes_with_image_not_found() {
     let e = env(1).await;
-    let mut s = spec("t");
+    // Pull policy NEVER: not on the node → ImageNotFound, no pull.
+    let mut s = spec("never");
     s.container.as_mut().unwrap().image = "nothere:1".into();
+    s.container.as_mut().unwrap().pull_policy = PullPolicy::Never;
     let key = e.sup.run_task(s).await.unwrap().key().clone();
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     assert_eq!(done.failure.unwrap().code, "ImageNotFound");
     assert_eq!(done.exit_code, None);
+    assert!(e.puller.pulled.lock().unwrap().is_empty());
+    // MISSING (default): pulled, and the registry's answer becomes ImagePullFailed.
+    let mut s = spec("missing");
+    s.container.as_mut().unwrap().image = "nothere:1".into();
+    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let done = until_state(&e.sup, &key, TaskState::Completed).await;
+    let failure = done.failure.unwrap();
+    assert_eq!(failure.code, "ImagePullFailed");
+    assert!(failure.message.contains("not found"), "{}", failure.message);
+    assert_eq!(*e.puller.pulled.lock().unwrap(), ["docker.io/library/nothere:1"]);
     assert!(e.fake.st().created.is_empty());
+}
+
+#[tokio::test]
+async fn pull_policy_always_pulls_an_image_the_node_has() {
+    let e = env(1).await;
+    let mut s = spec("always");
+    s.container.as_mut().unwrap().pull_policy = PullPolicy::Always;
+    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    assert_eq!(*e.puller.pulled.lock().unwrap(), ["docker.io/library/busybox:latest"]);
+    // MISSING with the image present: no pull.
+    let key2 = e.sup.run_task(spec("present")).await.unwrap().key().clone();
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key2, TaskState::Running).await;
+    assert_eq!(e.puller.pulled.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

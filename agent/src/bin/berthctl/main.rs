@@ -48,6 +48,13 @@ enum Workdir {
     Image,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Pull {
+    Missing,
+    Always,
+    Never,
+}
+
 #[derive(clap::Args)]
 struct TaskRef {
     #[arg(long)]
@@ -86,6 +93,15 @@ enum Cmd {
         retention: Option<Duration>,
         #[arg(long, default_value_t = 1)]
         slots: u32,
+        /// When to pull the image.
+        #[arg(long, value_enum, default_value_t = Pull::Missing)]
+        pull: Pull,
+        /// Registry user for this task's image (the password is read from stdin).
+        #[arg(long, requires = "registry_password_stdin")]
+        registry_username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long, requires = "registry_username")]
+        registry_password_stdin: bool,
         /// Wait for the task to complete and exit with its exit code.
         #[arg(long)]
         wait: bool,
@@ -130,6 +146,29 @@ enum Cmd {
     },
     /// Show the node.
     Node,
+    /// Pull an image onto the node.
+    Pull {
+        image: String,
+        /// Registry user (the password is read from stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
+}
+
+/// Credentials with the password read from stdin (never from the command line).
+fn stdin_credentials(username: Option<String>) -> Result<Option<pb::RegistryCredentials>, String> {
+    let Some(username) = username else { return Ok(None) };
+    let mut password = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+        .map_err(|e| format!("reading the password: {e}"))?;
+    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err("no password on standard input".into());
+    }
+    Ok(Some(pb::RegistryCredentials { username, password, identity_token: String::new() }))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -198,6 +237,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             retention,
             slots,
             wait,
+            pull,
+            registry_username,
+            registry_password_stdin: _,
         } => {
             let spec = pb::TaskSpec {
                 job_id: id.job.clone(),
@@ -209,6 +251,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     working_directory: match workdir {
                         Workdir::Task => pb::WorkingDirectory::TaskWorkingDir,
                         Workdir::Image => pb::WorkingDirectory::ImageDefault,
+                    } as i32,
+                    registry: stdin_credentials(registry_username)?,
+                    pull_policy: match pull {
+                        Pull::Missing => pb::PullPolicy::Missing,
+                        Pull::Always => pb::PullPolicy::Always,
+                        Pull::Never => pb::PullPolicy::Never,
                     } as i32,
                 }),
                 environment: parse_env(&env)?,
@@ -299,6 +347,27 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Rm { id } => {
             client.delete_task(pb::DeleteTaskRequest { job_id: id.job, task_id: id.task }).await.map_err(st)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pull { image, username, password_stdin: _ } => {
+            let req = pb::PullImageRequest { reference: image, credentials: stdin_credentials(username)? };
+            let mut stream = client.pull_image(req).await.map_err(st)?.into_inner();
+            while let Some(p) = stream.message().await.map_err(st)? {
+                match out {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"reference": p.reference, "bytes_fetched": p.bytes_fetched,
+                            "blobs_fetched": p.blobs_fetched, "done": p.done})
+                    ),
+                    Output::Text if p.done => {
+                        println!(
+                            "{}: pulled ({} bytes in {} blobs fetched)",
+                            p.reference, p.bytes_fetched, p.blobs_fetched
+                        )
+                    }
+                    Output::Text => {}
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node => {

@@ -1,0 +1,460 @@
+//! Pulling an image from a registry into containerd, client-side (containerd
+//! 1.6 has no Transfer service): resolve the reference, pick the node's platform
+//! from an index, stream every blob the content store lacks into it (layers in
+//! parallel under a node-wide cap), label them for containerd's GC, unpack the
+//! layers into snapshots, then write the image record.
+//!
+//! Concurrent pulls share work: the same image pulled by ten tasks at once is
+//! pulled once, and a blob wanted by two pulls at once is downloaded once.
+
+use super::{chain_id, Platform};
+use crate::containerd::{BlobRef, ImageStore, RuntimeError};
+use crate::registry::{Credentials, Registry, RegistryError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use oci_client::Reference;
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OnceCell, Semaphore};
+
+const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
+const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+/// Configs are small; anything larger is refused before it is read into memory.
+const MAX_CONFIG_BYTES: i64 = 8 << 20;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PullError {
+    #[error("{0}")]
+    Registry(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("image {image} has no entry for this node's platform {platform}; it has {available}")]
+    PlatformMismatch { image: String, platform: String, available: String },
+    #[error("image {image} is a Docker schema 1 image, which is not supported: push it again with a current docker or skopeo")]
+    Schema1 { image: String },
+    #[error("image {image}: {reason}")]
+    Invalid { image: String, reason: String },
+    #[error("blob {digest}: {reason}")]
+    Blob { digest: String, reason: String },
+    #[error("containerd: {0}")]
+    Store(String),
+    #[error("pull of {image} did not finish within {secs} s")]
+    Timeout { image: String, secs: u64 },
+}
+
+impl From<RegistryError> for PullError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unauthorized { .. } => PullError::Unauthorized(e.to_string()),
+            RegistryError::NotFound { .. } => PullError::NotFound(e.to_string()),
+            other => PullError::Registry(other.to_string()),
+        }
+    }
+}
+
+impl From<RuntimeError> for PullError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Source { message } => PullError::Registry(message),
+            other => PullError::Store(other.to_string()),
+        }
+    }
+}
+
+/// What pulls an image into the runtime (the supervisor is tested with a fake).
+#[async_trait]
+pub trait Pull: Send + Sync + 'static {
+    async fn pull(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError>;
+    /// Credentials configured for the registry of `name`, if any.
+    fn configured_credentials(&self, name: &str) -> Option<Credentials>;
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Bytes downloaded by this pull (0 when everything was already there).
+    pub bytes_fetched: u64,
+    pub blobs_fetched: usize,
+}
+
+/// Limits of pulls.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// Layers downloading at once, node-wide.
+    pub max_concurrent_downloads: usize,
+    /// A pull is abandoned after this long.
+    pub timeout: Duration,
+    /// A download that sends nothing for this long is abandoned (and retried).
+    pub no_progress_timeout: Duration,
+    /// Attempts for a transient registry error (connection reset, 5xx, 429).
+    pub attempts: u32,
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 3,
+            timeout: Duration::from_secs(3600),
+            no_progress_timeout: Duration::from_secs(60),
+            attempts: 4,
+        }
+    }
+}
+
+type Shared<T> = Arc<OnceCell<Result<T, PullError>>>;
+
+pub struct Puller {
+    registry: Registry,
+    store: Arc<dyn ImageStore>,
+    node_id: String,
+    snapshotter: String,
+    platform: Platform,
+    settings: PullSettings,
+    downloads: Semaphore,
+    blobs: Mutex<HashMap<String, Shared<u64>>>,
+    images: Mutex<HashMap<String, Shared<PullReport>>>,
+}
+
+/// Runs `f` once for `key` among concurrent callers; the entry is dropped when
+/// done, so a later call (after a failure, or for a new tag) runs again.
+async fn once<T: Clone, F>(map: &Mutex<HashMap<String, Shared<T>>>, key: &str, f: F) -> Result<T, PullError>
+where
+    F: std::future::Future<Output = Result<T, PullError>>,
+{
+    let cell = map.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+    let result = cell.get_or_init(|| f).await.clone();
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        map.remove(key);
+    }
+    result
+}
+
+fn bytes_stream(b: Bytes) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    stream::once(async move { Ok(b) }).boxed()
+}
+
+impl Puller {
+    pub fn new(
+        registry: Registry,
+        store: Arc<dyn ImageStore>,
+        node_id: String,
+        snapshotter: String,
+        platform: Platform,
+        settings: PullSettings,
+    ) -> Self {
+        let downloads = Semaphore::new(settings.max_concurrent_downloads.max(1));
+        Self {
+            registry,
+            store,
+            node_id,
+            snapshotter,
+            platform,
+            settings,
+            downloads,
+            blobs: Mutex::default(),
+            images: Mutex::default(),
+        }
+    }
+
+    /// Retries transient registry failures with backoff.
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, PullError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RetryableError>>,
+    {
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(RetryableError { error, transient: true }) if attempt < self.settings.attempts => {
+                    tracing::warn!(what, attempt, error = %error, "transient pull error; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    async fn manifest(&self, r: &Reference, creds: Option<&Credentials>) -> Result<(Bytes, String, String), PullError> {
+        self.retry("manifest", || async {
+            self.registry.manifest(r, creds).await.map_err(|e| {
+                let transient = e.is_transient();
+                RetryableError { error: e.into(), transient }
+            })
+        })
+        .await
+    }
+
+    /// Downloads a blob into the content store unless it is there already;
+    /// concurrent requests for the same blob share one download.
+    async fn blob(
+        &self,
+        lease: &str,
+        r: &Reference,
+        blob: &BlobRef,
+        labels: HashMap<String, String>,
+        creds: Option<&Credentials>,
+    ) -> Result<u64, PullError> {
+        if self.store.has_blob(&blob.digest).await? {
+            return Ok(0);
+        }
+        once(&self.blobs, &blob.digest, async {
+            let _permit = self.downloads.acquire().await.map_err(|e| PullError::Store(e.to_string()))?;
+            self.retry(&blob.digest, || async {
+                let data = self.registry.blob(r, &blob.digest, creds).await.map_err(|e| {
+                    let transient = e.is_transient();
+                    RetryableError { error: e.into(), transient }
+                })?;
+                let no_progress = self.settings.no_progress_timeout;
+                let data = tokio_stream::StreamExt::timeout(data, no_progress)
+                    .map(move |item| match item {
+                        Ok(chunk) => chunk,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no data for {} s", no_progress.as_secs()),
+                        )),
+                    })
+                    .boxed();
+                self.store.write_blob(lease, blob, labels.clone(), data).await.map_err(|e| {
+                    // A broken download is worth another try; a digest mismatch is not.
+                    let transient = matches!(&e, RuntimeError::Source { message } if !message.contains("digest"));
+                    let error = match e {
+                        RuntimeError::Source { message } => {
+                            PullError::Blob { digest: blob.digest.clone(), reason: message }
+                        }
+                        RuntimeError::Failed { message, .. } => {
+                            PullError::Blob { digest: blob.digest.clone(), reason: message }
+                        }
+                        other => PullError::from(other),
+                    };
+                    RetryableError { error, transient }
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn pull_inner(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError> {
+        let r: Reference =
+            name.parse().map_err(|e| PullError::Invalid { image: name.into(), reason: format!("{e}") })?;
+        let (top_bytes, top_type, top_digest) = self.manifest(&r, creds).await?;
+        if top_type == SCHEMA1 {
+            return Err(PullError::Schema1 { image: name.into() });
+        }
+        let top = BlobRef { media_type: top_type.clone(), digest: top_digest.clone(), size: top_bytes.len() as i64 };
+        let lease = self.store.create_lease(&self.node_id).await?;
+        let result = self.fetch_and_unpack(name, &r, &lease, top, top_bytes, creds).await;
+        self.store.delete_lease(&lease).await;
+        result
+    }
+
+    async fn fetch_and_unpack(
+        &self,
+        name: &str,
+        r: &Reference,
+        lease: &str,
+        top: BlobRef,
+        top_bytes: Bytes,
+        creds: Option<&Credentials>,
+    ) -> Result<PullReport, PullError> {
+        let invalid = |reason: String| PullError::Invalid { image: name.into(), reason };
+        let mut report = PullReport::default();
+        // An index: the node's entry, by digest.
+        let (manifest_ref, manifest_bytes, index) = if INDEX_TYPES.contains(&top.media_type.as_str()) {
+            let index = ImageIndex::from_reader(top_bytes.as_ref()).map_err(|e| invalid(format!("bad index: {e}")))?;
+            let entry = index.manifests().iter().find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    self.platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
+                })
+            });
+            let Some(entry) = entry else {
+                let available: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(|m| m.platform().as_ref())
+                    .map(|p| match p.variant() {
+                        Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+                        None => format!("{}/{}", p.os(), p.architecture()),
+                    })
+                    .collect();
+                return Err(PullError::PlatformMismatch {
+                    image: name.into(),
+                    platform: self.platform.describe(),
+                    available: if available.is_empty() { "no platforms".into() } else { available.join(", ") },
+                });
+            };
+            let digest = entry.digest().to_string();
+            let mr = r.clone_with_digest(digest.clone());
+            let (bytes, media_type, got) = self.manifest(&mr, creds).await?;
+            if got != digest {
+                return Err(PullError::Blob { digest, reason: format!("registry served {got}") });
+            }
+            let m = BlobRef { media_type, digest, size: bytes.len() as i64 };
+            (m, bytes, Some((top.clone(), top_bytes)))
+        } else {
+            (top.clone(), top_bytes, None)
+        };
+        if manifest_ref.media_type == SCHEMA1 {
+            return Err(PullError::Schema1 { image: name.into() });
+        }
+        if !MANIFEST_TYPES.contains(&manifest_ref.media_type.as_str()) {
+            return Err(invalid(format!("unsupported manifest media type {:?}", manifest_ref.media_type)));
+        }
+        let manifest =
+            ImageManifest::from_reader(manifest_bytes.as_ref()).map_err(|e| invalid(format!("bad manifest: {e}")))?;
+
+        // The config: small, read whole, written with the snapshot gc label.
+        let cfg = manifest.config();
+        let cfg_ref = BlobRef {
+            media_type: cfg.media_type().to_string(),
+            digest: cfg.digest().to_string(),
+            size: cfg.size() as i64,
+        };
+        if cfg_ref.size > MAX_CONFIG_BYTES {
+            return Err(invalid(format!("config of {} bytes", cfg_ref.size)));
+        }
+        let cfg_bytes = self.small_blob(r, &cfg_ref, creds).await?;
+        let config =
+            ImageConfiguration::from_reader(cfg_bytes.as_ref()).map_err(|e| invalid(format!("bad config: {e}")))?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        let layers: Vec<BlobRef> = manifest
+            .layers()
+            .iter()
+            .map(|l| BlobRef {
+                media_type: l.media_type().to_string(),
+                digest: l.digest().to_string(),
+                size: l.size() as i64,
+            })
+            .collect();
+        if layers.is_empty() || layers.len() != diff_ids.len() {
+            return Err(invalid(format!("{} layers but {} diff ids in the config", layers.len(), diff_ids.len())));
+        }
+        let chains: Vec<String> = (1..=diff_ids.len()).filter_map(|n| chain_id(&diff_ids[..n])).collect();
+
+        // Layers, in parallel (bounded by the node-wide download cap).
+        let fetched = futures_util::future::join_all(layers.iter().zip(&diff_ids).map(|(layer, diff)| {
+            let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff.clone())]);
+            self.blob(lease, r, layer, labels, creds)
+        }))
+        .await;
+        for f in fetched {
+            let n = f?;
+            report.bytes_fetched += n;
+            report.blobs_fetched += usize::from(n > 0);
+        }
+
+        // Children before parents, so every gc reference points at stored content.
+        let snapshot_label = format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter);
+        let Some(top_chain) = chains.last().cloned() else { return Err(invalid("no layers".into())) };
+        let cfg_labels = HashMap::from([(snapshot_label, top_chain)]);
+        report.bytes_fetched += self.store.write_blob(lease, &cfg_ref, cfg_labels, bytes_stream(cfg_bytes)).await?;
+        let mut m_labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), cfg_ref.digest.clone())]);
+        for (i, l) in layers.iter().enumerate() {
+            m_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+        }
+        self.store.write_blob(lease, &manifest_ref, m_labels, bytes_stream(manifest_bytes)).await?;
+        if let Some((index_ref, index_bytes)) = index {
+            let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), manifest_ref.digest.clone())]);
+            self.store.write_blob(lease, &index_ref, labels, bytes_stream(index_bytes)).await?;
+        }
+
+        // Unpack, bottom layer first; what is already unpacked is skipped.
+        let mut parent: Option<&str> = None;
+        for ((layer, diff), chain) in layers.iter().zip(&diff_ids).zip(&chains) {
+            if !self.store.has_snapshot(chain).await? {
+                self.store.unpack_layer(lease, layer, parent, chain, diff).await?;
+            }
+            parent = Some(chain);
+        }
+        self.store.put_image(name, &top).await?;
+        tracing::info!(image = %name, bytes = report.bytes_fetched, blobs = report.blobs_fetched, "image pulled");
+        Ok(report)
+    }
+
+    async fn small_blob(&self, r: &Reference, blob: &BlobRef, creds: Option<&Credentials>) -> Result<Bytes, PullError> {
+        self.retry(&blob.digest, || async {
+            let map = |e: RegistryError| {
+                let transient = e.is_transient();
+                RetryableError { error: e.into(), transient }
+            };
+            let mut data = self.registry.blob(r, &blob.digest, creds).await.map_err(map)?;
+            let mut out = Vec::with_capacity(blob.size.max(0) as usize);
+            while let Some(chunk) = data.next().await {
+                let chunk = chunk.map_err(|e| RetryableError {
+                    error: PullError::Blob { digest: blob.digest.clone(), reason: e.to_string() },
+                    transient: false,
+                })?;
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Bytes::from(out))
+        })
+        .await
+    }
+}
+
+/// An error with whether trying again may help.
+struct RetryableError {
+    error: PullError,
+    transient: bool,
+}
+
+#[async_trait]
+impl Pull for Puller {
+    async fn pull(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError> {
+        // Concurrent pulls of one image (with the same user) share one pull.
+        let key = match creds {
+            Some(Credentials::Basic { username, .. }) => format!("{name}\u{0}{username}"),
+            Some(Credentials::Token(_)) => format!("{name}\u{0}<token>"),
+            None => name.to_owned(),
+        };
+        let secs = self.settings.timeout.as_secs();
+        once(&self.images, &key, async {
+            match tokio::time::timeout(self.settings.timeout, self.pull_inner(name, creds)).await {
+                Ok(r) => r,
+                Err(_) => Err(PullError::Timeout { image: name.into(), secs }),
+            }
+        })
+        .await
+    }
+
+    fn configured_credentials(&self, name: &str) -> Option<Credentials> {
+        let r: Reference = name.parse().ok()?;
+        self.registry.configured(r.registry()).or_else(|| self.registry.configured(r.resolve_registry())).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_shares_a_result_among_concurrent_callers() {
+        let map: Mutex<HashMap<String, Shared<u32>>> = Mutex::default();
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        let work = || async {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(7)
+        };
+        let (a, b, c) = tokio::join!(once(&map, "k", work()), once(&map, "k", work()), once(&map, "k", work()));
+        assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (7, 7, 7));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(map.lock().unwrap().is_empty(), "done entries are dropped");
+        // A later call runs again.
+        once(&map, "k", work()).await.unwrap();
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
