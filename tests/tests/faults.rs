@@ -252,3 +252,92 @@ async fn full_disk_fails_new_tasks_clearly_and_disturbs_nothing_else() {
     drop(agent);
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// Stops (`stop`) or starts (`start`) the plain registry.
+fn registry(action: &str) {
+    let script = format!(
+        ". {}; berth_registry_{action} {}",
+        berth_tests::env("BERTH_TEST_LIB"),
+        berth_tests::env("BERTH_TEST_DIR")
+    );
+    let out = std::process::Command::new("bash").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "registry {action}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts the plain registry again if a test stopped it and then failed.
+struct RestartRegistry;
+
+impl Drop for RestartRegistry {
+    fn drop(&mut self) {
+        registry("start");
+    }
+}
+
+#[tokio::test]
+#[ignore = "fault test: run by scripts/test with --ignored --test-threads=1"]
+async fn registry_outage_is_retried_then_reported_and_recovered_from() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let _guard = RestartRegistry;
+    registry("stop");
+    // Down for good: retried, then a clear failure.
+    let mut spec = task("regjob", "down", "/bin/true");
+    spec.container.as_mut().unwrap().image = berth_tests::image("layers_b");
+    let done = c.run_done(spec).await;
+    let f = done.failure_info.clone().unwrap();
+    assert_eq!(f.code, "ImagePullFailed", "{done:?}");
+    assert!(f.message.contains("cannot reach registry"), "{f:?}");
+    assert!(agent.log().contains("transient pull error; retrying"));
+    // Back within the retries: the pull goes through.
+    let mut spec = task("regjob", "back", "/bin/true");
+    spec.container.as_mut().unwrap().image = berth_tests::image("layers_b");
+    c.run(spec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    registry("start");
+    let done = c.wait_done("regjob", "back").await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+}
+
+#[tokio::test]
+#[ignore = "fault test: run by scripts/test with --ignored --test-threads=1"]
+async fn corrupted_blob_fails_on_its_digest_and_leaves_no_image() {
+    let img = berth_tests::image("user");
+    // The config blob of the `user` image: pulled by no other test, so neither
+    // the agent nor containerd has it yet.
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{img}")])
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest JSON");
+    let digest = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let hex = digest.trim_start_matches("sha256:");
+    let blob = std::path::PathBuf::from(berth_tests::env("BERTH_TEST_REGISTRY_STORAGE"))
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let original = std::fs::read(&blob).unwrap();
+    let mut tampered = original.clone();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 0x20;
+    std::fs::write(&blob, &tampered).unwrap();
+
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("corruptjob", "bad", "/bin/true");
+    spec.container.as_mut().unwrap().image = img.clone();
+    let done = c.run_done(spec).await;
+    std::fs::write(&blob, &original).unwrap();
+    let f = done.failure_info.clone().unwrap();
+    assert_eq!(f.code, "ImagePullFailed", "{done:?}");
+    assert!(f.message.to_lowercase().contains("digest"), "{f:?}");
+    let images = std::process::Command::new("ctr")
+        .args(["--address", &berth_tests::env("BERTH_TEST_CONTAINERD_SOCKET"), "--namespace", &agent.namespace()])
+        .args(["images", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&images.stdout).contains("berth-test/user"), "an image record was left");
+
+    // Restored: the same image pulls and runs.
+    let mut spec = task("corruptjob", "good", "");
+    spec.container.as_mut().unwrap().image = img;
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+}

@@ -67,10 +67,51 @@ impl RegistryError {
     }
 }
 
-/// A client for every registry, with the node's settings.
+/// Clients for every registry, with the node's settings. `oci-client` keeps the
+/// first credentials (and tokens) it sees per registry, so each set of
+/// credentials gets a client of its own: a task's wrong password cannot stick
+/// to the registry for the next task.
 pub struct Registry {
-    client: Client,
+    config: ClientConfigParts,
+    clients: std::sync::Mutex<std::collections::HashMap<String, Client>>,
     settings: RegistrySettings,
+}
+
+#[derive(Clone)]
+struct ClientConfigParts {
+    insecure: Vec<String>,
+    ca_pems: Vec<Vec<u8>>,
+}
+
+impl ClientConfigParts {
+    fn build(&self) -> Client {
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+            extra_root_certificates: self
+                .ca_pems
+                .iter()
+                .map(|pem| Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() })
+                .collect(),
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+    }
+}
+
+/// Which client serves `creds` (the secret enters only as a hash).
+fn client_key(creds: Option<&Credentials>) -> String {
+    use sha2::{Digest, Sha256};
+    match creds {
+        None => String::new(),
+        Some(c) => {
+            let user = match c {
+                Credentials::Basic { username, .. } => username.as_str(),
+                Credentials::Token(_) => "<token>",
+            };
+            format!("{user}\u{0}{}", hex::encode(Sha256::digest(c.secret().as_bytes())))
+        }
+    }
 }
 
 /// Renders an error and its sources on one line, with `secret` (if any) removed.
@@ -93,18 +134,14 @@ fn describe(e: &(dyn std::error::Error + 'static), secret: Option<&str>) -> Stri
 
 impl Registry {
     pub fn new(settings: RegistrySettings) -> Self {
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(settings.insecure.clone()),
-            extra_root_certificates: settings
-                .ca_pems
-                .iter()
-                .map(|pem| Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() })
-                .collect(),
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        Self { client: Client::new(config), settings }
+        let config = ClientConfigParts { insecure: settings.insecure.clone(), ca_pems: settings.ca_pems.clone() };
+        Self { config, clients: Default::default(), settings }
+    }
+
+    /// The client for a set of credentials (clients are cheap to clone).
+    fn client(&self, creds: Option<&Credentials>) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.entry(client_key(creds)).or_insert_with(|| self.config.build()).clone()
     }
 
     /// Configured credentials for a registry host, if any.
@@ -182,7 +219,7 @@ impl Registry {
         let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
         let what = format!("manifest {reference}");
         let (bytes, digest) = self
-            .client
+            .client(creds)
             .pull_manifest_raw(reference, &auth, &ACCEPTED_MANIFESTS)
             .await
             .map_err(|e| self.map_err(reference, &what, e, creds))?;
@@ -199,13 +236,11 @@ impl Registry {
     ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, RegistryError> {
         // Blob pulls reuse the token the manifest pull obtained for this repository.
         let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
-        self.client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
+        let client = self.client(creds);
+        client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
         let what = format!("blob {digest}");
-        let sized = self
-            .client
-            .pull_blob_stream(reference, digest)
-            .await
-            .map_err(|e| self.map_err(reference, &what, e, creds))?;
+        let sized =
+            client.pull_blob_stream(reference, digest).await.map_err(|e| self.map_err(reference, &what, e, creds))?;
         Ok(sized.stream)
     }
 }
