@@ -101,8 +101,7 @@ berth_containerd_stop() {
     local dir=${1:?usage: berth_containerd_stop DIR} pid
     pid=$(<"$dir/containerd.pid") || return 1
     kill -TERM "$pid" 2>/dev/null || true
-    # shellcheck disable=SC2016 # expanded by the inner shell.
-    _berth_wait 20 "containerd to stop" sh -c '! test -d /proc/$0 || grep -q "^[^)]*) Z" /proc/$0/stat' "$pid"
+    _berth_wait 20 "containerd to stop" _berth_gone "$pid"
 }
 
 # berth_containerd_start DIR: start it again with the same config and state.
@@ -120,9 +119,7 @@ berth_registry_stop() {
     pid=$(_berth_owned_pid "$dir/reg-plain.pid" "$dir/reg-plain.yml")
     [[ -n $pid ]] || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    # shellcheck disable=SC2016 # expanded by the inner shell.
-    _berth_wait 20 "the plain registry to stop" \
-        sh -c '! test -d /proc/$0 || grep -q "^[^)]*) Z" /proc/$0/stat' "$pid"
+    _berth_wait 20 "the plain registry to stop" _berth_gone "$pid"
 }
 
 # berth_registry_start DIR: start it again with the same config, port and
@@ -189,6 +186,15 @@ _berth_proc_state() {
 }
 
 # _berth_pid_alive PIDFILE: the process in PIDFILE is alive (not a zombie).
+# _berth_gone PID: succeeds once PID has exited (or is a zombie). Never returns
+# 2, which _berth_wait reads as "the watched process died".
+_berth_gone() {
+    local state
+    state=$(_berth_proc_state "$1") || return 0
+    [[ $state == Z ]] && return 0
+    return 1
+}
+
 _berth_pid_alive() {
     local pid state
     [[ -s $1 ]] || return 1
