@@ -35,6 +35,19 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     registries: RawRegistries,
+    #[serde(default)]
+    images: RawImages,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    #[serde(default)]
+    prefetch: Vec<String>,
+    gc_high_percent: Option<u8>,
+    gc_low_percent: Option<u8>,
+    gc_interval_seconds: Option<u64>,
+    filesystem: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -147,6 +160,9 @@ pub struct Config {
     pub event_log_keep: u64,
     pub log_format: LogFormat,
     pub registries: RegistryConfig,
+    /// `[images] prefetch`: pulled at start-up, never garbage-collected.
+    pub prefetch: Vec<String>,
+    pub image_gc: crate::supervisor::ImageGc,
 }
 
 /// `[registries]`: how the agent reaches image registries.
@@ -250,8 +266,24 @@ impl Config {
             pull_timeout: Duration::from_secs(raw.registries.pull_timeout_seconds.unwrap_or(3600).max(1)),
             no_progress_timeout: Duration::from_secs(raw.registries.no_progress_timeout_seconds.unwrap_or(60).max(1)),
         };
+        let high = raw.images.gc_high_percent.unwrap_or(85);
+        let low = raw.images.gc_low_percent.unwrap_or(75);
+        if high > 100 || low > high {
+            return Err(invalid("images.gc_high_percent", "need 0 <= gc_low_percent <= gc_high_percent <= 100"));
+        }
+        let image_gc = crate::supervisor::ImageGc {
+            high_percent: high,
+            low_percent: low,
+            interval: Duration::from_secs(raw.images.gc_interval_seconds.unwrap_or(300).max(1)),
+            filesystem: absolute("images.filesystem", raw.images.filesystem, "/var/lib/containerd")?,
+        };
+        for p in &raw.images.prefetch {
+            crate::images::normalize(p).map_err(|e| invalid("images.prefetch", &e.to_string()))?;
+        }
         Ok(Config {
             registries,
+            prefetch: raw.images.prefetch,
+            image_gc,
             root_dir,
             state_dir,
             node_id,

@@ -150,6 +150,14 @@ async fn run(cfg: Config) -> Result<(), String> {
     });
     tokio::spawn(recover(sup.clone(), opened.fresh));
     tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
+    tokio::spawn({
+        let (sup, gc) = (sup.clone(), cfg.image_gc.clone());
+        async move { sup.gc_images(gc).await }
+    });
+    if !cfg.prefetch.is_empty() {
+        let names = cfg.prefetch.iter().filter_map(|p| berth_agent::images::normalize(p).ok()).collect();
+        sup.set_prefetch(names);
+    }
     api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal()).await.map_err(|e| e.to_string())
 }
 

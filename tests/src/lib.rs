@@ -46,11 +46,13 @@ pub struct AgentOptions {
     /// Node root; default: `node/` in the agent's temp dir.
     pub root_dir: Option<PathBuf>,
     pub min_free_mb: u64,
+    /// `[images]` garbage collection: (high, low) percent, checked every second.
+    pub image_gc: Option<(u8, u8)>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { task_slots: 4, terminate_grace_seconds: 2, root_dir: None, min_free_mb: 0 }
+        Self { task_slots: 4, terminate_grace_seconds: 2, root_dir: None, min_free_mb: 0, image_gc: None }
     }
 }
 
@@ -139,6 +141,13 @@ terminate_grace_seconds = {grace}
             ca = env("BERTH_TEST_TLS_CA"),
             grace = self.opts.terminate_grace_seconds,
         );
+        let cfg = match self.opts.image_gc {
+            Some((high, low)) => format!(
+                "{cfg}\n[images]\ngc_high_percent = {high}\ngc_low_percent = {low}\ngc_interval_seconds = 1\nfilesystem = \"{}\"\n",
+                env("BERTH_TEST_DIR")
+            ),
+            None => cfg,
+        };
         std::fs::write(self.config_path(), cfg).expect("write config");
     }
 

@@ -203,3 +203,61 @@ async fn images_move_both_ways_between_berth_and_ctr() {
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(c.read("interop", "ctr-pulls", "stdout.txt").await.unwrap(), "/app\n");
 }
+
+#[tokio::test]
+async fn prefetch_remove_and_garbage_collection() {
+    use std::time::{Duration, Instant};
+    // Collection always wanted (1 % high-water mark), never satisfied (0 % low).
+    let agent = Agent::start(AgentOptions { image_gc: Some((1, 0)), ..Default::default() }).await;
+    let mut c = agent.client().await;
+    let prefetched = image("busybox");
+    let req = pb::ConfigureContainersRequest { prefetch_images: vec![prefetched.clone()], registries: vec![] };
+    c.inner.configure_containers(req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+        assert_eq!(n.prefetch.len(), 1);
+        if n.prefetch[0].state == "READY" {
+            assert_eq!(n.prefetch[0].image, prefetched);
+            break;
+        }
+        assert!(n.prefetch[0].state == "PENDING" && Instant::now() < deadline, "{:?}", n.prefetch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An image used once, and one in use by a running task.
+    let mut spec = task("gcjob", "once", "/bin/true");
+    spec.container.as_mut().unwrap().image = image("entrypoint");
+    assert_eq!(c.run_done(spec).await.exit_code, Some(0));
+    let mut spec = task("gcjob", "busy", "/bin/sleep 300");
+    spec.container.as_mut().unwrap().image = image("workdir");
+    c.run(spec).await.unwrap();
+    c.wait_state("gcjob", "busy", pb::TaskState::Running, Duration::from_secs(60)).await;
+
+    let err = c.inner.remove_image(pb::RemoveImageRequest { reference: image("workdir") }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let names = |c: &mut berth_tests::Client| {
+        let mut c = c.clone();
+        async move {
+            let l = c.inner.list_images(pb::ListImagesRequest {}).await.unwrap().into_inner().images;
+            l.into_iter().map(|i| i.name).collect::<Vec<_>>()
+        }
+    };
+    // The collector removes the unused image, keeps the prefetched and the used ones.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while names(&mut c).await.contains(&image("entrypoint")) {
+        assert!(Instant::now() < deadline, "the unused image was not collected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = names(&mut c).await;
+    assert!(left.contains(&prefetched) && left.contains(&image("workdir")), "{left:?}");
+    assert!(agent.log().contains("image garbage-collected"));
+
+    // Removing: unknown → NOT_FOUND; once the task is done, the image goes.
+    let err = c.inner.remove_image(pb::RemoveImageRequest { reference: image("entrypoint") }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let kill = pb::TerminateTaskRequest { job_id: "gcjob".into(), task_id: "busy".into(), grace_period: None };
+    c.inner.terminate_task(kill).await.unwrap();
+    c.wait_done("gcjob", "busy").await;
+    c.inner.remove_image(pb::RemoveImageRequest { reference: image("workdir") }).await.unwrap();
+    assert!(!names(&mut c).await.contains(&image("workdir")));
+}

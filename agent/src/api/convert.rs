@@ -206,6 +206,18 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
         containerd_reachable: s.containerd_version.is_some(),
         hostname: s.node.hostname.clone(),
         notes: s.notes.clone(),
+        prefetch: s
+            .prefetch
+            .iter()
+            .map(|(image, state)| pb::PrefetchStatus {
+                image: image.clone(),
+                state: state.name().into(),
+                error: match state {
+                    crate::supervisor::PrefetchState::Failed(e) => e.clone(),
+                    _ => String::new(),
+                },
+            })
+            .collect(),
     }
 }
 

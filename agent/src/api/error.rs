@@ -34,7 +34,7 @@ fn code_of(e: &Error) -> Code {
         Error::NotFound { .. } => Code::NotFound,
         Error::WrongState { .. } => Code::FailedPrecondition,
         Error::Compacted { .. } | Error::AheadOfLog { .. } => Code::OutOfRange,
-        Error::Busy { .. } => Code::FailedPrecondition,
+        Error::Busy { .. } | Error::ImageInUse { .. } => Code::FailedPrecondition,
         Error::Recovering => Code::Unavailable,
         Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => Code::InvalidArgument,
         Error::Layout(LayoutError::NoSuchFile { .. }) => Code::NotFound,

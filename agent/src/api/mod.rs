@@ -63,6 +63,40 @@ impl NodeAgent for Api {
     }
 
     type WatchTasksStream = EventStream;
+
+    async fn configure_containers(
+        &self,
+        req: Request<pb::ConfigureContainersRequest>,
+    ) -> Result<Response<pb::ConfigureContainersResponse>, Status> {
+        let r = req.into_inner();
+        let mut registries = Vec::new();
+        for reg in r.registries {
+            match convert::credentials(reg.credentials)? {
+                Some(c) => registries.push((reg.server, c)),
+                None => return Err(error::DecodeError::new("registries.credentials", "are required").into()),
+            }
+        }
+        self.sup.configure_containers(r.prefetch_images, registries).await?;
+        Ok(Response::new(pb::ConfigureContainersResponse {}))
+    }
+
+    async fn list_images(&self, _: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self.sup.list_images().await?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images
+                .into_iter()
+                .map(|i| pb::ImageInfo { name: i.name, digest: i.digest, in_use: i.in_use, prefetched: i.prefetched })
+                .collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        self.sup.remove_image(&req.into_inner().reference).await?;
+        Ok(Response::new(pb::RemoveImageResponse {}))
+    }
     type PullImageStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
 
     async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullImageStream>, Status> {

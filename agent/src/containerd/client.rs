@@ -328,6 +328,28 @@ impl Runtime for Containerd {
         Ok(Box::pin(exits))
     }
 
+    async fn list_images(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let req = containerd_client::services::v1::ListImagesRequest { filters: vec![] };
+        let images = self
+            .images()
+            .list(self.request(req))
+            .await
+            .map_err(|s| self.status_error("list images", "images", s))?
+            .into_inner()
+            .images;
+        Ok(images.into_iter().map(|i| (i.name, i.target.map(|t| t.digest).unwrap_or_default())).collect())
+    }
+
+    async fn delete_image(&self, name: &str) -> Result<(), RuntimeError> {
+        let req =
+            containerd_client::services::v1::DeleteImageRequest { name: name.to_owned(), sync: true, target: None };
+        self.images()
+            .delete(self.request(req))
+            .await
+            .map_err(|s| self.status_error("delete image", &format!("image {name}"), s))?;
+        Ok(())
+    }
+
     async fn list_labelled(&self, node_id: &str) -> Result<Vec<LabelledContainer>, RuntimeError> {
         self.labelled(node_id).await
     }

@@ -168,6 +168,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn status(&self, id: &str) -> Result<TaskStatus, RuntimeError>;
     /// Deletes the task, the container and its snapshot; what is missing is skipped.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Image records in our namespace: (name, target digest).
+    async fn list_images(&self) -> Result<Vec<(String, String)>, RuntimeError>;
+    /// Deletes an image record; containerd's GC then frees its content and snapshots.
+    async fn delete_image(&self, name: &str) -> Result<(), RuntimeError>;
     /// Subscribes to the exits of task init processes in our namespace.
     async fn exit_events(&self) -> Result<ExitStream, RuntimeError>;
     /// Containers labelled with this node's id.

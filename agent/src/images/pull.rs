@@ -75,6 +75,8 @@ pub trait Pull: Send + Sync + 'static {
     async fn pull(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError>;
     /// Credentials configured for the registry of `name`, if any.
     fn configured_credentials(&self, name: &str) -> Option<Credentials>;
+    /// Replaces the registry credentials set through the API.
+    fn set_credentials(&self, creds: Vec<(String, Credentials)>);
 }
 
 /// What a pull did.
@@ -432,7 +434,11 @@ impl Pull for Puller {
 
     fn configured_credentials(&self, name: &str) -> Option<Credentials> {
         let r: Reference = name.parse().ok()?;
-        self.registry.configured(r.registry()).or_else(|| self.registry.configured(r.resolve_registry())).cloned()
+        self.registry.configured(r.registry()).or_else(|| self.registry.configured(r.resolve_registry()))
+    }
+
+    fn set_credentials(&self, creds: Vec<(String, Credentials)>) {
+        self.registry.set_api_credentials(creds);
     }
 }
 

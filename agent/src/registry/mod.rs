@@ -75,6 +75,8 @@ pub struct Registry {
     config: ClientConfigParts,
     clients: std::sync::Mutex<std::collections::HashMap<String, Client>>,
     settings: RegistrySettings,
+    /// Credentials set through the API (`ConfigureContainers`); they win over the config file's.
+    api_credentials: std::sync::RwLock<Vec<(String, Credentials)>>,
 }
 
 #[derive(Clone)]
@@ -135,7 +137,7 @@ fn describe(e: &(dyn std::error::Error + 'static), secret: Option<&str>) -> Stri
 impl Registry {
     pub fn new(settings: RegistrySettings) -> Self {
         let config = ClientConfigParts { insecure: settings.insecure.clone(), ca_pems: settings.ca_pems.clone() };
-        Self { config, clients: Default::default(), settings }
+        Self { config, clients: Default::default(), settings, api_credentials: Default::default() }
     }
 
     /// The client for a set of credentials (clients are cheap to clone).
@@ -145,8 +147,17 @@ impl Registry {
     }
 
     /// Configured credentials for a registry host, if any.
-    pub fn configured(&self, registry: &str) -> Option<&Credentials> {
-        self.settings.credentials.iter().find(|(server, _)| server == registry).map(|(_, c)| c)
+    pub fn configured(&self, registry: &str) -> Option<Credentials> {
+        let api = self.api_credentials.read().unwrap_or_else(|p| p.into_inner());
+        api.iter()
+            .chain(self.settings.credentials.iter())
+            .find(|(server, _)| server == registry)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Replaces the credentials set through the API.
+    pub fn set_api_credentials(&self, creds: Vec<(String, Credentials)>) {
+        *self.api_credentials.write().unwrap_or_else(|p| p.into_inner()) = creds;
     }
 
     fn map_err(

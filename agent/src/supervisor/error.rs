@@ -39,6 +39,8 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Pull(#[from] crate::images::PullError),
+    #[error("image {image} is used by a task that is not completed")]
+    ImageInUse { image: String },
 }
 
 impl From<StoreError> for Error {

@@ -3,6 +3,7 @@
 //! Everything the API does is one call here.
 
 mod error;
+mod image_store;
 mod outcome;
 mod recovery;
 mod runner;
@@ -10,6 +11,7 @@ mod slots;
 mod watch;
 
 pub use error::Error;
+pub use image_store::{ImageEntry, ImageGc, PrefetchState};
 pub use outcome::StopReason;
 pub use recovery::Report as RecoveryReport;
 
@@ -88,6 +90,7 @@ struct Shared {
     puller: Arc<dyn Pull>,
     /// Tasks' own registry credentials, in memory only (never in the database).
     credentials: Mutex<HashMap<TaskKey, Credentials>>,
+    images: Mutex<image_store::ImagesState>,
     sched: Mutex<Sched>,
     /// containerd's `/tasks/exit` events, fanned out to the runners.
     exits: broadcast::Sender<ExitEvent>,
@@ -106,6 +109,7 @@ pub struct NodeStatus {
     /// None when containerd could not be reached.
     pub containerd_version: Option<String>,
     pub notes: Vec<String>,
+    pub prefetch: Vec<(String, PrefetchState)>,
 }
 
 #[derive(Clone)]
@@ -133,6 +137,7 @@ impl Supervisor {
             runtime,
             puller,
             credentials: Mutex::default(),
+            images: Mutex::default(),
             sched: Mutex::new(sched),
             exits,
             containerd,
@@ -294,6 +299,7 @@ impl Supervisor {
             slots_free: free,
             containerd_version: self.shared.containerd.borrow().clone(),
             notes: self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            prefetch: self.prefetch_status(),
         }
     }
 

@@ -171,7 +171,10 @@ async fn prepare(
     tracing::info!(job_id = %key.job, task_id = %key.task, image = %image_name, "preparing task");
     let creds = sup.credentials_for(&key, &image_name);
     let image = match image_for(sup, &image_name, container.pull_policy, creds.as_ref()).await {
-        Ok(i) => i,
+        Ok(i) => {
+            sup.touch_image(&image_name);
+            i
+        }
         Err(failure) => return Err(fail(sup, info, failure).await),
     };
 

@@ -114,6 +114,12 @@ impl Runtime for Fake {
     async fn remove_leftovers(&self, _node_id: &str, _keep: &[String]) -> Result<Vec<String>, RuntimeError> {
         Ok(vec![])
     }
+    async fn list_images(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        Ok(self.images.iter().map(|i| (i.clone(), "sha256:0".to_string())).collect())
+    }
+    async fn delete_image(&self, _name: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn exit_events(&self) -> Result<ExitStream, RuntimeError> {
         let rx = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe());
         Ok(Box::pin(rx.filter_map(|r| r.ok().map(Ok))))
@@ -146,6 +152,7 @@ impl Pull for FakePuller {
     fn configured_credentials(&self, _name: &str) -> Option<Credentials> {
         None
     }
+    fn set_credentials(&self, _creds: Vec<(String, Credentials)>) {}
 }
 
 struct Env {
@@ -644,4 +651,29 @@ async fn an_exit_while_away_is_not_a_wall_clock_failure() {
     let t = until_state(&e.sup, info.key(), TaskState::Completed).await;
     assert_eq!((t.exit_code, t.failure), (Some(0), None));
     assert!(e.fake.st().signals.is_empty());
+}
+
+#[tokio::test]
+async fn prefetch_reports_ready_and_failed_images_and_in_use_images_stay() {
+    let e = env(1).await;
+    e.sup.configure_containers(vec!["busybox".into(), "nothere:1".into()], vec![]).await.unwrap();
+    for _ in 0..200 {
+        if e.sup.prefetch_status().iter().all(|(_, s)| *s != PrefetchState::Pending) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = e.sup.prefetch_status();
+    assert_eq!(status[0], ("docker.io/library/busybox:latest".to_string(), PrefetchState::Ready));
+    assert!(matches!(&status[1].1, PrefetchState::Failed(m) if m.contains("not found")), "{status:?}");
+    assert!(e.sup.configure_containers(vec!["Bad Ref".into()], vec![]).await.is_err());
+
+    let key = e.sup.run_task(spec("user")).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    let images = e.sup.list_images().await.unwrap();
+    assert!(images[0].in_use && images[0].prefetched, "{images:?}");
+    assert!(matches!(e.sup.remove_image("busybox").await, Err(Error::ImageInUse { .. })));
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    e.sup.remove_image("busybox").await.unwrap();
 }

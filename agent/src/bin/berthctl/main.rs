@@ -146,6 +146,12 @@ enum Cmd {
     },
     /// Show the node.
     Node,
+    /// List the node's images.
+    Images,
+    /// Remove an image (refused while a task uses it).
+    Rmi { image: String },
+    /// Set the node's prefetch list (images pulled in the background and kept).
+    Prefetch { images: Vec<String> },
     /// Pull an image onto the node.
     Pull {
         image: String,
@@ -368,6 +374,34 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     Output::Text => {}
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Images => {
+            let images = client.list_images(pb::ListImagesRequest {}).await.map_err(st)?.into_inner().images;
+            for i in images {
+                match out {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"name": i.name, "digest": i.digest, "in_use": i.in_use, "prefetched": i.prefetched})
+                    ),
+                    Output::Text => println!(
+                        "{}  {}{}{}",
+                        i.name,
+                        i.digest,
+                        if i.in_use { "  in-use" } else { "" },
+                        if i.prefetched { "  prefetched" } else { "" }
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rmi { image } => {
+            client.remove_image(pb::RemoveImageRequest { reference: image }).await.map_err(st)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Prefetch { images } => {
+            let req = pb::ConfigureContainersRequest { prefetch_images: images, registries: vec![] };
+            client.configure_containers(req).await.map_err(st)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node => {

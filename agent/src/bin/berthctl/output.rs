@@ -54,6 +54,7 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
         "task_slots_total": n.task_slots_total, "task_slots_free": n.task_slots_free,
         "containerd_version": n.containerd_version, "containerd_reachable": n.containerd_reachable,
         "agent_version": n.agent_version, "node_root": n.node_root, "notes": n.notes,
+        "prefetch": n.prefetch.iter().map(|p| json!({"image": p.image, "state": p.state, "error": p.error})).collect::<Vec<_>>(),
     })
 }
 
