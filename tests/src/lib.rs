@@ -48,11 +48,20 @@ pub struct AgentOptions {
     pub min_free_mb: u64,
     /// `[images]` garbage collection: (high, low) percent, checked every second.
     pub image_gc: Option<(u8, u8)>,
+    /// Node-wide credentials for the TLS test registry in the config file.
+    pub tls_registry_credentials: bool,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { task_slots: 4, terminate_grace_seconds: 2, root_dir: None, min_free_mb: 0, image_gc: None }
+        Self {
+            task_slots: 4,
+            terminate_grace_seconds: 2,
+            root_dir: None,
+            min_free_mb: 0,
+            image_gc: None,
+            tls_registry_credentials: false,
+        }
     }
 }
 
@@ -148,7 +157,21 @@ terminate_grace_seconds = {grace}
             ),
             None => cfg,
         };
+        let cfg = if self.opts.tls_registry_credentials {
+            let password = std::fs::read_to_string(env("BERTH_TEST_REGISTRY_PASSWORD_FILE")).expect("password file");
+            format!(
+                "{cfg}\n[[registries.credentials]]\nserver = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\n",
+                env("BERTH_TEST_TLS_REGISTRY"),
+                env("BERTH_TEST_REGISTRY_USER"),
+                password.trim_end()
+            )
+        } else {
+            cfg
+        };
         std::fs::write(self.config_path(), cfg).expect("write config");
+        // A config holding credentials must not be world-readable.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.config_path(), std::fs::Permissions::from_mode(0o600)).expect("chmod config");
     }
 
     /// Starts the agent process and waits until it answers.

@@ -261,3 +261,43 @@ async fn prefetch_remove_and_garbage_collection() {
     c.inner.remove_image(pb::RemoveImageRequest { reference: image("workdir") }).await.unwrap();
     assert!(!names(&mut c).await.contains(&image("workdir")));
 }
+
+#[tokio::test]
+async fn pull_image_streams_progress_per_layer() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let req = pb::PullImageRequest { reference: image("layers_c"), credentials: None };
+    let mut stream = c.inner.pull_image(req).await.unwrap().into_inner();
+    let mut messages = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        messages.push(m);
+    }
+    let last = messages.last().unwrap();
+    assert!(last.done, "{messages:?}");
+    assert_eq!(last.layers.len(), 3, "{last:?}");
+    assert!(last.bytes_total > 4 << 20, "{last:?}");
+    assert_eq!(last.bytes_done, last.bytes_total);
+    assert!(last.layers.iter().all(|l| l.bytes_done == l.bytes_total && l.digest.starts_with("sha256:")));
+    assert!(messages.iter().all(|m| m.bytes_done <= m.bytes_total));
+    // Unknown image: NOT_FOUND from the registry.
+    let req = pb::PullImageRequest {
+        reference: format!("{}/berth-test/nope:1", env("BERTH_TEST_REGISTRY")),
+        credentials: None,
+    };
+    let err = match c.inner.pull_image(req).await {
+        Ok(resp) => resp.into_inner().message().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn node_credentials_from_the_config_file() {
+    let agent = Agent::start(AgentOptions { tls_registry_credentials: true, ..Default::default() }).await;
+    let mut c = agent.client().await;
+    let mut spec = task("nodecreds", "t", "/bin/true");
+    spec.container.as_mut().unwrap().image = env("BERTH_TEST_TLS_IMAGE_BUSYBOX");
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert!(!agent.log().contains(&password()), "the password is in the agent log");
+}

@@ -183,6 +183,26 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
         task_dir,
         working_dir,
         spec: Some(spec_to_proto(&t.spec)),
+        pull_progress: None,
+    }
+}
+
+/// A pull's progress for the API.
+pub fn pull_progress(reference: &str, p: &crate::images::Progress) -> pb::PullProgress {
+    pb::PullProgress {
+        reference: reference.to_owned(),
+        bytes_done: p.done(),
+        bytes_total: p.total(),
+        layers: p
+            .layers
+            .iter()
+            .map(|(digest, done, total)| pb::LayerProgress {
+                digest: digest.clone(),
+                bytes_done: *done,
+                bytes_total: *total,
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 

@@ -29,7 +29,13 @@ impl Api {
 
     fn info(&self, t: &TaskInfo) -> pb::TaskInfo {
         let p = self.layout.task(t.key());
-        convert::task_info(t, p.task_dir.display().to_string(), p.working_dir.display().to_string())
+        let mut info = convert::task_info(t, p.task_dir.display().to_string(), p.working_dir.display().to_string());
+        if t.state == crate::model::TaskState::Preparing {
+            if let Some((name, progress)) = t.spec.container.as_ref().and_then(|c| self.sup.pull_progress(&c.image)) {
+                info.pull_progress = Some(convert::pull_progress(&name, &progress));
+            }
+        }
+        info
     }
 }
 
@@ -102,14 +108,43 @@ impl NodeAgent for Api {
     async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullImageStream>, Status> {
         let r = req.into_inner();
         let creds = convert::credentials(r.credentials)?;
-        let (name, report) = self.sup.pull_image(&r.reference, creds).await?;
-        let done = pb::PullProgress {
-            reference: name,
-            bytes_fetched: report.bytes_fetched,
-            blobs_fetched: report.blobs_fetched as u32,
-            done: true,
-        };
-        Ok(Response::new(Box::pin(tokio_stream::once(Ok(done)))))
+        let name = crate::images::normalize(&r.reference).map_err(crate::supervisor::Error::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let sup = self.sup.clone();
+        // The pull runs on; progress goes out at most every 200 ms while it changes.
+        tokio::spawn(async move {
+            let pull = sup.pull_image(&name, creds);
+            tokio::pin!(pull);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            let mut last: Option<crate::images::Progress> = None;
+            loop {
+                tokio::select! {
+                    result = &mut pull => {
+                        let msg = result.map(|(reference, report)| {
+                            let mut p = convert::pull_progress(&reference, &report.progress);
+                            p.bytes_fetched = report.bytes_fetched;
+                            p.blobs_fetched = report.blobs_fetched as u32;
+                            p.done = true;
+                            p
+                        });
+                        let _ = tx.send(msg.map_err(Status::from)).await;
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        if let Some((reference, progress)) = sup.pull_progress(&name) {
+                            if last.as_ref() != Some(&progress) {
+                                let msg = convert::pull_progress(&reference, &progress);
+                                last = Some(progress);
+                                if tx.send(Ok(msg)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn watch_tasks(&self, req: Request<pb::WatchTasksRequest>) -> Result<Response<EventStream>, Status> {

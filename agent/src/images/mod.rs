@@ -5,7 +5,7 @@
 
 mod pull;
 
-pub use pull::{Pull, PullError, PullReport, PullSettings, Puller};
+pub use pull::{Progress, Pull, PullError, PullReport, PullSettings, Puller};
 
 use oci_spec::distribution::Reference;
 use sha2::{Digest, Sha256};

@@ -77,7 +77,36 @@ pub trait Pull: Send + Sync + 'static {
     fn configured_credentials(&self, name: &str) -> Option<Credentials>;
     /// Replaces the registry credentials set through the API.
     fn set_credentials(&self, creds: Vec<(String, Credentials)>);
+    /// How far the pull of `name` under way is, if one is.
+    fn progress(&self, name: &str) -> Option<tokio::sync::watch::Receiver<Progress>>;
 }
+
+/// How far a pull is, per layer: (digest, bytes done, bytes total).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub layers: Vec<(String, u64, u64)>,
+}
+
+impl Progress {
+    pub fn done(&self) -> u64 {
+        self.layers.iter().map(|l| l.1).sum()
+    }
+    pub fn total(&self) -> u64 {
+        self.layers.iter().map(|l| l.2).sum()
+    }
+    fn add(&mut self, digest: &str, n: u64) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.0 == digest) {
+            l.1 = (l.1 + n).min(l.2);
+        }
+    }
+    fn finish(&mut self, digest: &str) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.0 == digest) {
+            l.1 = l.2;
+        }
+    }
+}
+
+type ProgressTx = Arc<tokio::sync::watch::Sender<Progress>>;
 
 /// What a pull did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,6 +114,8 @@ pub struct PullReport {
     /// Bytes downloaded by this pull (0 when everything was already there).
     pub bytes_fetched: u64,
     pub blobs_fetched: usize,
+    /// The layers at the end of the pull.
+    pub progress: Progress,
 }
 
 /// Limits of pulls.
@@ -123,6 +154,7 @@ pub struct Puller {
     downloads: Semaphore,
     blobs: Mutex<HashMap<String, Shared<u64>>>,
     images: Mutex<HashMap<String, Shared<PullReport>>>,
+    progress: Mutex<HashMap<String, ProgressTx>>,
 }
 
 /// Runs `f` once for `key` among concurrent callers; the entry is dropped when
@@ -164,6 +196,7 @@ impl Puller {
             downloads,
             blobs: Mutex::default(),
             images: Mutex::default(),
+            progress: Mutex::default(),
         }
     }
 
@@ -208,8 +241,10 @@ impl Puller {
         blob: &BlobRef,
         labels: HashMap<String, String>,
         creds: Option<&Credentials>,
+        progress: &ProgressTx,
     ) -> Result<u64, PullError> {
         if self.store.has_blob(&blob.digest).await? {
+            progress.send_modify(|p| p.finish(&blob.digest));
             return Ok(0);
         }
         once(&self.blobs, &blob.digest, async {
@@ -220,9 +255,14 @@ impl Puller {
                     RetryableError { error: e.into(), transient }
                 })?;
                 let no_progress = self.settings.no_progress_timeout;
+                let (tx, digest) = (progress.clone(), blob.digest.clone());
                 let data = tokio_stream::StreamExt::timeout(data, no_progress)
                     .map(move |item| match item {
-                        Ok(chunk) => chunk,
+                        Ok(Ok(chunk)) => {
+                            tx.send_modify(|p| p.add(&digest, chunk.len() as u64));
+                            Ok(chunk)
+                        }
+                        Ok(Err(e)) => Err(e),
                         Err(_) => Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             format!("no data for {} s", no_progress.as_secs()),
@@ -258,7 +298,10 @@ impl Puller {
         }
         let top = BlobRef { media_type: top_type.clone(), digest: top_digest.clone(), size: top_bytes.len() as i64 };
         let lease = self.store.create_lease(&self.node_id).await?;
-        let result = self.fetch_and_unpack(name, &r, &lease, top, top_bytes, creds).await;
+        let progress: ProgressTx = Arc::new(tokio::sync::watch::channel(Progress::default()).0);
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), progress.clone());
+        let result = self.fetch_and_unpack(name, &r, &lease, (top, top_bytes), creds, &progress).await;
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.store.delete_lease(&lease).await;
         result
     }
@@ -268,9 +311,9 @@ impl Puller {
         name: &str,
         r: &Reference,
         lease: &str,
-        top: BlobRef,
-        top_bytes: Bytes,
+        (top, top_bytes): (BlobRef, Bytes),
         creds: Option<&Credentials>,
+        progress: &ProgressTx,
     ) -> Result<PullReport, PullError> {
         let invalid = |reason: String| PullError::Invalid { image: name.into(), reason };
         let mut report = PullReport::default();
@@ -347,9 +390,12 @@ impl Puller {
         let chains: Vec<String> = (1..=diff_ids.len()).filter_map(|n| chain_id(&diff_ids[..n])).collect();
 
         // Layers, in parallel (bounded by the node-wide download cap).
+        progress.send_replace(Progress {
+            layers: layers.iter().map(|l| (l.digest.clone(), 0, l.size.max(0) as u64)).collect(),
+        });
         let fetched = futures_util::future::join_all(layers.iter().zip(&diff_ids).map(|(layer, diff)| {
             let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff.clone())]);
-            self.blob(lease, r, layer, labels, creds)
+            self.blob(lease, r, layer, labels, creds, progress)
         }))
         .await;
         for f in fetched {
@@ -382,6 +428,7 @@ impl Puller {
             parent = Some(chain);
         }
         self.store.put_image(name, &top).await?;
+        report.progress = progress.borrow().clone();
         tracing::info!(image = %name, bytes = report.bytes_fetched, blobs = report.blobs_fetched, "image pulled");
         Ok(report)
     }
@@ -439,6 +486,10 @@ impl Pull for Puller {
 
     fn set_credentials(&self, creds: Vec<(String, Credentials)>) {
         self.registry.set_api_credentials(creds);
+    }
+
+    fn progress(&self, name: &str) -> Option<tokio::sync::watch::Receiver<Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|tx| tx.subscribe())
     }
 }
 

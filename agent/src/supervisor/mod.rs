@@ -392,6 +392,13 @@ impl Supervisor {
         own.or_else(|| self.shared.puller.configured_credentials(image))
     }
 
+    /// How far the pull of an image under way is.
+    pub fn pull_progress(&self, reference: &str) -> Option<(String, crate::images::Progress)> {
+        let name = images::normalize(reference).ok()?;
+        let progress = self.shared.puller.progress(&name)?.borrow().clone();
+        Some((name, progress))
+    }
+
     /// Pulls an image (the `PullImage` call).
     pub async fn pull_image(&self, reference: &str, creds: Option<Credentials>) -> Result<(String, PullReport), Error> {
         let name = images::normalize(reference)?;

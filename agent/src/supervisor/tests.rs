@@ -137,6 +137,8 @@ impl Runtime for Fake {
 struct FakePuller {
     pulled: Mutex<Vec<String>>,
     available: Vec<String>,
+    /// Progress of a pull "under way", by image.
+    under_way: Mutex<HashMap<String, tokio::sync::watch::Sender<crate::images::Progress>>>,
 }
 
 #[async_trait]
@@ -153,6 +155,9 @@ impl Pull for FakePuller {
         None
     }
     fn set_credentials(&self, _creds: Vec<(String, Credentials)>) {}
+    fn progress(&self, name: &str) -> Option<tokio::sync::watch::Receiver<crate::images::Progress>> {
+        self.under_way.lock().unwrap().get(name).map(|tx| tx.subscribe())
+    }
 }
 
 struct Env {
@@ -207,8 +212,11 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
     };
     let mut settings = settings;
     adjust(&mut settings);
-    let puller =
-        Arc::new(FakePuller { pulled: Mutex::default(), available: vec!["docker.io/library/busybox:latest".into()] });
+    let puller = Arc::new(FakePuller {
+        pulled: Mutex::default(),
+        available: vec!["docker.io/library/busybox:latest".into()],
+        under_way: Mutex::default(),
+    });
     let sup = Supervisor::new(settings, node, layout, store.clone(), fake.clone(), puller.clone());
     tokio::spawn({
         let sup = sup.clone();
@@ -676,4 +684,17 @@ async fn prefetch_reports_ready_and_failed_images_and_in_use_images_stay() {
     e.fake.exit(&key.container_id(), 0);
     until_state(&e.sup, &key, TaskState::Completed).await;
     e.sup.remove_image("busybox").await.unwrap();
+}
+
+#[tokio::test]
+async fn pull_progress_is_reported_by_image() {
+    let e = env(1).await;
+    assert!(e.sup.pull_progress("busybox").is_none());
+    let progress = crate::images::Progress { layers: vec![("sha256:a".into(), 5, 10), ("sha256:b".into(), 0, 30)] };
+    let tx = tokio::sync::watch::channel(progress.clone()).0;
+    e.puller.under_way.lock().unwrap().insert("docker.io/library/busybox:latest".into(), tx);
+    let (name, got) = e.sup.pull_progress("busybox").unwrap();
+    assert_eq!(name, "docker.io/library/busybox:latest");
+    assert_eq!((got.done(), got.total()), (5, 40));
+    assert_eq!(got, progress);
 }
