@@ -50,6 +50,8 @@ pub struct AgentOptions {
     pub image_gc: Option<(u8, u8)>,
     /// Node-wide credentials for the TLS test registry in the config file.
     pub tls_registry_credentials: bool,
+    /// `[images] prefetch` in the config file.
+    pub prefetch: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -61,6 +63,7 @@ impl Default for AgentOptions {
             min_free_mb: 0,
             image_gc: None,
             tls_registry_credentials: false,
+            prefetch: vec![],
         }
     }
 }
@@ -156,6 +159,11 @@ terminate_grace_seconds = {grace}
                 env("BERTH_TEST_DIR")
             ),
             None => cfg,
+        };
+        let cfg = match (&self.opts.prefetch, self.opts.image_gc) {
+            (p, None) if !p.is_empty() => format!("{cfg}\n[images]\nprefetch = {p:?}\n"),
+            (p, Some(_)) if !p.is_empty() => panic!("prefetch and image_gc together are not supported by the harness"),
+            _ => cfg,
         };
         let cfg = if self.opts.tls_registry_credentials {
             let password = std::fs::read_to_string(env("BERTH_TEST_REGISTRY_PASSWORD_FILE")).expect("password file");

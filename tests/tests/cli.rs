@@ -45,6 +45,24 @@ async fn run_wait_logs_list_node() {
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["exit_code"], 3);
 
+    // Registry credentials for one task, the password on stdin.
+    let mut child = Command::new(binary("berthctl"))
+        .args(["--addr", &agent.addr(), "run", "--job", "clijob", "--task", "tls", "--image"])
+        .arg(berth_tests::env("BERTH_TEST_TLS_IMAGE_BUSYBOX"))
+        .args(["--command-line", "/bin/true", "--pull", "always", "--wait"])
+        .args(["--registry-username", &berth_tests::env("BERTH_TEST_REGISTRY_USER"), "--registry-password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let password = std::fs::read_to_string(berth_tests::env("BERTH_TEST_REGISTRY_PASSWORD_FILE")).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A password on the command line is not accepted.
+    let out = berthctl(&agent, &["pull", "busybox", "--password", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
     let out = berthctl(&agent, &["node", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["node_id"], agent.node_id());

@@ -292,6 +292,24 @@ async fn pull_image_streams_progress_per_layer() {
 }
 
 #[tokio::test]
+async fn prefetch_list_from_the_config_file() {
+    use std::time::{Duration, Instant};
+    let agent = Agent::start(AgentOptions { prefetch: vec![image("workdir")], ..Default::default() }).await;
+    let mut c = agent.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+        if n.prefetch.first().is_some_and(|p| p.state == "READY") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prefetch not ready: {:?}", n.prefetch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let images = c.inner.list_images(pb::ListImagesRequest {}).await.unwrap().into_inner().images;
+    assert!(images.iter().any(|i| i.name == image("workdir") && i.prefetched), "{images:?}");
+}
+
+#[tokio::test]
 async fn node_credentials_from_the_config_file() {
     let agent = Agent::start(AgentOptions { tls_registry_credentials: true, ..Default::default() }).await;
     let mut c = agent.client().await;
