@@ -66,6 +66,22 @@ CREATE TABLE IF NOT EXISTS events (
 );
 ";
 
+/// Brings a database written by an earlier agent up to the current schema.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_created_seq: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'created_seq'", [], |r| {
+            r.get::<_, i64>(0).map(|n| n > 0)
+        })?;
+    if !has_created_seq {
+        conn.execute_batch(
+            "ALTER TABLE tasks ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
+             UPDATE tasks SET created_seq = IFNULL((SELECT MIN(seq) FROM events e
+                 WHERE e.job_id = tasks.job_id AND e.task_id = tasks.task_id), 0);",
+        )?;
+    }
+    Ok(())
+}
+
 struct Inner {
     conn: Mutex<Connection>,
     feed: broadcast::Sender<TaskEvent>,
@@ -116,6 +132,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Self::from_conn(conn))
     }
 
@@ -404,6 +421,27 @@ mod tests {
         let s = Store::in_memory().unwrap();
         s.seed_sequence(1_000_000).await.unwrap();
         assert_eq!(s.insert(task("j", "a")).await.unwrap().sequence, 1_000_001);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_first_schema_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("berth.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tasks (job_id TEXT NOT NULL, task_id TEXT NOT NULL, state TEXT NOT NULL,
+                     record TEXT NOT NULL, PRIMARY KEY (job_id, task_id));
+                 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+                     task_id TEXT NOT NULL, record TEXT NOT NULL);",
+            )
+            .unwrap();
+        }
+        let o = Store::open(dir.path()).unwrap();
+        assert!(!o.fresh);
+        o.store.insert(task("j", "a")).await.unwrap();
+        o.store.insert(task("j", "b")).await.unwrap();
+        let keys: Vec<String> = o.store.list(None, None).await.unwrap().iter().map(|t| t.key().to_string()).collect();
+        assert_eq!(keys, ["j/a", "j/b"]);
     }
 
     #[tokio::test]
