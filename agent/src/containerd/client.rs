@@ -78,7 +78,7 @@ impl Containerd {
     }
 
     /// A request under `lease`, so containerd's GC leaves what it creates alone.
-    fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
+    pub(super) fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
         let mut req = self.request(msg);
         if let Ok(v) = lease.parse() {
             req.metadata_mut().insert("containerd-lease", v);

@@ -39,16 +39,6 @@ fn descriptor(b: &BlobRef) -> Descriptor {
     Descriptor { media_type: b.media_type.clone(), digest: b.digest.clone(), size: b.size, ..Default::default() }
 }
 
-impl Containerd {
-    fn with_lease<T>(&self, msg: T, lease: &str) -> tonic::Request<T> {
-        let mut req = self.request(msg);
-        if let Ok(v) = lease.parse() {
-            req.metadata_mut().insert("containerd-lease", v);
-        }
-        req
-    }
-}
-
 #[async_trait]
 impl ImageStore for Containerd {
     async fn create_lease(&self, node_id: &str) -> Result<String, RuntimeError> {
@@ -116,7 +106,7 @@ impl ImageStore for Containerd {
             let _ = tx.send(commit).await;
             Ok::<u64, String>((offset + len) as u64)
         });
-        let call = self.content().write(self.with_lease(tokio_stream::wrappers::ReceiverStream::new(rx), lease)).await;
+        let call = self.content().write(self.leased(tokio_stream::wrappers::ReceiverStream::new(rx), lease)).await;
         let answer = async {
             let mut resp = call?.into_inner();
             while resp.message().await?.is_some() {}
@@ -186,7 +176,7 @@ impl ImageStore for Containerd {
         };
         let mounts = self
             .snapshots()
-            .prepare(self.with_lease(prepare, lease))
+            .prepare(self.leased(prepare, lease))
             .await
             .map_err(|s| self.status_error("prepare snapshot", chain_id, s))?
             .into_inner()
@@ -195,7 +185,7 @@ impl ImageStore for Containerd {
             let apply =
                 ApplyRequest { diff: Some(descriptor(layer)), mounts, payloads: Default::default(), sync_fs: false };
             let applied = DiffClient::new(self.channel())
-                .apply(self.with_lease(apply, lease))
+                .apply(self.leased(apply, lease))
                 .await
                 .map_err(|s| self.status_error("apply layer", &layer.digest, s))?
                 .into_inner()
@@ -214,7 +204,7 @@ impl ImageStore for Containerd {
                 key: key.clone(),
                 labels: Default::default(),
             };
-            match self.snapshots().commit(self.with_lease(commit, lease)).await {
+            match self.snapshots().commit(self.leased(commit, lease)).await {
                 Ok(_) => Ok(true),
                 Err(s) if s.code() == Code::AlreadyExists => Ok(false),
                 Err(s) => Err(self.status_error("commit snapshot", chain_id, s)),
