@@ -14,8 +14,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    /// The parser's message and where, never the offending line itself: it may
+    /// hold a registry password.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
     #[error("config key {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -184,7 +186,7 @@ impl Config {
     pub fn load(path: &Path, hostname: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let cfg = Self::parse(&text, hostname).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
             other => other,
         })?;
         // A file holding registry secrets must not be readable by every user.
@@ -208,8 +210,8 @@ impl Config {
 
     /// Validates TOML text; the defaults when `text` is empty.
     pub fn parse(text: &str, hostname: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::new(), source })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: parse_message(text, &e) })?;
         Self::validate(raw, hostname)
     }
 
@@ -240,7 +242,9 @@ impl Config {
         for c in raw.registries.credentials {
             let cred = match (c.username, c.password, c.identity_token) {
                 (Some(username), Some(password), None) => crate::model::Credentials::Basic { username, password },
-                (None, None, Some(token)) => crate::model::Credentials::Token(token),
+                (None, None, Some(token)) if token.bytes().all(|b| b.is_ascii_graphic()) => {
+                    crate::model::Credentials::Token(token)
+                }
                 _ => {
                     return Err(invalid(
                         "registries.credentials",
@@ -303,6 +307,20 @@ impl Config {
             event_log_keep: raw.tasks.event_log_keep.unwrap_or(100_000).max(1),
             log_format,
         })
+    }
+}
+
+/// "line N, column M: message", without quoting the source text.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
     }
 }
 
@@ -416,6 +434,19 @@ mod tests {
             let err = Config::parse(bad, "h").unwrap_err().to_string();
             assert!(err.contains("registries."), "{bad}: {err}");
             assert!(!err.contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_secret() {
+        for text in [
+            "[[registries.credentials]]\nserver = \"r\"\nusername = \"u\"\npassword = \"hun\\qter2\"\n",
+            "[[registries.credentials]]\nserver = \"r\"\nusername = \"u\"\npasword = \"hunter2\"\n",
+            "[[registries.credentials]]\nserver = \"r\"\nusername = \"u\"\npassword = hunter2\n",
+        ] {
+            let err = Config::parse(text, "h").unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("hun\\qter2"), "{err}");
+            assert!(err.contains("line 4"), "{err}");
         }
     }
 

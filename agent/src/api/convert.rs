@@ -62,7 +62,12 @@ pub fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credenti
     match (c.username.is_empty(), c.password.is_empty(), c.identity_token.is_empty()) {
         (true, true, true) => Ok(None),
         (false, false, true) => Ok(Some(Credentials::Basic { username: c.username, password: c.password })),
-        (true, true, false) => Ok(Some(Credentials::Token(c.identity_token))),
+        (true, true, false) if c.identity_token.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(Credentials::Token(c.identity_token)))
+        }
+        (true, true, false) => {
+            Err(DecodeError::new("registry.identity_token", "must be printable ASCII without spaces"))
+        }
         _ => Err(DecodeError::new("registry", "give a username with a password, or an identity token alone")),
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{
     CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, Runtime, RuntimeError,
-    TaskStatus, LABEL_NODE,
+    TaskStatus, LABEL_BOOT, LABEL_NODE,
 };
 use crate::images::Platform;
 use async_trait::async_trait;
@@ -41,9 +41,16 @@ pub struct Containerd {
     namespace: String,
     snapshotter: String,
     runtime: String,
+    /// Labels this process's leases, so start-up cleanup never removes the
+    /// lease of work this very process has under way.
+    boot_id: String,
 }
 
 impl Containerd {
+    pub(super) fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
     /// A client for the containerd at `socket`. Connects on first use, so the agent
     /// starts even while containerd is down.
     pub fn new(socket: &Path, namespace: &str, snapshotter: &str, runtime: &str) -> Self {
@@ -57,7 +64,9 @@ impl Containerd {
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             }));
-        Self { channel, namespace: namespace.into(), snapshotter: snapshotter.into(), runtime: runtime.into() }
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let boot_id = format!("{:x}-{}", nanos, std::process::id());
+        Self { channel, namespace: namespace.into(), snapshotter: snapshotter.into(), runtime: runtime.into(), boot_id }
     }
 
     pub(super) fn snapshotter(&self) -> &str {
@@ -246,7 +255,10 @@ impl Runtime for Containerd {
                 .iter()
                 .filter(|(k, _)| k.as_str() == LABEL_NODE)
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .chain([("containerd.io/gc.expire".to_string(), expire)])
+                .chain([
+                    ("containerd.io/gc.expire".to_string(), expire),
+                    (LABEL_BOOT.to_string(), self.boot_id.clone()),
+                ])
                 .collect(),
         };
         match self.leases().create(self.request(lease_req)).await {

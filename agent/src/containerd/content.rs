@@ -6,7 +6,7 @@
 //! record last.
 
 use super::client::Containerd;
-use super::{BlobRef, ImageStore, RuntimeError, LABEL_NODE};
+use super::{BlobRef, ImageStore, RuntimeError, LABEL_BOOT, LABEL_NODE};
 use async_trait::async_trait;
 use bytes::Bytes;
 use containerd_client::services::v1::diff_client::DiffClient;
@@ -46,6 +46,7 @@ impl ImageStore for Containerd {
         let expire = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(6 * 3600)).to_string();
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), node_id.to_string()),
+            (LABEL_BOOT.to_string(), self.boot_id().to_string()),
             ("containerd.io/gc.expire".to_string(), expire),
         ]);
         self.leases()

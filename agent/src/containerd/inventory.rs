@@ -2,7 +2,7 @@
 //! leases of interrupted work, found by this node's label.
 
 use super::client::Containerd;
-use super::{LabelledContainer, RuntimeError, LABEL_JOB, LABEL_NODE, LABEL_TASK};
+use super::{LabelledContainer, RuntimeError, LABEL_BOOT, LABEL_JOB, LABEL_NODE, LABEL_TASK};
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
     DeleteRequest as DeleteLeaseRequest, ListContainersRequest, ListRequest as ListLeasesRequest,
@@ -81,7 +81,10 @@ impl Containerd {
             .map_err(|s| self.status_error("list leases", "leases", s))?
             .into_inner()
             .leases;
-        for lease in leases {
+        // Leases of this very process belong to work under way (a pull started
+        // while recovery ran), not to interrupted work.
+        for lease in leases.into_iter().filter(|l| l.labels.get(LABEL_BOOT).map(String::as_str) != Some(self.boot_id()))
+        {
             let req = DeleteLeaseRequest { id: lease.id.clone(), sync: false };
             if self.leases().delete(self.request(req)).await.is_ok() {
                 removed.push(format!("lease {}", lease.id));

@@ -47,6 +47,8 @@ pub const LABEL_JOB: &str = "berth.job-id";
 pub const LABEL_TASK: &str = "berth.task-id";
 pub const LABEL_KEY: &str = "berth.task-key";
 pub const LABEL_NODE: &str = "berth.node-id";
+/// On leases only: the agent process that holds them.
+pub const LABEL_BOOT: &str = "berth.boot-id";
 
 /// A container in the runtime that carries this node's berth labels.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,7 +247,7 @@ impl Puller {
             progress.send_modify(|p| p.finish(&blob.digest));
             return Ok(0);
         }
-        once(&self.blobs, &blob.digest, async {
+        let result = once(&self.blobs, &blob.digest, async {
             let _permit = self.downloads.acquire().await.map_err(|e| PullError::Store(e.to_string()))?;
             self.retry(&blob.digest, || async {
                 let data = self.registry.blob(r, &blob.digest, creds).await.map_err(|e| {
@@ -286,6 +286,26 @@ impl Puller {
             })
             .await
         })
+        .await;
+        // Also when another pull did the download.
+        if result.is_ok() {
+            progress.send_modify(|p| p.finish(&blob.digest));
+        }
+        result
+    }
+
+    /// Writes a small blob held in memory; concurrent pulls of images sharing
+    /// it (a config, a manifest) write it once.
+    async fn small_write(
+        &self,
+        lease: &str,
+        blob: &BlobRef,
+        labels: HashMap<String, String>,
+        data: Bytes,
+    ) -> Result<u64, PullError> {
+        once(&self.blobs, &blob.digest, async {
+            Ok(self.store.write_blob(lease, blob, labels, bytes_stream(data)).await?)
+        })
         .await
     }
 
@@ -300,10 +320,9 @@ impl Puller {
         let lease = self.store.create_lease(&self.node_id).await?;
         let progress: ProgressTx = Arc::new(tokio::sync::watch::channel(Progress::default()).0);
         self.progress.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), progress.clone());
-        let result = self.fetch_and_unpack(name, &r, &lease, (top, top_bytes), creds, &progress).await;
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.store.delete_lease(&lease).await;
-        result
+        // Released however the pull ends: done, failed, timed out or cancelled.
+        let _cleanup = Cleanup { puller: self, name: name.to_owned(), lease: lease.clone() };
+        self.fetch_and_unpack(name, &r, &lease, (top, top_bytes), creds, &progress).await
     }
 
     async fn fetch_and_unpack(
@@ -408,15 +427,15 @@ impl Puller {
         let snapshot_label = format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter);
         let Some(top_chain) = chains.last().cloned() else { return Err(invalid("no layers".into())) };
         let cfg_labels = HashMap::from([(snapshot_label, top_chain)]);
-        report.bytes_fetched += self.store.write_blob(lease, &cfg_ref, cfg_labels, bytes_stream(cfg_bytes)).await?;
+        report.bytes_fetched += self.small_write(lease, &cfg_ref, cfg_labels, cfg_bytes).await?;
         let mut m_labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), cfg_ref.digest.clone())]);
         for (i, l) in layers.iter().enumerate() {
             m_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
         }
-        self.store.write_blob(lease, &manifest_ref, m_labels, bytes_stream(manifest_bytes)).await?;
+        self.small_write(lease, &manifest_ref, m_labels, manifest_bytes).await?;
         if let Some((index_ref, index_bytes)) = index {
             let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), manifest_ref.digest.clone())]);
-            self.store.write_blob(lease, &index_ref, labels, bytes_stream(index_bytes)).await?;
+            self.small_write(lease, &index_ref, labels, index_bytes).await?;
         }
 
         // Unpack, bottom layer first; what is already unpacked is skipped.
@@ -454,6 +473,21 @@ impl Puller {
     }
 }
 
+/// Deletes a pull's lease and progress entry when the pull ends, however it ends.
+struct Cleanup<'a> {
+    puller: &'a Puller,
+    name: String,
+    lease: String,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.puller.progress.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+        let (store, lease) = (self.puller.store.clone(), std::mem::take(&mut self.lease));
+        tokio::spawn(async move { store.delete_lease(&lease).await });
+    }
+}
+
 /// An error with whether trying again may help.
 struct RetryableError {
     error: PullError,
@@ -464,11 +498,7 @@ struct RetryableError {
 impl Pull for Puller {
     async fn pull(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError> {
         // Concurrent pulls of one image (with the same user) share one pull.
-        let key = match creds {
-            Some(Credentials::Basic { username, .. }) => format!("{name}\u{0}{username}"),
-            Some(Credentials::Token(_)) => format!("{name}\u{0}<token>"),
-            None => name.to_owned(),
-        };
+        let key = format!("{name}\u{0}{}", crate::registry::client_key(creds));
         let secs = self.settings.timeout.as_secs();
         once(&self.images, &key, async {
             match tokio::time::timeout(self.settings.timeout, self.pull_inner(name, creds)).await {

@@ -50,6 +50,8 @@ pub enum RegistryError {
     NotFound { registry: String, what: String },
     #[error("cannot reach registry {registry}: {reason}")]
     Unreachable { registry: String, reason: String },
+    #[error("cannot reach registry {registry}: TLS: {reason}")]
+    Tls { registry: String, reason: String },
     #[error("registry {registry} answered {status}: {reason}")]
     Server { registry: String, status: u16, reason: String },
     #[error("registry {registry}: {reason}")]
@@ -102,7 +104,7 @@ impl ClientConfigParts {
 }
 
 /// Which client serves `creds` (the secret enters only as a hash).
-fn client_key(creds: Option<&Credentials>) -> String {
+pub(crate) fn client_key(creds: Option<&Credentials>) -> String {
     use sha2::{Digest, Sha256};
     match creds {
         None => String::new(),
@@ -192,7 +194,9 @@ impl Registry {
                 use oci_client::errors::OciErrorCode as C;
                 let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
                 let reason = envelope.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
-                if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
+                if codes.iter().any(|c| matches!(c, C::Toomanyrequests)) {
+                    RegistryError::Server { registry, status: 429, reason }
+                } else if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
                     RegistryError::Unauthorized { registry, hint: "" }
                 } else if codes.iter().any(|c| matches!(c, C::ManifestUnknown | C::BlobUnknown | C::NameUnknown)) {
                     RegistryError::NotFound { registry, what: format!("{what} ({reason})") }
@@ -200,19 +204,14 @@ impl Registry {
                     RegistryError::Other { registry, reason: reason.replace(secret.unwrap_or("\u{0}"), "<redacted>") }
                 }
             }
-            OciDistributionError::RequestError(re) if re.is_connect() || re.is_timeout() => {
-                let reason = describe(re, secret);
-                let reason = if reason.contains("certificate") || reason.contains("tls") || reason.contains("TLS") {
-                    format!("TLS: {reason}")
-                } else {
-                    reason
-                };
-                RegistryError::Unreachable { registry, reason }
-            }
             OciDistributionError::RequestError(re) => {
                 let reason = describe(re, secret);
-                if reason.contains("certificate") || reason.contains("tls") {
-                    RegistryError::Unreachable { registry, reason: format!("TLS: {reason}") }
+                let lower = reason.to_lowercase();
+                // A certificate problem will not go away by trying again.
+                if lower.contains("certificate") || lower.contains("tls") {
+                    RegistryError::Tls { registry, reason }
+                } else if re.is_builder() {
+                    RegistryError::Other { registry, reason }
                 } else {
                     RegistryError::Unreachable { registry, reason }
                 }

@@ -115,7 +115,10 @@ impl Supervisor {
             tokio::spawn(async move {
                 let creds = this.shared.puller.configured_credentials(&name);
                 let state = match this.shared.puller.pull(&name, creds.as_ref()).await {
-                    Ok(_) => PrefetchState::Ready,
+                    Ok(_) => {
+                        this.touch_image(&name);
+                        PrefetchState::Ready
+                    }
                     Err(e) => {
                         tracing::warn!(image = %name, error = %e, "prefetch failed");
                         PrefetchState::Failed(e.to_string())

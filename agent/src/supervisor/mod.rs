@@ -235,6 +235,7 @@ impl Supervisor {
             let queued = sched.slots.remove_queued(key);
             if queued {
                 sched.stops.remove(key);
+                self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
             } else if let Some(tx) = sched.stops.get(key) {
                 tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
             } else if !sched.recovered {
@@ -404,6 +405,7 @@ impl Supervisor {
         let name = images::normalize(reference)?;
         let creds = creds.or_else(|| self.shared.puller.configured_credentials(&name));
         let report = self.shared.puller.pull(&name, creds.as_ref()).await?;
+        self.touch_image(&name);
         Ok((name, report))
     }
 

@@ -170,7 +170,16 @@ async fn prepare(
     };
     tracing::info!(job_id = %key.job, task_id = %key.task, image = %image_name, "preparing task");
     let creds = sup.credentials_for(&key, &image_name);
-    let image = match image_for(sup, &image_name, container.pull_policy, creds.as_ref()).await {
+    // A terminate is honoured while the image is pulled (the pull itself goes
+    // on for any other task that wants the image).
+    let mut stop_rx = stop.clone();
+    let pulled = tokio::select! {
+        r = image_for(sup, &image_name, container.pull_policy, creds.as_ref()) => r,
+        s = stopped(&mut stop_rx) => {
+            return Err(sup.complete(info, None, Some(s.reason.failure(" while its image was being pulled"))).await);
+        }
+    };
+    let image = match pulled {
         Ok(i) => {
             sup.touch_image(&image_name);
             i
@@ -357,6 +366,18 @@ async fn finish(
     }
 }
 
+/// Resolves once a stop is requested.
+async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    loop {
+        if let Some(s) = *stop.borrow_and_update() {
+            return s;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// The image of a task, pulled first as its policy says.
 async fn image_for(
     sup: &Supervisor,
@@ -388,8 +409,11 @@ async fn image_for(
         (other, _) => other,
     };
     resolved.map_err(|e| match e {
-        RuntimeError::NotFound { .. } => {
+        RuntimeError::NotFound { .. } if policy == PullPolicy::Never => {
             FailureInfo::user("ImageNotFound", format!("image {name} is not on this node and the pull policy is NEVER"))
+        }
+        RuntimeError::NotFound { .. } => {
+            FailureInfo::server("ImageNotFound", format!("image {name} was pulled but is not in containerd"))
         }
         e @ RuntimeError::BadImage { .. } => {
             let code = if e.to_string().contains("no entry for") { "ImagePlatformMismatch" } else { "ImageInvalid" };
