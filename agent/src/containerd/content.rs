@@ -15,8 +15,8 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::WriteAction;
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest, Image,
-    InfoRequest, UpdateImageRequest, WriteContentRequest,
+    AddResourceRequest, ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    DeleteRequest as DeleteLeaseRequest, Image, InfoRequest, Resource, UpdateImageRequest, WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
 use futures_util::stream::BoxStream;
@@ -39,6 +39,18 @@ fn descriptor(b: &BlobRef) -> Descriptor {
     Descriptor { media_type: b.media_type.clone(), digest: b.digest.clone(), size: b.size, ..Default::default() }
 }
 
+impl Containerd {
+    async fn add_to_lease(&self, lease: &str, id: &str, kind: &str) {
+        let req = AddResourceRequest {
+            id: lease.to_owned(),
+            resource: Some(Resource { id: id.to_owned(), r#type: kind.to_owned() }),
+        };
+        if let Err(s) = self.leases().add_resource(self.request(req)).await {
+            tracing::warn!(lease, resource = id, error = %s.message(), "cannot add to lease");
+        }
+    }
+}
+
 #[async_trait]
 impl ImageStore for Containerd {
     async fn create_lease(&self, node_id: &str) -> Result<String, RuntimeError> {
@@ -58,6 +70,14 @@ impl ImageStore for Containerd {
 
     async fn delete_lease(&self, id: &str) {
         let _ = self.leases().delete(self.request(DeleteLeaseRequest { id: id.to_owned(), sync: false })).await;
+    }
+
+    async fn lease_blob(&self, lease: &str, digest: &str) {
+        self.add_to_lease(lease, digest, "content").await;
+    }
+
+    async fn lease_snapshot(&self, lease: &str, chain_id: &str) {
+        self.add_to_lease(lease, chain_id, &format!("snapshots/{}", self.snapshotter())).await;
     }
 
     async fn has_blob(&self, digest: &str) -> Result<bool, RuntimeError> {

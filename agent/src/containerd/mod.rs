@@ -78,6 +78,12 @@ pub trait ImageStore: Send + Sync + 'static {
     /// A lease protecting what a pull writes until the image record holds it.
     async fn create_lease(&self, node_id: &str) -> Result<String, RuntimeError>;
     async fn delete_lease(&self, id: &str);
+    /// Puts content that already exists (or that another pull wrote) under
+    /// `lease` too, so containerd's GC keeps it until this pull's image record
+    /// holds it.
+    async fn lease_blob(&self, lease: &str, digest: &str);
+    /// The same for a committed snapshot this pull builds on.
+    async fn lease_snapshot(&self, lease: &str, chain_id: &str);
     async fn has_blob(&self, digest: &str) -> Result<bool, RuntimeError>;
     /// Streams a blob in; containerd verifies size and digest at commit. Returns
     /// the bytes written (0 when the blob was already there).

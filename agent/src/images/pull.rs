@@ -244,6 +244,7 @@ impl Puller {
         progress: &ProgressTx,
     ) -> Result<u64, PullError> {
         if self.store.has_blob(&blob.digest).await? {
+            self.store.lease_blob(lease, &blob.digest).await;
             progress.send_modify(|p| p.finish(&blob.digest));
             return Ok(0);
         }
@@ -287,8 +288,10 @@ impl Puller {
             .await
         })
         .await;
-        // Also when another pull did the download.
+        // Also when another pull did the download (under its own lease) or
+        // the blob turned out to be there already.
         if result.is_ok() {
+            self.store.lease_blob(lease, &blob.digest).await;
             progress.send_modify(|p| p.finish(&blob.digest));
         }
         result
@@ -303,10 +306,12 @@ impl Puller {
         labels: HashMap<String, String>,
         data: Bytes,
     ) -> Result<u64, PullError> {
-        once(&self.blobs, &blob.digest, async {
+        let n = once(&self.blobs, &blob.digest, async {
             Ok(self.store.write_blob(lease, blob, labels, bytes_stream(data)).await?)
         })
-        .await
+        .await?;
+        self.store.lease_blob(lease, &blob.digest).await;
+        Ok(n)
     }
 
     async fn pull_inner(&self, name: &str, creds: Option<&Credentials>) -> Result<PullReport, PullError> {
@@ -441,7 +446,9 @@ impl Puller {
         // Unpack, bottom layer first; what is already unpacked is skipped.
         let mut parent: Option<&str> = None;
         for ((layer, diff), chain) in layers.iter().zip(&diff_ids).zip(&chains) {
-            if !self.store.has_snapshot(chain).await? {
+            if self.store.has_snapshot(chain).await? {
+                self.store.lease_snapshot(lease, chain).await;
+            } else {
                 self.store.unpack_layer(lease, layer, parent, chain, diff).await?;
             }
             parent = Some(chain);
