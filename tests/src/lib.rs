@@ -282,6 +282,15 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
     }
 }
 
+/// A task spec on another image.
+pub fn task_on(job: &str, task_id: &str, command_line: &str, image: impl Into<String>) -> pb::TaskSpec {
+    let mut spec = task(job, task_id, command_line);
+    if let Some(c) = spec.container.as_mut() {
+        c.image = image.into();
+    }
+    spec
+}
+
 /// A thin client with the calls tests repeat.
 #[derive(Clone)]
 pub struct Client {

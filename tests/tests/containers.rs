@@ -2,7 +2,7 @@
 //! directory and environment rules, output and exit codes. Real agent, real
 //! containerd, real runc.
 
-use berth_tests::{failure_code, image, task, v1 as pb, Agent, AgentOptions};
+use berth_tests::{failure_code, image, task, task_on, v1 as pb, Agent, AgentOptions};
 
 #[tokio::test]
 async fn seed_example_writes_hello_world_to_the_host() {
@@ -27,15 +27,13 @@ async fn seed_example_writes_hello_world_to_the_host() {
 async fn empty_command_line_runs_entrypoint_and_cmd() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task("epjob", "t1", "");
-    spec.container.as_mut().unwrap().image = image("entrypoint");
+    let spec = task_on("epjob", "t1", "", image("entrypoint"));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(c.read("epjob", "t1", "stdout.txt").await.unwrap(), "from-entrypoint default-cmd\n");
 
     // A command line replaces both ENTRYPOINT and CMD, and no shell expands it.
-    let mut spec = task("epjob", "t2", "/bin/echo $HOME 'a  b'");
-    spec.container.as_mut().unwrap().image = image("entrypoint");
+    let spec = task_on("epjob", "t2", "/bin/echo $HOME 'a  b'", image("entrypoint"));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(c.read("epjob", "t2", "stdout.txt").await.unwrap(), "$HOME a  b\n");
@@ -72,14 +70,14 @@ async fn working_directory_rules() {
 async fn task_env_and_batch_variables_are_visible() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task(
+    let mut spec = task_on(
         "envjob",
         "envtask",
         "/bin/sh -c 'echo $MY_VAR; echo $IMAGE_VAR; echo $AZ_BATCH_JOB_ID; echo $AZ_BATCH_TASK_ID; \
          echo $AZ_BATCH_NODE_ID; echo $AZ_BATCH_POOL_ID; echo $AZ_BATCH_NODE_SHARED_DIR; echo $AZ_BATCH_TASK_DIR; \
          echo $AZ_BATCH_NODE_ROOT_DIR; echo $AZ_BATCH_NODE_IS_DEDICATED'",
+        image("workdir"),
     );
-    spec.container.as_mut().unwrap().image = image("workdir");
     spec.environment.insert("MY_VAR".into(), "my value".into());
     spec.environment.insert("IMAGE_VAR".into(), "from-task".into());
     let done = c.run_done(spec).await;
@@ -148,16 +146,14 @@ async fn missing_image_fails_clearly() {
     let mut c = agent.client().await;
     let missing = format!("{}/berth-test/does-not-exist:1", berth_tests::env("BERTH_TEST_REGISTRY"));
     // Pulled (policy MISSING): the registry's answer, in words.
-    let mut spec = task("imgjob", "missing", "/bin/true");
-    spec.container.as_mut().unwrap().image = missing.clone();
+    let spec = task_on("imgjob", "missing", "/bin/true", missing.clone());
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImagePullFailed", "{done:?}");
     let f = done.failure_info.unwrap();
     assert!(f.message.contains("not found"), "{f:?}");
     assert_eq!((done.exit_code, f.category), (None, pb::FailureCategory::UserError as i32));
     // Policy NEVER: not on the node.
-    let mut spec = task("imgjob", "never", "/bin/true");
-    spec.container.as_mut().unwrap().image = missing;
+    let mut spec = task_on("imgjob", "never", "/bin/true", missing);
     spec.container.as_mut().unwrap().pull_policy = pb::PullPolicy::Never as i32;
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImageNotFound", "{done:?}");

@@ -4,7 +4,7 @@
 //! in the main pass and run one at a time by scripts/test
 //! (`cargo test --test faults -- --ignored --test-threads=1`).
 
-use berth_tests::{containerd, failure_code, task, v1 as pb, Agent, AgentOptions, Client};
+use berth_tests::{containerd, failure_code, task, task_on, v1 as pb, Agent, AgentOptions, Client};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -281,16 +281,14 @@ async fn registry_outage_is_retried_then_reported_and_recovered_from() {
     let _guard = RestartRegistry;
     registry("stop");
     // Down for good: retried, then a clear failure.
-    let mut spec = task("regjob", "down", "/bin/true");
-    spec.container.as_mut().unwrap().image = berth_tests::image("layers_b");
+    let spec = task_on("regjob", "down", "/bin/true", berth_tests::image("layers_b"));
     let done = c.run_done(spec).await;
     let f = done.failure_info.clone().unwrap();
     assert_eq!(f.code, "ImagePullFailed", "{done:?}");
     assert!(f.message.contains("cannot reach registry"), "{f:?}");
     assert!(agent.log().contains("transient pull error; retrying"));
     // Back within the retries: the pull goes through.
-    let mut spec = task("regjob", "back", "/bin/true");
-    spec.container.as_mut().unwrap().image = berth_tests::image("layers_b");
+    let spec = task_on("regjob", "back", "/bin/true", berth_tests::image("layers_b"));
     c.run(spec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     registry("start");
@@ -321,8 +319,7 @@ async fn corrupted_blob_fails_on_its_digest_and_leaves_no_image() {
 
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task("corruptjob", "bad", "/bin/true");
-    spec.container.as_mut().unwrap().image = img.clone();
+    let spec = task_on("corruptjob", "bad", "/bin/true", img.clone());
     let done = c.run_done(spec).await;
     std::fs::write(&blob, &original).unwrap();
     let f = done.failure_info.clone().unwrap();
@@ -336,8 +333,7 @@ async fn corrupted_blob_fails_on_its_digest_and_leaves_no_image() {
     assert!(!String::from_utf8_lossy(&images.stdout).contains("berth-test/user"), "an image record was left");
 
     // Restored: the same image pulls and runs.
-    let mut spec = task("corruptjob", "good", "");
-    spec.container.as_mut().unwrap().image = img;
+    let spec = task_on("corruptjob", "good", "", img);
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
 }

@@ -2,7 +2,7 @@
 //! with basic auth, multi-architecture indexes, digest pinning, shared
 //! downloads, and images moving both ways between berth and `ctr`.
 
-use berth_tests::{binary, env, failure_code, image, task, v1 as pb, Agent, AgentOptions};
+use berth_tests::{binary, env, failure_code, image, task_on, v1 as pb, Agent, AgentOptions};
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -31,22 +31,19 @@ async fn tls_registry_with_basic_auth_and_no_leaked_password() {
 
     // Wrong password: ImagePullFailed saying unauthorized.
     let wrong = "Wrong-Passw0rd-xyzzy".to_string();
-    let mut spec = task("tlsjob", "wrong", "/bin/true");
-    spec.container.as_mut().unwrap().image = tls_image.clone();
+    let mut spec = task_on("tlsjob", "wrong", "/bin/true", tls_image.clone());
     spec.container.as_mut().unwrap().registry = Some(creds(wrong.clone()));
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImagePullFailed", "{done:?}");
     assert!(done.failure_info.as_ref().unwrap().message.contains("unauthorized"), "{done:?}");
 
     // No credentials: unauthorized too, and the message says none were given.
-    let mut spec = task("tlsjob", "anonymous", "/bin/true");
-    spec.container.as_mut().unwrap().image = tls_image.clone();
+    let spec = task_on("tlsjob", "anonymous", "/bin/true", tls_image.clone());
     let done = c.run_done(spec).await;
     assert!(done.failure_info.as_ref().unwrap().message.contains("no credentials"), "{done:?}");
 
     // The right password pulls over TLS (CA from the config) and runs.
-    let mut spec = task("tlsjob", "right", "/bin/echo pulled-over-tls");
-    spec.container.as_mut().unwrap().image = tls_image.clone();
+    let mut spec = task_on("tlsjob", "right", "/bin/echo pulled-over-tls", tls_image.clone());
     spec.container.as_mut().unwrap().registry = Some(creds(password()));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
@@ -87,8 +84,7 @@ async fn berthctl_pull_with_password_on_stdin() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("pulled"), "{out:?}");
     // Now on the node: a task with pull policy NEVER runs it.
     let mut c = agent.client().await;
-    let mut spec = task("pulljob", "never", "/bin/true");
-    spec.container.as_mut().unwrap().image = env("BERTH_TEST_TLS_IMAGE_BUSYBOX");
+    let mut spec = task_on("pulljob", "never", "/bin/true", env("BERTH_TEST_TLS_IMAGE_BUSYBOX"));
     spec.container.as_mut().unwrap().pull_policy = pb::PullPolicy::Never as i32;
     assert_eq!(c.run_done(spec).await.exit_code, Some(0));
     // A wrong password: PERMISSION_DENIED from PullImage, exit 1.
@@ -110,14 +106,12 @@ async fn berthctl_pull_with_password_on_stdin() {
 async fn multi_arch_index_runs_the_nodes_entry_or_fails_clearly() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task("archjob", "multi", "/bin/cat /etc/berth-arch");
-    spec.container.as_mut().unwrap().image = image("multiarch");
+    let spec = task_on("archjob", "multi", "/bin/cat /etc/berth-arch", image("multiarch"));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(c.read("archjob", "multi", "stdout.txt").await.unwrap(), "amd64");
 
-    let mut spec = task("archjob", "armonly", "/bin/true");
-    spec.container.as_mut().unwrap().image = image("armonly");
+    let spec = task_on("archjob", "armonly", "/bin/true", image("armonly"));
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "ImagePlatformMismatch", "{done:?}");
     let message = done.failure_info.unwrap().message;
@@ -128,8 +122,7 @@ async fn multi_arch_index_runs_the_nodes_entry_or_fails_clearly() {
 async fn digest_pinned_reference_runs() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    let mut spec = task("digestjob", "pinned", "/bin/echo pinned");
-    spec.container.as_mut().unwrap().image = env("BERTH_TEST_IMAGE_BUSYBOX_DIGEST");
+    let spec = task_on("digestjob", "pinned", "/bin/echo pinned", env("BERTH_TEST_IMAGE_BUSYBOX_DIGEST"));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     let images = String::from_utf8_lossy(&ctr(&agent.namespace(), &["images", "ls", "-q"]).stdout).into_owned();
@@ -159,8 +152,8 @@ async fn ten_tasks_on_a_new_image_fetch_each_blob_once() {
     // Counted from now: the environment may have served this repository before.
     let before = blob_gets(&repo);
     for i in 0..10 {
-        let mut spec = task("dedupjob", &format!("t{i}"), "/bin/sh -c 'test -s /data/one && test -s /data/two'");
-        spec.container.as_mut().unwrap().image = img.clone();
+        let spec =
+            task_on("dedupjob", &format!("t{i}"), "/bin/sh -c 'test -s /data/one && test -s /data/two'", img.clone());
         c.run(spec).await.unwrap();
     }
     for i in 0..10 {
@@ -184,8 +177,7 @@ async fn images_move_both_ways_between_berth_and_ctr() {
     let ns = agent.namespace();
     // Pulled by berth, run by ctr.
     let img = image("entrypoint");
-    let mut spec = task("interop", "berth-pulls", "/bin/true");
-    spec.container.as_mut().unwrap().image = img.clone();
+    let spec = task_on("interop", "berth-pulls", "/bin/true", img.clone());
     assert_eq!(c.run_done(spec).await.exit_code, Some(0));
     let cid = format!("ctr-{ns}");
     let out = ctr(&ns, &["run", "--rm", "--fifo-dir", &env("BERTH_TEST_FIFO_DIR"), &img, &cid]);
@@ -195,8 +187,7 @@ async fn images_move_both_ways_between_berth_and_ctr() {
     let img = image("workdir");
     let out = ctr(&ns, &["images", "pull", "--plain-http", &img]);
     assert!(out.status.success(), "{out:?}");
-    let mut spec = task("interop", "ctr-pulls", "");
-    spec.container.as_mut().unwrap().image = img;
+    let mut spec = task_on("interop", "ctr-pulls", "", img);
     spec.container.as_mut().unwrap().pull_policy = pb::PullPolicy::Never as i32;
     spec.container.as_mut().unwrap().working_directory = pb::WorkingDirectory::ImageDefault as i32;
     let done = c.run_done(spec).await;
@@ -225,11 +216,9 @@ async fn prefetch_remove_and_garbage_collection() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // An image used once, and one in use by a running task.
-    let mut spec = task("gcjob", "once", "/bin/true");
-    spec.container.as_mut().unwrap().image = image("entrypoint");
+    let spec = task_on("gcjob", "once", "/bin/true", image("entrypoint"));
     assert_eq!(c.run_done(spec).await.exit_code, Some(0));
-    let mut spec = task("gcjob", "busy", "/bin/sleep 300");
-    spec.container.as_mut().unwrap().image = image("workdir");
+    let spec = task_on("gcjob", "busy", "/bin/sleep 300", image("workdir"));
     c.run(spec).await.unwrap();
     c.wait_state("gcjob", "busy", pb::TaskState::Running, Duration::from_secs(60)).await;
 
@@ -313,8 +302,7 @@ async fn prefetch_list_from_the_config_file() {
 async fn node_credentials_from_the_config_file() {
     let agent = Agent::start(AgentOptions { tls_registry_credentials: true, ..Default::default() }).await;
     let mut c = agent.client().await;
-    let mut spec = task("nodecreds", "t", "/bin/true");
-    spec.container.as_mut().unwrap().image = env("BERTH_TEST_TLS_IMAGE_BUSYBOX");
+    let spec = task_on("nodecreds", "t", "/bin/true", env("BERTH_TEST_TLS_IMAGE_BUSYBOX"));
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert!(!agent.log().contains(&password()), "the password is in the agent log");
