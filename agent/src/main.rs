@@ -125,6 +125,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         min_free_bytes: cfg.min_free_bytes,
         history_limit: cfg.history_limit,
         event_log_keep: cfg.event_log_keep,
+        identities: cfg.identities.clone(),
+        policy: cfg.policy.clone(),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");

@@ -3,8 +3,8 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    ContainerInfo, ContainerSettings, Credentials, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo,
-    TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
+    AutoUserScope, ContainerInfo, ContainerSettings, Credentials, Elevation, FailureCategory, FailureInfo, PullPolicy,
+    TaskConstraints, TaskInfo, TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
 };
 use crate::store::TaskEvent;
 use crate::supervisor::NodeStatus;
@@ -103,7 +103,7 @@ pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> 
         command_line: t.command_line,
         container,
         environment: t.environment.into_iter().collect(),
-        user: t.user.map(|u| UserIdentity { uid: u.uid, gid: u.gid }).unwrap_or_default(),
+        user: identity(t.user).map_err(decode)?,
         constraints: TaskConstraints {
             max_wall_clock_time: duration("constraints.max_wall_clock_time", constraints.max_wall_clock_time)
                 .map_err(decode)?,
@@ -111,6 +111,53 @@ pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> 
         },
         required_slots: t.required_slots.max(1),
     })
+}
+
+/// A named pool user or an auto-user; unset is the pool auto-user, non-admin.
+fn identity(u: Option<pb::UserIdentity>) -> Result<UserIdentity, DecodeError> {
+    let Some(u) = u else { return Ok(UserIdentity::default()) };
+    if !u.user_name.is_empty() {
+        if u.auto_user.is_some() {
+            return Err(DecodeError::new("user", "give user_name or auto_user, not both"));
+        }
+        return Ok(UserIdentity::Named(u.user_name));
+    }
+    let auto = u.auto_user.unwrap_or_default();
+    let scope = match pb::AutoUserScope::try_from(auto.scope) {
+        Ok(pb::AutoUserScope::Unspecified | pb::AutoUserScope::Pool) => AutoUserScope::Pool,
+        Ok(pb::AutoUserScope::Task) => AutoUserScope::Task,
+        Err(_) => return Err(DecodeError::new("user.auto_user.scope", format!("unknown value {}", auto.scope))),
+    };
+    let elevation = match pb::ElevationLevel::try_from(auto.elevation_level) {
+        Ok(pb::ElevationLevel::Unspecified | pb::ElevationLevel::NonAdmin) => Elevation::NonAdmin,
+        Ok(pb::ElevationLevel::Admin) => Elevation::Admin,
+        Err(_) => {
+            return Err(DecodeError::new(
+                "user.auto_user.elevation_level",
+                format!("unknown value {}", auto.elevation_level),
+            ))
+        }
+    };
+    Ok(UserIdentity::Auto { scope, elevation })
+}
+
+fn identity_to_proto(u: &UserIdentity) -> pb::UserIdentity {
+    match u {
+        UserIdentity::Named(name) => pb::UserIdentity { user_name: name.clone(), auto_user: None },
+        UserIdentity::Auto { scope, elevation } => pb::UserIdentity {
+            user_name: String::new(),
+            auto_user: Some(pb::AutoUserSpecification {
+                scope: match scope {
+                    AutoUserScope::Pool => pb::AutoUserScope::Pool,
+                    AutoUserScope::Task => pb::AutoUserScope::Task,
+                } as i32,
+                elevation_level: match elevation {
+                    Elevation::NonAdmin => pb::ElevationLevel::NonAdmin,
+                    Elevation::Admin => pb::ElevationLevel::Admin,
+                } as i32,
+            }),
+        },
+    }
 }
 
 fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
@@ -134,7 +181,7 @@ fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
             } as i32,
         }),
         environment: s.environment.clone().into_iter().collect(),
-        user: Some(pb::UserIdentity { uid: s.user.uid, gid: s.user.gid }),
+        user: Some(identity_to_proto(&s.user)),
         constraints: Some(pb::TaskConstraints {
             max_wall_clock_time: s.constraints.max_wall_clock_time.map(proto_duration),
             retention_time: Some(proto_duration(s.constraints.retention())),
@@ -189,6 +236,12 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
         working_dir,
         spec: Some(spec_to_proto(&t.spec)),
         pull_progress: None,
+        run_as: t.run_as.as_ref().map(|r| pb::RunAs {
+            uid: r.uid,
+            gid: r.gid,
+            groups: r.groups.clone(),
+            admin: r.admin,
+        }),
     }
 }
 
@@ -268,7 +321,7 @@ mod tests {
                 pull_policy: pb::PullPolicy::Always as i32,
             }),
             environment: HashMap::from([("A".to_string(), "1".to_string())]),
-            user: Some(pb::UserIdentity { uid: Some(1000), gid: Some(100) }),
+            user: Some(pb::UserIdentity { user_name: "alice".into(), auto_user: None }),
             constraints: Some(pb::TaskConstraints {
                 max_wall_clock_time: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
                 retention_time: None,
@@ -282,7 +335,21 @@ mod tests {
         let spec = task_spec(proto_spec()).unwrap();
         assert_eq!(spec.key.to_string(), "job1/task1");
         assert_eq!(spec.container.as_ref().unwrap().working_directory, WorkingDirMode::ImageDefault);
-        assert_eq!(spec.user, UserIdentity { uid: Some(1000), gid: Some(100) });
+        assert_eq!(spec.user, UserIdentity::Named("alice".into()));
+        assert_eq!(identity_to_proto(&spec.user).user_name, "alice");
+        let auto = pb::UserIdentity {
+            user_name: String::new(),
+            auto_user: Some(pb::AutoUserSpecification { scope: 2, elevation_level: 2 }),
+        };
+        let want = UserIdentity::Auto { scope: AutoUserScope::Task, elevation: Elevation::Admin };
+        assert_eq!(identity(Some(auto.clone())).unwrap(), want);
+        assert_eq!(identity_to_proto(&want), auto);
+        assert_eq!(identity(None).unwrap(), UserIdentity::default());
+        assert!(
+            identity(Some(pb::UserIdentity { user_name: "a".into(), auto_user: Some(Default::default()) })).is_err()
+        );
+        let bad = pb::AutoUserSpecification { scope: 9, elevation_level: 0 };
+        assert!(identity(Some(pb::UserIdentity { user_name: String::new(), auto_user: Some(bad) })).is_err());
         assert_eq!(spec.constraints.max_wall_clock_time, Some(Duration::from_secs(5)));
         assert_eq!(spec.required_slots, 1, "0 slots means 1");
         let c = spec.container.as_ref().unwrap();

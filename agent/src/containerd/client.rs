@@ -141,6 +141,14 @@ impl Containerd {
             .map_err(|s| self.status_error("prepare snapshot", &format!("snapshot parent {}", req.image.chain_id), s))?
             .into_inner()
             .mounts;
+        let user_namespace = req.spec.linux().as_ref().is_some_and(|l| l.uid_mappings().is_some());
+        if user_namespace {
+            let (m, spec) = (mounts.clone(), req.spec.clone());
+            tokio::task::spawn_blocking(move || super::files::create_mount_points(&m, &spec))
+                .await
+                .map_err(|e| RuntimeError::Failed { op: "create mount points", message: e.to_string() })?
+                .map_err(|e| RuntimeError::Failed { op: "create mount points", message: e.to_string() })?;
+        }
 
         let spec = serde_json::to_vec(&req.spec)
             .map_err(|e| RuntimeError::Failed { op: "encode spec", message: e.to_string() })?;
@@ -272,6 +280,15 @@ impl Runtime for Containerd {
         }
         let _ = self.leases().delete(self.request(DeleteLeaseRequest { id: lease, sync: false })).await;
         result
+    }
+
+    async fn image_files(
+        &self,
+        node_id: &str,
+        chain_id: &str,
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+        self.read_image_files(node_id, chain_id, paths).await
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {

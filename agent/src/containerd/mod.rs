@@ -9,6 +9,7 @@
 
 mod client;
 mod content;
+mod files;
 mod image;
 mod inventory;
 
@@ -167,6 +168,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates the snapshot, the container and its task (created, not started).
     /// On failure, whatever this call made is removed again.
     async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError>;
+    /// Reads small files (absolute paths) of an image's root filesystem, by its
+    /// layers' chain ID; None for a file the image does not have.
+    async fn image_files(
+        &self,
+        node_id: &str,
+        chain_id: &str,
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, RuntimeError>;
     async fn start(&self, id: &str) -> Result<u32, RuntimeError>;
     /// Waits for the task's process to exit.
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;

@@ -3,14 +3,16 @@
 //! containerd's in `containerd/`).
 
 mod credentials;
+mod identity;
 mod ids;
 mod node;
 mod task;
 
 pub use credentials::Credentials;
+pub use identity::{AutoUserScope, AutoUsers, Elevation, Identities, IdentityError, RunAs, UserAccount, UserIdentity};
 pub use ids::{IdError, JobId, TaskId, TaskKey};
 pub use node::NodeFacts;
 pub use task::{
     ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo, TaskResult,
-    TaskSpec, TaskState, UserIdentity, WorkingDirMode, DEFAULT_RETENTION,
+    TaskSpec, TaskState, WorkingDirMode, DEFAULT_RETENTION,
 };

@@ -1,7 +1,7 @@
 //! A task as the scheduler describes it (`TaskSpec`) and as the agent reports it
 //! (`TaskInfo`). The semantics are those of `shared/design/SEMANTICS.md`.
 
-use super::TaskKey;
+use super::{RunAs, TaskKey, UserIdentity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -43,13 +43,6 @@ pub struct ContainerSettings {
     pub credentials: Option<super::Credentials>,
 }
 
-/// The uid/gid a task runs as. Unset fields mean root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct UserIdentity {
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskConstraints {
     pub max_wall_clock_time: Option<Duration>,
@@ -70,9 +63,16 @@ pub struct TaskSpec {
     pub command_line: String,
     pub container: Option<ContainerSettings>,
     pub environment: BTreeMap<String, String>,
+    /// Records written before identities existed hold `{uid, gid}` here; they read as the default.
+    #[serde(default, deserialize_with = "identity_or_default")]
     pub user: UserIdentity,
     pub constraints: TaskConstraints,
     pub required_slots: u32,
+}
+
+fn identity_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<UserIdentity, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -155,6 +155,9 @@ pub struct TaskInfo {
     /// agent crash interrupted creating one).
     #[serde(default)]
     pub attempt: u32,
+    /// The identity the task runs as, resolved when it was accepted.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
 }
 
 impl TaskInfo {
@@ -172,6 +175,7 @@ impl TaskInfo {
             sequence: 0,
             ever_started: false,
             attempt: 0,
+            run_as: None,
         }
     }
 

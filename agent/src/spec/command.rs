@@ -15,12 +15,24 @@ pub fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
     Ok(words)
 }
 
-/// The argv of the task's process.
-pub fn argv(command_line: &str, image: &ImageConfig) -> Result<Vec<String>, SpecError> {
-    let args = if command_line.trim().is_empty() {
-        image.entrypoint.iter().chain(&image.cmd).cloned().collect()
-    } else {
-        split(command_line)?
+/// The argv of the task's process. `entrypoint` is the `--entrypoint` run
+/// option: it replaces the image's ENTRYPOINT, and then an empty command line
+/// means no arguments rather than the image's CMD (docker's rule); `""` clears
+/// the ENTRYPOINT and keeps the CMD.
+pub fn argv(command_line: &str, image: &ImageConfig, entrypoint: Option<&str>) -> Result<Vec<String>, SpecError> {
+    let given = !command_line.trim().is_empty();
+    let args: Vec<String> = match entrypoint {
+        Some("") if given => split(command_line)?,
+        Some("") => image.cmd.clone(),
+        Some(ep) => {
+            let mut a = split(ep)?;
+            if given {
+                a.extend(split(command_line)?);
+            }
+            a
+        }
+        None if given => split(command_line)?,
+        None => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
     };
     if args.is_empty() {
         return Err(SpecError::NoCommand);
@@ -57,13 +69,28 @@ mod tests {
             ("", &image(&["/entry"], &[]), &["/entry"]),
         ];
         for (line, img, want) in cases {
-            assert_eq!(argv(line, img).unwrap(), *want, "{line:?}");
+            assert_eq!(argv(line, img, None).unwrap(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn entrypoint_option() {
+        let ep = image(&["/bin/echo", "from-entrypoint"], &["default-cmd"]);
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("", "/bin/cat", &["/bin/cat"]),
+            ("a b", "/bin/cat", &["/bin/cat", "a", "b"]),
+            ("", "", &["default-cmd"]),
+            ("x y", "", &["x", "y"]),
+        ];
+        for (line, entry, want) in cases {
+            assert_eq!(argv(line, &ep, Some(entry)).unwrap(), *want, "{line:?} {entry:?}");
         }
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(argv("", &ImageConfig::default()), Err(SpecError::NoCommand)));
-        assert!(matches!(argv("echo \"unclosed", &ImageConfig::default()), Err(SpecError::CommandLine { .. })));
+        assert!(matches!(argv("", &ImageConfig::default(), None), Err(SpecError::NoCommand)));
+        assert!(matches!(argv("", &ImageConfig::default(), Some("")), Err(SpecError::NoCommand)));
+        assert!(matches!(argv("echo \"unclosed", &ImageConfig::default(), None), Err(SpecError::CommandLine { .. })));
     }
 }

@@ -4,11 +4,10 @@
 //! See the OCI runtime spec, config-linux.md, for the meaning of each field.
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    Capability, LinuxDeviceCgroupBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
 };
 use oci_spec::OciSpecError;
-use std::collections::HashSet;
 
 /// containerd's default capability set (`oci.defaultUnixCaps`).
 pub const DEFAULT_CAPS: [Capability; 14] = [
@@ -43,22 +42,6 @@ pub const MASKED_PATHS: [&str; 11] = [
 ];
 
 pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
-
-/// The default set as bounding set; effective and permitted only for root, so a
-/// task running as another uid has no privilege over files it does not own
-/// (as Docker does for non-root users). Never inheritable or ambient, so nothing
-/// is kept across exec.
-pub fn capabilities(root: bool) -> Result<LinuxCapabilities, OciSpecError> {
-    let set: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
-    let active = if root { set.clone() } else { HashSet::new() };
-    LinuxCapabilitiesBuilder::default()
-        .bounding(set)
-        .effective(active.clone())
-        .permitted(active)
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
-        .build()
-}
 
 pub fn rlimits() -> Result<Vec<PosixRlimit>, OciSpecError> {
     Ok(vec![PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(1024u64).soft(1024u64).build()?])

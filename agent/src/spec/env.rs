@@ -89,9 +89,38 @@ pub fn merge(image: &[String], layers: &[&[(String, String)]]) -> Vec<String> {
         .collect()
 }
 
+/// An `--env-file`: `KEY=VALUE` lines; blank lines and `#` comments skipped.
+/// A bare `KEY` (docker takes it from its own environment) is refused.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            format!("line {}: not KEY=VALUE (values from the agent's environment are not taken)", n + 1)
+        })?;
+        check_name(k).map_err(|e| format!("line {}: {e}", n + 1))?;
+        if v.contains('\0') {
+            return Err(format!("line {}: value contains NUL", n + 1));
+        }
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_files() {
+        let vars = parse_env_file("# comment\n\nA=1\n  B=x=y\nC=\n").unwrap();
+        assert_eq!(vars, [("A".into(), "1".into()), ("B".into(), "x=y".into()), ("C".into(), String::new())]);
+        assert!(parse_env_file("A=1\nBARE\n").unwrap_err().contains("line 2"));
+        assert!(parse_env_file("AZ_BATCH_NODE_ID=x").unwrap_err().contains("reserved"));
+    }
 
     fn kv(k: &str, v: &str) -> (String, String) {
         (k.into(), v.into())

@@ -2,28 +2,37 @@
 //! [`oci_spec::runtime::Spec`] out; no I/O, no clock, no environment. Every rule
 //! of the task contract that shapes the container lives here (SEMANTICS.md):
 //! command line, environment, working directory, node root bind, user, hostname,
-//! default hardening.
+//! run options, default hardening.
 //!
 //! Validation that can be done before anything is created (command line, run
-//! options, environment names) is in [`check_task`], which `RunTask` calls so that
-//! a bad request is refused with nothing left behind.
+//! options, environment names, the node's policy) is in [`check_task`], which
+//! `RunTask` calls so that a bad request is refused with nothing left behind.
+//! What needs the host or the image (resolved bind sources, device numbers,
+//! env files, the image's `/etc/passwd`) the supervisor looks up and passes in
+//! [`Lookups`].
 
 mod command;
 mod defaults;
 mod env;
+mod options;
+mod policy;
 mod run_options;
+mod user;
 
-pub use env::RESERVED_PREFIX;
-pub use run_options::RunOptions;
+pub use env::{parse_env_file, RESERVED_PREFIX};
+pub use options::INIT_PATH;
+pub use policy::{bind_allowed, check as check_policy, check_user_name, Policy};
+pub use run_options::{DeviceOpt, MountOpt, RunOptions};
+pub use user::ImageAccounts;
 
 use crate::images::ImageConfig;
 use crate::layout::Layout;
-use crate::model::{NodeFacts, TaskSpec, WorkingDirMode};
+use crate::model::{NodeFacts, RunAs, TaskSpec, WorkingDirMode};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxBuilder, LinuxDevice, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use oci_spec::OciSpecError;
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -35,6 +44,8 @@ pub enum SpecError {
     RunOption { flag: String, reason: String },
     #[error("environment variable {name:?}: {reason}")]
     EnvName { name: String, reason: String },
+    #[error("{reason}")]
+    User { reason: String },
     #[error("building the OCI spec failed: {0}")]
     Oci(#[from] OciSpecError),
 }
@@ -51,11 +62,27 @@ pub fn check_task(task: &TaskSpec) -> Result<RunOptions, SpecError> {
     }
 }
 
+/// What the supervisor found on the host and in the image for this task.
+#[derive(Debug, Clone, Default)]
+pub struct Lookups {
+    /// The host path of each bind mount of the run options, symlinks resolved, in order.
+    pub bind_sources: Vec<String>,
+    /// Each `--device`, in order, as the container will see it.
+    pub devices: Vec<LinuxDevice>,
+    /// Variables from `--env-file` files, in order.
+    pub env_files: Vec<(String, String)>,
+    /// The image's `/etc/passwd` and `/etc/group`.
+    pub accounts: ImageAccounts,
+}
+
 /// Everything the spec is built from.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecInputs<'a> {
     pub task: &'a TaskSpec,
     pub run_options: &'a RunOptions,
+    pub run_as: &'a RunAs,
+    pub policy: &'a Policy,
+    pub lookups: &'a Lookups,
     pub image: &'a ImageConfig,
     pub node: &'a NodeFacts,
     pub layout: &'a Layout,
@@ -66,54 +93,78 @@ pub struct SpecInputs<'a> {
 /// Builds the spec of a container task.
 pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     let key = &i.task.key;
+    let o = i.run_options;
     let paths = i.layout.task(key);
-    let args = command::argv(&i.task.command_line, i.image)?;
+    let mut args = command::argv(&i.task.command_line, i.image, o.entrypoint.as_deref())?;
+    if o.init {
+        args.splice(0..0, [INIT_PATH.to_string(), "--".into()]);
+    }
 
     let batch = env::batch_vars(i.node, i.layout, key, &paths);
     let task_env: Vec<(String, String)> = i.task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let env = env::merge(&i.image.env, &[&i.run_options.env, &task_env, &batch]);
+    let env = env::merge(&i.image.env, &[&i.lookups.env_files, &o.env, &task_env, &batch]);
 
     let mode = i.task.container.as_ref().map(|c| c.working_directory).unwrap_or_default();
-    let cwd = match (&i.run_options.workdir, mode) {
+    let cwd = match (&o.workdir, mode) {
         (Some(w), _) => w.clone(),
         (None, WorkingDirMode::TaskWorkingDir) => paths.working_dir.display().to_string(),
         (None, WorkingDirMode::ImageDefault) => i.image.working_dir.clone().unwrap_or_else(|| "/".into()),
     };
 
-    let uid = i.task.user.uid.unwrap_or(0);
-    let user = UserBuilder::default().uid(uid).gid(i.task.user.gid.unwrap_or(0)).build()?;
+    let userns = i.policy.user_namespaces;
+    let pu = user::process_user(i.run_as, o, i.image.user.as_deref(), &i.lookups.accounts, userns)?;
+    let mut user = UserBuilder::default().uid(pu.uid).gid(pu.gid);
+    if !pu.additional_gids.is_empty() {
+        user = user.additional_gids(pu.additional_gids.clone());
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(user)
+        .user(user.build()?)
         .args(args)
         .env(env)
         .cwd(cwd)
-        .capabilities(defaults::capabilities(uid == 0)?)
-        .rlimits(defaults::rlimits()?)
-        .no_new_privileges(true)
+        .capabilities(options::capabilities(o, pu.uid == 0)?)
+        .rlimits(options::rlimits(o)?)
+        .no_new_privileges(!o.allow_new_privileges)
         .build()?;
 
-    let mut mounts = defaults::mounts()?;
+    let init = o.init.then_some(&i.policy.init_binary);
+    let mut mounts = options::default_mounts(o, userns)?;
     mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw"])?);
     for f in &i.node.network_files {
         mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro"])?);
     }
+    mounts.extend(options::task_mounts(o, &i.lookups.bind_sources, init)?);
 
-    let linux = LinuxBuilder::default()
-        .namespaces(defaults::namespaces()?)
-        .masked_paths(defaults::MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(defaults::READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .resources(LinuxResourcesBuilder::default().devices(defaults::device_rules()?).build()?)
-        .cgroups_path(i.cgroups_path)
-        .build()?;
+    let access: Vec<String> = o.devices.iter().map(|d| d.access.clone()).collect();
+    let mut linux = LinuxBuilder::default()
+        .namespaces(options::namespaces(o, userns)?)
+        .resources(options::resources(o, &i.lookups.devices, &access)?)
+        .cgroups_path(i.cgroups_path);
+    // A privileged task sees /proc and /sys unmasked, as with docker.
+    let (masked, readonly): (&[&str], &[&str]) =
+        if o.privileged { (&[], &[]) } else { (&defaults::MASKED_PATHS, &defaults::READONLY_PATHS) };
+    linux = linux
+        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    if !i.lookups.devices.is_empty() {
+        linux = linux.devices(i.lookups.devices.clone());
+    }
+    if !o.sysctls.is_empty() {
+        linux = linux.sysctl(o.sysctls.iter().cloned().collect::<HashMap<_, _>>());
+    }
+    if userns {
+        let (uids, gids) = options::id_mappings(i.run_as.uid, i.run_as.gid, &i.run_as.groups)?;
+        linux = linux.uid_mappings(uids).gid_mappings(gids);
+    }
 
     Ok(SpecBuilder::default()
         .version("1.0.2-dev")
-        .hostname(i.node.hostname.clone())
-        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
+        .hostname(o.hostname.clone().unwrap_or_else(|| i.node.hostname.clone()))
+        .root(RootBuilder::default().path("rootfs").readonly(o.read_only).build()?)
         .process(process)
         .mounts(mounts)
-        .linux(linux)
+        .linux(linux.build()?)
         .build()?)
 }
 

@@ -2,7 +2,7 @@
 //! Set `BERTH_UPDATE_GOLDEN=1` to rewrite the golden files after a deliberate change.
 
 use super::*;
-use crate::model::{ContainerSettings, TaskConstraints, TaskKey, UserIdentity};
+use crate::model::{ContainerSettings, RunAs, TaskConstraints, TaskKey, UserIdentity};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,18 +51,42 @@ fn image() -> ImageConfig {
     }
 }
 
-fn build_for(t: &TaskSpec, img: &ImageConfig) -> Spec {
+fn root() -> RunAs {
+    RunAs { uid: 20000, gid: 20000, groups: vec![20000], admin: true }
+}
+
+fn plain() -> RunAs {
+    RunAs { uid: 1000, gid: 1000, groups: vec![20000], admin: false }
+}
+
+fn build_with(
+    t: &TaskSpec,
+    img: &ImageConfig,
+    who: &RunAs,
+    policy: &Policy,
+    lookups: &Lookups,
+) -> Result<Spec, SpecError> {
     let ro = check_task(t).unwrap();
     let layout = Layout::new("/var/lib/berth/node");
     build(SpecInputs {
         task: t,
         run_options: &ro,
+        run_as: who,
+        policy,
+        lookups,
         image: img,
         node: &node(),
         layout: &layout,
         cgroups_path: "/berth/c1",
     })
-    .unwrap()
+}
+
+fn build_for(t: &TaskSpec, img: &ImageConfig) -> Spec {
+    build_with(t, img, &root(), &Policy::default(), &Lookups::default()).unwrap()
+}
+
+fn build_as(t: &TaskSpec, who: &RunAs) -> Spec {
+    build_with(t, &image(), who, &Policy::default(), &Lookups::default()).unwrap()
 }
 
 /// Sorts the capability sets, which `oci-spec` keeps in hash sets.
@@ -100,9 +124,8 @@ fn golden_seed_example() {
 
 #[test]
 fn golden_image_default_with_uid() {
-    let mut t = task("", "", WorkingDirMode::ImageDefault);
-    t.user = UserIdentity { uid: Some(1000), gid: Some(1000) };
-    golden("image-default-uid.json", &build_for(&t, &image()));
+    let t = task("", "", WorkingDirMode::ImageDefault);
+    golden("image-default-uid.json", &build_as(&t, &plain()));
 }
 
 #[test]
@@ -159,11 +182,11 @@ fn hardening_and_node_root_bind() {
 
 #[test]
 fn non_root_has_no_effective_capabilities() {
-    let mut t = task("/bin/true", "", WorkingDirMode::TaskWorkingDir);
-    t.user = UserIdentity { uid: Some(1000), gid: Some(1000) };
-    let spec = build_for(&t, &image());
+    let t = task("/bin/true", "", WorkingDirMode::TaskWorkingDir);
+    let spec = build_as(&t, &plain());
     let process = spec.process().as_ref().unwrap();
     assert_eq!((process.user().uid(), process.user().gid()), (1000, 1000));
+    assert_eq!(process.user().additional_gids().as_deref(), Some(&[20000][..]));
     let caps = process.capabilities().as_ref().unwrap();
     assert!(caps.effective().as_ref().unwrap().is_empty());
     assert!(caps.permitted().as_ref().unwrap().is_empty());
@@ -178,7 +201,7 @@ fn check_task_refusals() {
     t.environment.insert("AZ_BATCH_TASK_ID".into(), "x".into());
     assert!(matches!(check_task(&t), Err(SpecError::EnvName { .. })));
     t.environment.clear();
-    t.container.as_mut().unwrap().run_options = "--privileged".into();
+    t.container.as_mut().unwrap().run_options = "--gpus all".into();
     assert!(matches!(check_task(&t), Err(SpecError::RunOption { .. })));
 }
 
@@ -189,6 +212,9 @@ fn no_command_is_an_error() {
     let err = build(SpecInputs {
         task: &t,
         run_options: &RunOptions::default(),
+        run_as: &root(),
+        policy: &Policy::default(),
+        lookups: &Lookups::default(),
         image: &ImageConfig::default(),
         node: &node(),
         layout: &layout,
@@ -196,4 +222,135 @@ fn no_command_is_an_error() {
     })
     .unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));
+}
+
+fn ns_types(spec: &Spec) -> Vec<String> {
+    let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    ns.iter().map(|n| format!("{:?}", n.typ())).collect()
+}
+
+fn mount_of<'s>(spec: &'s Spec, dest: &str) -> Option<&'s Mount> {
+    spec.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some(dest))
+}
+
+#[test]
+fn golden_run_options() {
+    let t = task(
+        "/bin/true",
+        "--memory 512m --memory-swap 1g --cpus 1.5 --cpu-shares 512 --cpuset-cpus 0-1 --pids-limit 100 \
+         --shm-size 256m --ulimit nofile=4096:8192 --read-only --tmpfs /scratch:size=64m,mode=1777 \
+         -v /data/in:/in:ro --cap-drop ALL --cap-add CHOWN --network none --sysctl kernel.shmmax=1000000 \
+         --hostname worker-1 --init --entrypoint /bin/env --device /dev/fuse -e FROM_FLAG=1 --env-file vars.env",
+        WorkingDirMode::TaskWorkingDir,
+    );
+    let lookups = Lookups {
+        bind_sources: vec!["/data/real/in".into()],
+        devices: vec![oci_spec::runtime::LinuxDeviceBuilder::default()
+            .path("/dev/fuse")
+            .typ(oci_spec::runtime::LinuxDeviceType::C)
+            .major(10)
+            .minor(229)
+            .file_mode(0o666u32)
+            .build()
+            .unwrap()],
+        env_files: vec![("FROM_FILE".into(), "2".into())],
+        accounts: ImageAccounts::default(),
+    };
+    let spec = build_with(&t, &image(), &root(), &Policy::default(), &lookups).unwrap();
+    golden("run-options.json", &spec);
+}
+
+#[test]
+fn run_options_shape_the_spec() {
+    let spec = |opts: &str| build_for(&task("/bin/true", opts, WorkingDirMode::TaskWorkingDir), &image());
+    let s = spec("--memory 64m --pids-limit 10 --cpus 2");
+    let res = s.linux().as_ref().unwrap().resources().clone().unwrap();
+    assert_eq!(res.memory().unwrap().limit(), Some(64 << 20));
+    assert_eq!(res.pids().unwrap().limit(), 10);
+    assert_eq!(
+        (res.cpu().clone().unwrap().quota(), res.cpu().clone().unwrap().period()),
+        (Some(200_000), Some(100_000))
+    );
+
+    let s = spec("--read-only --tmpfs /t:size=1m --shm-size 8m");
+    assert!(s.root().as_ref().unwrap().readonly().unwrap());
+    let t = mount_of(&s, "/t").unwrap();
+    assert_eq!(t.typ().as_deref(), Some("tmpfs"));
+    assert!(t.options().as_ref().unwrap().contains(&"size=1048576".to_string()));
+    assert!(mount_of(&s, "/dev/shm").unwrap().options().as_ref().unwrap().contains(&"size=8388608".to_string()));
+
+    let caps = |s: &Spec| s.process().as_ref().unwrap().capabilities().clone().unwrap();
+    assert!(caps(&spec("--cap-drop ALL")).bounding().as_ref().unwrap().is_empty());
+    let c = caps(&spec("--cap-drop all --cap-add NET_RAW"));
+    assert_eq!(c.bounding().as_ref().unwrap().len(), 1);
+    assert_eq!(c.effective().as_ref().unwrap().len(), 1, "root keeps what it is given");
+    assert_eq!(caps(&spec("--cap-add ALL")).bounding().as_ref().unwrap().len(), 41);
+
+    let p = spec("--privileged");
+    assert_eq!(caps(&p).bounding().as_ref().unwrap().len(), 41);
+    assert_eq!(p.linux().as_ref().unwrap().masked_paths().as_deref(), Some(&[][..]));
+    let rules = p.linux().as_ref().unwrap().resources().clone().unwrap().devices().clone().unwrap();
+    assert!(rules[0].allow());
+
+    assert!(ns_types(&spec("--network none")).contains(&"Network".to_string()));
+    assert!(!ns_types(&spec("")).contains(&"Network".to_string()), "the node's network by default");
+    assert!(!ns_types(&spec("--pid host")).contains(&"Pid".to_string()));
+    let ipc = spec("--ipc host");
+    assert!(!ns_types(&ipc).contains(&"Ipc".to_string()));
+    assert_eq!(mount_of(&ipc, "/dev/shm").unwrap().typ().as_deref(), Some("bind"));
+    assert!(mount_of(&ipc, "/dev/mqueue").is_none());
+
+    let init = spec("--init");
+    assert_eq!(init.process().as_ref().unwrap().args().as_ref().unwrap()[..3], [INIT_PATH, "--", "/bin/true"]);
+    assert_eq!(mount_of(&init, INIT_PATH).unwrap().source().as_ref().unwrap().to_str(), Some("/usr/bin/tini-static"));
+
+    let u = spec("--ulimit nofile=10:20 --ulimit core=0");
+    let rl = u.process().as_ref().unwrap().rlimits().clone().unwrap();
+    assert_eq!(rl.len(), 2);
+    assert!(rl.iter().any(|r| r.soft() == 10 && r.hard() == 20));
+    assert_eq!(spec("-h w1").hostname().as_deref(), Some("w1"));
+    assert!(!spec("--security-opt no-new-privileges=false").process().as_ref().unwrap().no_new_privileges().unwrap());
+}
+
+#[test]
+fn mounts_over_kernel_interfaces_are_refused() {
+    for opts in ["--tmpfs /proc", "--tmpfs /sys/fs/cgroup", "--tmpfs /dev/pts"] {
+        let t = task("/bin/true", opts, WorkingDirMode::TaskWorkingDir);
+        let err = build_with(&t, &image(), &root(), &Policy::default(), &Lookups::default()).unwrap_err();
+        assert!(matches!(err, SpecError::RunOption { .. }), "{opts}: {err}");
+    }
+    let t = task("/bin/true", "--tmpfs /dev/shm", WorkingDirMode::TaskWorkingDir);
+    build_with(&t, &image(), &root(), &Policy::default(), &Lookups::default()).unwrap();
+}
+
+#[test]
+fn identities_shape_the_process_user() {
+    let t = task("/bin/true", "", WorkingDirMode::TaskWorkingDir);
+    let img = ImageConfig { user: Some("app".into()), ..image() };
+    let lookups = Lookups {
+        accounts: ImageAccounts::parse("app:x:1234:1234::/:/bin/sh\n", "app:x:1234:\n"),
+        ..Default::default()
+    };
+    let user_of = |s: &Spec| {
+        let u = s.process().as_ref().unwrap().user().clone();
+        (u.uid(), u.gid())
+    };
+    let admin = build_with(&t, &img, &root(), &Policy::default(), &lookups).unwrap();
+    assert_eq!(user_of(&admin), (1234, 1234), "admin honours the image's USER");
+    let nonadmin = build_with(&t, &img, &plain(), &Policy::default(), &lookups).unwrap();
+    assert_eq!(user_of(&nonadmin), (1000, 1000), "non-admin runs as its identity");
+    let missing = build_with(&t, &img, &root(), &Policy::default(), &Lookups::default()).unwrap_err();
+    assert!(missing.to_string().contains("not in the image's /etc/passwd"), "{missing}");
+
+    let userns = Policy { user_namespaces: true, ..Policy::default() };
+    let s = build_with(&t, &img, &plain(), &userns, &lookups).unwrap();
+    assert_eq!(user_of(&s), (0, 0));
+    let linux = s.linux().as_ref().unwrap();
+    assert!(ns_types(&s).contains(&"User".to_string()));
+    let uids = linux.uid_mappings().clone().unwrap();
+    assert_eq!((uids[0].container_id(), uids[0].host_id(), uids[0].size()), (0, 1000, 1));
+    let gids = linux.gid_mappings().clone().unwrap();
+    assert!(gids.iter().any(|g| g.container_id() == 20000 && g.host_id() == 20000));
+    let caps = s.process().as_ref().unwrap().capabilities().clone().unwrap();
+    assert!(!caps.effective().as_ref().unwrap().is_empty(), "root of its own namespace");
 }

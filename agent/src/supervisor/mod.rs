@@ -2,8 +2,10 @@
 //! runs one async job per task (`runner`) that drives it through containerd.
 //! Everything the API does is one call here.
 
+mod cgroup;
 mod error;
 mod image_store;
+mod lookups;
 mod outcome;
 mod recovery;
 mod runner;
@@ -18,7 +20,9 @@ pub use recovery::Report as RecoveryReport;
 use crate::containerd::{ExitEvent, Runtime};
 use crate::images::{self, Platform, Pull, PullReport};
 use crate::layout::{Layout, TaskFiles};
-use crate::model::{Credentials, FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState};
+use crate::model::{
+    AutoUserScope, Credentials, FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
+};
 use crate::store::{Store, TaskEvent};
 use slots::Slots;
 use std::collections::HashMap;
@@ -44,6 +48,10 @@ pub struct Settings {
     pub history_limit: usize,
     /// Events kept in the log.
     pub event_log_keep: u64,
+    /// Pool user accounts and auto-users.
+    pub identities: crate::model::Identities,
+    /// What run options may ask for.
+    pub policy: crate::spec::Policy,
 }
 
 /// A request to stop a running task.
@@ -152,13 +160,15 @@ impl Supervisor {
 
     /// Checks a task before anything is created: ids (already typed), command
     /// line, run options, environment, image reference, slots.
-    fn check(&self, spec: &TaskSpec) -> Result<(), Error> {
+    fn check(&self, spec: &TaskSpec) -> Result<crate::spec::RunOptions, Error> {
         let container = spec.container.as_ref().ok_or(Error::Invalid {
             field: "container",
             reason: "container settings are required (host tasks are not supported yet)".into(),
         })?;
         images::normalize(&container.image)?;
-        crate::spec::check_task(spec)?;
+        let run_options = crate::spec::check_task(spec)?;
+        let who = self.run_as(spec, 0)?;
+        crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who)?;
         let total = self.shared.settings.task_slots;
         if spec.required_slots == 0 || spec.required_slots > total {
             return Err(Error::Invalid {
@@ -166,14 +176,32 @@ impl Supervisor {
                 reason: format!("{} slots requested; this node has {total}", spec.required_slots),
             });
         }
-        Ok(())
+        Ok(run_options)
+    }
+
+    /// The identity a task runs as; `ticket` picks a task-scope auto-user's uid.
+    fn run_as(&self, spec: &TaskSpec, ticket: u64) -> Result<crate::model::RunAs, Error> {
+        self.shared
+            .settings
+            .identities
+            .resolve(&spec.user, ticket)
+            .map_err(|e| Error::Invalid { field: "user", reason: e.to_string() })
     }
 
     /// Accepts a task: records it ACTIVE and queues it for a slot.
     pub async fn run_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
-        self.check(&spec)?;
+        let run_options = self.check(&spec)?;
+        lookups::check_host(&run_options, &self.shared.settings.policy).await?;
         let creds = spec.container.as_ref().and_then(|c| c.credentials.clone());
-        let info = self.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
+        let task_scope = matches!(spec.user, UserIdentity::Auto { scope: AutoUserScope::Task, .. });
+        let mut new = TaskInfo::new(spec, SystemTime::now());
+        new.run_as = Some(self.run_as(&new.spec, 0)?);
+        let mut info = self.shared.store.insert(new).await?;
+        if task_scope {
+            // Successive tasks get successive uids: the task's sequence number picks it.
+            info.run_as = Some(self.run_as(&info.spec, info.sequence)?);
+            self.shared.store.amend(info.clone()).await?;
+        }
         if let Some(creds) = creds {
             self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).insert(info.key().clone(), creds);
         }
@@ -229,7 +257,10 @@ impl Supervisor {
         if info.state == TaskState::Completed {
             return Ok(info);
         }
-        let grace = grace.unwrap_or(self.shared.settings.terminate_grace);
+        let task_timeout = crate::spec::check_task(&info.spec).ok().and_then(|o| o.stop_timeout);
+        let grace = grace
+            .or(task_timeout.map(|s| Duration::from_secs(s.into())))
+            .unwrap_or(self.shared.settings.terminate_grace);
         let was_queued = {
             let mut sched = self.sched();
             let queued = sched.slots.remove_queued(key);

@@ -33,12 +33,17 @@ pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
-/// The exit code and failure of a process that exited with `code`.
-pub fn completion(code: u32, stop: Option<StopReason>) -> (i32, Option<FailureInfo>) {
+/// The exit code and failure of a process that exited with `code`; `oom` when
+/// the OOM killer killed a process of the task's cgroup.
+pub fn completion(code: u32, stop: Option<StopReason>, oom: bool) -> (i32, Option<FailureInfo>) {
     let code = code as i32;
     let failure = match (stop, signal_of(code)) {
         (Some(r), _) => Some(r.failure(&format!(" (exit code {code})"))),
         (None, _) if code == 0 => None,
+        (None, _) if oom => Some(FailureInfo::user(
+            "OOMKilled",
+            format!("the task ran out of memory: the OOM killer killed it or one of its processes; exit code {code}"),
+        )),
         (None, Some(sig)) => Some(FailureInfo::user(
             "TaskKilledBySignal",
             format!("the task was killed by {} ({sig}); exit code {code}", signal_name(sig)),
@@ -65,10 +70,14 @@ mod tests {
             (0, Some(StopReason::WallClock), 0, Some("MaxWallClockTimeExpiry")),
         ];
         for (code, stop, want_code, want_failure) in cases {
-            let (c, f) = completion(*code, *stop);
+            let (c, f) = completion(*code, *stop, false);
             assert_eq!(c, *want_code);
             assert_eq!(f.map(|f| f.code).as_deref(), *want_failure, "{code} {stop:?}");
         }
-        assert!(completion(137, None).1.unwrap().message.contains("SIGKILL (9)"));
+        assert!(completion(137, None, false).1.unwrap().message.contains("SIGKILL (9)"));
+        assert_eq!(completion(137, None, true).1.unwrap().code, "OOMKilled");
+        assert_eq!(completion(1, None, true).1.unwrap().code, "OOMKilled", "a child was killed, the task failed");
+        assert_eq!(completion(0, None, true).1, None, "a task that survived its child's OOM kill succeeded");
+        assert_eq!(completion(137, Some(StopReason::Terminated), true).1.unwrap().code, "TaskTerminated");
     }
 }

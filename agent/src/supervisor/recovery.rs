@@ -22,7 +22,7 @@ use super::runner::Phase;
 use super::{Error, Supervisor};
 use crate::containerd::{LabelledContainer, TaskStatus};
 use crate::model::{
-    ContainerSettings, FailureInfo, TaskConstraints, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
+    ContainerSettings, FailureInfo, RunAs, TaskConstraints, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
 };
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -52,11 +52,14 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
             credentials: None,
         }),
         environment: Default::default(),
-        user: UserIdentity { uid: Some(c.uid), gid: Some(c.gid) },
+        user: UserIdentity::default(),
         constraints: TaskConstraints::default(),
         required_slots: 1,
     };
-    TaskInfo::new(spec, c.created_at.unwrap_or_else(SystemTime::now))
+    let mut info = TaskInfo::new(spec, c.created_at.unwrap_or_else(SystemTime::now));
+    // The container's process user is what is known of who it ran as.
+    info.run_as = Some(RunAs { uid: c.uid, gid: c.gid, groups: vec![], admin: c.uid == 0 });
+    info
 }
 
 /// Kills and removes a container that no record accounts for.

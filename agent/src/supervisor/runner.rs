@@ -132,8 +132,16 @@ async fn prepare(
         info.state = TaskState::Preparing;
         info = save(sup, info).await;
     }
-    let user = info.spec.user;
-    let owner = (user.uid.is_some() || user.gid.is_some()).then(|| (user.uid.unwrap_or(0), user.gid.unwrap_or(0)));
+    // Records from before identities existed have none: resolve it now.
+    let run_as = match info.run_as.clone() {
+        Some(r) => r,
+        None => match sh.settings.identities.resolve(&info.spec.user, info.sequence) {
+            Ok(r) => r,
+            Err(e) => return Err(fail(sup, info, FailureInfo::user("UserIdentityInvalid", e.to_string())).await),
+        },
+    };
+    info.run_as = Some(run_as.clone());
+    let owner = Some((run_as.uid, run_as.gid));
     let layout = sh.layout.clone();
     let k = key.clone();
     let min_free = sh.settings.min_free_bytes;
@@ -187,9 +195,15 @@ async fn prepare(
         Err(failure) => return Err(fail(sup, info, failure).await),
     };
 
-    let run_options = match spec::check_task(&info.spec) {
+    let run_options = match spec::check_task(&info.spec)
+        .and_then(|o| spec::check_policy(&o, &sh.settings.policy, &run_as).map(|()| o))
+    {
         Ok(r) => r,
-        Err(e) => return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", e.to_string())).await),
+        Err(e) => return Err(fail(sup, info, FailureInfo::user("RunOptionInvalid", e.to_string())).await),
+    };
+    let lookups = match super::lookups::lookups(sup, &key, &run_options, &run_as, &image).await {
+        Ok(l) => l,
+        Err(failure) => return Err(fail(sup, info, failure).await),
     };
     // A new container id per attempt, recorded before the container is made so
     // that recovery knows which to look for; what an interrupted attempt left goes first.
@@ -201,10 +215,14 @@ async fn prepare(
     if let Err(e) = sh.store.amend(info.clone()).await {
         return Err(fail(sup, info, FailureInfo::server("StateDatabaseFailed", e.to_string())).await);
     }
+    // `finish` reads the OOM count from here.
     let cgroups_path = format!("/{}/{cid}", sh.settings.namespace);
     let inputs = SpecInputs {
         task: &info.spec,
         run_options: &run_options,
+        run_as: &run_as,
+        policy: &sh.settings.policy,
+        lookups: &lookups,
         image: &image.config,
         node: &sh.node,
         layout: &sh.layout,
@@ -212,13 +230,21 @@ async fn prepare(
     };
     let oci = match spec::build(inputs) {
         Ok(s) => s,
-        Err(e) => return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", e.to_string())).await),
+        Err(e) => {
+            let code = match e {
+                spec::SpecError::User { .. } => "ImageUserNotFound",
+                spec::SpecError::RunOption { .. } => "RunOptionInvalid",
+                _ => "ContainerCreateFailed",
+            };
+            return Err(fail(sup, info, FailureInfo::user(code, e.to_string())).await);
+        }
     };
     if let Some(s) = stop_requested(stop) {
         return Err(sup.complete(info, None, Some(s.reason.failure(" before it started"))).await);
     }
 
-    let labels = HashMap::from([
+    let mut labels: HashMap<String, String> = run_options.labels.iter().cloned().collect();
+    labels.extend([
         (LABEL_JOB.to_string(), key.job.to_string()),
         (LABEL_TASK.to_string(), key.task.to_string()),
         (LABEL_KEY.to_string(), key.to_string()),
@@ -298,6 +324,13 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
     let mut events = sup.shared.exits.subscribe();
     let exit = wait_with_retry(sup, cid);
     tokio::pin!(exit);
+    // `--stop-signal` and `--stop-timeout`, else SIGTERM and the node's grace.
+    let options = spec::check_task(&info.spec).ok();
+    let stop_signal = options.as_ref().and_then(|o| o.stop_signal).map_or(SIGTERM, |s| s as u32);
+    let wall_clock_grace = options
+        .as_ref()
+        .and_then(|o| o.stop_timeout)
+        .map_or(sup.shared.settings.terminate_grace, |s| Duration::from_secs(s.into()));
     let mut reason: Option<StopReason> = None;
     let mut kill_at: Option<Instant> = None;
     let mut stop_open = true;
@@ -306,7 +339,7 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
         if let Some(s) = pending_stop {
             reason = Some(s.reason);
             kill_at = Some(Instant::now().checked_add(s.grace).unwrap_or_else(far_future));
-            let _ = rt.kill(cid, SIGTERM).await;
+            let _ = rt.kill(cid, stop_signal).await;
             continue;
         }
         tokio::select! {
@@ -321,8 +354,8 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
             _ = sleep_until_opt(deadline), if reason.is_none() && deadline.is_some() => {
                 tracing::info!(job_id = %key.job, task_id = %key.task, "max wall clock time reached: stopping task");
                 reason = Some(StopReason::WallClock);
-                kill_at = Some(Instant::now().checked_add(sup.shared.settings.terminate_grace).unwrap_or_else(far_future));
-                let _ = rt.kill(cid, SIGTERM).await;
+                kill_at = Some(Instant::now().checked_add(wall_clock_grace).unwrap_or_else(far_future));
+                let _ = rt.kill(cid, stop_signal).await;
             }
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_at = None;
@@ -348,7 +381,9 @@ async fn finish(
     let key = info.key().clone();
     match exit {
         Ok(status) => {
-            let (code, failure) = completion(status.code, reason);
+            let cgroups_path = format!("/{}/{}", sup.shared.settings.namespace, info.container_id());
+            let oom = status.code != 0 && super::cgroup::oom_killed(&cgroups_path).await;
+            let (code, failure) = completion(status.code, reason, oom);
             tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "task completed");
             if let Some(c) = info.container.as_mut() {
                 c.state = "stopped".into();

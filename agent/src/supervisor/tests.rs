@@ -72,6 +72,9 @@ impl Runtime for Fake {
         let config = ImageConfig { cmd: vec!["sh".into()], ..Default::default() };
         Ok(ResolvedImage { name: name.into(), config, chain_id: "sha256:x".into() })
     }
+    async fn image_files(&self, _: &str, _: &str, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>, RuntimeError> {
+        Ok(vec![None; paths.len()])
+    }
     async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError> {
         let mut st = self.st();
         st.created.push(req.id.clone());
@@ -209,6 +212,8 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         min_free_bytes: 0,
         history_limit: 100,
         event_log_keep: 1000,
+        identities: Default::default(),
+        policy: Default::default(),
     };
     let mut settings = settings;
     adjust(&mut settings);

@@ -63,6 +63,37 @@ struct TaskRef {
     task: String,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Scope {
+    Pool,
+    Task,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Elevation {
+    Admin,
+    Nonadmin,
+}
+
+fn identity(user: Option<String>, scope: Option<Scope>, elevation: Elevation) -> pb::UserIdentity {
+    match user {
+        Some(user_name) => pb::UserIdentity { user_name, auto_user: None },
+        None => pb::UserIdentity {
+            user_name: String::new(),
+            auto_user: Some(pb::AutoUserSpecification {
+                scope: match scope.unwrap_or(Scope::Pool) {
+                    Scope::Pool => pb::AutoUserScope::Pool,
+                    Scope::Task => pb::AutoUserScope::Task,
+                } as i32,
+                elevation_level: match elevation {
+                    Elevation::Admin => pb::ElevationLevel::Admin,
+                    Elevation::Nonadmin => pb::ElevationLevel::NonAdmin,
+                } as i32,
+            }),
+        },
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Submit a container task.
@@ -82,10 +113,15 @@ enum Cmd {
         /// KEY=VALUE, repeatable.
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(long)]
-        gid: Option<u32>,
+        /// Run as this pool user account ([[users]] in the agent's config).
+        #[arg(long, conflicts_with = "auto_user")]
+        user: Option<String>,
+        /// Run as an auto-user of this scope (the default: pool).
+        #[arg(long, value_enum)]
+        auto_user: Option<Scope>,
+        /// Elevation of the auto-user.
+        #[arg(long, value_enum, default_value_t = Elevation::Nonadmin, conflicts_with = "user")]
+        elevation: Elevation,
         /// e.g. "30s", "2h".
         #[arg(long, value_parser = humantime::parse_duration)]
         max_wall_clock: Option<Duration>,
@@ -237,8 +273,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             run_options,
             workdir,
             env,
-            uid,
-            gid,
+            user,
+            auto_user,
+            elevation,
             max_wall_clock,
             retention,
             slots,
@@ -266,7 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     } as i32,
                 }),
                 environment: parse_env(&env)?,
-                user: Some(pb::UserIdentity { uid, gid }),
+                user: Some(identity(user, auto_user, elevation)),
                 constraints: Some(pb::TaskConstraints {
                     max_wall_clock_time: max_wall_clock.and_then(|d| d.try_into().ok()),
                     retention_time: retention.and_then(|d| d.try_into().ok()),

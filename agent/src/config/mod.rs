@@ -4,6 +4,8 @@
 //! to a default), then validated into [`Config`]. Every key has a default that
 //! serves a single node without a file and listens only locally.
 
+mod security;
+
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +41,12 @@ struct RawConfig {
     registries: RawRegistries,
     #[serde(default)]
     images: RawImages,
+    #[serde(default)]
+    users: Vec<security::RawUser>,
+    #[serde(default)]
+    auto_users: security::RawAutoUsers,
+    #[serde(default)]
+    policy: security::RawPolicy,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -165,6 +173,10 @@ pub struct Config {
     /// `[images] prefetch`: pulled at start-up, never garbage-collected.
     pub prefetch: Vec<String>,
     pub image_gc: crate::supervisor::ImageGc,
+    /// `[[users]]` and `[auto_users]`.
+    pub identities: crate::model::Identities,
+    /// `[policy]`: what run options may ask for.
+    pub policy: crate::spec::Policy,
 }
 
 /// `[registries]`: how the agent reaches image registries.
@@ -285,6 +297,8 @@ impl Config {
             crate::images::normalize(p).map_err(|e| invalid("images.prefetch", &e.to_string()))?;
         }
         Ok(Config {
+            identities: security::identities(raw.users, raw.auto_users)?,
+            policy: security::policy(raw.policy)?,
             registries,
             prefetch: raw.images.prefetch,
             image_gc,

@@ -1,0 +1,157 @@
+//! User identities: who a task runs as (SEMANTICS.md, "User"). A task names a
+//! pool user account or an auto-user; the agent resolves that to a [`RunAs`] when
+//! it accepts the task, and keeps it in the task's record, so a configuration
+//! change never changes the user of a task already accepted.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Elevation {
+    /// No capabilities; runs as its own uid inside the container.
+    #[default]
+    NonAdmin,
+    /// Root inside the container.
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AutoUserScope {
+    /// One uid shared by every pool-scope auto-user task.
+    #[default]
+    Pool,
+    /// A uid of the task's own, from the configured range.
+    Task,
+}
+
+/// What a task asks to run as. The default is the pool auto-user, non-admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserIdentity {
+    /// A pool user account (`[[users]]` in the agent's config), by name.
+    Named(String),
+    Auto {
+        scope: AutoUserScope,
+        elevation: Elevation,
+    },
+}
+
+impl Default for UserIdentity {
+    fn default() -> Self {
+        UserIdentity::Auto { scope: AutoUserScope::Pool, elevation: Elevation::NonAdmin }
+    }
+}
+
+/// A pool user account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAccount {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub elevation: Elevation,
+}
+
+/// The host identity a task runs as: the owner of its directories and of what
+/// it writes in them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the pool group among them).
+    pub groups: Vec<u32>,
+    pub admin: bool,
+}
+
+/// Uids and the group of auto-users (`[auto_users]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoUsers {
+    /// The pool-scope auto-user's uid.
+    pub pool_uid: u32,
+    /// The group every pool identity belongs to; `shared/` is writable by it.
+    pub pool_gid: u32,
+    /// Task-scope auto-users get uids `task_uid_first ..+ task_uid_count`, in turn.
+    pub task_uid_first: u32,
+    pub task_uid_count: u32,
+}
+
+impl Default for AutoUsers {
+    fn default() -> Self {
+        Self { pool_uid: 20000, pool_gid: 20000, task_uid_first: 20001, task_uid_count: 9999 }
+    }
+}
+
+/// Everything identities are resolved against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identities {
+    pub users: Vec<UserAccount>,
+    pub auto: AutoUsers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("user {0:?} is not a user account of this pool")]
+    UnknownUser(String),
+}
+
+impl Identities {
+    /// Resolves a task's identity. `ticket` picks a task-scope auto-user's uid
+    /// (the task's sequence number: successive tasks get successive uids).
+    pub fn resolve(&self, id: &UserIdentity, ticket: u64) -> Result<RunAs, IdentityError> {
+        let pool_gid = self.auto.pool_gid;
+        let with_pool = |mut groups: Vec<u32>| {
+            if !groups.contains(&pool_gid) {
+                groups.push(pool_gid);
+            }
+            groups
+        };
+        match id {
+            UserIdentity::Named(name) => {
+                let u = self.users.iter().find(|u| &u.name == name).ok_or(IdentityError::UnknownUser(name.clone()))?;
+                Ok(RunAs {
+                    uid: u.uid,
+                    gid: u.gid,
+                    groups: with_pool(u.groups.clone()),
+                    admin: u.elevation == Elevation::Admin,
+                })
+            }
+            UserIdentity::Auto { scope, elevation } => {
+                let uid = match scope {
+                    AutoUserScope::Pool => self.auto.pool_uid,
+                    AutoUserScope::Task => {
+                        let count = u64::from(self.auto.task_uid_count.max(1));
+                        self.auto.task_uid_first + (ticket % count) as u32
+                    }
+                };
+                Ok(RunAs { uid, gid: pool_gid, groups: with_pool(vec![]), admin: *elevation == Elevation::Admin })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_named_and_auto_users() {
+        let ids = Identities {
+            users: vec![UserAccount {
+                name: "alice".into(),
+                uid: 1500,
+                gid: 1500,
+                groups: vec![44],
+                elevation: Elevation::NonAdmin,
+            }],
+            auto: AutoUsers::default(),
+        };
+        let alice = ids.resolve(&UserIdentity::Named("alice".into()), 0).unwrap();
+        assert_eq!(alice, RunAs { uid: 1500, gid: 1500, groups: vec![44, 20000], admin: false });
+        assert_eq!(ids.resolve(&UserIdentity::Named("bob".into()), 0), Err(IdentityError::UnknownUser("bob".into())));
+        let pool = ids.resolve(&UserIdentity::default(), 7).unwrap();
+        assert_eq!(pool, RunAs { uid: 20000, gid: 20000, groups: vec![20000], admin: false });
+        let task = |n| {
+            ids.resolve(&UserIdentity::Auto { scope: AutoUserScope::Task, elevation: Elevation::Admin }, n).unwrap()
+        };
+        assert_eq!((task(0).uid, task(1).uid, task(9999).uid), (20001, 20002, 20001));
+        assert!(task(3).admin);
+    }
+}

@@ -1,0 +1,561 @@
+//! The task's `run_options`: a string of `docker create` flags, parsed with
+//! shell-word rules into [`RunOptions`]. Every flag is either honoured or refused
+//! by name; none is silently ignored. `docs/run-options.md` lists each flag, what
+//! it maps to in the OCI spec and what is refused and why.
+//!
+//! Forms accepted, as docker's flag parser does: `--flag value`, `--flag=value`,
+//! `-f value`, `-f=value`, `-fvalue`. (Every supported short flag takes a value,
+//! so there are no short-flag clusters to accept.)
+//!
+//! Parsing is pure and checks each value; [`super::policy`] then decides what the
+//! node allows.
+
+mod values;
+
+pub use values::id_number;
+
+use super::env::check_name;
+use super::SpecError;
+use oci_spec::runtime::{Capability, PosixRlimitType};
+
+/// A user or group given by number or by name (resolved in the image).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdRef {
+    Id(u32),
+    Name(String),
+}
+
+/// `-u user[:group]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserOpt {
+    pub user: IdRef,
+    pub group: Option<IdRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOpt {
+    /// A host path: `-v /src:/dst[:ro]` or `--mount type=bind,...`.
+    Bind { source: String, target: String, readonly: bool, propagation: Option<String> },
+    /// `--tmpfs /dst[:opts]` or `--mount type=tmpfs,...`.
+    Tmpfs { target: String, options: Vec<String> },
+}
+
+impl MountOpt {
+    pub fn target(&self) -> &str {
+        match self {
+            MountOpt::Bind { target, .. } | MountOpt::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// `--device /dev/x[:/dev/y[:rwm]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceOpt {
+    pub host: String,
+    pub container: String,
+    pub access: String,
+}
+
+/// Capability names given to `--cap-add`/`--cap-drop`; `all` is `ALL`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapList {
+    pub all: bool,
+    pub caps: Vec<Capability>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Namespace {
+    /// A namespace of the container's own (the default).
+    #[default]
+    Private,
+    /// The node's (`--pid host`, `--ipc host`).
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The node's network, as Batch container tasks have it (MPI, RDMA).
+    #[default]
+    Host,
+    /// A network namespace with only a loopback device.
+    None,
+}
+
+/// cgroup limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub memory: Option<i64>,
+    /// Memory plus swap; -1 is unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// CFS quota per 100 ms period, from `--cpus`.
+    pub cpu_quota: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub pids_limit: Option<i64>,
+}
+
+/// Run options after parsing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub remove: bool,
+    pub workdir: Option<String>,
+    /// `KEY=VALUE` from `-e`, in order.
+    pub env: Vec<(String, String)>,
+    /// `--env-file`: paths relative to the task directory, read when the task starts.
+    pub env_files: Vec<String>,
+    pub user: Option<UserOpt>,
+    pub group_add: Vec<IdRef>,
+    /// `--entrypoint`: replaces the image's ENTRYPOINT; `""` clears it.
+    pub entrypoint: Option<String>,
+    pub hostname: Option<String>,
+    pub cap_add: CapList,
+    pub cap_drop: CapList,
+    pub privileged: bool,
+    /// `--security-opt no-new-privileges=false`; berth sets it by default.
+    pub allow_new_privileges: bool,
+    pub read_only: bool,
+    pub mounts: Vec<MountOpt>,
+    pub devices: Vec<DeviceOpt>,
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<(PosixRlimitType, u64, u64)>,
+    pub resources: Resources,
+    pub ipc: Namespace,
+    pub pid: Namespace,
+    pub network: Network,
+    pub sysctls: Vec<(String, String)>,
+    pub init: bool,
+    pub stop_signal: Option<i32>,
+    pub stop_timeout: Option<u32>,
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flag {
+    Rm,
+    Workdir,
+    Env,
+    EnvFile,
+    User,
+    GroupAdd,
+    Entrypoint,
+    Hostname,
+    CapAdd,
+    CapDrop,
+    Privileged,
+    SecurityOpt,
+    ReadOnly,
+    Tmpfs,
+    Volume,
+    Mount,
+    Device,
+    Gpus,
+    ShmSize,
+    Ulimit,
+    Memory,
+    MemorySwap,
+    Cpus,
+    CpuShares,
+    CpusetCpus,
+    PidsLimit,
+    Ipc,
+    Network,
+    Pid,
+    Sysctl,
+    Init,
+    StopSignal,
+    StopTimeout,
+    Label,
+}
+
+impl Flag {
+    fn lookup(name: &str) -> Option<Self> {
+        Some(match name {
+            "--rm" => Flag::Rm,
+            "-w" | "--workdir" => Flag::Workdir,
+            "-e" | "--env" => Flag::Env,
+            "--env-file" => Flag::EnvFile,
+            "-u" | "--user" => Flag::User,
+            "--group-add" => Flag::GroupAdd,
+            "--entrypoint" => Flag::Entrypoint,
+            "-h" | "--hostname" => Flag::Hostname,
+            "--cap-add" => Flag::CapAdd,
+            "--cap-drop" => Flag::CapDrop,
+            "--privileged" => Flag::Privileged,
+            "--security-opt" => Flag::SecurityOpt,
+            "--read-only" => Flag::ReadOnly,
+            "--tmpfs" => Flag::Tmpfs,
+            "-v" | "--volume" => Flag::Volume,
+            "--mount" => Flag::Mount,
+            "--device" => Flag::Device,
+            "--gpus" => Flag::Gpus,
+            "--shm-size" => Flag::ShmSize,
+            "--ulimit" => Flag::Ulimit,
+            "-m" | "--memory" => Flag::Memory,
+            "--memory-swap" => Flag::MemorySwap,
+            "--cpus" => Flag::Cpus,
+            "-c" | "--cpu-shares" => Flag::CpuShares,
+            "--cpuset-cpus" => Flag::CpusetCpus,
+            "--pids-limit" => Flag::PidsLimit,
+            "--ipc" => Flag::Ipc,
+            "--network" | "--net" => Flag::Network,
+            "--pid" => Flag::Pid,
+            "--sysctl" => Flag::Sysctl,
+            "--init" => Flag::Init,
+            "--stop-signal" => Flag::StopSignal,
+            "--stop-timeout" => Flag::StopTimeout,
+            "-l" | "--label" => Flag::Label,
+            _ => return None,
+        })
+    }
+
+    /// Boolean flags take no value, or `=true`/`=false` inline (docker's rule).
+    fn boolean(self) -> bool {
+        matches!(self, Flag::Rm | Flag::Privileged | Flag::ReadOnly | Flag::Init)
+    }
+}
+
+fn bad(flag: &str, reason: impl Into<String>) -> SpecError {
+    SpecError::RunOption { flag: flag.to_owned(), reason: reason.into() }
+}
+
+/// Splits `name=value` / `-xvalue` forms into the flag name and an inline value.
+fn split_flag(arg: &str) -> (&str, Option<&str>) {
+    if let Some(long) = arg.strip_prefix("--") {
+        return match long.split_once('=') {
+            Some((n, v)) => (&arg[..n.len() + 2], Some(v)),
+            None => (arg, None),
+        };
+    }
+    // A short flag: "-w", "-w=/x", "-w/x".
+    if arg.len() > 2 && arg.is_char_boundary(2) {
+        let rest = &arg[2..];
+        return (&arg[..2], Some(rest.strip_prefix('=').unwrap_or(rest)));
+    }
+    (arg, None)
+}
+
+pub fn parse(text: &str) -> Result<RunOptions, SpecError> {
+    let words = shell_words::split(text).map_err(|e| bad("run_options", e.to_string()))?;
+    let mut out = RunOptions::default();
+    let mut iter = words.iter();
+    while let Some(arg) = iter.next() {
+        if !arg.starts_with('-') || arg == "-" || arg == "--" {
+            return Err(bad(
+                arg,
+                "unexpected argument: run options take only flags (the command goes in the command line)",
+            ));
+        }
+        if arg.contains('\0') {
+            return Err(bad("run_options", "contains NUL"));
+        }
+        let (name, inline) = split_flag(arg);
+        let flag = Flag::lookup(name).ok_or_else(|| bad(name, "unknown or unsupported run option"))?;
+        let value = match (flag.boolean(), inline) {
+            (true, None) => "true".to_owned(),
+            (true, Some(v)) => v.to_owned(),
+            (false, Some(v)) => v.to_owned(),
+            (false, None) => iter.next().cloned().ok_or_else(|| bad(name, "needs a value"))?,
+        };
+        apply(&mut out, flag, &value).map_err(|reason| bad(name, reason))?;
+    }
+    check_combinations(&out)?;
+    Ok(out)
+}
+
+/// Records one flag's value.
+fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
+    use values::*;
+    match flag {
+        Flag::Rm => out.remove = boolean(value)?,
+        Flag::Privileged => out.privileged = boolean(value)?,
+        Flag::ReadOnly => out.read_only = boolean(value)?,
+        Flag::Init => out.init = boolean(value)?,
+        Flag::Workdir => out.workdir = Some(container_path(value)?),
+        Flag::Env => {
+            let (k, v) = value.split_once('=').ok_or_else(|| {
+                format!("{value:?} is not KEY=VALUE (taking values from the agent's environment is not supported)")
+            })?;
+            check_name(k).map_err(|e| e.to_string())?;
+            out.env.push((k.to_owned(), v.to_owned()));
+        }
+        Flag::EnvFile => {
+            if value.starts_with('/') || value.split('/').any(|c| c == ".." || c.is_empty()) {
+                return Err(format!("{value:?} must be a relative path under the task directory, without '..'"));
+            }
+            out.env_files.push(value.to_owned());
+        }
+        Flag::User => {
+            let (u, g) = match value.split_once(':') {
+                Some((u, g)) => (u, Some(g)),
+                None => (value, None),
+            };
+            out.user = Some(UserOpt { user: id_ref(u)?, group: g.map(id_ref).transpose()? });
+        }
+        Flag::GroupAdd => out.group_add.push(id_ref(value)?),
+        Flag::Entrypoint => {
+            if !value.is_empty() {
+                super::command::split(value).map_err(|e| e.to_string())?;
+            }
+            out.entrypoint = Some(value.to_owned());
+        }
+        Flag::Hostname => out.hostname = Some(hostname(value)?),
+        Flag::CapAdd => cap_list(&mut out.cap_add, value)?,
+        Flag::CapDrop => cap_list(&mut out.cap_drop, value)?,
+        Flag::SecurityOpt => security_opt(out, value)?,
+        Flag::Tmpfs => {
+            let (target, opts) = value.split_once(':').unwrap_or((value, ""));
+            out.mounts.push(MountOpt::Tmpfs { target: container_path(target)?, options: tmpfs_options(opts)? });
+        }
+        Flag::Volume => out.mounts.push(volume(value)?),
+        Flag::Mount => out.mounts.push(mount(value)?),
+        Flag::Device => out.devices.push(device(value)?),
+        Flag::Gpus => {
+            return Err("GPUs are not available on this agent yet: devices arrive with CDI support".into());
+        }
+        Flag::ShmSize => out.shm_size = Some(positive(size(value)?)?),
+        Flag::Ulimit => {
+            let (typ, soft, hard) = ulimit(value)?;
+            out.ulimits.retain(|(t, _, _)| *t != typ);
+            out.ulimits.push((typ, soft, hard));
+        }
+        Flag::Memory => out.resources.memory = Some(memory(value)?),
+        Flag::MemorySwap => {
+            out.resources.memory_swap = Some(if value.trim() == "-1" { -1 } else { memory(value)? });
+        }
+        Flag::Cpus => out.resources.cpu_quota = Some(cpus_quota(value)?),
+        Flag::CpuShares => {
+            let n: u64 = integer(value)?;
+            if !(2..=262_144).contains(&n) {
+                return Err(format!("{n} must be between 2 and 262144"));
+            }
+            out.resources.cpu_shares = Some(n);
+        }
+        Flag::CpusetCpus => out.resources.cpuset_cpus = Some(cpuset(value)?),
+        Flag::PidsLimit => {
+            let n: i64 = integer(value)?;
+            // 0 and -1 mean unlimited, as with docker.
+            out.resources.pids_limit = (n > 0).then_some(n);
+            if n < -1 {
+                return Err(format!("{n} is not a limit (a positive number, or -1 for none)"));
+            }
+        }
+        Flag::Ipc => {
+            out.ipc = match value {
+                "private" | "shareable" => Namespace::Private,
+                "host" => Namespace::Host,
+                _ => return Err(format!("{value:?}: only private and host are supported")),
+            }
+        }
+        Flag::Pid => {
+            out.pid = match value {
+                "host" => Namespace::Host,
+                "private" => Namespace::Private,
+                _ => return Err(format!("{value:?}: only host is supported")),
+            }
+        }
+        Flag::Network => {
+            out.network = match value {
+                "host" => Network::Host,
+                "none" => Network::None,
+                _ => {
+                    return Err(format!(
+                        "{value:?}: only host (the default: tasks share the node's network) and none are supported"
+                    ))
+                }
+            }
+        }
+        Flag::Sysctl => out.sysctls.push(
+            value
+                .split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("{value:?} is not KEY=VALUE"))?,
+        ),
+        Flag::StopSignal => out.stop_signal = Some(signal(value)?),
+        Flag::StopTimeout => {
+            let n: i64 = integer(value)?;
+            out.stop_timeout = Some(u32::try_from(n).map_err(|_| format!("{n} is not a number of seconds >= 0"))?);
+        }
+        Flag::Label => {
+            let (k, v) = value.split_once('=').unwrap_or((value, ""));
+            if k.is_empty() || k.starts_with("berth.") || k.starts_with("containerd.io") {
+                return Err(format!("label {k:?}: the berth. and containerd.io prefixes are reserved"));
+            }
+            out.labels.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn positive(n: u64) -> Result<u64, String> {
+    if n == 0 {
+        Err("must be more than 0".into())
+    } else {
+        Ok(n)
+    }
+}
+
+fn memory(value: &str) -> Result<i64, String> {
+    let n = values::size(value)?;
+    if n < 6 << 20 {
+        return Err(format!("{value:?} is below the 6 MiB minimum"));
+    }
+    Ok(n as i64)
+}
+
+fn id_ref(text: &str) -> Result<IdRef, String> {
+    if let Some(n) = values::id_number(text)? {
+        return Ok(IdRef::Id(n));
+    }
+    values::id_name(text)?;
+    Ok(IdRef::Name(text.to_owned()))
+}
+
+fn cap_list(list: &mut CapList, value: &str) -> Result<(), String> {
+    for name in value.split(',') {
+        match values::capability(name)? {
+            None => list.all = true,
+            Some(c) if !list.caps.contains(&c) => list.caps.push(c),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn security_opt(out: &mut RunOptions, value: &str) -> Result<(), String> {
+    let (key, v) = value.split_once(['=', ':']).unwrap_or((value, "true"));
+    match key {
+        "no-new-privileges" => out.allow_new_privileges = !values::boolean(v)?,
+        // berth loads no seccomp profile, so the task is unconfined already.
+        "seccomp" if v == "unconfined" => {}
+        "seccomp" => return Err("only seccomp=unconfined is supported (berth loads no seccomp profile)".into()),
+        _ => {
+            return Err(format!(
+                "{key:?} is not supported (only no-new-privileges and seccomp=unconfined; no AppArmor or SELinux)"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// `-v /host:/ctr[:ro|rw][,propagation]`.
+fn volume(value: &str) -> Result<MountOpt, String> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source, target, opts) = match parts.as_slice() {
+        [s, t] => (*s, *t, ""),
+        [s, t, o] => (*s, *t, *o),
+        _ => return Err(format!("{value:?} is not /host/path:/container/path[:ro]")),
+    };
+    if !source.starts_with('/') {
+        return Err(format!("{source:?}: named volumes are not supported; give an absolute host path"));
+    }
+    let mut readonly = false;
+    let mut propagation = None;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => readonly = true,
+            "rw" => readonly = false,
+            "z" | "Z" => return Err("SELinux relabelling (z, Z) is not supported".into()),
+            p => propagation = Some(values::propagation(p)?),
+        }
+    }
+    Ok(MountOpt::Bind {
+        source: values::container_path(source)?,
+        target: values::container_path(target)?,
+        readonly,
+        propagation,
+    })
+}
+
+/// `--mount type=bind|tmpfs,source=..,target=..,readonly,...`.
+fn mount(value: &str) -> Result<MountOpt, String> {
+    let (mut typ, mut source, mut target, mut readonly) = (None, None, None, false);
+    let (mut propagation, mut tmpfs) = (None, Vec::new());
+    for field in value.split(',') {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (field, None),
+        };
+        match (k, v) {
+            ("type", Some(t)) => typ = Some(t),
+            ("source" | "src", Some(s)) => source = Some(s),
+            ("target" | "destination" | "dst", Some(t)) => target = Some(t),
+            ("readonly" | "ro", None) => readonly = true,
+            ("readonly" | "ro", Some(b)) => readonly = values::boolean(b)?,
+            ("bind-propagation", Some(p)) => propagation = Some(values::propagation(p)?),
+            ("tmpfs-size", Some(s)) => tmpfs.push(format!("size={}", values::size(s)?)),
+            ("tmpfs-mode", Some(m)) => tmpfs.extend(values::tmpfs_options(&format!("mode={m}"))?),
+            _ => return Err(format!("mount field {k:?} is not supported")),
+        }
+    }
+    let target = values::container_path(target.ok_or("a mount needs target=")?)?;
+    match typ {
+        Some("bind") => {
+            let source = source.ok_or("a bind mount needs source=")?;
+            if !tmpfs.is_empty() {
+                return Err("tmpfs-* fields apply to type=tmpfs only".into());
+            }
+            Ok(MountOpt::Bind { source: values::container_path(source)?, target, readonly, propagation })
+        }
+        Some("tmpfs") => {
+            if source.is_some() || propagation.is_some() {
+                return Err("a tmpfs mount takes no source or bind-propagation".into());
+            }
+            if readonly {
+                tmpfs.push("ro".into());
+            }
+            Ok(MountOpt::Tmpfs { target, options: tmpfs })
+        }
+        Some(t) => Err(format!("type={t} is not supported (bind and tmpfs only)")),
+        None => Err("a mount needs type=bind or type=tmpfs".into()),
+    }
+}
+
+/// `--device /dev/x[:/dev/y][:rwm]`.
+fn device(value: &str) -> Result<DeviceOpt, String> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let is_access = |s: &str| !s.is_empty() && s.chars().all(|c| "rwm".contains(c));
+    let (host, container, access) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, a] if is_access(a) => (*h, *h, *a),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, a] if is_access(a) => (*h, *c, *a),
+        _ => return Err(format!("{value:?} is not /dev/host[:/dev/container][:rwm]")),
+    };
+    if !host.starts_with("/dev/") {
+        return Err(format!("{host:?} is not a device under /dev"));
+    }
+    Ok(DeviceOpt {
+        host: values::container_path(host)?,
+        container: values::container_path(container)?,
+        access: access.to_owned(),
+    })
+}
+
+/// Checks across flags, after all are read.
+fn check_combinations(o: &RunOptions) -> Result<(), SpecError> {
+    let r = &o.resources;
+    if let Some(swap) = r.memory_swap {
+        match r.memory {
+            None => return Err(bad("--memory-swap", "needs --memory")),
+            Some(m) if swap != -1 && swap < m => {
+                return Err(bad("--memory-swap", "is memory plus swap: it must be at least --memory"))
+            }
+            _ => {}
+        }
+    }
+    if o.shm_size.is_some() && o.ipc == Namespace::Host {
+        return Err(bad("--shm-size", "cannot be set with --ipc host"));
+    }
+    for (k, v) in &o.sysctls {
+        values::sysctl(&format!("{k}={v}"), o.network == Network::None).map_err(|e| bad("--sysctl", e))?;
+    }
+    let mut targets: Vec<&str> = o.mounts.iter().map(MountOpt::target).collect();
+    targets.sort_unstable();
+    if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad("--mount", format!("{} is mounted twice", w[0])));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

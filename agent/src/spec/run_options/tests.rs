@@ -1,0 +1,267 @@
+//! The run-options parser over every supported flag, in both forms, and its refusals.
+
+use super::*;
+use oci_spec::runtime::{Capability, PosixRlimitType};
+
+fn ok(text: &str) -> RunOptions {
+    parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+#[test]
+fn accepts_supported_flags_in_every_form() {
+    let cases: &[(&str, RunOptions)] = &[
+        ("", RunOptions::default()),
+        ("--rm", RunOptions { remove: true, ..Default::default() }),
+        ("--rm --workdir /", RunOptions { remove: true, workdir: Some("/".into()), ..Default::default() }),
+        ("--workdir=/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+        ("-w /app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+        ("-w=/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+        ("-w/app", RunOptions { workdir: Some("/app".into()), ..Default::default() }),
+        ("'--workdir' '/my dir'", RunOptions { workdir: Some("/my dir".into()), ..Default::default() }),
+        (
+            "-e A=1 --env B=two=2 --env=C= -eD=4",
+            RunOptions {
+                env: vec![
+                    ("A".into(), "1".into()),
+                    ("B".into(), "two=2".into()),
+                    ("C".into(), "".into()),
+                    ("D".into(), "4".into()),
+                ],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&ok(text), want, "{text}");
+    }
+}
+
+/// Each flag, written `--flag value` and `--flag=value` (and short forms), gives the same result.
+#[test]
+fn every_flag_in_both_forms() {
+    let flags: &[(&str, &str, &str)] = &[
+        ("--env-file", "", "vars.env"),
+        ("--user", "-u", "app:video"),
+        ("--group-add", "", "44"),
+        ("--entrypoint", "", "/bin/cat"),
+        ("--hostname", "-h", "worker-1"),
+        ("--cap-add", "", "NET_ADMIN"),
+        ("--cap-drop", "", "ALL"),
+        ("--security-opt", "", "no-new-privileges=false"),
+        ("--tmpfs", "", "/scratch:size=64m,mode=1777"),
+        ("--volume", "-v", "/data:/data:ro"),
+        ("--mount", "", "type=bind,source=/data,target=/d,readonly"),
+        ("--device", "", "/dev/fuse"),
+        ("--shm-size", "", "256m"),
+        ("--ulimit", "", "nofile=4096:8192"),
+        ("--memory", "-m", "512m"),
+        ("--cpus", "", "1.5"),
+        ("--cpu-shares", "-c", "512"),
+        ("--cpuset-cpus", "", "0-1"),
+        ("--pids-limit", "", "100"),
+        ("--ipc", "", "host"),
+        ("--network", "", "none"),
+        ("--pid", "", "host"),
+        ("--sysctl", "", "kernel.shmmax=1000000"),
+        ("--stop-signal", "", "SIGUSR1"),
+        ("--stop-timeout", "", "30"),
+        ("--label", "-l", "team=hpc"),
+    ];
+    for (long, short, value) in flags {
+        let spaced = ok(&format!("{long} '{value}'"));
+        assert_ne!(spaced, RunOptions::default(), "{long} changed nothing");
+        assert_eq!(ok(&format!("{long}='{value}'")), spaced, "{long}=");
+        if !short.is_empty() {
+            assert_eq!(ok(&format!("{short} '{value}'")), spaced, "{short}");
+            assert_eq!(ok(&format!("{short}'{value}'")), spaced, "{short} attached");
+        }
+    }
+    for flag in ["--privileged", "--read-only", "--init", "--rm"] {
+        assert_ne!(ok(flag), RunOptions::default(), "{flag}");
+        assert_eq!(ok(&format!("{flag}=true")), ok(flag), "{flag}=true");
+        assert_eq!(ok(&format!("{flag}=false")), RunOptions::default(), "{flag}=false");
+    }
+}
+
+#[test]
+fn values_land_where_they_belong() {
+    let o = ok("--memory 512m --memory-swap 1g --cpus 0.5 --cpu-shares 256 --cpuset-cpus 0 --pids-limit 64 \
+                --shm-size 1g --ulimit nofile=100:200 --ulimit memlock=-1 -u app:video --group-add 44 \
+                --cap-add sys_ptrace --cap-drop CAP_NET_RAW --read-only --init --stop-signal 10 --stop-timeout 3 \
+                --tmpfs /t --tmpfs /u:size=1k --mount type=tmpfs,target=/v,tmpfs-size=2k,tmpfs-mode=700 \
+                -v /a:/b --device /dev/fuse:/dev/f:rw --network none --sysctl net.ipv4.ip_forward=0 -l a=b -l c");
+    let r = &o.resources;
+    assert_eq!(
+        (r.memory, r.memory_swap, r.cpu_quota, r.cpu_shares),
+        (Some(512 << 20), Some(1 << 30), Some(50_000), Some(256))
+    );
+    assert_eq!((r.cpuset_cpus.as_deref(), r.pids_limit), (Some("0"), Some(64)));
+    assert_eq!(o.shm_size, Some(1 << 30));
+    assert_eq!(
+        o.ulimits,
+        [(PosixRlimitType::RlimitNofile, 100, 200), (PosixRlimitType::RlimitMemlock, u64::MAX, u64::MAX)]
+    );
+    assert_eq!(o.user, Some(UserOpt { user: IdRef::Name("app".into()), group: Some(IdRef::Name("video".into())) }));
+    assert_eq!(o.group_add, [IdRef::Id(44)]);
+    assert_eq!(o.cap_add.caps, [Capability::SysPtrace]);
+    assert_eq!(o.cap_drop.caps, [Capability::NetRaw]);
+    assert!(o.read_only && o.init);
+    assert_eq!((o.stop_signal, o.stop_timeout), (Some(10), Some(3)));
+    assert_eq!(
+        o.mounts,
+        [
+            MountOpt::Tmpfs { target: "/t".into(), options: vec![] },
+            MountOpt::Tmpfs { target: "/u".into(), options: vec!["size=1024".into()] },
+            MountOpt::Tmpfs { target: "/v".into(), options: vec!["size=2048".into(), "mode=700".into()] },
+            MountOpt::Bind { source: "/a".into(), target: "/b".into(), readonly: false, propagation: None },
+        ]
+    );
+    assert_eq!(o.devices, [DeviceOpt { host: "/dev/fuse".into(), container: "/dev/f".into(), access: "rw".into() }]);
+    assert_eq!(o.network, Network::None);
+    assert_eq!(o.labels, [("a".into(), "b".into()), ("c".into(), String::new())]);
+    assert_eq!(ok("--pids-limit -1").resources.pids_limit, None);
+    assert_eq!(ok("--memory 64m --memory-swap -1").resources.memory_swap, Some(-1));
+    assert!(ok("--security-opt no-new-privileges=false").allow_new_privileges);
+    assert!(!ok("--security-opt no-new-privileges:true").allow_new_privileges);
+    assert_eq!(ok("--entrypoint ''").entrypoint.as_deref(), Some(""));
+    assert!(ok("--security-opt seccomp=unconfined") == RunOptions::default());
+}
+
+#[test]
+fn refuses_by_name() {
+    let cases = [
+        ("--rm --bogus=1", "--bogus"),
+        ("-x", "-x"),
+        ("-it", "-i"),
+        ("--detach", "--detach"),
+        ("--workdir", "--workdir"),
+        ("--workdir relative", "--workdir"),
+        ("--rm=maybe", "--rm"),
+        ("-e NOVALUE", "-e"),
+        ("-e AZ_BATCH_NODE_ID=x", "-e"),
+        ("busybox", "busybox"),
+        ("--rm \"unclosed", "run_options"),
+        ("--env-file /etc/passwd", "--env-file"),
+        ("--env-file ../x", "--env-file"),
+        ("-u 4294967295", "-u"),
+        ("--user 2147483648:0", "--user"),
+        ("-u bad/name", "-u"),
+        ("--cap-add CAP_BOGUS", "--cap-add"),
+        ("--security-opt apparmor=unconfined", "--security-opt"),
+        ("--security-opt seccomp=/p.json", "--security-opt"),
+        ("--tmpfs rel", "--tmpfs"),
+        ("--tmpfs /t:exec,bogus", "--tmpfs"),
+        ("-v named:/data", "-v"),
+        ("-v /a", "-v"),
+        ("-v /a:/b:z", "-v"),
+        ("-v /a:rel", "-v"),
+        ("--mount type=volume,target=/x", "--mount"),
+        ("--mount type=bind,target=/x", "--mount"),
+        ("--mount type=tmpfs,source=/a,target=/x", "--mount"),
+        ("--mount type=bind,src=/a,target=/x,consistency=cached", "--mount"),
+        ("--device /etc/passwd", "--device"),
+        ("--device /dev/a:/dev/b:rwx", "--device"),
+        ("--gpus all", "--gpus"),
+        ("--shm-size 0", "--shm-size"),
+        ("--shm-size lots", "--shm-size"),
+        ("--ulimit nofile=2:1", "--ulimit"),
+        ("-m 1m", "-m"),
+        ("--memory-swap 1g", "--memory-swap"),
+        ("--memory 1g --memory-swap 512m", "--memory-swap"),
+        ("--cpus 0", "--cpus"),
+        ("--cpu-shares 1", "--cpu-shares"),
+        ("--cpuset-cpus x", "--cpuset-cpus"),
+        ("--pids-limit -5", "--pids-limit"),
+        ("--ipc container:x", "--ipc"),
+        ("--network bridge", "--network"),
+        ("--pid container:x", "--pid"),
+        ("--sysctl kernel.panic=1", "--sysctl"),
+        ("--sysctl net.ipv4.ip_forward=1", "--sysctl"),
+        ("--stop-signal SIGNOPE", "--stop-signal"),
+        ("--stop-timeout -1", "--stop-timeout"),
+        ("-l berth.task-id=x", "-l"),
+        ("--shm-size 1m --ipc host", "--shm-size"),
+        ("--tmpfs /x --tmpfs /x", "--mount"),
+        ("--hostname bad_name", "--hostname"),
+        ("--entrypoint 'a \"b'", "--entrypoint"),
+    ];
+    for (text, flag) in cases {
+        match parse(text) {
+            Err(SpecError::RunOption { flag: f, reason }) => {
+                assert_eq!(f, flag, "{text}: {reason}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+/// Random flag soup never panics: every input parses or is refused by name.
+#[test]
+fn fuzz_never_panics() {
+    let words = [
+        "--rm",
+        "-e",
+        "A=1",
+        "=",
+        "-",
+        "--",
+        "-u",
+        "0:0",
+        ":",
+        "--mount",
+        "type=bind",
+        "type=tmpfs,target=/x",
+        ",,,",
+        "--tmpfs",
+        "/x:size=",
+        "-v",
+        "/a:/b:ro:x",
+        "--ulimit",
+        "nofile=-1:",
+        "--memory",
+        "9999999999999p",
+        "--cpus",
+        "1e309",
+        "--device",
+        "/dev/",
+        "--sysctl",
+        "net.",
+        "-w",
+        "/",
+        "\u{e9}",
+        "-\u{e9}x",
+        "--label",
+        "''",
+        "--stop-signal",
+        "-1",
+        "--cpuset-cpus",
+        "1-",
+        "--security-opt",
+        "seccomp",
+        "--shm-size",
+        ".",
+        "--init=",
+    ];
+    // A small deterministic generator (xorshift), so a failure reproduces.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..20_000 {
+        let mut text = String::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = (state % 6) as usize;
+        for i in 0..n {
+            let pick = ((state >> (i * 8)) as usize) % words.len();
+            if state >> (40 + i) & 1 == 1 {
+                text.push_str(words[pick]);
+            } else {
+                text.push(' ');
+                text.push_str(words[pick]);
+            }
+        }
+        if let Err(e) = parse(&text) {
+            assert!(matches!(e, SpecError::RunOption { .. }), "{text:?}: {e:?}");
+        }
+    }
+}
