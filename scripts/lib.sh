@@ -26,7 +26,7 @@ set -euo pipefail
 BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
-    apache2-utils openssl pkg-config jq curl
+    apache2-utils openssl pkg-config jq curl tini
 )
 
 # Fixed test credentials for the TLS registry.
@@ -37,7 +37,7 @@ BERTH_NAMESPACE=berth
 # containerd namespace of berth_env_up's own smoke check (emptied afterwards).
 BERTH_SMOKE_NAMESPACE=smoke
 # Test image tags, built into the OCI layout and pushed as berth-test/<tag>.
-BERTH_IMAGE_TAGS=(busybox entrypoint workdir user)
+BERTH_IMAGE_TAGS=(busybox entrypoint workdir user nameduser ghostuser)
 # Repositories that all get the 3-layer image (OCI layout tag "layers").
 BERTH_LAYERS_REPOS=(layers layers-a layers-b layers-c)
 # Media types used in the generated manifests.
@@ -429,6 +429,10 @@ _berth_build_images() {
         --config.cmd /bin/sh --config.cmd=-c --config.cmd pwd || return 1
     umoci config --image "$oci:busybox" --tag user --no-history \
         --config.user 1000:1000 --config.cmd id || return 1
+    umoci config --image "$oci:busybox" --tag nameduser --no-history \
+        --config.user batchuser --config.cmd id || return 1
+    umoci config --image "$oci:busybox" --tag ghostuser --no-history \
+        --config.user ghost --config.cmd id || return 1
     rm -rf "$dir/build"
 }
 
@@ -767,6 +771,8 @@ auth:
         BERTH_TEST_IMAGE_ENTRYPOINT "$ref/entrypoint:latest" \
         BERTH_TEST_IMAGE_WORKDIR "$ref/workdir:latest" \
         BERTH_TEST_IMAGE_USER "$ref/user:latest" \
+        BERTH_TEST_IMAGE_NAMEDUSER "$ref/nameduser:latest" \
+        BERTH_TEST_IMAGE_GHOSTUSER "$ref/ghostuser:latest" \
         BERTH_TEST_IMAGE_BUSYBOX_DIGEST "$ref/busybox@$digest" \
         BERTH_TEST_IMAGE_MULTIARCH "$ref/multiarch:latest" \
         BERTH_TEST_IMAGE_ARMONLY "$ref/armonly:latest" \

@@ -52,6 +52,8 @@ pub struct AgentOptions {
     pub tls_registry_credentials: bool,
     /// `[images] prefetch` in the config file.
     pub prefetch: Vec<String>,
+    /// More TOML appended to the config file (`[[users]]`, `[policy]`, ...).
+    pub extra_config: String,
 }
 
 impl Default for AgentOptions {
@@ -64,6 +66,7 @@ impl Default for AgentOptions {
             image_gc: None,
             tls_registry_credentials: false,
             prefetch: vec![],
+            extra_config: String::new(),
         }
     }
 }
@@ -176,6 +179,7 @@ terminate_grace_seconds = {grace}
         } else {
             cfg
         };
+        let cfg = format!("{cfg}\n{}\n", self.opts.extra_config);
         std::fs::write(self.config_path(), cfg).expect("write config");
         // A config holding credentials must not be world-readable.
         use std::os::unix::fs::PermissionsExt;
@@ -288,6 +292,30 @@ pub fn task_on(job: &str, task_id: &str, command_line: &str, image: impl Into<St
     if let Some(c) = spec.container.as_mut() {
         c.image = image.into();
     }
+    spec
+}
+
+/// The same spec with these run options.
+pub fn with_options(mut spec: pb::TaskSpec, run_options: &str) -> pb::TaskSpec {
+    if let Some(c) = spec.container.as_mut() {
+        c.run_options = run_options.into();
+    }
+    spec
+}
+
+/// The same spec, run as the pool user account `name`.
+pub fn as_user(mut spec: pb::TaskSpec, name: &str) -> pb::TaskSpec {
+    spec.user = Some(pb::UserIdentity { user_name: name.into(), auto_user: None });
+    spec
+}
+
+/// The same spec, run as an auto-user.
+pub fn as_auto_user(mut spec: pb::TaskSpec, scope: pb::AutoUserScope, admin: bool) -> pb::TaskSpec {
+    let elevation = if admin { pb::ElevationLevel::Admin } else { pb::ElevationLevel::NonAdmin };
+    spec.user = Some(pb::UserIdentity {
+        user_name: String::new(),
+        auto_user: Some(pb::AutoUserSpecification { scope: scope as i32, elevation_level: elevation as i32 }),
+    });
     spec
 }
 

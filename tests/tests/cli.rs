@@ -89,3 +89,29 @@ async fn run_wait_logs_list_node() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{out:?}");
 }
+
+#[tokio::test]
+async fn run_as_accounts_and_auto_users() {
+    let users = "[[users]]\nname = \"alice\"\nuid = 1500\ngid = 1500\n";
+    let agent = Agent::start(AgentOptions { extra_config: users.into(), ..AgentOptions::default() }).await;
+    let img = image("busybox");
+    let run = |task: &str, who: &[&str]| {
+        let mut args =
+            vec!["run", "--job", "cliusers", "--task", task, "--image", &img, "--command-line", "id -u", "--wait"];
+        args.extend_from_slice(who);
+        let out = berthctl(&agent, &args);
+        assert_eq!(out.status.code(), Some(0), "{task}: {out:?}");
+        let out = berthctl(&agent, &["logs", "--job", "cliusers", "--task", task]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run("default", &[]), "20000");
+    assert_eq!(run("alice", &["--user", "alice"]), "1500");
+    assert_eq!(run("admin", &["--auto-user", "pool", "--elevation", "admin"]), "0");
+    let task_uid: u32 = run("task", &["--auto-user", "task"]).parse().unwrap();
+    assert!((20001..30000).contains(&task_uid), "{task_uid}");
+    let out = berthctl(
+        &agent,
+        &["run", "--job", "cliusers", "--task", "x", "--image", &img, "--user", "alice", "--auto-user", "task"],
+    );
+    assert_eq!(out.status.code(), Some(2), "--user and --auto-user conflict: {out:?}");
+}

@@ -187,23 +187,3 @@ async fn hardening_is_in_place() {
     ];
     assert_eq!(lines, want, "{out}");
 }
-
-#[tokio::test]
-async fn runs_as_the_task_uid_and_gid() {
-    use std::os::unix::fs::MetadataExt;
-    let agent = Agent::start(AgentOptions::default()).await;
-    let mut c = agent.client().await;
-    let mut spec = task(
-        "uidjob",
-        "t",
-        "/bin/sh -c 'id -u; id -g; grep CapEff /proc/self/status; echo x > $AZ_BATCH_TASK_WORKING_DIR/owned.txt'",
-    );
-    spec.user = Some(pb::UserIdentity { uid: Some(1000), gid: Some(1001) });
-    let done = c.run_done(spec).await;
-    assert_eq!(done.exit_code, Some(0), "{done:?}");
-    let out = c.read("uidjob", "t", "stdout.txt").await.unwrap();
-    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
-    assert_eq!(lines, ["1000", "1001", "CapEff: 0000000000000000"], "{out}");
-    let meta = std::fs::metadata(agent.task_path("uidjob", "t", "wd/owned.txt")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
-}
