@@ -650,6 +650,9 @@ berth_env_up() {
         berth_log "ERROR: $dir is too long for unix socket paths; use e.g. /tmp/berth-XXXX"
         return 1
     fi
+    # Searchable by every uid, as /run/containerd is: a task in a user namespace
+    # (mapped to a non-root uid) must reach its bundle's rootfs below DIR.
+    chmod 0711 "$dir" || return 1
     : >"$dir/.berth-testenv" || return 1 # marker: berth_env_down may delete DIR
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$dir/policy.json" || return 1
 

@@ -1,0 +1,106 @@
+//! A release `berth-agent` run by the benchmark: config, start, stop, memory.
+
+use berth_proto::v1::node_agent_client::NodeAgentClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub struct Agent {
+    pub dir: PathBuf,
+    pub binary: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Settings<'a> {
+    pub containerd: &'a str,
+    pub namespace: &'a str,
+    pub registry: &'a str,
+    pub slots: u32,
+}
+
+impl Agent {
+    /// Writes the config in `dir` (node root, state, socket all under it).
+    pub fn new(binary: &Path, dir: &Path, s: &Settings<'_>) -> Agent {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let cfg = format!(
+            "[node]\nroot_dir = \"{d}/node\"\nstate_dir = \"{d}/state\"\nid = \"{ns}\"\ntask_slots = {slots}\nmin_free_mb = 0\n\
+             [api]\nlisten = \"unix://{d}/agent.sock\"\n\
+             [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n\
+             [registries]\ninsecure = [\"{reg}\"]\n\
+             [tasks]\nterminate_grace_seconds = 1\n",
+            d = dir.display(),
+            ns = s.namespace,
+            slots = s.slots,
+            sock = s.containerd,
+            reg = s.registry,
+        );
+        std::fs::write(dir.join("agent.toml"), cfg).expect("write config");
+        Agent { dir: dir.to_owned(), binary: binary.to_owned(), child: None }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("unix://{}", self.dir.join("agent.sock").display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Starts the agent; returns once its socket answers.
+    pub async fn start(&mut self) -> NodeAgentClient<Channel> {
+        let _ = std::fs::remove_file(self.dir.join("agent.sock"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+        let child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(self.dir.join("agent.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = berth_proto::connect(&self.addr()).await {
+                let mut c = NodeAgentClient::new(ch);
+                if c.get_node(berth_proto::v1::GetNodeRequest {}).await.is_ok() {
+                    return c;
+                }
+            }
+            assert!(Instant::now() < deadline, "agent did not answer:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("agent running")
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the agent process, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Stops the agent with `signal` and waits for it.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+}

@@ -1,0 +1,99 @@
+//! `berth-bench`: run by `scripts/bench` against the test environment's
+//! containerd and registry. Starts release agents itself, measures berth and
+//! the `ctr` baseline in the same run, prints a Markdown table. Asserts nothing
+//! about times (only that the work itself succeeded).
+
+mod agent;
+mod ctr;
+mod report;
+mod scenarios;
+mod watch;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+struct Args {
+    /// The release berth-agent binary.
+    #[arg(long)]
+    agent: PathBuf,
+    /// Scratch directory (agents' roots, state, logs).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    containerd: String,
+    /// Plain-HTTP registry `host:port`.
+    #[arg(long)]
+    registry: String,
+    #[arg(long)]
+    registry_log: String,
+    /// Directory for `ctr run`'s IO FIFOs.
+    #[arg(long)]
+    fifo_dir: String,
+    /// The small image of the trivial tasks.
+    #[arg(long)]
+    image: String,
+    /// Two images of the same shape: one pulled by berth, one by ctr.
+    #[arg(long)]
+    big_berth: String,
+    #[arg(long)]
+    big_ctr: String,
+    /// The image 10 tasks start on at once, and the size of its blobs.
+    #[arg(long)]
+    shared: String,
+    #[arg(long)]
+    shared_bytes: u64,
+    /// Few tasks of each kind: keeps the script working, measures little.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let a = Args::parse();
+    let (n_lat, n_tput, n_dense) = if a.quick { (5, 16, 8) } else { (50, 300, 100) };
+    let ctr = ctr::Ctr { socket: a.containerd.clone(), namespace: "bench-ctr".into(), fifo_dir: a.fifo_dir.clone() };
+    ctr.pull(&a.image);
+    let settings = |ns: &'static str, slots| agent::Settings {
+        containerd: &a.containerd,
+        namespace: ns,
+        registry: &a.registry,
+        slots,
+    };
+    let mut rows = Vec::new();
+
+    // Latency, throughput, pulls: 8 slots.
+    let mut first = agent::Agent::new(&a.agent, &a.dir.join("agent-8"), &settings("bench-8", 8));
+    let mut c = first.start().await;
+    let w = watch::Watcher::start(&c).await;
+    scenarios::pull(&mut c, &a.image).await;
+    eprintln!("berth-bench: latency ({n_lat} tasks)");
+    rows.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat).await);
+    eprintln!("berth-bench: throughput ({n_tput} tasks)");
+    rows.extend(scenarios::throughput(&c, &w, &ctr, &a.image, n_tput).await);
+    let (_, peak) = first.memory_kib();
+    rows.push(report::Row::new("footprint: agent peak RSS, throughput (MiB)", peak as f64 / 1024.0, None, "≤ 60"));
+    eprintln!("berth-bench: pulls");
+    let images = scenarios::PullImages {
+        big_berth: &a.big_berth,
+        big_ctr: &a.big_ctr,
+        shared: &a.shared,
+        shared_bytes: a.shared_bytes,
+        registry_log: &a.registry_log,
+    };
+    rows.extend(scenarios::pulls(&mut c, &w, &ctr, &images).await);
+    first.stop(nix::sys::signal::Signal::SIGTERM);
+
+    // Density and recovery: a slot per task.
+    eprintln!("berth-bench: density and recovery ({n_dense} tasks)");
+    let mut second = agent::Agent::new(&a.agent, &a.dir.join("agent-dense"), &settings("bench-dense", n_dense as u32));
+    {
+        let mut c = second.start().await;
+        scenarios::pull(&mut c, &a.image).await;
+        second.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+    rows.extend(scenarios::density_and_recovery(&mut second, &a.image, n_dense).await);
+    second.stop(nix::sys::signal::Signal::SIGTERM);
+
+    print!("{}", report::markdown(&rows));
+}

@@ -1,0 +1,215 @@
+//! The measurements. Each returns rows for the report; none asserts a time.
+
+use crate::agent::Agent;
+use crate::ctr::Ctr;
+use crate::report::Row;
+use crate::watch::Watcher;
+use berth_proto::v1 as pb;
+use berth_proto::v1::node_agent_client::NodeAgentClient;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+type Client = NodeAgentClient<Channel>;
+
+pub fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb::TaskSpec {
+    pb::TaskSpec {
+        job_id: job.into(),
+        task_id: task.into(),
+        command_line: command_line.into(),
+        container: Some(pb::ContainerSettings {
+            image: image.into(),
+            run_options: String::new(),
+            working_directory: pb::WorkingDirectory::TaskWorkingDir as i32,
+            registry: None,
+            pull_policy: pb::PullPolicy::Missing as i32,
+        }),
+        environment: Default::default(),
+        user: None,
+        constraints: None,
+        required_slots: 1,
+    }
+}
+
+async fn run(c: &mut Client, spec: pb::TaskSpec) {
+    c.run_task(pb::RunTaskRequest { task: Some(spec) }).await.expect("RunTask");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The q-quantile (nearest rank) of `v`, in ms.
+fn quantile(v: &mut [Duration], q: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    ms(v[i])
+}
+
+/// Pulls `image` through the agent, to its end.
+pub async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
+    let start = Instant::now();
+    let req = pb::PullImageRequest { reference: image.into(), credentials: None };
+    let mut stream = c.pull_image(req).await.expect("PullImage").into_inner();
+    let mut fetched = 0;
+    while let Some(p) = stream.message().await.expect("pull progress") {
+        if p.done {
+            fetched = p.bytes_fetched;
+        }
+    }
+    (start.elapsed(), fetched)
+}
+
+/// Latency: sequential trivial tasks, RunTask → RUNNING and → COMPLETED (seen
+/// on WatchTasks), against sequential `ctr run --rm`.
+pub async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+    let (mut running, mut done) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let key = format!("lat/t{i}");
+        let start = Instant::now();
+        run(c, spec("lat", &format!("t{i}"), image, "/bin/true")).await;
+        w.wait_all(std::slice::from_ref(&key), |s| s.completed.is_some()).await;
+        let seen = w.get(&key);
+        assert_eq!(seen.exit_code, Some(0), "{key} failed");
+        running.push(seen.running.unwrap_or(start) - start);
+        done.push(seen.completed.unwrap_or(start) - start);
+    }
+    let mut base: Vec<Duration> = (0..n).map(|i| ctr.run(image, &format!("bench-lat-{i}"))).collect();
+    let (b50, b99) = (quantile(&mut base, 0.5), quantile(&mut base, 0.99));
+    vec![
+        Row::new("latency p50: RunTask → COMPLETED (ms)", quantile(&mut done, 0.5), Some(b50), "≤ 0.8× ctr run"),
+        Row::new("latency p99: RunTask → COMPLETED (ms)", quantile(&mut done, 0.99), Some(b99), ""),
+        Row::new("latency p50: RunTask → RUNNING (ms)", quantile(&mut running, 0.5), None, ""),
+        Row::new("latency p99: RunTask → RUNNING (ms)", quantile(&mut running, 0.99), None, ""),
+    ]
+}
+
+/// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),
+/// against `n` `ctr run --rm` with 8 in parallel.
+pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+    let keys: Vec<String> = (0..n).map(|i| format!("tput/t{i}")).collect();
+    let start = Instant::now();
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (mut c, image) = (c.clone(), image.to_owned());
+        submits.spawn(async move { run(&mut c, spec("tput", &format!("t{i}"), &image, "/bin/true")).await });
+    }
+    while submits.join_next().await.is_some() {}
+    w.wait_all(&keys, |s| s.completed.is_some()).await;
+    let elapsed = start.elapsed();
+    let failed = keys.iter().filter(|k| w.get(k).exit_code != Some(0)).count();
+    let berth = n as f64 / elapsed.as_secs_f64();
+
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                ctr.run(image, &format!("bench-tput-{i}"));
+            });
+        }
+    });
+    let base = n as f64 / start.elapsed().as_secs_f64();
+    vec![
+        Row::new(&format!("throughput: {n} tasks, 8 at a time (tasks/s)"), berth, Some(base), "≥ 1.5× ctr run -P 8"),
+        Row::new("throughput: failed tasks", failed as f64, None, "0"),
+    ]
+}
+
+/// Density: `n` concurrent `sleep` tasks until all run. Recovery: then the
+/// agent is killed and restarted; the time until it has re-attached them all.
+pub async fn density_and_recovery(agent: &mut Agent, image: &str, n: usize) -> Vec<Row> {
+    let mut c = agent.start().await;
+    let (idle, _) = agent.memory_kib();
+    let w = Watcher::start(&c).await;
+    let keys: Vec<String> = (0..n).map(|i| format!("dense/t{i}")).collect();
+    let start = Instant::now();
+    for i in 0..n {
+        run(&mut c, spec("dense", &format!("t{i}"), image, "sleep 600")).await;
+    }
+    w.wait_all(&keys, |s| s.running.is_some() || s.completed.is_some()).await;
+    let all_running = start.elapsed();
+    let failed = keys.iter().filter(|k| w.get(k).completed.is_some()).count();
+    let (rss, peak) = agent.memory_kib();
+
+    agent.stop(nix::sys::signal::Signal::SIGKILL);
+    let log_before = agent.log().matches("recovery done").count();
+    let start = Instant::now();
+    let mut c = agent.start().await;
+    while agent.log().matches("recovery done").count() == log_before {
+        assert!(start.elapsed() < Duration::from_secs(120), "no recovery:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let recovered = start.elapsed();
+    let list = c.list_tasks(pb::ListTasksRequest { job_id: "dense".into(), state: 0 }).await.expect("list");
+    let still_running = list.into_inner().tasks.iter().filter(|t| t.state == pb::TaskState::Running as i32).count();
+    for i in 0..n {
+        let req = pb::TerminateTaskRequest { job_id: "dense".into(), task_id: format!("t{i}"), grace_period: None };
+        c.terminate_task(req).await.expect("terminate");
+    }
+    vec![
+        Row::new(&format!("density: {n} sleep tasks, time to all RUNNING (ms)"), ms(all_running), None, ""),
+        Row::new(&format!("density: {n} sleep tasks, failed"), failed as f64, None, "0"),
+        Row::new(&format!("density: agent RSS with {n} running (MiB)"), rss as f64 / 1024.0, None, ""),
+        Row::new("footprint: agent RSS idle (MiB)", idle as f64 / 1024.0, None, "≤ 15"),
+        Row::new("footprint: agent peak RSS, density (MiB)", peak as f64 / 1024.0, None, "≤ 60"),
+        Row::new(&format!("recovery: restart → {n} tasks re-attached (ms)"), ms(recovered), None, "≤ 2000"),
+        Row::new("recovery: tasks still RUNNING after restart", still_running as f64, Some(n as f64), "all"),
+    ]
+}
+
+/// Pulls: a cold pull through the agent against `ctr pull` of an image of the
+/// same shape; then 10 tasks at once on a new image, bytes fetched from the
+/// registry against the image's size.
+pub async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'_>) -> Vec<Row> {
+    let (berth, _) = pull(c, images.big_berth).await;
+    let base = ctr.pull(images.big_ctr);
+    let before = registry_bytes(images.registry_log, images.shared);
+    let keys: Vec<String> = (0..10).map(|i| format!("shared/t{i}")).collect();
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (mut c, image) = (c.clone(), images.shared.to_owned());
+        submits.spawn(async move { run(&mut c, spec("shared", &format!("t{i}"), &image, "/bin/true")).await });
+    }
+    while submits.join_next().await.is_some() {}
+    w.wait_all(&keys, |s| s.completed.is_some()).await;
+    let fetched = registry_bytes(images.registry_log, images.shared) - before;
+    vec![
+        Row::new("pull: cold, 8 layers (ms)", ms(berth), Some(ms(base)), "≤ 1.0× ctr pull"),
+        Row::new(
+            "pull: 10 tasks on a new image, bytes fetched ÷ image size",
+            fetched as f64 / images.shared_bytes as f64,
+            None,
+            "1.0",
+        ),
+    ]
+}
+
+pub struct PullImages<'a> {
+    pub big_berth: &'a str,
+    pub big_ctr: &'a str,
+    pub shared: &'a str,
+    pub shared_bytes: u64,
+    pub registry_log: &'a str,
+}
+
+/// Bytes the registry sent for blob GETs of `image`'s repository (access log lines).
+fn registry_bytes(log: &str, image: &str) -> u64 {
+    let repo = image.split_once('/').map_or(image, |(_, r)| r);
+    let repo = repo.rsplit_once(':').map_or(repo, |(r, _)| r);
+    let needle = format!("\"GET /v2/{repo}/blobs/");
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let after = l.split("HTTP/1.1\" ").nth(1)?;
+            let mut f = after.split_whitespace();
+            let status = f.next()?;
+            let bytes: u64 = f.next()?.parse().ok()?;
+            (status == "200").then_some(bytes)
+        })
+        .sum()
+}
