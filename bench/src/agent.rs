@@ -104,3 +104,26 @@ impl Drop for Agent {
         self.stop(nix::sys::signal::Signal::SIGTERM);
     }
 }
+
+/// User plus system CPU time of process `pid` (and its waited-for children), from `/proc/PID/stat`.
+pub fn cpu_of(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // utime, stime, cutime, cstime are fields 14..17 of stat; 12..15 after the name and state.
+    let ticks: u64 = f.get(11..15).map_or(0, |v| v.iter().sum());
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    std::time::Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+/// CPU time the whole machine spent busy (all CPUs), from `/proc/stat`.
+pub fn machine_busy() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    std::time::Duration::from_millis(busy * 1000 / hz.max(1))
+}

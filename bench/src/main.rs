@@ -22,6 +22,9 @@ struct Args {
     dir: PathBuf,
     #[arg(long)]
     containerd: String,
+    /// containerd's pid (its CPU time is counted).
+    #[arg(long)]
+    containerd_pid: u32,
     /// Plain-HTTP registry `host:port`.
     #[arg(long)]
     registry: String,
@@ -70,7 +73,8 @@ async fn main() {
     eprintln!("berth-bench: latency ({n_lat} tasks)");
     rows.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat).await);
     eprintln!("berth-bench: throughput ({n_tput} tasks)");
-    rows.extend(scenarios::throughput(&c, &w, &ctr, &a.image, n_tput).await);
+    let pids = scenarios::Pids { agent: first.pid(), containerd: a.containerd_pid };
+    rows.extend(scenarios::throughput(&c, &w, &ctr, &a.image, n_tput, pids).await);
     let (_, peak) = first.memory_kib();
     rows.push(report::Row::new("footprint: agent peak RSS, throughput (MiB)", peak as f64 / 1024.0, None, "≤ 60"));
     eprintln!("berth-bench: pulls");

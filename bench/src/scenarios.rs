@@ -1,6 +1,6 @@
 //! The measurements. Each returns rows for the report; none asserts a time.
 
-use crate::agent::Agent;
+use crate::agent::{cpu_of, machine_busy, Agent};
 use crate::ctr::Ctr;
 use crate::report::Row;
 use crate::watch::Watcher;
@@ -62,6 +62,10 @@ pub async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
 /// Latency: sequential trivial tasks, RunTask → RUNNING and → COMPLETED (seen
 /// on WatchTasks), against sequential `ctr run --rm`.
 pub async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+    // One of each first: the first container of a namespace pays one-off costs.
+    run(c, spec("lat", "warm-up", image, "/bin/true")).await;
+    w.wait_all(&["lat/warm-up".to_string()], |s| s.completed.is_some()).await;
+    ctr.run(image, "bench-lat-warm-up");
     let (mut running, mut done) = (Vec::new(), Vec::new());
     for i in 0..n {
         let key = format!("lat/t{i}");
@@ -85,8 +89,9 @@ pub async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usi
 
 /// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),
 /// against `n` `ctr run --rm` with 8 in parallel.
-pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, pids: Pids) -> Vec<Row> {
     let keys: Vec<String> = (0..n).map(|i| format!("tput/t{i}")).collect();
+    let (agent_cpu, containerd_cpu, busy) = (cpu_of(pids.agent), cpu_of(pids.containerd), machine_busy());
     let start = Instant::now();
     let mut submits = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -98,6 +103,11 @@ pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usiz
     let elapsed = start.elapsed();
     let failed = keys.iter().filter(|k| w.get(k).exit_code != Some(0)).count();
     let berth = n as f64 / elapsed.as_secs_f64();
+    let per_task = |d: Duration| ms(d) / n as f64;
+    let agent_cpu = per_task(cpu_of(pids.agent) - agent_cpu);
+    let berth_containerd_cpu = per_task(cpu_of(pids.containerd) - containerd_cpu);
+    let berth_busy = per_task(machine_busy() - busy);
+    let (containerd_cpu, busy, me) = (cpu_of(pids.containerd), machine_busy(), cpu_of(std::process::id()));
 
     let next = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
@@ -113,9 +123,15 @@ pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usiz
         }
     });
     let base = n as f64 / start.elapsed().as_secs_f64();
+    let ctr_containerd_cpu = per_task(cpu_of(pids.containerd) - containerd_cpu);
+    let ctr_busy = per_task(machine_busy() - busy);
+    let ctr_cpu = per_task(cpu_of(std::process::id()) - me);
     vec![
         Row::new(&format!("throughput: {n} tasks, 8 at a time (tasks/s)"), berth, Some(base), "≥ 1.5× ctr run -P 8"),
         Row::new("throughput: failed tasks", failed as f64, None, "0"),
+        Row::new("throughput: containerd CPU per task (ms)", berth_containerd_cpu, Some(ctr_containerd_cpu), ""),
+        Row::new("throughput: agent CPU per task (ms; baseline: the ctr processes)", agent_cpu, Some(ctr_cpu), ""),
+        Row::new("throughput: whole-machine CPU per task (ms)", berth_busy, Some(ctr_busy), ""),
     ]
 }
 
@@ -186,6 +202,13 @@ pub async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'
             "1.0",
         ),
     ]
+}
+
+/// Processes whose CPU time is counted.
+#[derive(Clone, Copy)]
+pub struct Pids {
+    pub agent: u32,
+    pub containerd: u32,
 }
 
 pub struct PullImages<'a> {

@@ -296,9 +296,19 @@ impl Config {
         for p in &raw.images.prefetch {
             crate::images::normalize(p).map_err(|e| invalid("images.prefetch", &e.to_string()))?;
         }
+        let policy = security::policy(raw.policy)?;
+        // Tasks write the node root: a bind prefix there could be swapped for a
+        // symlink between the agent's check and runc's mount.
+        if let Some(p) = policy.bind_mount_prefixes.iter().find(|p| p.starts_with(&root_dir) || root_dir.starts_with(p))
+        {
+            return Err(invalid(
+                "policy.bind_mount_prefixes",
+                &format!("{} is or holds the node root, which tasks can write", p.display()),
+            ));
+        }
         Ok(Config {
             identities: security::identities(raw.users, raw.auto_users)?,
-            policy: security::policy(raw.policy)?,
+            policy,
             registries,
             prefetch: raw.images.prefetch,
             image_gc,

@@ -187,6 +187,11 @@ mod tests {
             ("[auto_users]\npool_uid = 20003".to_string(), "auto_users.pool_uid"),
             ("[policy]\nbind_mount_prefixes = [\"rel\"]".to_string(), "policy.bind_mount_prefixes"),
             ("[policy]\nallowed_devices = [\"/etc/passwd\"]".to_string(), "policy.allowed_devices"),
+            (
+                "[policy]\nbind_mount_prefixes = [\"/var/lib/berth/node/shared\"]".to_string(),
+                "policy.bind_mount_prefixes",
+            ),
+            ("[policy]\nbind_mount_prefixes = [\"/var\"]".to_string(), "policy.bind_mount_prefixes"),
             ("[policy]\nallow_everything = true".to_string(), "unknown field"),
         ];
         for (text, want) in cases {

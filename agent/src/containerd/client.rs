@@ -44,6 +44,10 @@ pub struct Containerd {
     /// Labels this process's leases, so start-up cleanup never removes the
     /// lease of work this very process has under way.
     boot_id: String,
+    /// What an image's manifest and config say, by the digest its record
+    /// points at (content-addressed, so never stale): a task on a known image
+    /// costs one image lookup and one snapshot stat, not a read of each blob.
+    pub(super) resolved: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, super::image::Resolved>>>,
 }
 
 impl Containerd {
@@ -66,7 +70,14 @@ impl Containerd {
             }));
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let boot_id = format!("{:x}-{}", nanos, std::process::id());
-        Self { channel, namespace: namespace.into(), snapshotter: snapshotter.into(), runtime: runtime.into(), boot_id }
+        Self {
+            channel,
+            namespace: namespace.into(),
+            snapshotter: snapshotter.into(),
+            runtime: runtime.into(),
+            boot_id,
+            resolved: Default::default(),
+        }
     }
 
     pub(super) fn snapshotter(&self) -> &str {

@@ -46,37 +46,88 @@ impl Containerd {
     }
 }
 
-/// Creates the mount points of `spec`'s mounts in a fresh container snapshot
-/// whose rootfs mounts are `mounts`, as the agent (host root). A task in a user
-/// namespace cannot create them itself: the image's directories belong to host
-/// root, which its namespace does not map.
+/// Creates the mount points of `spec`'s mounts that the image lacks, in the
+/// writable (upper) layer of a fresh overlay snapshot whose mounts are
+/// `mounts`, as the agent (host root). A task in a user namespace cannot create
+/// them itself: the image's directories belong to host root, which its
+/// namespace does not map. Parent directories are copied up with the mode and
+/// owner the image gives them (as overlayfs itself would); nothing is created
+/// through a symlink of the image: such a mount point is left to runc.
 pub(super) fn create_mount_points(mounts: &[Mount], spec: &oci_spec::runtime::Spec) -> std::io::Result<()> {
-    // The writable layer: overlay's upperdir, or the directory a bind snapshot is.
-    let top = mounts.iter().find_map(|m| match m.r#type.as_str() {
-        "overlay" => m.options.iter().find_map(|o| o.strip_prefix("upperdir=")).map(PathBuf::from),
-        "bind" | "rbind" => Some(PathBuf::from(&m.source)),
-        _ => None,
-    });
-    let Some(top) = top else { return Ok(()) };
+    let overlay = mounts.iter().find(|m| m.r#type == "overlay");
+    let Some(upper) = overlay.and_then(|m| m.options.iter().find_map(|o| o.strip_prefix("upperdir="))) else {
+        return Err(std::io::Error::other("user namespaces need the overlayfs snapshotter"));
+    };
+    let upper = PathBuf::from(upper);
+    let lowers: Vec<PathBuf> = layer_dirs(mounts).into_iter().filter(|d| *d != upper).collect();
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
-        let kernel = ["/proc", "/sys", "/dev"].iter().any(|k| dest.starts_with(k));
-        let Ok(rel) = dest.strip_prefix("/") else { continue };
-        if kernel || rel.as_os_str().is_empty() || rel.components().any(|c| c == std::path::Component::ParentDir) {
+        if ["/proc", "/sys", "/dev"].iter().any(|k| dest.starts_with(k)) {
             continue;
         }
-        let path = top.join(rel);
-        let source_is_file = m.typ().as_deref() == Some("bind") && m.source().as_ref().is_some_and(|s| s.is_file());
-        if source_is_file {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-        } else {
-            std::fs::create_dir_all(&path)?;
+        let parts: Vec<&std::ffi::OsStr> = dest
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        if parts.is_empty() || in_lowers(&lowers, &parts).is_some() {
+            continue; // the image has it: runc mounts over it
         }
+        let file = m.typ().as_deref() == Some("bind") && m.source().as_ref().is_some_and(|s| s.is_file());
+        let _ = create_beneath(&upper, &lowers, &parts, file)?;
     }
     Ok(())
+}
+
+/// What the topmost lower layer holding `parts` has there (not following
+/// symlinks); None when no layer has it or a whiteout hides it.
+fn in_lowers(lowers: &[PathBuf], parts: &[&std::ffi::OsStr]) -> Option<std::fs::Metadata> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for dir in lowers {
+        let path: PathBuf = parts.iter().fold(dir.clone(), |p, c| p.join(c));
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
+            return (!whiteout).then_some(meta);
+        }
+    }
+    None
+}
+
+/// Creates `parts` under `upper`, parents copied up from the lower layers.
+/// Returns false (creating nothing more) where the image has a symlink or a
+/// non-directory on the way.
+fn create_beneath(upper: &Path, lowers: &[PathBuf], parts: &[&std::ffi::OsStr], file: bool) -> std::io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let mut path = upper.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let last = i + 1 == parts.len();
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.is_dir() && !last {
+                continue;
+            }
+            return Ok(meta.is_dir() != file);
+        }
+        let lower = in_lowers(lowers, &parts[..=i]);
+        if let Some(meta) = &lower {
+            if !meta.is_dir() {
+                return Ok(false); // a symlink or a file of the image on the way
+            }
+        }
+        if last && file {
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path)?;
+        } else {
+            let mode = lower.as_ref().map_or(0o755, |m| m.mode() & 0o7777);
+            std::fs::DirBuilder::new().mode(mode).create(&path)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            if let Some(m) = &lower {
+                std::os::unix::fs::chown(&path, Some(m.uid()), Some(m.gid()))?;
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The directories of a snapshot's mounts, topmost layer first.
@@ -154,6 +205,53 @@ fn whiteout(dir: &Path, rel: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_copy_up_parents_and_never_follow_image_links() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
+        std::fs::create_dir_all(lower.join("tmp")).unwrap();
+        std::fs::set_permissions(lower.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, lower.join("link")).unwrap();
+        let mounts = [Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![format!("upperdir={}", upper.display()), format!("lowerdir={}", lower.display())],
+        }];
+        let hosts = tmp.path().join("hosts");
+        std::fs::write(&hosts, "x").unwrap();
+        let m = |dest: &str, typ: &str, source: &str| {
+            oci_spec::runtime::MountBuilder::default().destination(dest).typ(typ).source(source).build().unwrap()
+        };
+        let spec = oci_spec::runtime::SpecBuilder::default()
+            .mounts(vec![
+                m("/tmp/work/dir", "bind", "/x"),
+                m("/etc/hosts", "bind", &hosts.to_string_lossy()),
+                m("/link/evil", "tmpfs", "tmpfs"),
+                m("/etc", "bind", "/y"),
+                m("/proc", "proc", "proc"),
+            ])
+            .build()
+            .unwrap();
+        create_mount_points(&mounts, &spec).unwrap();
+        let tmp_up = std::fs::metadata(upper.join("tmp")).unwrap();
+        assert_eq!(tmp_up.mode() & 0o7777, 0o1777, "a copied-up parent keeps the image's mode");
+        assert!(upper.join("tmp/work/dir").is_dir());
+        assert!(upper.join("etc/hosts").is_file());
+        assert!(
+            !upper.join("link").exists() && std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "no write through an image symlink"
+        );
+        assert!(!upper.join("proc").exists());
+        let bind = [Mount { r#type: "bind".into(), source: "/x".into(), target: String::new(), options: vec![] }];
+        assert!(create_mount_points(&bind, &spec).is_err(), "overlay only");
+    }
 
     #[test]
     fn top_layer_wins_and_symlinks_are_not_followed() {

@@ -16,6 +16,16 @@ const MANIFEST_TYPES: [&str; 2] =
 /// Manifests and configs are small; refuse anything absurd before reading it.
 const MAX_METADATA_BYTES: i64 = 16 << 20;
 
+/// Entries kept in the resolved-image cache (it is emptied when full).
+const CACHE_ENTRIES: usize = 256;
+
+/// An image's config and chain ID, as read from its blobs.
+#[derive(Debug, Clone)]
+pub(super) struct Resolved {
+    config: ImageConfig,
+    chain_id: String,
+}
+
 fn bad(image: &str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::BadImage { image: image.to_owned(), reason: reason.into() }
 }
@@ -50,8 +60,45 @@ impl Containerd {
             .into_inner()
             .image
             .ok_or_else(|| RuntimeError::NotFound { what: format!("image {name}") })?;
-        let mut desc = image.target.ok_or_else(|| bad(name, "image record has no target"))?;
+        let desc = image.target.ok_or_else(|| bad(name, "image record has no target"))?;
+        let cached = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&desc.digest).cloned();
+        let resolved = match cached {
+            Some(r) => r,
+            None => {
+                let target = desc.digest.clone();
+                let r = self.read_image(name, desc, platform).await?;
+                let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(target, r.clone());
+                r
+            }
+        };
+        let chain = resolved.chain_id;
 
+        // The image must be unpacked for our snapshotter.
+        let stat = StatSnapshotRequest { snapshotter: self.snapshotter().to_owned(), key: chain.clone() };
+        self.snapshots().stat(self.request(stat)).await.map_err(|s| {
+            self.status_error(
+                "stat snapshot",
+                &format!(
+                    "image {name} is in the content store but not unpacked for snapshotter {}; unpacked layers",
+                    self.snapshotter()
+                ),
+                s,
+            )
+        })?;
+        Ok(ResolvedImage { name: name.to_owned(), config: resolved.config, chain_id: chain })
+    }
+
+    /// (Index →) manifest → config, from the content store.
+    async fn read_image(
+        &self,
+        name: &str,
+        mut desc: containerd_client::types::Descriptor,
+        platform: &Platform,
+    ) -> Result<Resolved, RuntimeError> {
         // At most one level of index, as registries serve them.
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
             let bytes = self.read_blob(&desc.digest, desc.size).await?;
@@ -82,20 +129,7 @@ impl Containerd {
         let bytes = self.read_blob(cfg_desc.digest().as_ref(), cfg_desc.size() as i64).await?;
         let config =
             ImageConfiguration::from_reader(bytes.as_slice()).map_err(|e| bad(name, format!("bad config: {e}")))?;
-        let chain = chain_id(config.rootfs().diff_ids()).ok_or_else(|| bad(name, "image has no layers"))?;
-
-        // The image must be unpacked for our snapshotter.
-        let stat = StatSnapshotRequest { snapshotter: self.snapshotter().to_owned(), key: chain.clone() };
-        self.snapshots().stat(self.request(stat)).await.map_err(|s| {
-            self.status_error(
-                "stat snapshot",
-                &format!(
-                    "image {name} is in the content store but not unpacked for snapshotter {}; unpacked layers",
-                    self.snapshotter()
-                ),
-                s,
-            )
-        })?;
-        Ok(ResolvedImage { name: name.to_owned(), config: ImageConfig::from(&config), chain_id: chain })
+        let chain_id = chain_id(config.rootfs().diff_ids()).ok_or_else(|| bad(name, "image has no layers"))?;
+        Ok(Resolved { config: ImageConfig::from(&config), chain_id })
     }
 }

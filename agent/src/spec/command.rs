@@ -16,7 +16,7 @@ pub fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
 }
 
 /// The argv of the task's process. `entrypoint` is the `--entrypoint` run
-/// option: it replaces the image's ENTRYPOINT, and then an empty command line
+/// option (one executable, not split): it replaces the image's ENTRYPOINT, and then an empty command line
 /// means no arguments rather than the image's CMD (docker's rule); `""` clears
 /// the ENTRYPOINT and keeps the CMD.
 pub fn argv(command_line: &str, image: &ImageConfig, entrypoint: Option<&str>) -> Result<Vec<String>, SpecError> {
@@ -25,7 +25,7 @@ pub fn argv(command_line: &str, image: &ImageConfig, entrypoint: Option<&str>) -
         Some("") if given => split(command_line)?,
         Some("") => image.cmd.clone(),
         Some(ep) => {
-            let mut a = split(ep)?;
+            let mut a = vec![ep.to_owned()];
             if given {
                 a.extend(split(command_line)?);
             }

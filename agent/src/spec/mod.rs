@@ -123,7 +123,7 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .args(args)
         .env(env)
         .cwd(cwd)
-        .capabilities(options::capabilities(o, pu.uid == 0)?)
+        .capabilities(options::capabilities(o, pu.uid == 0, i.run_as.admin || userns)?)
         .rlimits(options::rlimits(o)?)
         .no_new_privileges(!o.allow_new_privileges)
         .build()?;

@@ -66,24 +66,27 @@ fn all_caps() -> HashSet<Capability> {
     ALL_CAPS.iter().filter_map(|n| n.parse().ok()).collect()
 }
 
-/// The capability set, as docker computes it: the default set (or all, for
-/// `--privileged`), less `--cap-drop` (`ALL` empties it), plus `--cap-add`. It is
-/// the bounding set; effective and permitted only when the process is root, so
-/// a task running as another uid has no privilege over files it does not own.
-/// Never inheritable or ambient.
-pub fn capabilities(o: &RunOptions, root: bool) -> Result<LinuxCapabilities, OciSpecError> {
-    let mut set: HashSet<Capability> = if o.privileged { all_caps() } else { defaults::DEFAULT_CAPS.into() };
+/// The capability set, as docker computes it: all for `--privileged`; all less
+/// `--cap-drop` for `--cap-add ALL`; otherwise the default set less `--cap-drop`
+/// (`ALL` empties it) plus `--cap-add`. It is the bounding set; effective and
+/// permitted only when the process is root, so a task running as another uid
+/// has no privilege over files it does not own. Never inheritable or ambient.
+/// A non-admin identity's bounding set is empty: not even a setuid-root binary
+/// in its image can give it a capability.
+pub fn capabilities(o: &RunOptions, root: bool, admin: bool) -> Result<LinuxCapabilities, OciSpecError> {
+    let mut set: HashSet<Capability> =
+        if o.privileged || o.cap_add.all { all_caps() } else { defaults::DEFAULT_CAPS.into() };
     if !o.privileged {
-        if o.cap_drop.all {
+        if o.cap_drop.all && !o.cap_add.all {
             set.clear();
         }
         for c in &o.cap_drop.caps {
             set.remove(c);
         }
-        if o.cap_add.all {
-            set = all_caps();
-        }
         set.extend(o.cap_add.caps.iter().copied());
+    }
+    if !admin {
+        set.clear();
     }
     let active = if root { set.clone() } else { HashSet::new() };
     LinuxCapabilitiesBuilder::default()
@@ -107,12 +110,6 @@ pub fn rlimits(o: &RunOptions) -> Result<Vec<PosixRlimit>, OciSpecError> {
 
 fn mount(dest: &str, typ: &str, source: &str, options: Vec<String>) -> Result<Mount, OciSpecError> {
     MountBuilder::default().destination(dest).typ(typ).source(source).options(options).build()
-}
-
-/// Mount targets a task may not cover: they hold the container's own kernel interfaces.
-fn reserved_target(target: &str) -> bool {
-    ["/proc", "/sys", "/dev"].iter().any(|r| target == *r || target.starts_with(&format!("{r}/")))
-        && target != "/dev/shm"
 }
 
 /// The default mounts, adjusted by the run options. In a user namespace, as
@@ -163,12 +160,6 @@ pub fn task_mounts(o: &RunOptions, bind_sources: &[String], init: Option<&PathBu
     let mut out = Vec::new();
     let mut binds = bind_sources.iter();
     for m in &o.mounts {
-        if reserved_target(m.target()) {
-            return Err(SpecError::RunOption {
-                flag: "--mount".into(),
-                reason: format!("{} holds the container's kernel interfaces and cannot be mounted over", m.target()),
-            });
-        }
         match m {
             MountOpt::Bind { target, readonly, propagation, .. } => {
                 let source = binds.next().ok_or_else(|| SpecError::RunOption {
@@ -258,15 +249,10 @@ pub fn resources(o: &RunOptions, devices: &[LinuxDevice], access: &[String]) -> 
     }
     let r = &o.resources;
     let mut b = LinuxResourcesBuilder::default().devices(rules);
-    if r.memory.is_some() {
-        let mut m = LinuxMemoryBuilder::default();
-        if let Some(limit) = r.memory {
-            m = m.limit(limit);
-        }
-        if let Some(swap) = r.memory_swap {
-            m = m.swap(swap);
-        }
-        b = b.memory(m.build()?);
+    if let Some(limit) = r.memory {
+        // Memory plus swap; unset means as much swap as memory (docker's default).
+        let swap = r.memory_swap.unwrap_or(limit.saturating_mul(2));
+        b = b.memory(LinuxMemoryBuilder::default().limit(limit).swap(swap).build()?);
     }
     if r.cpu_quota.is_some() || r.cpu_shares.is_some() || r.cpuset_cpus.is_some() {
         let mut c = LinuxCpuBuilder::default();

@@ -64,8 +64,9 @@ pub fn bind_allowed(path: &Path, prefixes: &[PathBuf]) -> bool {
     normal && prefixes.iter().any(|p| path.starts_with(p))
 }
 
-/// Applies the policy to parsed run options for a task running as `who`.
-pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs) -> Result<(), SpecError> {
+/// Applies the policy to parsed run options for a task running as `who` on a
+/// node whose root (bind-mounted into every container) is `node_root`.
+pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs, node_root: &Path) -> Result<(), SpecError> {
     let admin_only = "needs an admin identity (elevation admin); this task's is non-admin";
     if o.privileged {
         if !policy.allow_privileged {
@@ -78,11 +79,16 @@ pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs) -> Result<(), SpecErr
             return Err(refused("--privileged", "cannot be combined with user namespaces (policy.user_namespaces)"));
         }
     }
-    if o.allow_new_privileges && !policy.allow_privileged {
-        return Err(refused(
-            "--security-opt",
-            "no-new-privileges=false is refused by this node's policy (policy.allow_privileged)",
-        ));
+    if o.allow_new_privileges {
+        if !policy.allow_privileged {
+            return Err(refused(
+                "--security-opt",
+                "no-new-privileges=false is refused by this node's policy (policy.allow_privileged)",
+            ));
+        }
+        if !who.admin {
+            return Err(refused("--security-opt", format!("no-new-privileges=false {admin_only}")));
+        }
     }
     for (flag, ns) in [("--pid", o.pid), ("--ipc", o.ipc)] {
         if ns == Namespace::Host && !policy.allow_host_namespaces {
@@ -98,6 +104,32 @@ pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs) -> Result<(), SpecErr
         }
         if !who.admin {
             return Err(refused("--cap-add", admin_only));
+        }
+    }
+    if !o.group_add.is_empty() && (!who.admin || policy.user_namespaces) {
+        return Err(refused(
+            "--group-add",
+            "only an admin identity without user namespaces may add groups (a non-admin task has its identity's)",
+        ));
+    }
+    if !who.admin {
+        use oci_spec::runtime::PosixRlimitType as R;
+        if let Some((t, _, _)) =
+            o.ulimits.iter().find(|(t, _, _)| matches!(t, R::RlimitRtprio | R::RlimitRttime | R::RlimitNice))
+        {
+            return Err(refused(
+                "--ulimit",
+                format!("{t:?} (real-time or raised priority) {admin_only}: it could starve the node"),
+            ));
+        }
+    }
+    for m in &o.mounts {
+        let target = Path::new(m.target());
+        if target.starts_with(node_root) || node_root.starts_with(target) {
+            return Err(refused(
+                "--mount",
+                format!("{} is or holds the node root {}, which every task shares", m.target(), node_root.display()),
+            ));
         }
     }
     if o.user.is_some() && !who.admin {
@@ -149,7 +181,7 @@ mod tests {
     }
 
     fn refusal(opts: &str, policy: &Policy, who: &RunAs) -> String {
-        match check(&parse(opts).unwrap(), policy, who) {
+        match check(&parse(opts).unwrap(), policy, who, Path::new("/node")) {
             Err(SpecError::RunOption { flag, .. }) => flag,
             other => panic!("{opts}: {other:?}"),
         }
@@ -172,7 +204,7 @@ mod tests {
             assert_eq!(refusal(opts, &p, &admin()), flag, "{opts}");
         }
         for ok in ["--rm", "--cap-drop ALL", "--network none", "--tmpfs /t", "-m 64m", "--read-only", "-u 0"] {
-            check(&parse(ok).unwrap(), &p, &admin()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            check(&parse(ok).unwrap(), &p, &admin(), Path::new("/node")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
@@ -189,7 +221,7 @@ mod tests {
         for ok in
             ["--privileged", "--pid host --ipc host", "--cap-add NET_ADMIN", "-v /data/x:/x:ro", "--device /dev/fuse"]
         {
-            check(&parse(ok).unwrap(), &p, &admin()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            check(&parse(ok).unwrap(), &p, &admin(), Path::new("/node")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         assert_eq!(refusal("-v /database:/x", &p, &admin()), "--volume", "a prefix matches whole components");
         assert_eq!(refusal("-v /:/x", &p, &admin()), "--volume");
@@ -197,6 +229,12 @@ mod tests {
         assert_eq!(refusal("--privileged", &p, &plain()), "--privileged");
         assert_eq!(refusal("--cap-add NET_ADMIN", &p, &plain()), "--cap-add");
         assert_eq!(refusal("-u 0", &p, &plain()), "--user");
+        assert_eq!(refusal("--security-opt no-new-privileges=false", &p, &plain()), "--security-opt");
+        assert_eq!(refusal("--group-add 0", &p, &plain()), "--group-add");
+        assert_eq!(refusal("--ulimit rtprio=99", &p, &plain()), "--ulimit");
+        check(&parse("--ulimit memlock=-1").unwrap(), &p, &plain(), Path::new("/node")).unwrap();
+        assert_eq!(refusal("--tmpfs /node/shared", &p, &admin()), "--mount");
+        assert_eq!(refusal("--tmpfs /node", &p, &admin()), "--mount");
         let userns = Policy { user_namespaces: true, ..p };
         assert_eq!(refusal("-u 1000", &userns, &admin()), "--user");
         assert_eq!(refusal("--privileged", &userns, &admin()), "--privileged");

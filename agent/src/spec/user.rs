@@ -85,7 +85,11 @@ pub fn process_user(
     user_namespaces: bool,
 ) -> Result<ProcessUser, SpecError> {
     if user_namespaces {
-        return Ok(ProcessUser { uid: 0, gid: 0, additional_gids: vec![] });
+        // The identity's groups keep their ids in the namespace (they are mapped one to one).
+        let mut groups: Vec<u32> = who.groups.iter().copied().filter(|g| *g != who.gid && *g != 0).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        return Ok(ProcessUser { uid: 0, gid: 0, additional_gids: groups });
     }
     if !who.admin {
         let mut groups = who.groups.clone();
@@ -205,6 +209,6 @@ mod tests {
     #[test]
     fn user_namespaces_run_as_namespace_root() {
         let u = process_user(&admin(), &RunOptions::default(), Some("app"), &accounts(), true).unwrap();
-        assert_eq!((u.uid, u.gid), (0, 0));
+        assert_eq!(u, ProcessUser { uid: 0, gid: 0, additional_gids: vec![20000] });
     }
 }

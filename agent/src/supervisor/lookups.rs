@@ -130,9 +130,10 @@ fn device(host: &str, container: &str, policy: &Policy) -> Result<LinuxDevice, S
         .typ(typ)
         .major(nix::sys::stat::major(rdev) as i64)
         .minor(nix::sys::stat::minor(rdev) as i64)
+        // Owner and mode as on the host (a 0660 root:render node stays usable by that group).
         .file_mode(meta.mode() & 0o777)
-        .uid(0u32)
-        .gid(0u32)
+        .uid(meta.uid())
+        .gid(meta.gid())
         .build()
         .map_err(|e| refused("--device", e.to_string()))
 }

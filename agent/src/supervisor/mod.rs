@@ -168,7 +168,7 @@ impl Supervisor {
         images::normalize(&container.image)?;
         let run_options = crate::spec::check_task(spec)?;
         let who = self.run_as(spec, 0)?;
-        crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who)?;
+        crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who, self.shared.layout.root())?;
         let total = self.shared.settings.task_slots;
         if spec.required_slots == 0 || spec.required_slots > total {
             return Err(Error::Invalid {

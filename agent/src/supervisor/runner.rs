@@ -196,7 +196,7 @@ async fn prepare(
     };
 
     let run_options = match spec::check_task(&info.spec)
-        .and_then(|o| spec::check_policy(&o, &sh.settings.policy, &run_as).map(|()| o))
+        .and_then(|o| spec::check_policy(&o, &sh.settings.policy, &run_as, sh.layout.root()).map(|()| o))
     {
         Ok(r) => r,
         Err(e) => return Err(fail(sup, info, FailureInfo::user("RunOptionInvalid", e.to_string())).await),
@@ -260,10 +260,9 @@ async fn prepare(
     }
     info.container =
         Some(ContainerInfo { container_id: cid.to_owned(), state: "created".into(), error: String::new() });
-    // Not a state change, so no event: recovery finds the container by its id anyway.
-    if let Err(e) = sh.store.amend(info.clone()).await {
-        tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot record container");
-    }
+    // Written with the next record change (the "may have started" mark, just
+    // before Start): recovery finds the container by its id anyway, so one
+    // synchronous write fewer on every task's critical path.
     Ok(info)
 }
 

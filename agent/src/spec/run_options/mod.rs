@@ -129,6 +129,9 @@ pub struct RunOptions {
     pub labels: Vec<(String, String)>,
 }
 
+/// Longest `--stop-timeout` accepted, in seconds.
+pub const MAX_STOP_TIMEOUT: u32 = 600;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flag {
     Rm,
@@ -292,12 +295,8 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
             out.user = Some(UserOpt { user: id_ref(u)?, group: g.map(id_ref).transpose()? });
         }
         Flag::GroupAdd => out.group_add.push(id_ref(value)?),
-        Flag::Entrypoint => {
-            if !value.is_empty() {
-                super::command::split(value).map_err(|e| e.to_string())?;
-            }
-            out.entrypoint = Some(value.to_owned());
-        }
+        // One executable, as docker takes it (not split into words).
+        Flag::Entrypoint => out.entrypoint = Some(value.to_owned()),
         Flag::Hostname => out.hostname = Some(hostname(value)?),
         Flag::CapAdd => cap_list(&mut out.cap_add, value)?,
         Flag::CapDrop => cap_list(&mut out.cap_drop, value)?,
@@ -320,15 +319,19 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         }
         Flag::Memory => out.resources.memory = Some(memory(value)?),
         Flag::MemorySwap => {
-            out.resources.memory_swap = Some(if value.trim() == "-1" { -1 } else { memory(value)? });
+            out.resources.memory_swap = match value.trim() {
+                "-1" => Some(-1),
+                "0" => None, // docker: unset
+                v => Some(memory(v)?),
+            };
         }
         Flag::Cpus => out.resources.cpu_quota = Some(cpus_quota(value)?),
         Flag::CpuShares => {
             let n: u64 = integer(value)?;
-            if !(2..=262_144).contains(&n) {
-                return Err(format!("{n} must be between 2 and 262144"));
+            if n != 0 && !(2..=262_144).contains(&n) {
+                return Err(format!("{n} must be between 2 and 262144 (0: unset)"));
             }
-            out.resources.cpu_shares = Some(n);
+            out.resources.cpu_shares = (n != 0).then_some(n);
         }
         Flag::CpusetCpus => out.resources.cpuset_cpus = Some(cpuset(value)?),
         Flag::PidsLimit => {
@@ -373,7 +376,11 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         Flag::StopSignal => out.stop_signal = Some(signal(value)?),
         Flag::StopTimeout => {
             let n: i64 = integer(value)?;
-            out.stop_timeout = Some(u32::try_from(n).map_err(|_| format!("{n} is not a number of seconds >= 0"))?);
+            // Bounded: the grace also delays the kill at the wall-clock limit.
+            if !(0..=i64::from(MAX_STOP_TIMEOUT)).contains(&n) {
+                return Err(format!("{n} is not a number of seconds from 0 to {MAX_STOP_TIMEOUT}"));
+            }
+            out.stop_timeout = Some(n as u32);
         }
         Flag::Label => {
             let (k, v) = value.split_once('=').unwrap_or((value, ""));
@@ -521,14 +528,27 @@ fn device(value: &str) -> Result<DeviceOpt, String> {
         [h, c, a] if is_access(a) => (*h, *c, *a),
         _ => return Err(format!("{value:?} is not /dev/host[:/dev/container][:rwm]")),
     };
-    if !host.starts_with("/dev/") {
-        return Err(format!("{host:?} is not a device under /dev"));
+    let (host, container) = (values::container_path(host)?, values::container_path(container)?);
+    // The container side too: a node made elsewhere (say in the node root's
+    // bind) would outlive the task on the host.
+    for p in [&host, &container] {
+        if !p.starts_with("/dev/")
+            || p.starts_with("/dev/shm/")
+            || p.starts_with("/dev/pts/")
+            || p.starts_with("/dev/mqueue/")
+        {
+            return Err(format!("{p:?} is not a device path under /dev"));
+        }
     }
-    Ok(DeviceOpt {
-        host: values::container_path(host)?,
-        container: values::container_path(container)?,
-        access: access.to_owned(),
-    })
+    Ok(DeviceOpt { host, container, access: access.to_owned() })
+}
+
+/// Mount targets a task may not use: the root, and what holds the container's
+/// own kernel interfaces (`/dev/shm` excepted, as docker allows it).
+pub fn reserved_target(target: &str) -> bool {
+    target == "/"
+        || (["/proc", "/sys", "/dev"].iter().any(|r| target == *r || target.starts_with(&format!("{r}/")))
+            && target != "/dev/shm")
 }
 
 /// Checks across flags, after all are read.
@@ -545,6 +565,17 @@ fn check_combinations(o: &RunOptions) -> Result<(), SpecError> {
     }
     if o.shm_size.is_some() && o.ipc == Namespace::Host {
         return Err(bad("--shm-size", "cannot be set with --ipc host"));
+    }
+    if o.ipc == Namespace::Host && o.sysctls.iter().any(|(k, _)| !k.starts_with("net.")) {
+        return Err(bad("--sysctl", "IPC sysctls cannot be set with --ipc host (they would change the node's)"));
+    }
+    for m in &o.mounts {
+        if reserved_target(m.target()) {
+            return Err(bad(
+                "--mount",
+                format!("{} is / or holds the container's kernel interfaces; it cannot be mounted over", m.target()),
+            ));
+        }
     }
     for (k, v) in &o.sysctls {
         values::sysctl(&format!("{k}={v}"), o.network == Network::None).map_err(|e| bad("--sysctl", e))?;

@@ -124,6 +124,9 @@ fn values_land_where_they_belong() {
     assert!(ok("--security-opt no-new-privileges=false").allow_new_privileges);
     assert!(!ok("--security-opt no-new-privileges:true").allow_new_privileges);
     assert_eq!(ok("--entrypoint ''").entrypoint.as_deref(), Some(""));
+    assert_eq!(ok("--entrypoint '/bin/my tool'").entrypoint.as_deref(), Some("/bin/my tool"), "one executable");
+    assert_eq!(ok("--memory 64m --memory-swap 0").resources.memory_swap, None, "0 is unset");
+    assert_eq!(ok("-c 0").resources.cpu_shares, None, "0 is unset");
     assert!(ok("--security-opt seccomp=unconfined") == RunOptions::default());
 }
 
@@ -183,7 +186,14 @@ fn refuses_by_name() {
         ("--shm-size 1m --ipc host", "--shm-size"),
         ("--tmpfs /x --tmpfs /x", "--mount"),
         ("--hostname bad_name", "--hostname"),
-        ("--entrypoint 'a \"b'", "--entrypoint"),
+        ("--tmpfs /proc", "--mount"),
+        ("--tmpfs //sys/./fs", "--mount"),
+        ("-v /a:/", "--mount"),
+        ("--tmpfs /a --tmpfs /a/", "--mount"),
+        ("--device /dev/fuse:/var/x", "--device"),
+        ("--device /dev/fuse:/dev/shm/x", "--device"),
+        ("--stop-timeout 601", "--stop-timeout"),
+        ("--ipc host --sysctl kernel.shmmax=1", "--sysctl"),
     ];
     for (text, flag) in cases {
         match parse(text) {

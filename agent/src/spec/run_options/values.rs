@@ -119,7 +119,8 @@ pub fn signal(text: &str) -> Result<i32, String> {
     name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| format!("{text:?} is not a signal"))
 }
 
-/// An absolute container path without `..` components.
+/// An absolute path without `..` components, normalised (`//` and `/./`
+/// collapsed, no trailing slash), so that comparisons see what runc will.
 pub fn container_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} is not an absolute path"));
@@ -127,7 +128,8 @@ pub fn container_path(text: &str) -> Result<String, String> {
     if text.split('/').any(|c| c == "..") || text.contains('\0') {
         return Err(format!("{text:?} must not contain '..'"));
     }
-    Ok(text.to_owned())
+    let parts: Vec<&str> = text.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    Ok(format!("/{}", parts.join("/")))
 }
 
 /// A hostname: RFC 1123 labels, at most 64 characters (the kernel's limit).
@@ -253,5 +255,7 @@ mod tests {
             tmpfs_options("size=x").is_err() && tmpfs_options("mode=999").is_err() && tmpfs_options("bind").is_err()
         );
         assert!(container_path("/a/../b").is_err() && container_path("rel").is_err());
+        assert_eq!(container_path("//sys/./fs/").unwrap(), "/sys/fs");
+        assert_eq!(container_path("/").unwrap(), "/");
     }
 }
