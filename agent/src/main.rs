@@ -160,7 +160,50 @@ async fn run(cfg: Config) -> Result<(), String> {
         let names = cfg.prefetch.iter().filter_map(|p| berth_agent::images::normalize(p).ok()).collect();
         sup.set_prefetch(names);
     }
-    api::serve(Api::new(sup, layout), &cfg.listen, shutdown_signal()).await.map_err(|e| e.to_string())
+    if let Some(addr) = cfg.metrics_listen {
+        let sup = sup.clone();
+        let refresh = move || {
+            let sup = sup.clone();
+            async move {
+                let (states, used) = sup.gauges().await;
+                let m = berth_agent::metrics::get();
+                for s in ["ACTIVE", "PREPARING", "RUNNING", "COMPLETED"] {
+                    let n = states.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+                    m.tasks.get_or_create(&berth_agent::metrics::StateLabels { state: s.into() }).set(n as i64);
+                }
+                m.slots_used.set(i64::from(used));
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = berth_agent::metrics::serve(addr, refresh).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    watchdog();
+    let opts = api::ServeOptions {
+        listen: cfg.listen.clone(),
+        tls: cfg.tls.clone(),
+        socket_group: cfg.socket_group.clone(),
+        max_message_bytes: cfg.max_message_bytes,
+    };
+    api::serve(Api::new(sup, layout), &opts, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+/// WATCHDOG=1 to systemd at half the interval it asks for (`WATCHDOG_USEC`),
+/// for as long as the async runtime runs: a wedged runtime stops the pings
+/// and systemd restarts the agent (tasks keep running in containerd).
+fn watchdog() {
+    if let Some(usec) = berth_agent::sdnotify::watchdog_usec() {
+        let every = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
+        tracing::info!(interval_ms = every.as_millis() as u64, "systemd watchdog enabled");
+        tokio::spawn(async move {
+            loop {
+                berth_agent::sdnotify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 }
 
 fn main() -> ExitCode {

@@ -43,7 +43,7 @@ fn unix_path(addr: &str) -> Option<&str> {
     addr.starts_with('/').then_some(addr)
 }
 
-/// Connects to an agent at `addr`.
+/// Connects to an agent at `addr` (a unix socket, or plain `http://`).
 pub async fn connect(addr: &str) -> Result<Channel, ConnectError> {
     if let Some(path) = unix_path(addr) {
         let path = path.to_owned();
@@ -59,8 +59,34 @@ pub async fn connect(addr: &str) -> Result<Channel, ConnectError> {
             .await
             .map_err(ConnectError::Transport);
     }
+    connect_tls(addr, None).await
+}
+
+/// PEM material for TLS to an agent: the CA that signed its certificate and,
+/// for mutual TLS, this client's certificate and key.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<Vec<u8>>,
+    pub cert_and_key: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Connects to an agent at `addr`; `https://host:port` with `tls`.
+pub async fn connect_tls(addr: &str, tls: Option<ClientTls>) -> Result<Channel, ConnectError> {
+    if unix_path(addr).is_some() {
+        return Box::pin(connect(addr)).await;
+    }
     if addr.starts_with("http://") || addr.starts_with("https://") {
-        let endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|_| ConnectError::BadAddress(addr.into()))?;
+        let mut endpoint = Endpoint::from_shared(addr.to_owned()).map_err(|_| ConnectError::BadAddress(addr.into()))?;
+        if let Some(tls) = tls {
+            let mut cfg = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = tls.ca {
+                cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = tls.cert_and_key {
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(cfg).map_err(ConnectError::Transport)?;
+        }
         return endpoint.connect().await.map_err(ConnectError::Transport);
     }
     Err(ConnectError::BadAddress(addr.into()))

@@ -13,4 +13,4 @@ pub mod v1 {
 
 mod connect;
 
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, connect_tls, ClientTls, ConnectError};

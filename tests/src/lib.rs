@@ -54,6 +54,12 @@ pub struct AgentOptions {
     pub prefetch: Vec<String>,
     /// More TOML appended to the config file (`[[users]]`, `[policy]`, ...).
     pub extra_config: String,
+    /// `[api] listen` instead of the agent's unix socket (readiness is then a TCP connect).
+    pub listen: Option<String>,
+    /// More keys of the `[api]` table (`tls_cert = ...`).
+    pub api_extra: String,
+    /// Environment of the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -67,6 +73,9 @@ impl Default for AgentOptions {
             tls_registry_credentials: false,
             prefetch: vec![],
             extra_config: String::new(),
+            listen: None,
+            api_extra: String::new(),
+            env: vec![],
         }
     }
 }
@@ -132,6 +141,7 @@ min_free_mb = {min_free}
 
 [api]
 listen = "{addr}"
+{api_extra}
 
 [containerd]
 socket = "{sock}"
@@ -149,7 +159,8 @@ terminate_grace_seconds = {grace}
             id = self.node_id(),
             min_free = self.opts.min_free_mb,
             slots = self.opts.task_slots,
-            addr = self.addr(),
+            addr = self.opts.listen.clone().unwrap_or_else(|| self.addr()),
+            api_extra = self.opts.api_extra,
             sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
             ns = self.namespace(),
             registry = env("BERTH_TEST_REGISTRY"),
@@ -193,6 +204,7 @@ terminate_grace_seconds = {grace}
             .arg("--config")
             .arg(self.config_path())
             .env("BERTH_LOG", "debug,h2=info,tower=info,hyper=info")
+            .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -200,7 +212,11 @@ terminate_grace_seconds = {grace}
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(ch) = berth_proto::connect(&self.addr()).await {
+            if let Some(tcp) = &self.opts.listen {
+                if tokio::net::TcpStream::connect(tcp.as_str()).await.is_ok() {
+                    return;
+                }
+            } else if let Ok(ch) = berth_proto::connect(&self.addr()).await {
                 if NodeAgentClient::new(ch).get_node(pb::GetNodeRequest {}).await.is_ok() {
                     return;
                 }
@@ -230,6 +246,11 @@ terminate_grace_seconds = {grace}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The agent process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("agent running")
     }
 
     pub async fn client(&self) -> Client {

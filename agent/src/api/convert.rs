@@ -83,10 +83,43 @@ pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
     })
 }
 
+/// Limits of one task spec (beyond the message size), so no request makes the
+/// agent build something absurd.
+pub const MAX_ENV_VARS: usize = 1024;
+pub const MAX_ENV_BYTES: usize = 256 << 10;
+pub const MAX_COMMAND_LINE: usize = 32 << 10;
+pub const MAX_RUN_OPTIONS: usize = 8 << 10;
+pub const MAX_IMAGE_REFERENCE: usize = 1024;
+
+fn check_limits(t: &pb::TaskSpec) -> Result<(), DecodeError> {
+    let too_long = |field: &'static str, len: usize, max: usize| {
+        if len > max {
+            Err(DecodeError::new(field, format!("is {len} bytes; at most {max}")))
+        } else {
+            Ok(())
+        }
+    };
+    too_long("command_line", t.command_line.len(), MAX_COMMAND_LINE)?;
+    if t.environment.len() > MAX_ENV_VARS {
+        return Err(DecodeError::new(
+            "environment",
+            format!("has {} variables; at most {MAX_ENV_VARS}", t.environment.len()),
+        ));
+    }
+    let env_bytes: usize = t.environment.iter().map(|(k, v)| k.len() + v.len()).sum();
+    too_long("environment", env_bytes, MAX_ENV_BYTES)?;
+    if let Some(c) = &t.container {
+        too_long("container.run_options", c.run_options.len(), MAX_RUN_OPTIONS)?;
+        too_long("container.image", c.image.len(), MAX_IMAGE_REFERENCE)?;
+    }
+    Ok(())
+}
+
 /// Decodes a `TaskSpec`. Id errors are reported by the supervisor's id types.
 pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> {
     let key = key(&t.job_id, &t.task_id)?;
     let decode = |e: DecodeError| crate::supervisor::Error::Invalid { field: e.field, reason: e.reason };
+    check_limits(&t).map_err(decode)?;
     let container = match t.container {
         Some(c) => Some(ContainerSettings {
             image: c.image,

@@ -4,9 +4,11 @@
 
 mod convert;
 mod error;
+mod metrics_layer;
 mod server;
+mod tls;
 
-pub use server::{serve, ServeError};
+pub use server::{serve, ServeError, ServeOptions};
 
 use crate::layout::Layout;
 use crate::model::TaskInfo;
@@ -17,14 +19,19 @@ use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+/// `WatchTasks` streams open at once, node-wide; more are RESOURCE_EXHAUSTED.
+pub const MAX_WATCHERS: usize = 64;
+
+#[derive(Clone)]
 pub struct Api {
     sup: Supervisor,
     layout: Layout,
+    watchers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
     pub fn new(sup: Supervisor, layout: Layout) -> Self {
-        Self { sup, layout }
+        Self { sup, layout, watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)) }
     }
 
     fn info(&self, t: &TaskInfo) -> pb::TaskInfo {
@@ -148,9 +155,13 @@ impl NodeAgent for Api {
     }
 
     async fn watch_tasks(&self, req: Request<pb::WatchTasksRequest>) -> Result<Response<EventStream>, Status> {
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{MAX_WATCHERS} WatchTasks streams are open already; close one"))
+        })?;
         let rx = self.sup.watch(req.into_inner().from_sequence);
         let layout = self.layout.clone();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |ev| {
+            let _held = &permit; // released when the stream is dropped
             let ev = ev.map_err(Status::from)?;
             let p = layout.task(ev.task.key());
             let info =

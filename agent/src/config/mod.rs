@@ -47,6 +47,8 @@ struct RawConfig {
     auto_users: security::RawAutoUsers,
     #[serde(default)]
     policy: security::RawPolicy,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -106,6 +108,19 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    allowed_subjects: Vec<String>,
+    socket_group: Option<String>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -132,6 +147,18 @@ struct RawLog {
     format: Option<String>,
 }
 
+/// TLS of a TCP listener: the agent's certificate and key (PEM, re-read on
+/// SIGHUP); with `client_ca`, mutual TLS: a client must present a certificate
+/// that CA signed, and, when `allowed_subjects` is not empty, one whose subject
+/// (or `CN=<common name>`) is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub allowed_subjects: Vec<String>,
+}
+
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
@@ -156,6 +183,13 @@ pub struct Config {
     pub is_dedicated: bool,
     pub task_slots: u32,
     pub listen: Listen,
+    pub tls: Option<ApiTls>,
+    /// Group owning the unix socket (mode 0660); None: root's.
+    pub socket_group: Option<String>,
+    /// Largest request message accepted.
+    pub max_message_bytes: usize,
+    /// `[metrics] listen`: Prometheus text on `http://ADDR/metrics`; None: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub containerd_socket: PathBuf,
     pub namespace: String,
     pub snapshotter: String,
@@ -239,6 +273,29 @@ impl Config {
             return Err(invalid("node.task_slots", "must be at least 1"));
         }
         let listen = parse_listen(raw.api.listen.as_deref().unwrap_or("unix:///run/berth/agent.sock"))?;
+        let tls = api_tls(&raw.api)?;
+        if let Listen::Tcp(addr) = &listen {
+            if tls.is_none() && !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "api.listen",
+                    &format!(
+                        "{addr} is not a loopback address: set api.tls_cert and api.tls_key (and api.client_ca for \
+                         mutual TLS); the API starts containers as root and must not be reachable in the clear"
+                    ),
+                ));
+            }
+        }
+        if tls.is_some() && !matches!(listen, Listen::Tcp(_)) {
+            return Err(invalid("api.tls_cert", "TLS applies to a TCP listener (api.listen = \"IP:port\")"));
+        }
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| invalid("metrics.listen", &format!("{a:?} is not IP:port")))?),
+        };
+        let max_message_bytes = raw.api.max_message_bytes.unwrap_or(4 << 20);
+        if !(1024..=(64 << 20)).contains(&max_message_bytes) {
+            return Err(invalid("api.max_message_bytes", "must be between 1024 and 67108864"));
+        }
         let namespace = raw.containerd.namespace.unwrap_or_else(|| "berth".into());
         if namespace.is_empty()
             || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -320,6 +377,10 @@ impl Config {
             is_dedicated: raw.node.is_dedicated.unwrap_or(true),
             task_slots,
             listen,
+            tls,
+            socket_group: raw.api.socket_group,
+            max_message_bytes,
+            metrics_listen,
             containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
             namespace,
             snapshotter: raw.containerd.snapshotter.unwrap_or_else(|| "overlayfs".into()),
@@ -332,6 +393,28 @@ impl Config {
             log_format,
         })
     }
+}
+
+fn api_tls(a: &RawApi) -> Result<Option<ApiTls>, ConfigError> {
+    let (cert, key) = match (&a.tls_cert, &a.tls_key) {
+        (None, None) => {
+            if a.client_ca.is_some() || !a.allowed_subjects.is_empty() {
+                return Err(invalid("api.client_ca", "needs api.tls_cert and api.tls_key"));
+            }
+            return Ok(None);
+        }
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => return Err(invalid("api.tls_cert", "give both api.tls_cert and api.tls_key")),
+    };
+    for p in [Some(&cert), Some(&key), a.client_ca.as_ref()].into_iter().flatten() {
+        if !p.is_absolute() {
+            return Err(invalid("api.tls_cert", &format!("{} is not an absolute path", p.display())));
+        }
+    }
+    if !a.allowed_subjects.is_empty() && a.client_ca.is_none() {
+        return Err(invalid("api.allowed_subjects", "needs api.client_ca (subjects come from client certificates)"));
+    }
+    Ok(Some(ApiTls { cert, key, client_ca: a.client_ca.clone(), allowed_subjects: a.allowed_subjects.clone() }))
 }
 
 /// "line N, column M: message", without quoting the source text.
@@ -421,6 +504,14 @@ mod tests {
         assert_eq!(c.root_dir, PathBuf::from("/srv/node"));
         assert_eq!(c.task_slots, 4);
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
+        let tls = Config::parse(
+            "[api]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nclient_ca = \"/ca.pem\"\n\
+             allowed_subjects = [\"CN=scheduler\"]\n[metrics]\nlisten = \"127.0.0.1:9100\"",
+            "h",
+        )
+        .unwrap();
+        assert_eq!(tls.tls.unwrap().allowed_subjects, ["CN=scheduler"]);
+        assert_eq!(tls.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(c.namespace, "b2");
         assert_eq!(c.terminate_grace, Duration::from_secs(3));
         assert_eq!((c.history_limit, c.event_log_keep), (5, 50));
@@ -499,6 +590,12 @@ mod tests {
             ("[api]\nlisten = \"unix://rel.sock\"", "api.listen"),
             ("[containerd]\nnamespace = \"a/b\"", "containerd.namespace"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[api]\nlisten = \"0.0.0.0:7070\"", "not a loopback address"),
+            ("[api]\nlisten = \"10.0.0.5:7070\"", "api.tls_cert"),
+            ("[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"", "api.tls_cert"),
+            ("[api]\nlisten = \"unix:///s\"\ntls_cert = \"/c\"\ntls_key = \"/k\"", "api.tls_cert"),
+            ("[api]\nlisten = \"127.0.0.1:1\"\nallowed_subjects = [\"CN=x\"]", "api.client_ca"),
+            ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "h").unwrap_err().to_string();

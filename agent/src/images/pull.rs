@@ -508,10 +508,17 @@ impl Pull for Puller {
         let key = format!("{name}\u{0}{}", crate::registry::client_key(creds));
         let secs = self.settings.timeout.as_secs();
         once(&self.images, &key, async {
-            match tokio::time::timeout(self.settings.timeout, self.pull_inner(name, creds)).await {
+            let start = std::time::Instant::now();
+            let r = match tokio::time::timeout(self.settings.timeout, self.pull_inner(name, creds)).await {
                 Ok(r) => r,
                 Err(_) => Err(PullError::Timeout { image: name.into(), secs }),
+            };
+            let m = crate::metrics::get();
+            m.pull_seconds.observe(start.elapsed().as_secs_f64());
+            if let Ok(report) = &r {
+                m.pull_bytes.inc_by(report.bytes_fetched);
             }
+            r
         })
         .await
     }

@@ -206,6 +206,17 @@ impl Store {
         .await
     }
 
+    /// How many tasks are in each state.
+    pub async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Updates a record without a new event: for details that are not a state
     /// change (the container was removed after completion).
     pub async fn amend(&self, task: TaskInfo) -> Result<(), StoreError> {

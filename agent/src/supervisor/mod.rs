@@ -106,6 +106,8 @@ struct Shared {
     containerd: tokio_watch::Sender<Option<String>>,
     /// What recovery found worth telling an operator (a rebuilt database, ...).
     notes: Mutex<Vec<String>>,
+    /// containerd answered at least once (so answering again is a reconnect).
+    ever_up: std::sync::atomic::AtomicBool,
 }
 
 /// Node-level counters for `GetNode`.
@@ -150,6 +152,7 @@ impl Supervisor {
             exits,
             containerd,
             notes: Mutex::default(),
+            ever_up: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -335,6 +338,15 @@ impl Supervisor {
         }
     }
 
+    /// Tasks by state and slots in use, for the metrics endpoint.
+    pub async fn gauges(&self) -> (Vec<(String, u64)>, u32) {
+        let used = {
+            let sched = self.sched();
+            sched.slots.total() - sched.slots.free()
+        };
+        (self.shared.store.count_by_state().await.unwrap_or_default(), used)
+    }
+
     /// containerd's reachability: its version while it answers, None while not.
     pub fn containerd_status(&self) -> tokio_watch::Receiver<Option<String>> {
         self.shared.containerd.subscribe()
@@ -357,7 +369,12 @@ impl Supervisor {
             }
             match (&*cur, &version) {
                 (Some(_), None) => tracing::warn!("containerd is unreachable"),
-                (None, Some(v)) => tracing::info!(version = %v, "containerd is reachable"),
+                (None, Some(v)) => {
+                    tracing::info!(version = %v, "containerd is reachable");
+                    if self.shared.ever_up.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        crate::metrics::get().containerd_reconnects.inc();
+                    }
+                }
                 _ => {}
             }
             *cur = version.clone();

@@ -303,6 +303,9 @@ async fn start(
         c.state = "running".into();
     }
     let info = save(sup, info).await;
+    if let Some(Ok(waited)) = info.started_at.map(|s| s.duration_since(info.created_at)) {
+        crate::metrics::get().task_start_seconds.observe(waited.as_secs_f64());
+    }
     tracing::info!(job_id = %key.job, task_id = %key.task, container_id = %cid, "task running");
     Some(wait(sup, info, cid, stop).await)
 }

@@ -26,9 +26,18 @@ const EXIT_FAILED_ZERO: u8 = 124;
 #[derive(Parser)]
 #[command(name = "berthctl", version, about = "Talk to a berth node agent")]
 struct Cli {
-    /// Agent address: unix:///path/to/socket or http://host:port.
+    /// Agent address: unix:///path/to/socket, http://host:port, or https://host:port (TLS).
     #[arg(long, global = true, env = "BERTH_ADDR", default_value = "unix:///run/berth/agent.sock")]
     addr: String,
+    /// CA certificate (PEM) that signed the agent's certificate (https://).
+    #[arg(long, global = true, env = "BERTH_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "BERTH_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "BERTH_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Output format of the read verbs.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -261,7 +270,18 @@ async fn wait_for(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let channel = berth_proto::connect(&cli.addr).await.map_err(|e| e.to_string())?;
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let tls = if cli.addr.starts_with("https://") {
+        let ca = cli.ca.as_deref().map(read).transpose()?;
+        let cert_and_key = match (&cli.cert, &cli.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        Some(berth_proto::ClientTls { ca, cert_and_key })
+    } else {
+        None
+    };
+    let channel = berth_proto::connect_tls(&cli.addr, tls).await.map_err(|e| e.to_string())?;
     let mut client = NodeAgentClient::new(channel);
     let out = cli.output;
     let st = |s: tonic::Status| status_msg(&s);

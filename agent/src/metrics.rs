@@ -1,0 +1,112 @@
+//! Prometheus metrics (text format on `[metrics] listen`, off by default):
+//! tasks by state, task start latency (RunTask → RUNNING), image pull bytes and
+//! durations, slots used, containerd reconnects, RPCs by method and code.
+//! Labels are method names, codes and states only: never a task's values, so
+//! nothing a scheduler sends (a registry password, say) can reach a label.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+pub struct Metrics {
+    pub rpcs: Family<RpcLabels, Counter>,
+    pub task_start_seconds: Histogram,
+    pub pull_bytes: Counter,
+    pub pull_seconds: Histogram,
+    pub containerd_reconnects: Counter,
+    pub tasks: Family<StateLabels, Gauge>,
+    pub slots_used: Gauge,
+    registry: Registry,
+}
+
+fn build() -> Metrics {
+    let mut registry = Registry::with_prefix("berth");
+    let m = Metrics {
+        rpcs: Family::default(),
+        task_start_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        pull_bytes: Counter::default(),
+        pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+        containerd_reconnects: Counter::default(),
+        tasks: Family::default(),
+        slots_used: Gauge::default(),
+        registry: Registry::default(),
+    };
+    registry.register("rpc_requests", "API calls by method and gRPC status code", m.rpcs.clone());
+    registry.register(
+        "task_start_latency_seconds",
+        "From RunTask to the task RUNNING (queueing and image pull included)",
+        m.task_start_seconds.clone(),
+    );
+    registry.register("image_pull_bytes", "Bytes fetched from registries", m.pull_bytes.clone());
+    registry.register("image_pull_duration_seconds", "Duration of image pulls", m.pull_seconds.clone());
+    registry.register(
+        "containerd_reconnects",
+        "Times containerd answered again after being unreachable",
+        m.containerd_reconnects.clone(),
+    );
+    registry.register("tasks", "Task records by state", m.tasks.clone());
+    registry.register("slots_used", "Task slots in use", m.slots_used.clone());
+    Metrics { registry, ..m }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(build)
+}
+
+/// The text exposition of every metric.
+pub fn encode() -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &get().registry);
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends; `refresh` updates
+/// the gauges before each scrape.
+pub async fn serve<F, Fut>(addr: std::net::SocketAddr, refresh: F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use hyper::{Response, StatusCode};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let refresh = refresh.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let refresh = refresh.clone();
+                async move {
+                    let response = if req.uri().path() == "/metrics" {
+                        refresh().await;
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(encode())
+                    } else {
+                        Response::builder().status(StatusCode::NOT_FOUND).body("not found: try /metrics\n".into())
+                    };
+                    Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
