@@ -115,3 +115,33 @@ async fn run_as_accounts_and_auto_users() {
     );
     assert_eq!(out.status.code(), Some(2), "--user and --auto-user conflict: {out:?}");
 }
+
+#[tokio::test]
+async fn logs_follow_and_completions() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let img = image("busybox");
+    let out = berthctl(
+        &agent,
+        &[
+            "run",
+            "--job",
+            "follow",
+            "--task",
+            "t",
+            "--image",
+            &img,
+            "--command-line",
+            "/bin/sh -c 'for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done'",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Started while the task runs, it prints every line and ends when the task does.
+    let out = berthctl(&agent, &["logs", "--job", "follow", "--task", "t", "--follow"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line 1\nline 2\nline 3\nline 4\nline 5\n");
+
+    let out = Command::new(binary("berthctl")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("berthctl") && script.contains("--auto-user"), "{}", &script[..200.min(script.len())]);
+}

@@ -294,5 +294,10 @@ async fn metrics_count_tasks_rpcs_and_start_latency_and_hold_no_secrets() {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
     assert!(!text.contains("hunter2"), "no secret in metrics");
+    // GetNode carries the node root's disk space.
+    let node = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+    let disk = node.node_root_disk.expect("node root disk");
+    assert!(disk.total_bytes > 0 && disk.free_bytes <= disk.total_bytes, "{disk:?}");
+    assert_eq!(disk.path, agent.root().display().to_string());
     assert!(!agent.log().contains("hunter2-metrics"), "no secret in the log");
 }

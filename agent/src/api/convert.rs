@@ -329,7 +329,13 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
                 },
             })
             .collect(),
+        node_root_disk: s.disks.first().map(disk),
+        image_store_disk: s.disks.get(1).map(disk),
     }
+}
+
+fn disk((path, free, total): &(std::path::PathBuf, u64, u64)) -> pb::DiskSpace {
+    pb::DiskSpace { path: path.display().to_string(), free_bytes: *free, total_bytes: *total }
 }
 
 #[cfg(test)]

@@ -31,6 +31,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch as tokio_watch};
 use tokio_stream::StreamExt;
 
+/// Free (for unprivileged users) and total bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((st.blocks_available() as u64 * frag, st.blocks() as u64 * frag))
+}
+
 /// Largest chunk `ReadTaskFile` returns.
 pub const MAX_READ: u64 = 4 << 20;
 
@@ -50,6 +57,8 @@ pub struct Settings {
     pub event_log_keep: u64,
     /// Pool user accounts and auto-users.
     pub identities: crate::model::Identities,
+    /// A path on containerd's image store file system (disk space in `GetNode`).
+    pub image_filesystem: Option<std::path::PathBuf>,
     /// What run options may ask for.
     pub policy: crate::spec::Policy,
 }
@@ -120,6 +129,8 @@ pub struct NodeStatus {
     pub containerd_version: Option<String>,
     pub notes: Vec<String>,
     pub prefetch: Vec<(String, PrefetchState)>,
+    /// (path, free bytes, total bytes) of the node root's and the image store's file systems.
+    pub disks: Vec<(std::path::PathBuf, u64, u64)>,
 }
 
 #[derive(Clone)]
@@ -335,6 +346,14 @@ impl Supervisor {
             containerd_version: self.shared.containerd.borrow().clone(),
             notes: self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             prefetch: self.prefetch_status(),
+            disks: [Some(self.shared.layout.root().to_owned()), self.shared.settings.image_filesystem.clone()]
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let (free, total) = disk_space(&p).unwrap_or((0, 0));
+                    (p, free, total)
+                })
+                .collect(),
         }
     }
 

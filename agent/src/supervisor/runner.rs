@@ -462,8 +462,7 @@ async fn image_for(
 
 /// Free bytes for unprivileged users on the file system holding `path`.
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    super::disk_space(path).map(|(free, _)| free)
 }
 
 /// An instant no task will live to see.

@@ -213,6 +213,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         history_limit: 100,
         event_log_keep: 1000,
         identities: Default::default(),
+        image_filesystem: None,
         policy: Default::default(),
     };
     let mut settings = settings;

@@ -7,12 +7,12 @@
 //! an error or could not be reached; 2 for a usage error.
 
 mod output;
+mod progress;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::node_agent_client::NodeAgentClient;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::HashMap;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -176,7 +176,12 @@ enum Cmd {
         id: TaskRef,
         #[arg(long)]
         stderr: bool,
+        /// Keep printing what the task writes until it completes.
+        #[arg(long, short)]
+        follow: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Terminate a task (SIGTERM, then SIGKILL after the grace period).
     Kill {
         #[command(flatten)]
@@ -335,7 +340,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 print_task(out, &info);
                 return Ok(ExitCode::SUCCESS);
             }
+            let bar = (out == Output::Text)
+                .then(|| tokio::spawn(progress::follow_preparing(client.clone(), id.job.clone(), id.task.clone())));
             let done = wait_for(&mut client, &id.job, &id.task, info.sequence.saturating_sub(1)).await?;
+            if let Some(bar) = bar {
+                let _ = bar.await;
+            }
             print_task(out, &done);
             let failed = done.result == pb::TaskResult::Failure as i32;
             Ok(match done.exit_code {
@@ -378,27 +388,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Logs { id, stderr } => {
+        Cmd::Logs { id, stderr, follow } => {
             let path = if stderr { "stderr.txt" } else { "stdout.txt" };
-            let mut offset = 0;
-            let mut stdout = std::io::stdout().lock();
-            loop {
-                let req = pb::ReadTaskFileRequest {
-                    job_id: id.job.clone(),
-                    task_id: id.task.clone(),
-                    path: path.into(),
-                    offset,
-                    length: 0,
-                };
-                let r = client.read_task_file(req).await.map_err(st)?.into_inner();
-                offset += r.data.len() as u64;
-                stdout.write_all(&r.data).map_err(|e| e.to_string())?;
-                if r.eof || r.data.is_empty() {
-                    break;
-                }
-            }
+            progress::follow_file(&mut client, &id.job, &id.task, path, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Completions { .. } => unreachable!("answered before connecting"),
         Cmd::Kill { id, grace } => {
             let req = pb::TerminateTaskRequest {
                 job_id: id.job,
@@ -415,7 +410,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Pull { image, username, password_stdin: _ } => {
             let req = pb::PullImageRequest { reference: image, credentials: stdin_credentials(username)? };
             let mut stream = client.pull_image(req).await.map_err(st)?.into_inner();
+            let bar = if out == Output::Text { progress::bar("pulling") } else { None };
             while let Some(p) = stream.message().await.map_err(st)? {
+                if let Some(bar) = &bar {
+                    progress::update(bar, &p);
+                    if p.done {
+                        bar.finish_and_clear();
+                    }
+                }
                 match out {
                     Output::Json => println!(
                         "{}",
@@ -478,6 +480,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.cmd {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "berthctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
