@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod containerd;
+pub mod devices;
 pub mod images;
 pub mod layout;
 pub mod metrics;

@@ -22,6 +22,7 @@ pub fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb::TaskS
             working_directory: pb::WorkingDirectory::TaskWorkingDir as i32,
             registry: None,
             pull_policy: pb::PullPolicy::Missing as i32,
+            devices: vec![],
         }),
         environment: Default::default(),
         user: None,

@@ -299,6 +299,7 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
             working_directory: pb::WorkingDirectory::TaskWorkingDir as i32,
             registry: None,
             pull_policy: pb::PullPolicy::Missing as i32,
+            devices: vec![],
         }),
         environment: HashMap::new(),
         user: None,

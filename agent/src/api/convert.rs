@@ -127,6 +127,7 @@ pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> 
             working_directory: working_dir(c.working_directory).map_err(decode)?,
             pull_policy: pull_policy(c.pull_policy).map_err(decode)?,
             credentials: credentials(c.registry).map_err(decode)?,
+            devices: c.devices,
         }),
         None => None,
     };
@@ -207,6 +208,7 @@ fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
             } as i32,
             // Credentials are never echoed back.
             registry: None,
+            devices: c.devices.clone(),
             pull_policy: match c.pull_policy {
                 PullPolicy::Missing => pb::PullPolicy::Missing,
                 PullPolicy::Always => pb::PullPolicy::Always,
@@ -329,6 +331,18 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
                 },
             })
             .collect(),
+        gpus: s.gpus.clone(),
+        cdi_devices: s.cdi_devices.clone(),
+        cdi_specs: s
+            .cdi_specs
+            .iter()
+            .map(|c| pb::CdiSpecStatus {
+                path: c.path.display().to_string(),
+                kind: c.kind.clone(),
+                devices: c.devices as u32,
+                error: c.error.clone(),
+            })
+            .collect(),
         node_root_disk: s.disks.first().map(disk),
         image_store_disk: s.disks.get(1).map(disk),
     }
@@ -358,6 +372,7 @@ mod tests {
                     identity_token: String::new(),
                 }),
                 pull_policy: pb::PullPolicy::Always as i32,
+                devices: vec!["nvidia.com/gpu=0".into()],
             }),
             environment: HashMap::from([("A".to_string(), "1".to_string())]),
             user: Some(pb::UserIdentity { user_name: "alice".into(), auto_user: None }),

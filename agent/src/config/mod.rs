@@ -49,6 +49,20 @@ struct RawConfig {
     policy: security::RawPolicy,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    devices: RawDevices,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    cdi_spec_dirs: Option<Vec<PathBuf>>,
+    cdi_output_dir: Option<PathBuf>,
+    gpu_classes: Option<Vec<String>>,
+    inject_all_gpus: Option<bool>,
+    inject_rdma: Option<bool>,
+    sysfs_root: Option<PathBuf>,
+    dev_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -190,6 +204,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// `[metrics] listen`: Prometheus text on `http://ADDR/metrics`; None: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[devices]`: CDI spec directories, GPU classes, ...
+    pub devices: crate::devices::DeviceConfig,
     pub containerd_socket: PathBuf,
     pub namespace: String,
     pub snapshotter: String,
@@ -363,7 +379,9 @@ impl Config {
                 &format!("{} is or holds the node root, which tasks can write", p.display()),
             ));
         }
+        let devices = devices(raw.devices)?;
         Ok(Config {
+            devices,
             identities: security::identities(raw.users, raw.auto_users)?,
             policy,
             registries,
@@ -393,6 +411,29 @@ impl Config {
             log_format,
         })
     }
+}
+
+fn devices(d: RawDevices) -> Result<crate::devices::DeviceConfig, ConfigError> {
+    let def = crate::devices::DeviceConfig::default();
+    let dirs = d.cdi_spec_dirs.unwrap_or(def.cdi_spec_dirs);
+    for p in dirs.iter().chain(&d.cdi_output_dir).chain(&d.sysfs_root).chain(&d.dev_root) {
+        if !p.is_absolute() {
+            return Err(invalid("devices", &format!("{} is not an absolute path", p.display())));
+        }
+    }
+    let classes = d.gpu_classes.unwrap_or(def.gpu_classes);
+    if let Some(c) = classes.iter().find(|c| c.split_once('/').is_none_or(|(v, k)| v.is_empty() || k.is_empty())) {
+        return Err(invalid("devices.gpu_classes", &format!("{c:?} is not vendor.com/class")));
+    }
+    Ok(crate::devices::DeviceConfig {
+        cdi_spec_dirs: dirs,
+        cdi_output_dir: d.cdi_output_dir.unwrap_or(def.cdi_output_dir),
+        gpu_classes: classes,
+        inject_all_gpus: d.inject_all_gpus.unwrap_or(def.inject_all_gpus),
+        inject_rdma: d.inject_rdma.unwrap_or(def.inject_rdma),
+        sysfs_root: d.sysfs_root.unwrap_or(def.sysfs_root),
+        dev_root: d.dev_root.unwrap_or(def.dev_root),
+    })
 }
 
 fn api_tls(a: &RawApi) -> Result<Option<ApiTls>, ConfigError> {
@@ -596,6 +637,8 @@ mod tests {
             ("[api]\nlisten = \"unix:///s\"\ntls_cert = \"/c\"\ntls_key = \"/k\"", "api.tls_cert"),
             ("[api]\nlisten = \"127.0.0.1:1\"\nallowed_subjects = [\"CN=x\"]", "api.client_ca"),
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
+            ("[devices]\ncdi_spec_dirs = [\"rel\"]", "devices"),
+            ("[devices]\ngpu_classes = [\"gpu\"]", "devices.gpu_classes"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "h").unwrap_err().to_string();

@@ -41,6 +41,9 @@ pub struct ContainerSettings {
     /// task). In memory only: never written to the state database.
     #[serde(skip)]
     pub credentials: Option<super::Credentials>,
+    /// CDI devices asked for by name (`vendor.com/class=name`).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ fn task(command_line: &str, run_options: &str, wd: WorkingDirMode) -> TaskSpec {
             working_directory: wd,
             pull_policy: Default::default(),
             credentials: None,
+            devices: vec![],
         }),
         environment: BTreeMap::from([("MY_VAR".to_string(), "mine".to_string())]),
         user: UserIdentity::default(),

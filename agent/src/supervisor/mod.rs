@@ -59,6 +59,8 @@ pub struct Settings {
     pub identities: crate::model::Identities,
     /// A path on containerd's image store file system (disk space in `GetNode`).
     pub image_filesystem: Option<std::path::PathBuf>,
+    /// The node's CDI devices; None: no device is injected.
+    pub devices: Option<std::sync::Arc<crate::devices::Registry>>,
     /// What run options may ask for.
     pub policy: crate::spec::Policy,
 }
@@ -131,6 +133,9 @@ pub struct NodeStatus {
     pub prefetch: Vec<(String, PrefetchState)>,
     /// (path, free bytes, total bytes) of the node root's and the image store's file systems.
     pub disks: Vec<(std::path::PathBuf, u64, u64)>,
+    pub gpus: Vec<String>,
+    pub cdi_devices: Vec<String>,
+    pub cdi_specs: Vec<crate::devices::SpecStatus>,
 }
 
 #[derive(Clone)]
@@ -183,6 +188,7 @@ impl Supervisor {
         let run_options = crate::spec::check_task(spec)?;
         let who = self.run_as(spec, 0)?;
         crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who, self.shared.layout.root())?;
+        self.devices_for(spec, &run_options)?;
         let total = self.shared.settings.task_slots;
         if spec.required_slots == 0 || spec.required_slots > total {
             return Err(Error::Invalid {
@@ -191,6 +197,39 @@ impl Supervisor {
             });
         }
         Ok(run_options)
+    }
+
+    /// The CDI devices a task gets: those it names, the GPUs `--gpus` selects,
+    /// and, on a GPU node, every GPU when it names none (`inject_all_gpus`).
+    /// Unknown names and impossible GPU requests are errors.
+    pub(crate) fn devices_for(&self, spec: &TaskSpec, o: &crate::spec::RunOptions) -> Result<Vec<String>, Error> {
+        let asked: Vec<String> = spec.container.as_ref().map(|c| c.devices.clone()).unwrap_or_default();
+        let Some(reg) = &self.shared.settings.devices else {
+            if asked.is_empty() && o.gpus.is_none() {
+                return Ok(vec![]);
+            }
+            return Err(Error::Invalid { field: "container.devices", reason: "this node has no CDI devices".into() });
+        };
+        reg.check(&asked).map_err(|e| Error::Invalid { field: "container.devices", reason: e.to_string() })?;
+        let gpus = reg.gpus();
+        let mut names = asked.clone();
+        match &o.gpus {
+            Some(req) => {
+                names.extend(crate::devices::gpus::select(req, &gpus).map_err(|reason| {
+                    Error::Spec(crate::spec::SpecError::RunOption { flag: "--gpus".into(), reason })
+                })?)
+            }
+            None => {
+                let classes = &reg.config.gpu_classes;
+                let names_a_gpu =
+                    asked.iter().any(|n| n.split_once('=').is_some_and(|(k, _)| classes.iter().any(|c| c == k)));
+                if reg.config.inject_all_gpus && !names_a_gpu {
+                    names.extend(gpus);
+                }
+            }
+        }
+        names.dedup();
+        Ok(names)
     }
 
     /// The identity a task runs as; `ticket` picks a task-scope auto-user's uid.
@@ -335,6 +374,13 @@ impl Supervisor {
     }
 
     pub async fn node_status(&self) -> NodeStatus {
+        let devices = self.shared.settings.devices.clone();
+        let (gpus, cdi_devices, cdi_specs, hint) = tokio::task::spawn_blocking(move || match devices {
+            Some(d) => (d.gpus(), d.names(), d.specs(), d.hint()),
+            None => Default::default(),
+        })
+        .await
+        .unwrap_or_default();
         let (total, free) = {
             let sched = self.sched();
             (sched.slots.total(), sched.slots.free())
@@ -344,7 +390,14 @@ impl Supervisor {
             slots_total: total,
             slots_free: free,
             containerd_version: self.shared.containerd.borrow().clone(),
-            notes: self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            notes: {
+                let mut notes = self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                notes.extend(hint);
+                notes
+            },
+            gpus,
+            cdi_devices,
+            cdi_specs,
             prefetch: self.prefetch_status(),
             disks: [Some(self.shared.layout.root().to_owned()), self.shared.settings.image_filesystem.clone()]
                 .into_iter()

@@ -50,6 +50,7 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
             working_directory: Default::default(),
             pull_policy: Default::default(),
             credentials: None,
+            devices: vec![],
         }),
         environment: Default::default(),
         user: UserIdentity::default(),

@@ -229,7 +229,18 @@ async fn prepare(
         cgroups_path: &cgroups_path,
     };
     let oci = match spec::build(inputs) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            let devices = sup.devices_for(&info.spec, &run_options).map_err(|e| e.to_string()).and_then(|names| {
+                match &sh.settings.devices {
+                    Some(reg) => reg.inject(&mut s, &names).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = devices {
+                return Err(fail(sup, info, FailureInfo::user("DeviceInjectionFailed", e)).await);
+            }
+            s
+        }
         Err(e) => {
             let code = match e {
                 spec::SpecError::User { .. } => "ImageUserNotFound",

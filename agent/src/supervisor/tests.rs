@@ -214,6 +214,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         event_log_keep: 1000,
         identities: Default::default(),
         image_filesystem: None,
+        devices: None,
         policy: Default::default(),
     };
     let mut settings = settings;
@@ -245,6 +246,7 @@ fn spec(task: &str) -> TaskSpec {
             working_directory: WorkingDirMode::TaskWorkingDir,
             pull_policy: PullPolicy::Missing,
             credentials: None,
+            devices: vec![],
         }),
         environment: BTreeMap::new(),
         user: UserIdentity::default(),

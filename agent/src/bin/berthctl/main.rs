@@ -150,6 +150,9 @@ enum Cmd {
         /// Wait for the task to complete and exit with its exit code.
         #[arg(long)]
         wait: bool,
+        /// A CDI device for the task (vendor.com/class=name); repeatable.
+        #[arg(long, value_name = "NAME")]
+        device: Vec<String>,
     },
     /// Show one task.
     Get {
@@ -308,6 +311,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             pull,
             registry_username,
             registry_password_stdin: _,
+            device,
         } => {
             let spec = pb::TaskSpec {
                 job_id: id.job.clone(),
@@ -326,6 +330,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         Pull::Always => pb::PullPolicy::Always,
                         Pull::Never => pb::PullPolicy::Never,
                     } as i32,
+                    devices: device,
                 }),
                 environment: parse_env(&env)?,
                 user: Some(identity(user, auto_user, elevation)),

@@ -127,6 +127,8 @@ pub struct RunOptions {
     pub stop_signal: Option<i32>,
     pub stop_timeout: Option<u32>,
     pub labels: Vec<(String, String)>,
+    /// `--gpus`: mapped to CDI device names of the node's GPU classes.
+    pub gpus: Option<crate::devices::gpus::GpuRequest>,
 }
 
 /// Longest `--stop-timeout` accepted, in seconds.
@@ -308,9 +310,7 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         Flag::Volume => out.mounts.push(volume(value)?),
         Flag::Mount => out.mounts.push(mount(value)?),
         Flag::Device => out.devices.push(device(value)?),
-        Flag::Gpus => {
-            return Err("GPUs are not available on this agent yet: devices arrive with CDI support".into());
-        }
+        Flag::Gpus => out.gpus = Some(crate::devices::gpus::parse(value)?),
         Flag::ShmSize => out.shm_size = Some(positive(size(value)?)?),
         Flag::Ulimit => {
             let (typ, soft, hard) = ulimit(value)?;

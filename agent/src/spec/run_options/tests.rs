@@ -66,6 +66,7 @@ fn every_flag_in_both_forms() {
         ("--stop-signal", "", "SIGUSR1"),
         ("--stop-timeout", "", "30"),
         ("--label", "-l", "team=hpc"),
+        ("--gpus", "", "device=0,1"),
     ];
     for (long, short, value) in flags {
         let spaced = ok(&format!("{long} '{value}'"));
@@ -164,7 +165,7 @@ fn refuses_by_name() {
         ("--mount type=bind,src=/a,target=/x,consistency=cached", "--mount"),
         ("--device /etc/passwd", "--device"),
         ("--device /dev/a:/dev/b:rwx", "--device"),
-        ("--gpus all", "--gpus"),
+        ("--gpus capabilities=compute", "--gpus"),
         ("--shm-size 0", "--shm-size"),
         ("--shm-size lots", "--shm-size"),
         ("--ulimit nofile=2:1", "--ulimit"),

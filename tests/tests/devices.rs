@@ -1,0 +1,120 @@
+//! CDI devices in real containers: a GPU-like fixture (device nodes made with
+//! mknod from /dev/null's numbers under a temp /dev root, and an NVIDIA-style
+//! spec as `nvidia-ctk` writes it, with env, a library mount and a hook).
+
+use berth_tests::v1 as pb;
+use berth_tests::{failure_code, task, with_options, Agent, AgentOptions};
+use std::path::Path;
+use tonic::Code;
+
+fn fixture() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dev, cdi) = (tmp.path().join("dev"), tmp.path().join("cdi"));
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::create_dir_all(&cdi).unwrap();
+    for n in ["nvidia0", "nvidia1", "nvidiactl"] {
+        let st = std::process::Command::new("mknod").arg(dev.join(n)).args(["c", "1", "3"]).status().unwrap();
+        assert!(st.success());
+    }
+    std::fs::write(tmp.path().join("libcuda.so.1"), "fake library\n").unwrap();
+    let d = dev.display();
+    let spec = format!(
+        "cdiVersion: \"0.5.0\"\nkind: nvidia.com/gpu\ndevices:\n\
+         - name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia0\n      hostPath: {d}/nvidia0\n\
+         - name: \"1\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia1\n      hostPath: {d}/nvidia1\n\
+         containerEdits:\n  env:\n  - NVIDIA_VISIBLE_DEVICES=void\n  deviceNodes:\n  - path: /dev/nvidiactl\n    hostPath: {d}/nvidiactl\n\
+         \x20 mounts:\n  - hostPath: {lib}\n    containerPath: /usr/lib/libcuda.so.1\n    options: [ro, nosuid, nodev, bind]\n\
+         \x20 hooks:\n  - hookName: createContainer\n    path: /bin/true\n",
+        lib = tmp.path().join("libcuda.so.1").display()
+    );
+    std::fs::write(cdi.join("nvidia.yaml"), spec).unwrap();
+    std::fs::write(cdi.join("broken.yaml"), "cdiVersion: [oops").unwrap();
+    tmp
+}
+
+fn gpu_agent_options(root: &Path) -> AgentOptions {
+    AgentOptions {
+        extra_config: format!(
+            "[devices]\ncdi_spec_dirs = [\"{}\"]\ndev_root = \"{}\"\n",
+            root.join("cdi").display(),
+            root.join("dev").display()
+        ),
+        ..AgentOptions::default()
+    }
+}
+
+const PROBE: &str =
+    "/bin/sh -c 'ls /dev | grep nvidia | tr \"\\n\" \" \"; echo; echo x > /dev/nvidiactl && echo writable; \
+                     echo $NVIDIA_VISIBLE_DEVICES; cat /usr/lib/libcuda.so.1 2>/dev/null || echo no-library'";
+
+#[tokio::test]
+async fn gpus_by_default_by_count_and_by_name() {
+    let fx = fixture();
+    let agent = Agent::start(gpu_agent_options(fx.path())).await;
+    let mut c = agent.client().await;
+    let lines = |s: String| s.lines().map(|l| l.trim().to_owned()).collect::<Vec<_>>();
+
+    // Every GPU by default, with the spec's env, mount and device cgroup rules (writable).
+    let done = c.run_done(task("gpu", "default", PROBE)).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?} {}", c.read("gpu", "default", "stderr.txt").await.unwrap());
+    assert_eq!(
+        lines(c.read("gpu", "default", "stdout.txt").await.unwrap()),
+        ["nvidia0 nvidia1 nvidiactl", "writable", "void", "fake library"]
+    );
+    // --gpus 1: the first GPU only.
+    let done = c.run_done(with_options(task("gpu", "one", PROBE), "--gpus 1")).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(lines(c.read("gpu", "one", "stdout.txt").await.unwrap())[0], "nvidia0 nvidiactl");
+    // By name.
+    let mut spec = task("gpu", "named", PROBE);
+    spec.container.as_mut().unwrap().devices = vec!["nvidia.com/gpu=1".into()];
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(lines(c.read("gpu", "named", "stdout.txt").await.unwrap())[0], "nvidia1 nvidiactl");
+
+    // Unknown devices and more GPUs than the node has: refused, nothing created.
+    let mut unknown = task("gpu", "unknown", "/bin/true");
+    unknown.container.as_mut().unwrap().devices = vec!["vendor.com/fpga=0".into()];
+    let err = c.run(unknown).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("vendor.com/fpga=0") && err.message().contains("nvidia.com/gpu=0"),
+        "{}",
+        err.message()
+    );
+    let err = c.run(with_options(task("gpu", "many", "/bin/true"), "--gpus 3")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("--gpus") && err.message().contains("2 GPU"), "{}", err.message());
+    assert!(c.get("gpu", "unknown").await.is_err() && c.get("gpu", "many").await.is_err());
+
+    // GetNode: the GPUs, the specs, and the broken one with its reason.
+    let node = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+    assert_eq!(node.gpus, ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]);
+    let broken = node.cdi_specs.iter().find(|s| s.path.ends_with("broken.yaml")).expect("broken spec listed");
+    assert!(!broken.error.is_empty(), "{broken:?}");
+    assert!(node.cdi_specs.iter().any(|s| s.kind == "nvidia.com/gpu" && s.devices == 2 && s.error.is_empty()));
+}
+
+#[tokio::test]
+async fn default_injection_can_be_turned_off_and_nodes_without_specs_are_reported() {
+    let fx = fixture();
+    let mut opts = gpu_agent_options(fx.path());
+    opts.extra_config.push_str("inject_all_gpus = false\n");
+    let agent = Agent::start(opts).await;
+    let mut c = agent.client().await;
+    let done = c.run_done(task("gpu", "none", "/bin/sh -c 'ls /dev | grep -c nvidia || true'")).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(c.read("gpu", "none", "stdout.txt").await.unwrap().trim(), "0");
+    drop(c);
+    drop(agent);
+
+    // NVIDIA nodes without a spec: GetNode says how to make one.
+    std::fs::remove_file(fx.path().join("cdi/nvidia.yaml")).unwrap();
+    let agent = Agent::start(gpu_agent_options(fx.path())).await;
+    let mut c = agent.client().await;
+    let node = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+    assert!(node.gpus.is_empty());
+    assert!(node.notes.iter().any(|n| n.contains("nvidia-ctk cdi generate")), "{:?}", node.notes);
+    let done = c.run_done(with_options(task("gpu", "x", "/bin/true"), "")).await;
+    assert_eq!(failure_code(&done), "", "a node without GPUs runs tasks as before: {done:?}");
+}
