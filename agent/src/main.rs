@@ -127,7 +127,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         event_log_keep: cfg.event_log_keep,
         identities: cfg.identities.clone(),
         image_filesystem: Some(cfg.image_gc.filesystem.clone()),
-        devices: Some(Arc::new(berth_agent::devices::Registry::new(cfg.devices.clone()))),
+        devices: Some(Arc::new(berth_agent::devices::Registry::start(cfg.devices.clone()))),
         policy: cfg.policy.clone(),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,

@@ -118,3 +118,115 @@ async fn default_injection_can_be_turned_off_and_nodes_without_specs_are_reporte
     let done = c.run_done(with_options(task("gpu", "x", "/bin/true"), "")).await;
     assert_eq!(failure_code(&done), "", "a node without GPUs runs tasks as before: {done:?}");
 }
+
+/// A sysfs tree with two HCAs and their character devices (made with mknod
+/// from /dev/null's numbers) under a temp dev root.
+fn rdma_fixture(root: &Path) {
+    for (i, (hca, state, ll)) in
+        [("mlx5_0", "4: ACTIVE", "InfiniBand"), ("mlx5_1", "1: DOWN", "Ethernet")].iter().enumerate()
+    {
+        let port = root.join(format!("sys/class/infiniband/{hca}/ports/1"));
+        std::fs::create_dir_all(&port).unwrap();
+        std::fs::write(port.join("state"), format!("{state}\n")).unwrap();
+        std::fs::write(port.join("link_layer"), format!("{ll}\n")).unwrap();
+        for (class, prefix) in [("infiniband_verbs", "uverbs"), ("infiniband_mad", "umad")] {
+            let d = root.join(format!("sys/class/{class}/{prefix}{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("ibdev"), format!("{hca}\n")).unwrap();
+        }
+        std::fs::create_dir_all(root.join("dev/infiniband")).unwrap();
+        for n in ["uverbs", "umad", "issm"] {
+            let p = root.join(format!("dev/infiniband/{n}{i}"));
+            assert!(std::process::Command::new("mknod").arg(&p).args(["c", "1", "3"]).status().unwrap().success());
+        }
+    }
+    let cm = root.join("dev/infiniband/rdma_cm");
+    assert!(std::process::Command::new("mknod").arg(&cm).args(["c", "1", "3"]).status().unwrap().success());
+}
+
+#[tokio::test]
+async fn rdma_devices_are_discovered_injected_and_bring_memlock() {
+    let tmp = tempfile::tempdir().unwrap();
+    rdma_fixture(tmp.path());
+    let cdi = tmp.path().join("cdi");
+    let extra = format!(
+        "[devices]\ncdi_spec_dirs = [\"{c}\"]\ncdi_output_dir = \"{c}\"\nsysfs_root = \"{s}\"\ndev_root = \"{d}\"\n",
+        c = cdi.display(),
+        s = tmp.path().join("sys").display(),
+        d = tmp.path().join("dev").display()
+    );
+    let agent = Agent::start(AgentOptions { extra_config: extra, ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let probe = "/bin/sh -c 'ls /dev/infiniband | tr \"\\n\" \" \"; echo; ulimit -l; grep CapEff /proc/self/status; \
+                 echo x > /dev/infiniband/uverbs1 && echo writable'";
+    // RDMA devices by default, with unlimited locked memory and CAP_IPC_LOCK (even for a non-admin task).
+    let done = c.run_done(task("rdma", "default", probe)).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?} {}", c.read("rdma", "default", "stderr.txt").await.unwrap());
+    let out = c.read("rdma", "default", "stdout.txt").await.unwrap();
+    let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    // Unlimited where root may raise the limit (CAP_SYS_RESOURCE); else the host's hard limit.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let sys_resource = u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0;
+    let memlock = if sys_resource {
+        "unlimited".to_string()
+    } else {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let hard =
+            limits.lines().find(|l| l.starts_with("Max locked memory")).unwrap().split_whitespace().nth(4).unwrap();
+        if hard == "unlimited" {
+            hard.to_string()
+        } else {
+            (hard.parse::<u64>().unwrap() / 1024).to_string()
+        }
+    };
+    assert_eq!(
+        lines,
+        ["issm0 issm1 rdma_cm umad0 umad1 uverbs0 uverbs1", &memlock, "CapEff: 0000000000004000", "writable"]
+    );
+    // One HCA by name.
+    let mut spec = task("rdma", "one", "/bin/sh -c 'ls /dev/infiniband | tr \"\\n\" \" \"'");
+    spec.container.as_mut().unwrap().devices = vec!["berth.dev/infiniband=mlx5_0".into()];
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(c.read("rdma", "one", "stdout.txt").await.unwrap().trim(), "issm0 rdma_cm umad0 uverbs0");
+
+    // GetNode: both HCAs with their port state; the spec berth wrote loads back.
+    let node = c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner();
+    let hcas: Vec<(String, String, String)> = node
+        .rdma_devices
+        .iter()
+        .map(|d| (d.name.clone(), d.ports[0].state.clone(), d.ports[0].link_layer.clone()))
+        .collect();
+    assert_eq!(
+        hcas,
+        [
+            ("mlx5_0".to_string(), "ACTIVE".to_string(), "InfiniBand".to_string()),
+            ("mlx5_1".to_string(), "DOWN".to_string(), "Ethernet".to_string())
+        ]
+    );
+    assert!(node.cdi_specs.iter().any(|s| s.kind == "berth.dev/infiniband" && s.devices == 3 && s.error.is_empty()));
+}
+
+#[tokio::test]
+async fn specific_gpus_are_not_shared_between_running_tasks() {
+    let fx = fixture();
+    let agent = Agent::start(gpu_agent_options(fx.path())).await;
+    let mut c = agent.client().await;
+    let ts = |t: &pb::TaskInfo, which: &str| {
+        let p = if which == "start" { t.started_at } else { t.completed_at }.unwrap();
+        (p.seconds, p.nanos)
+    };
+    c.run(with_options(task("excl", "first", "/bin/sh -c 'sleep 2'"), "--gpus all")).await.unwrap();
+    c.wait_state("excl", "first", pb::TaskState::Running, std::time::Duration::from_secs(30)).await;
+    c.run(with_options(task("excl", "second", "/bin/true"), "--gpus 1")).await.unwrap();
+    // A task that asks for nothing shares the GPUs and is not held up.
+    let shared = c.run_done(task("excl", "shared", "/bin/sh -c 'ls /dev | grep -c nvidia'")).await;
+    assert_eq!(shared.exit_code, Some(0));
+    let second = c.get("excl", "second").await.unwrap();
+    assert_eq!(second.state, pb::TaskState::Preparing as i32, "waits for a GPU: {second:?}");
+    let first = c.wait_done("excl", "first").await;
+    let second = c.wait_done("excl", "second").await;
+    assert_eq!(second.exit_code, Some(0), "{second:?}");
+    assert!(ts(&second, "start") >= ts(&first, "end"), "the second started after the first released its GPUs");
+}

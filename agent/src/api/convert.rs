@@ -332,6 +332,19 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
             })
             .collect(),
         gpus: s.gpus.clone(),
+        rdma_devices: s
+            .rdma
+            .iter()
+            .map(|h| pb::RdmaDevice {
+                name: h.name.clone(),
+                ports: h
+                    .ports
+                    .iter()
+                    .map(|p| pb::RdmaPort { port: p.port, state: p.state.clone(), link_layer: p.link_layer.clone() })
+                    .collect(),
+                device_nodes: h.nodes.iter().map(|n| n.display().to_string()).collect(),
+            })
+            .collect(),
         cdi_devices: s.cdi_devices.clone(),
         cdi_specs: s
             .cdi_specs

@@ -61,6 +61,7 @@ struct RawDevices {
     gpu_classes: Option<Vec<String>>,
     inject_all_gpus: Option<bool>,
     inject_rdma: Option<bool>,
+    share_gpus: Option<bool>,
     sysfs_root: Option<PathBuf>,
     dev_root: Option<PathBuf>,
 }
@@ -431,6 +432,7 @@ fn devices(d: RawDevices) -> Result<crate::devices::DeviceConfig, ConfigError> {
         gpu_classes: classes,
         inject_all_gpus: d.inject_all_gpus.unwrap_or(def.inject_all_gpus),
         inject_rdma: d.inject_rdma.unwrap_or(def.inject_rdma),
+        share_gpus: d.share_gpus.unwrap_or(def.share_gpus),
         sysfs_root: d.sysfs_root.unwrap_or(def.sysfs_root),
         dev_root: d.dev_root.unwrap_or(def.dev_root),
     })

@@ -9,6 +9,9 @@
 //! see [`gpus`] for how `--gpus` and the default selection map to names.
 
 pub mod gpus;
+pub mod rdma;
+#[cfg(feature = "rdma")]
+mod verbs;
 
 use container_device_interface::container_edits::ContainerEdits;
 use container_device_interface::device::Device;
@@ -26,6 +29,8 @@ pub struct DeviceConfig {
     pub gpu_classes: Vec<String>,
     pub inject_all_gpus: bool,
     pub inject_rdma: bool,
+    /// Let tasks that ask for specific GPUs share them with others that do.
+    pub share_gpus: bool,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
 }
@@ -38,6 +43,7 @@ impl Default for DeviceConfig {
             gpu_classes: vec!["nvidia.com/gpu".into(), "amd.com/gpu".into()],
             inject_all_gpus: true,
             inject_rdma: true,
+            share_gpus: false,
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
         }
@@ -66,6 +72,10 @@ struct Loaded {
 pub struct Registry {
     pub config: DeviceConfig,
     loaded: Mutex<Loaded>,
+    /// RDMA HCAs found at start-up (their CDI spec is written by [`Registry::start`]).
+    pub rdma: Vec<rdma::Hca>,
+    /// RLIMIT_MEMLOCK of RDMA tasks ([`rdma::memlock_limit`]).
+    pub memlock: u64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -134,7 +144,27 @@ fn load(dirs: &[PathBuf]) -> Loaded {
 impl Registry {
     pub fn new(config: DeviceConfig) -> Self {
         let loaded = load(&config.cdi_spec_dirs);
-        Self { config, loaded: Mutex::new(loaded) }
+        Self { config, loaded: Mutex::new(loaded), rdma: Vec::new(), memlock: u64::MAX }
+    }
+
+    /// Discovers the RDMA HCAs, writes their CDI spec to `cdi_output_dir`
+    /// (removes a stale one when there are none), then loads every spec.
+    pub fn start(config: DeviceConfig) -> Self {
+        let hcas = rdma::discover(&config.sysfs_root, &config.dev_root);
+        if let Err(e) = rdma::write_spec(&config.cdi_output_dir, &hcas, &config.dev_root) {
+            tracing::warn!(dir = %config.cdi_output_dir.display(), error = %e, "cannot write the RDMA CDI spec");
+        }
+        if !hcas.is_empty() {
+            tracing::info!(hcas = hcas.len(), "RDMA devices found");
+        }
+        let memlock = if hcas.is_empty() { u64::MAX } else { rdma::memlock_limit() };
+        Self { rdma: hcas, memlock, ..Self::new(config) }
+    }
+
+    /// The RDMA device of all HCAs, when berth's spec for them is loaded.
+    pub fn rdma_all(&self) -> Option<String> {
+        let all = format!("{}=all", rdma::KIND);
+        self.current().devices.contains_key(&all).then_some(all)
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Loaded> {
@@ -196,7 +226,11 @@ impl Registry {
             }
             edits.append(dev.edits()).map_err(|e| DeviceError::Inject(e.to_string()))?;
         }
-        edits.apply(spec).map_err(|e| DeviceError::Inject(format!("{e:#}")))
+        edits.apply(spec).map_err(|e| DeviceError::Inject(format!("{e:#}")))?;
+        if names.iter().any(|n| n.starts_with(&format!("{}=", rdma::KIND))) {
+            rdma::add_limits(spec, self.memlock);
+        }
+        Ok(())
     }
 
     /// What `GetNode` says when NVIDIA device nodes exist but no GPU is known

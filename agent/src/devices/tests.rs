@@ -129,3 +129,55 @@ fn gpu_requests() {
     assert!(select(&GpuRequest::All, &[]).is_err());
     assert!(select(&GpuRequest::Ids(vec!["9".into()]), &gpus).is_err());
 }
+
+#[test]
+fn rdma_spec_is_written_loads_back_and_brings_memlock_and_ipc_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sys, dev) = rdma::tests::fixture(tmp.path());
+    // CDI needs real device nodes: replace the fixture's files by char devices.
+    for n in ["uverbs0", "umad0", "issm0", "uverbs1", "umad1", "issm1", "rdma_cm"] {
+        let p = dev.join("infiniband").join(n);
+        std::fs::remove_file(&p).unwrap();
+        nix::sys::stat::mknod(
+            &p,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+    }
+    let cdi = tmp.path().join("cdi");
+    let cfg = DeviceConfig {
+        cdi_spec_dirs: vec![cdi.clone()],
+        cdi_output_dir: cdi.clone(),
+        sysfs_root: sys,
+        dev_root: dev,
+        ..DeviceConfig::default()
+    };
+    let r = Registry::start(cfg.clone());
+    assert_eq!(r.rdma.len(), 2);
+    assert_eq!(r.names(), ["berth.dev/infiniband=all", "berth.dev/infiniband=mlx5_0", "berth.dev/infiniband=mlx5_1"]);
+    assert!(r.specs().iter().all(|s| s.error.is_empty()), "{:?}", r.specs());
+    assert_eq!(r.rdma_all().as_deref(), Some("berth.dev/infiniband=all"));
+
+    let mut spec = oci_spec::runtime::SpecBuilder::default()
+        .process(oci_spec::runtime::ProcessBuilder::default().build().unwrap())
+        .build()
+        .unwrap();
+    r.inject(&mut spec, &["berth.dev/infiniband=mlx5_1".to_string()]).unwrap();
+    let paths: Vec<String> =
+        spec.linux().as_ref().unwrap().devices().iter().flatten().map(|d| d.path().display().to_string()).collect();
+    assert_eq!(
+        paths,
+        ["/dev/infiniband/rdma_cm", "/dev/infiniband/uverbs1", "/dev/infiniband/umad1", "/dev/infiniband/issm1"]
+    );
+    let rlimits = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+    assert!(rlimits
+        .iter()
+        .any(|l| l.typ() == oci_spec::runtime::PosixRlimitType::RlimitMemlock && l.soft() == r.memlock));
+
+    // Without HCAs the spec is removed again.
+    let empty = DeviceConfig { sysfs_root: tmp.path().join("none"), ..cfg };
+    let r = Registry::start(empty);
+    assert!(r.rdma.is_empty() && r.names().is_empty());
+}

@@ -161,6 +161,9 @@ pub struct TaskInfo {
     /// The identity the task runs as, resolved when it was accepted.
     #[serde(default)]
     pub run_as: Option<RunAs>,
+    /// GPUs (CDI names) the task holds exclusively while it runs.
+    #[serde(default)]
+    pub held_gpus: Vec<String>,
 }
 
 impl TaskInfo {
@@ -179,6 +182,7 @@ impl TaskInfo {
             ever_started: false,
             attempt: 0,
             run_as: None,
+            held_gpus: Vec::new(),
         }
     }
 

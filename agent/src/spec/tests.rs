@@ -202,7 +202,7 @@ fn check_task_refusals() {
     t.environment.insert("AZ_BATCH_TASK_ID".into(), "x".into());
     assert!(matches!(check_task(&t), Err(SpecError::EnvName { .. })));
     t.environment.clear();
-    t.container.as_mut().unwrap().run_options = "--gpus all".into();
+    t.container.as_mut().unwrap().run_options = "--detach".into();
     assert!(matches!(check_task(&t), Err(SpecError::RunOption { .. })));
 }
 

@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod error;
+mod gpus;
 mod image_store;
 mod lookups;
 mod outcome;
@@ -93,6 +94,7 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         self.sup.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.sup.shared.gpu_holds.release(&self.key);
         let mut sched = self.sup.sched();
         sched.slots.release(self.slots);
         sched.stops.remove(&self.key);
@@ -119,6 +121,8 @@ struct Shared {
     notes: Mutex<Vec<String>>,
     /// containerd answered at least once (so answering again is a reconnect).
     ever_up: std::sync::atomic::AtomicBool,
+    /// GPUs held by tasks that asked for specific ones.
+    gpu_holds: gpus::GpuHolds,
 }
 
 /// Node-level counters for `GetNode`.
@@ -134,6 +138,7 @@ pub struct NodeStatus {
     /// (path, free bytes, total bytes) of the node root's and the image store's file systems.
     pub disks: Vec<(std::path::PathBuf, u64, u64)>,
     pub gpus: Vec<String>,
+    pub rdma: Vec<crate::devices::rdma::Hca>,
     pub cdi_devices: Vec<String>,
     pub cdi_specs: Vec<crate::devices::SpecStatus>,
 }
@@ -169,6 +174,7 @@ impl Supervisor {
             containerd,
             notes: Mutex::default(),
             ever_up: Default::default(),
+            gpu_holds: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -199,37 +205,61 @@ impl Supervisor {
         Ok(run_options)
     }
 
-    /// The CDI devices a task gets: those it names, the GPUs `--gpus` selects,
-    /// and, on a GPU node, every GPU when it names none (`inject_all_gpus`).
-    /// Unknown names and impossible GPU requests are errors.
-    pub(crate) fn devices_for(&self, spec: &TaskSpec, o: &crate::spec::RunOptions) -> Result<Vec<String>, Error> {
+    /// The CDI devices a task gets, as (devices to inject now, GPUs to hold):
+    /// the non-GPU devices it names and the RDMA devices (`inject_rdma`); on a
+    /// GPU node every GPU, shared, when it asks for none (`inject_all_gpus`);
+    /// else the GPUs of `--gpus` and those it names, held exclusively while it
+    /// runs (see `gpus`), or shared with `share_gpus`. Unknown names and more
+    /// GPUs than the node has are errors.
+    pub(crate) fn devices_for(
+        &self,
+        spec: &TaskSpec,
+        o: &crate::spec::RunOptions,
+    ) -> Result<(Vec<String>, Option<gpus::Want>), Error> {
         let asked: Vec<String> = spec.container.as_ref().map(|c| c.devices.clone()).unwrap_or_default();
         let Some(reg) = &self.shared.settings.devices else {
             if asked.is_empty() && o.gpus.is_none() {
-                return Ok(vec![]);
+                return Ok((vec![], None));
             }
             return Err(Error::Invalid { field: "container.devices", reason: "this node has no CDI devices".into() });
         };
         reg.check(&asked).map_err(|e| Error::Invalid { field: "container.devices", reason: e.to_string() })?;
         let gpus = reg.gpus();
-        let mut names = asked.clone();
-        match &o.gpus {
-            Some(req) => {
-                names.extend(crate::devices::gpus::select(req, &gpus).map_err(|reason| {
-                    Error::Spec(crate::spec::SpecError::RunOption { flag: "--gpus".into(), reason })
-                })?)
+        let classes = &reg.config.gpu_classes;
+        let is_gpu = |n: &String| n.split_once('=').is_some_and(|(k, _)| classes.iter().any(|c| c == k));
+        let (named_gpus, mut names): (Vec<String>, Vec<String>) = asked.iter().cloned().partition(is_gpu);
+        if let Some(req) = &o.gpus {
+            crate::devices::gpus::select(req, &gpus)
+                .map_err(|reason| Error::Spec(crate::spec::SpecError::RunOption { flag: "--gpus".into(), reason }))?;
+        }
+        let want = gpus::Want::of(o.gpus.as_ref(), named_gpus, &gpus);
+        let want = match want {
+            None if reg.config.inject_all_gpus => {
+                names.extend(gpus.iter().cloned());
+                None
             }
-            None => {
-                let classes = &reg.config.gpu_classes;
-                let names_a_gpu =
-                    asked.iter().any(|n| n.split_once('=').is_some_and(|(k, _)| classes.iter().any(|c| c == k)));
-                if reg.config.inject_all_gpus && !names_a_gpu {
-                    names.extend(gpus);
-                }
+            // Shared: the first N, or the named ones, without holding them.
+            Some(w) if reg.config.share_gpus => {
+                names.extend(match w {
+                    gpus::Want::Count(n) => gpus.iter().take(n).cloned().collect(),
+                    gpus::Want::Named(v) => v,
+                });
+                None
             }
+            w => w,
+        };
+        let rdma_kind = format!("{}=", crate::devices::rdma::KIND);
+        if reg.config.inject_rdma && !asked.iter().any(|n| n.starts_with(&rdma_kind)) {
+            names.extend(reg.rdma_all());
         }
         names.dedup();
-        Ok(names)
+        Ok((names, want))
+    }
+
+    /// Waits for the GPUs `want` asks for and holds them for `key`.
+    pub(crate) async fn hold_gpus(&self, key: &TaskKey, want: &gpus::Want) -> Vec<String> {
+        let all = self.shared.settings.devices.as_ref().map(|r| r.gpus()).unwrap_or_default();
+        self.shared.gpu_holds.take(key, want, &all).await
     }
 
     /// The identity a task runs as; `ticket` picks a task-scope auto-user's uid.
@@ -375,8 +405,8 @@ impl Supervisor {
 
     pub async fn node_status(&self) -> NodeStatus {
         let devices = self.shared.settings.devices.clone();
-        let (gpus, cdi_devices, cdi_specs, hint) = tokio::task::spawn_blocking(move || match devices {
-            Some(d) => (d.gpus(), d.names(), d.specs(), d.hint()),
+        let (gpus, rdma, cdi_devices, cdi_specs, hint) = tokio::task::spawn_blocking(move || match devices {
+            Some(d) => (d.gpus(), d.rdma.clone(), d.names(), d.specs(), d.hint()),
             None => Default::default(),
         })
         .await
@@ -396,6 +426,7 @@ impl Supervisor {
                 notes
             },
             gpus,
+            rdma,
             cdi_devices,
             cdi_specs,
             prefetch: self.prefetch_status(),

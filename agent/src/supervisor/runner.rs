@@ -73,6 +73,10 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
     if info.state == TaskState::Completed {
         return;
     }
+    // A task re-attached after a restart still holds its GPUs.
+    if phase != Phase::Prepare && !info.held_gpus.is_empty() {
+        sup.shared.gpu_holds.claim(key, &info.held_gpus);
+    }
     let info = match phase {
         Phase::Prepare => match prepare(sup, info, &stop).await {
             Ok(info) => {
@@ -205,6 +209,22 @@ async fn prepare(
         Ok(l) => l,
         Err(failure) => return Err(fail(sup, info, failure).await),
     };
+    // CDI devices; specific GPUs are waited for while others hold them.
+    let (mut device_names, want) = match sup.devices_for(&info.spec, &run_options) {
+        Ok(d) => d,
+        Err(e) => return Err(fail(sup, info, FailureInfo::user("DeviceInjectionFailed", e.to_string())).await),
+    };
+    if let Some(want) = want {
+        let mut stop_rx = stop.clone();
+        let held = tokio::select! {
+            g = sup.hold_gpus(&key, &want) => g,
+            s = stopped(&mut stop_rx) => {
+                return Err(sup.complete(info, None, Some(s.reason.failure(" while it waited for GPUs"))).await);
+            }
+        };
+        device_names.extend(held.iter().cloned());
+        info.held_gpus = held;
+    }
     // A new container id per attempt, recorded before the container is made so
     // that recovery knows which to look for; what an interrupted attempt left goes first.
     if info.attempt > 0 {
@@ -230,13 +250,11 @@ async fn prepare(
     };
     let oci = match spec::build(inputs) {
         Ok(mut s) => {
-            let devices = sup.devices_for(&info.spec, &run_options).map_err(|e| e.to_string()).and_then(|names| {
-                match &sh.settings.devices {
-                    Some(reg) => reg.inject(&mut s, &names).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            });
-            if let Err(e) = devices {
+            let injected = match &sh.settings.devices {
+                Some(reg) => reg.inject(&mut s, &device_names).map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            if let Err(e) = injected {
                 return Err(fail(sup, info, FailureInfo::user("DeviceInjectionFailed", e)).await);
             }
             s
