@@ -206,6 +206,16 @@ async fn rdma_devices_are_discovered_injected_and_bring_memlock() {
         ]
     );
     assert!(node.cdi_specs.iter().any(|s| s.kind == "berth.dev/infiniband" && s.devices == 3 && s.error.is_empty()));
+
+    // berthctl node --output json shows them.
+    let out = std::process::Command::new(berth_tests::binary("berthctl"))
+        .args(["--addr", &agent.addr(), "node", "--output", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rdma_devices"][0]["name"], "mlx5_0");
+    assert_eq!(v["rdma_devices"][0]["ports"][0]["state"], "ACTIVE");
+    assert!(v["cdi_devices"].as_array().unwrap().iter().any(|d| d == "berth.dev/infiniband=all"));
 }
 
 #[tokio::test]

@@ -55,6 +55,14 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
         "containerd_version": n.containerd_version, "containerd_reachable": n.containerd_reachable,
         "agent_version": n.agent_version, "node_root": n.node_root, "notes": n.notes,
         "prefetch": n.prefetch.iter().map(|p| json!({"image": p.image, "state": p.state, "error": p.error})).collect::<Vec<_>>(),
+        "gpus": n.gpus, "cdi_devices": n.cdi_devices,
+        "cdi_specs": n.cdi_specs.iter().map(|s| json!({"path": s.path, "kind": s.kind, "devices": s.devices, "error": s.error})).collect::<Vec<_>>(),
+        "rdma_devices": n.rdma_devices.iter().map(|d| json!({
+            "name": d.name, "device_nodes": d.device_nodes,
+            "ports": d.ports.iter().map(|p| json!({"port": p.port, "state": p.state, "link_layer": p.link_layer})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "node_root_disk": n.node_root_disk.as_ref().map(|d| json!({"path": d.path, "free_bytes": d.free_bytes, "total_bytes": d.total_bytes})),
+        "image_store_disk": n.image_store_disk.as_ref().map(|d| json!({"path": d.path, "free_bytes": d.free_bytes, "total_bytes": d.total_bytes})),
     })
 }
 
