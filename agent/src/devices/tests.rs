@@ -181,3 +181,21 @@ fn rdma_spec_is_written_loads_back_and_brings_memlock_and_ipc_lock() {
     let r = Registry::start(empty);
     assert!(r.rdma.is_empty() && r.names().is_empty());
 }
+
+#[test]
+fn additional_gids_of_a_spec_reach_the_process() {
+    let tmp = fixture();
+    let spec_text = format!(
+        "cdiVersion: \"0.7.0\"\nkind: example.com/video\ndevices:\n- name: \"0\"\n  containerEdits:\n    \
+         deviceNodes:\n    - path: /dev/video0\n      hostPath: {}/nvidia0\n    additionalGids: [44, 45]\n",
+        tmp.path().join("dev").display()
+    );
+    std::fs::write(tmp.path().join("cdi/video.yaml"), spec_text).unwrap();
+    let r = Registry::new(config(tmp.path()));
+    assert!(r.specs().iter().all(|s| s.error.is_empty()), "{:?}", r.specs());
+    let mut spec =
+        SpecBuilder::default().process(oci_spec::runtime::ProcessBuilder::default().build().unwrap()).build().unwrap();
+    r.inject(&mut spec, &["example.com/video=0".to_string()]).unwrap();
+    let gids = spec.process().as_ref().unwrap().user().additional_gids().clone().unwrap_or_default();
+    assert!(gids.contains(&44) && gids.contains(&45), "{gids:?}");
+}
