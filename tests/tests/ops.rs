@@ -106,6 +106,16 @@ async fn mutual_tls_admits_only_the_schedulers_certificate() {
     }
     let err = run_one(port, &ca_pem, Some(&intruder), "intruder").await.unwrap_err();
     assert!(err.starts_with("PermissionDenied") && err.contains("intruder"), "{err}");
+    // Health is behind the same check.
+    let tls = berth_proto::ClientTls {
+        ca: Some(ca_pem.as_bytes().to_vec()),
+        cert_and_key: Some((intruder.0.as_bytes().to_vec(), intruder.1.as_bytes().to_vec())),
+    };
+    let ch = berth_proto::connect_tls(&format!("https://127.0.0.1:{port}"), Some(tls)).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await;
+    assert_eq!(health.unwrap_err().code(), Code::PermissionDenied);
     // A client that does not trust the agent's CA refuses it too.
     assert!(run_one(port, &ca2.cert.pem(), Some(&good), "distrust").await.is_err());
 

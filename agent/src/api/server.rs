@@ -136,11 +136,14 @@ fn router(
         .register_encoded_file_descriptor_set(berth_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let allowed = opts.tls.as_ref().map(|t| t.allowed_subjects.clone()).unwrap_or_default();
+    // Every service, health and reflection too, answers allowed subjects only.
+    let check = tls::SubjectCheck::new(opts.tls.as_ref().map(|t| t.allowed_subjects.clone()).unwrap_or_default());
     let node = InterceptedService::new(
         NodeAgentServer::new(api).max_decoding_message_size(opts.max_message_bytes),
-        tls::SubjectCheck::new(allowed),
+        check.clone(),
     );
+    let health = InterceptedService::new(health, check.clone());
+    let reflection = InterceptedService::new(reflection, check);
     let mut builder = Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     if let Some(cfg) = tls_config {
         builder = builder.tls_config(cfg).map_err(|e| ServeError::Tls(e.to_string()))?;
