@@ -1,11 +1,12 @@
 //! berth: the node agent of a batch compute pool. See README.md for the shape;
 //! the dependency rule is `api → supervisor → {spec, images, layout, containerd,
-//! store} → model`.
+//! store, host} → model`.
 
 pub mod api;
 pub mod config;
 pub mod containerd;
 pub mod devices;
+pub mod host;
 pub mod images;
 pub mod layout;
 pub mod metrics;

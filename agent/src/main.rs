@@ -129,6 +129,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         image_filesystem: Some(cfg.image_gc.filesystem.clone()),
         devices: Some(Arc::new(berth_agent::devices::Registry::start(cfg.devices.clone()))),
         policy: cfg.policy.clone(),
+        host: berth_agent::host::HostRuntime::new(
+            &cfg.state_dir,
+            &cfg.namespace,
+            std::env::current_exe().map_err(|e| format!("cannot find the agent's own executable: {e}"))?,
+        ),
+        rerun_start_task_after_reboot: cfg.rerun_start_task_after_reboot,
+        boot_id: berth_agent::supervisor::boot_id(),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
@@ -209,6 +216,11 @@ fn watchdog() {
 }
 
 fn main() -> ExitCode {
+    // The agent's executable is also the shim of each host task.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == "host-shim" {
+        return ExitCode::from(berth_agent::host::shim::main(std::path::Path::new(&argv[2])) as u8);
+    }
     let args = Args::parse();
     let cfg = match load_config(&args) {
         Ok(c) => c,

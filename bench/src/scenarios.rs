@@ -28,6 +28,7 @@ pub fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb::TaskS
         user: None,
         constraints: None,
         required_slots: 1,
+        job_preparation: None,
     }
 }
 

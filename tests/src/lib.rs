@@ -275,6 +275,25 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("---- agent log ({}) ----\n{}", self.log_path().display(), self.log());
         }
+        kill_host_tasks(&self.namespace());
+    }
+}
+
+/// Kills what host tasks of an agent's namespace left running (their shims
+/// then end): every process in a cgroup under `<hierarchy>/<namespace>/`.
+fn kill_host_tasks(namespace: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut parents = vec![root.join(namespace)];
+    for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        parents.push(h.path().join(namespace));
+    }
+    for parent in parents {
+        for cg in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let procs = std::fs::read_to_string(cg.path().join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -305,7 +324,13 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
         user: None,
         constraints: None,
         required_slots: 1,
+        job_preparation: None,
     }
+}
+
+/// A host task's spec (no container settings).
+pub fn host_task(job: &str, task_id: &str, command_line: &str) -> pb::TaskSpec {
+    pb::TaskSpec { container: None, ..task(job, task_id, command_line) }
 }
 
 /// A task spec on another image.

@@ -140,6 +140,8 @@ async fn containerd_restart_keeps_tasks_and_their_exits() {
         assert!(Instant::now() < deadline, "GetNode still says containerd is reachable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let n = node(&mut c).await;
+    assert_eq!((n.state, n.state_reason.as_str()), (pb::NodeState::Unusable as i32, "containerd is unreachable"));
     use tonic_health::pb::health_check_response::ServingStatus;
     assert_eq!(health(&agent.addr()).await, ServingStatus::NotServing as i32);
     // "early" exits while containerd is down.

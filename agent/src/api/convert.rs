@@ -3,16 +3,54 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    AutoUserScope, ContainerInfo, ContainerSettings, Credentials, Elevation, FailureCategory, FailureInfo, PullPolicy,
-    TaskConstraints, TaskInfo, TaskKey, TaskResult, TaskSpec, TaskState, UserIdentity, WorkingDirMode,
+    AutoUserScope, ContainerInfo, ContainerSettings, Credentials, Elevation, FailureCategory, FailureInfo, NodeState,
+    PullPolicy, TaskConstraints, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState, UserIdentity,
+    WorkingDirMode,
 };
 use crate::store::TaskEvent;
 use crate::supervisor::NodeStatus;
 use berth_proto::v1 as pb;
 use std::time::{Duration, SystemTime};
 
+/// The key of an existing task (the start task is `@node/starttask`).
 pub fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Error> {
-    Ok(TaskKey::new(job_id, task_id)?)
+    Ok(TaskKey::address(job_id, task_id)?)
+}
+
+/// A start, preparation or release task's spec: its ids are the agent's.
+pub fn special_spec(mut t: pb::TaskSpec, key: &TaskKey) -> Result<TaskSpec, crate::supervisor::Error> {
+    t.job_id = key.job.to_string();
+    t.task_id = key.task.to_string();
+    if t.job_preparation.is_some() {
+        return Err(crate::supervisor::Error::Invalid {
+            field: "job_preparation",
+            reason: "only a job's task may carry the job's preparation task".into(),
+        });
+    }
+    let mut spec = decode_spec(t, key.clone())?;
+    spec.required_slots = 0;
+    Ok(spec)
+}
+
+pub fn kind_to_proto(k: TaskKind) -> pb::TaskKind {
+    match k {
+        TaskKind::Task => pb::TaskKind::Task,
+        TaskKind::StartTask => pb::TaskKind::StartTask,
+        TaskKind::JobPreparation => pb::TaskKind::JobPreparation,
+        TaskKind::JobRelease => pb::TaskKind::JobRelease,
+    }
+}
+
+pub fn node_state_to_proto(s: NodeState) -> pb::NodeState {
+    match s {
+        NodeState::Starting => pb::NodeState::Starting,
+        NodeState::WaitingForStartTask => pb::NodeState::WaitingForStartTask,
+        NodeState::StartTaskFailed => pb::NodeState::StartTaskFailed,
+        NodeState::Idle => pb::NodeState::Idle,
+        NodeState::Running => pb::NodeState::Running,
+        NodeState::Unusable => pb::NodeState::Unusable,
+        NodeState::Offline => pb::NodeState::Offline,
+    }
 }
 
 /// The longest duration protobuf's `Duration` allows (10,000 years).
@@ -115,9 +153,15 @@ fn check_limits(t: &pb::TaskSpec) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Decodes a `TaskSpec`. Id errors are reported by the supervisor's id types.
-pub fn task_spec(t: pb::TaskSpec) -> Result<TaskSpec, crate::supervisor::Error> {
-    let key = key(&t.job_id, &t.task_id)?;
+/// Decodes a `RunTask` spec, and the job's preparation task it may carry. Id
+/// errors are reported by the supervisor's id types.
+pub fn task_spec(mut t: pb::TaskSpec) -> Result<(TaskSpec, Option<TaskSpec>), crate::supervisor::Error> {
+    let key = TaskKey::new(&t.job_id, &t.task_id)?;
+    let prep = t.job_preparation.take().map(|p| special_spec(*p, &TaskKey::job_preparation(&key.job))).transpose()?;
+    Ok((decode_spec(t, key)?, prep))
+}
+
+fn decode_spec(t: pb::TaskSpec, key: TaskKey) -> Result<TaskSpec, crate::supervisor::Error> {
     let decode = |e: DecodeError| crate::supervisor::Error::Invalid { field: e.field, reason: e.reason };
     check_limits(&t).map_err(decode)?;
     let container = match t.container {
@@ -194,7 +238,7 @@ fn identity_to_proto(u: &UserIdentity) -> pb::UserIdentity {
     }
 }
 
-fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
+pub fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
     pb::TaskSpec {
         job_id: s.key.job.to_string(),
         task_id: s.key.task.to_string(),
@@ -222,6 +266,7 @@ fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
             retention_time: Some(proto_duration(s.constraints.retention())),
         }),
         required_slots: s.required_slots,
+        job_preparation: None,
     }
 }
 
@@ -277,6 +322,7 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
             groups: r.groups.clone(),
             admin: r.admin,
         }),
+        kind: kind_to_proto(t.key().kind()) as i32,
     }
 }
 
@@ -358,6 +404,12 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
             .collect(),
         node_root_disk: s.disks.first().map(disk),
         image_store_disk: s.disks.get(1).map(disk),
+        state: node_state_to_proto(s.state.state) as i32,
+        state_reason: s.state.reason.clone(),
+        scheduling_enabled: s.state.scheduling_enabled,
+        // Filled in by the API, which knows the task directories.
+        start_task: None,
+        start_task_wait_for_success: false,
     }
 }
 
@@ -394,12 +446,13 @@ mod tests {
                 retention_time: None,
             }),
             required_slots: 0,
+            job_preparation: None,
         }
     }
 
     #[test]
     fn spec_round_trip() {
-        let spec = task_spec(proto_spec()).unwrap();
+        let spec = task_spec(proto_spec()).unwrap().0;
         assert_eq!(spec.key.to_string(), "job1/task1");
         assert_eq!(spec.container.as_ref().unwrap().working_directory, WorkingDirMode::ImageDefault);
         assert_eq!(spec.user, UserIdentity::Named("alice".into()));
@@ -450,7 +503,7 @@ mod tests {
 
     #[test]
     fn info_to_proto() {
-        let spec = task_spec(proto_spec()).unwrap();
+        let spec = task_spec(proto_spec()).unwrap().0;
         let mut info = TaskInfo::new(spec, SystemTime::UNIX_EPOCH + Duration::from_secs(10));
         info.complete(
             Some(137),

@@ -35,6 +35,8 @@ fn code_of(e: &Error) -> Code {
         Error::WrongState { .. } => Code::FailedPrecondition,
         Error::Compacted { .. } | Error::AheadOfLog { .. } => Code::OutOfRange,
         Error::Busy { .. } | Error::ImageInUse { .. } => Code::FailedPrecondition,
+        Error::NotAccepting { .. } | Error::Precondition { .. } => Code::FailedPrecondition,
+        Error::JobNotFound { .. } => Code::NotFound,
         Error::Recovering => Code::Unavailable,
         Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => Code::InvalidArgument,
         Error::Layout(LayoutError::NoSuchFile { .. }) => Code::NotFound,

@@ -46,18 +46,98 @@ impl Api {
     }
 }
 
+impl Api {
+    fn job_info(&self, s: &crate::supervisor::JobStatus) -> pb::JobInfo {
+        pb::JobInfo {
+            job_id: s.job.to_string(),
+            preparation: s.config.preparation.as_ref().map(convert::spec_to_proto),
+            release: s.config.release.as_ref().map(convert::spec_to_proto),
+            released: s.config.released,
+            preparation_task: s.preparation.as_ref().map(|t| self.info(t)),
+            release_task: s.release.as_ref().map(|t| self.info(t)),
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeAgent for Api {
     async fn get_node(&self, _: Request<pb::GetNodeRequest>) -> Result<Response<pb::NodeInfo>, Status> {
-        Ok(Response::new(convert::node_info(&self.sup.node_status().await)))
+        let mut node = convert::node_info(&self.sup.node_status().await);
+        if let Some((config, record)) = self.sup.start_task().await {
+            node.start_task_wait_for_success = config.wait_for_success;
+            node.start_task = record.as_ref().map(|t| self.info(t));
+        }
+        Ok(Response::new(node))
+    }
+
+    async fn configure_start_task(
+        &self,
+        req: Request<pb::ConfigureStartTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let r = req.into_inner();
+        let task = r.task.ok_or_else(|| error::DecodeError::new("task", "is required"))?;
+        let spec = convert::special_spec(task, &crate::model::TaskKey::start_task())?;
+        let info = self.sup.configure_start_task(spec, r.wait_for_success).await?;
+        Ok(Response::new(self.info(&info)))
+    }
+
+    async fn set_node_scheduling(
+        &self,
+        req: Request<pb::SetNodeSchedulingRequest>,
+    ) -> Result<Response<pb::SetNodeSchedulingResponse>, Status> {
+        let view = self.sup.set_scheduling(req.into_inner().enabled).await?;
+        Ok(Response::new(pb::SetNodeSchedulingResponse { state: convert::node_state_to_proto(view.state) as i32 }))
+    }
+
+    type WatchNodeStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStateEvent, Status>> + Send>>;
+
+    async fn watch_node(&self, _: Request<pb::WatchNodeRequest>) -> Result<Response<Self::WatchNodeStream>, Status> {
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{MAX_WATCHERS} watch streams are open already; close one"))
+        })?;
+        self.sup.refresh_state().await;
+        let stream = tokio_stream::wrappers::WatchStream::new(self.sup.watch_node()).map(move |v| {
+            let _held = &permit;
+            Ok(pb::NodeStateEvent {
+                state: convert::node_state_to_proto(v.state) as i32,
+                state_reason: v.reason,
+                scheduling_enabled: v.scheduling_enabled,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn configure_job(&self, req: Request<pb::ConfigureJobRequest>) -> Result<Response<pb::JobInfo>, Status> {
+        let r = req.into_inner();
+        let job = crate::model::JobId::new(r.job_id).map_err(crate::supervisor::Error::from)?;
+        let special =
+            |t: Option<pb::TaskSpec>, key: crate::model::TaskKey| t.map(|t| convert::special_spec(t, &key)).transpose();
+        let prep = special(r.preparation, crate::model::TaskKey::job_preparation(&job))?;
+        let release = special(r.release, crate::model::TaskKey::job_release(&job))?;
+        if prep.is_none() && release.is_none() {
+            return Err(error::DecodeError::new("preparation", "or release is required").into());
+        }
+        let status = self.sup.configure_job(&job, prep, release).await?;
+        Ok(Response::new(self.job_info(&status)))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobInfo>, Status> {
+        let job = crate::model::JobId::new(req.into_inner().job_id).map_err(crate::supervisor::Error::from)?;
+        Ok(Response::new(self.job_info(&self.sup.job_status(&job).await?)))
+    }
+
+    async fn release_job(&self, req: Request<pb::ReleaseJobRequest>) -> Result<Response<pb::JobInfo>, Status> {
+        let r = req.into_inner();
+        let job = crate::model::JobId::new(r.job_id).map_err(crate::supervisor::Error::from)?;
+        Ok(Response::new(self.job_info(&self.sup.release_job(&job, r.terminate_tasks).await?)))
     }
 
     async fn run_task(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let task = req.into_inner().task.ok_or_else(|| error::DecodeError::new("task", "is required"))?;
-        let spec = convert::task_spec(task)?;
-        let info = self.sup.run_task(spec).await?;
+        let (spec, job_preparation) = convert::task_spec(task)?;
+        let info = self.sup.run_task(spec, job_preparation).await?;
         Ok(Response::new(self.info(&info)))
     }
 

@@ -117,6 +117,7 @@ struct RawNode {
     is_dedicated: Option<bool>,
     task_slots: Option<u32>,
     min_free_mb: Option<u64>,
+    rerun_start_task_after_reboot: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -228,6 +229,9 @@ pub struct Config {
     pub identities: crate::model::Identities,
     /// `[policy]`: what run options may ask for.
     pub policy: crate::spec::Policy,
+    /// `[node] rerun_start_task_after_reboot`: run the start task again when
+    /// the agent starts in a new boot of the machine.
+    pub rerun_start_task_after_reboot: bool,
 }
 
 /// `[registries]`: how the agent reaches image registries.
@@ -410,6 +414,7 @@ impl Config {
             history_limit: raw.tasks.history_limit.unwrap_or(10_000),
             event_log_keep: raw.tasks.event_log_keep.unwrap_or(100_000).max(1),
             log_format,
+            rerun_start_task_after_reboot: raw.node.rerun_start_task_after_reboot.unwrap_or(true),
         })
     }
 }
@@ -516,6 +521,7 @@ mod tests {
         assert_eq!(c.task_slots, 1);
         assert_eq!(c.listen, Listen::Unix("/run/berth/agent.sock".into()));
         assert_eq!(c.namespace, "berth");
+        assert!(c.rerun_start_task_after_reboot);
         assert_eq!(c.containerd_socket, PathBuf::from("/run/containerd/containerd.sock"));
     }
 

@@ -39,6 +39,7 @@ pub(super) struct RawPolicy {
     allowed_devices: Vec<PathBuf>,
     user_namespaces: Option<bool>,
     init_binary: Option<PathBuf>,
+    allow_host_tasks: Option<bool>,
 }
 
 /// Ids above this hit known runtime bugs (and `-1` as u32 means "unset" to some).
@@ -116,6 +117,7 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
         allowed_devices: raw.allowed_devices,
         user_namespaces: raw.user_namespaces.unwrap_or(false),
         init_binary,
+        allow_host_tasks: raw.allow_host_tasks.unwrap_or(false),
     })
 }
 
@@ -146,6 +148,7 @@ mod tests {
             task_uid_count = 10
             [policy]
             allow_privileged = true
+            allow_host_tasks = true
             bind_mount_prefixes = ["/data/", "/scratch"]
             user_namespaces = true
             "#,
@@ -158,6 +161,7 @@ mod tests {
         assert_eq!(c.identities.users[0].groups, [44, 1600]);
         assert_eq!(c.identities.auto.task_uid_count, 10);
         assert!(c.policy.allow_privileged && !c.policy.allow_host_namespaces && !c.policy.allow_added_capabilities);
+        assert!(c.policy.allow_host_tasks);
         assert_eq!(c.policy.bind_mount_prefixes, [PathBuf::from("/data"), PathBuf::from("/scratch")]);
         assert!(c.policy.user_namespaces);
     }

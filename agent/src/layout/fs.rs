@@ -2,7 +2,7 @@
 //! without ever leaving the task directory.
 
 use super::{Layout, TaskPaths};
-use crate::model::TaskKey;
+use crate::model::{TaskKey, TaskKind};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
@@ -91,8 +91,20 @@ fn chmod_chown(fd: impl AsFd, mode: u32, owner: Option<(u32, u32)>) -> std::io::
     Ok(())
 }
 
+/// The directory holding a task's directory, relative to the node root, and
+/// the task directory's name in it.
 fn job_rel(key: &TaskKey) -> PathBuf {
-    Path::new("workitems").join(key.job.as_str()).join("job-1")
+    match key.kind() {
+        TaskKind::StartTask => PathBuf::new(),
+        _ => Path::new("workitems").join(key.job.as_str()).join("job-1"),
+    }
+}
+
+fn dir_name(key: &TaskKey) -> &str {
+    match key.kind() {
+        TaskKind::StartTask => "startup",
+        _ => key.task.as_str(),
+    }
 }
 
 impl Layout {
@@ -118,13 +130,13 @@ impl Layout {
     pub fn create_task_dirs(&self, key: &TaskKey, owner: Option<(u32, u32)>) -> Result<TaskPaths, LayoutError> {
         let paths = self.task(key);
         let (job, _) = dir_beneath(self.root(), &job_rel(key), Some(0o755)).map_err(create_err(&paths.task_dir))?;
-        let created = match mkdirat(&job, key.task.as_str(), Mode::from_bits_truncate(0o755)) {
+        let created = match mkdirat(&job, dir_name(key), Mode::from_bits_truncate(0o755)) {
             Ok(()) => true,
             Err(Errno::EEXIST) => false,
             Err(e) => return Err(LayoutError::Create { path: paths.task_dir.clone(), source: e.into() }),
         };
         let result = (|| -> std::io::Result<()> {
-            let task = open_beneath(&job, Path::new(key.task.as_str()))?;
+            let task = open_beneath(&job, Path::new(dir_name(key)))?;
             chmod_chown(&task, 0o755, owner)?;
             match mkdirat(&task, "wd", Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
@@ -195,7 +207,7 @@ impl Layout {
             Err(source) => return Err(LayoutError::Remove { path: dir, source }),
         };
         // The task directory, named through the job directory's descriptor.
-        let target = PathBuf::from(format!("/proc/self/fd/{}", job.as_raw_fd())).join(key.task.as_str());
+        let target = PathBuf::from(format!("/proc/self/fd/{}", job.as_raw_fd())).join(dir_name(key));
         match fs::symlink_metadata(&target) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Ok(meta) if !meta.is_dir() => {
@@ -219,7 +231,7 @@ impl Layout {
         {
             return Err(unsafe_path());
         }
-        let task_rel = job_rel(key).join(key.task.as_str());
+        let task_rel = job_rel(key).join(dir_name(key));
         let (task, _) = dir_beneath(self.root(), &task_rel, None).map_err(|_| no_file())?;
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)

@@ -13,7 +13,7 @@ mod fs;
 
 pub use fs::{LayoutError, TaskFiles};
 
-use crate::model::{JobId, TaskKey};
+use crate::model::{JobId, TaskKey, TaskKind};
 use std::path::{Path, PathBuf};
 
 /// The node root and everything under it.
@@ -67,9 +67,15 @@ impl Layout {
         self.workitems().join(job.as_str()).join("job-1")
     }
 
+    /// A task's directories. The start task's is `startup/`; a job's
+    /// preparation and release tasks have `jobpreparation/` and `jobrelease/`
+    /// in the job directory (their ids).
     pub fn task(&self, key: &TaskKey) -> TaskPaths {
         let job_dir = self.job_dir(&key.job);
-        let task_dir = job_dir.join(key.task.as_str());
+        let task_dir = match key.kind() {
+            TaskKind::StartTask => self.startup(),
+            _ => job_dir.join(key.task.as_str()),
+        };
         TaskPaths {
             working_dir: task_dir.join("wd"),
             stdout: task_dir.join("stdout.txt"),
@@ -110,5 +116,12 @@ mod tests {
         assert_eq!(t.job_prep_dir, Path::new("/var/lib/berth/node/workitems/job1/job-1/jobpreparation"));
         assert_eq!(l.startup_wd(), Path::new("/var/lib/berth/node/startup/wd"));
         assert_eq!(l.mounts(), Path::new("/var/lib/berth/node/fsmounts"));
+        let s = l.task(&TaskKey::start_task());
+        assert_eq!(s.task_dir, Path::new("/var/lib/berth/node/startup"));
+        assert_eq!(s.working_dir, l.startup_wd());
+        assert_eq!(s.stdout, Path::new("/var/lib/berth/node/startup/stdout.txt"));
+        let prep = l.task(&TaskKey::job_preparation(&JobId::new("job1").unwrap()));
+        assert_eq!(prep.task_dir, t.job_prep_dir);
+        assert_eq!(prep.working_dir, Path::new("/var/lib/berth/node/workitems/job1/job-1/jobpreparation/wd"));
     }
 }

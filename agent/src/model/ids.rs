@@ -54,7 +54,12 @@ macro_rules! id_type {
 
         impl TryFrom<String> for $name {
             type Error = IdError;
+            /// Records read back from the state database may also hold the
+            /// agent's own reserved id (the start task's job), which `new` refuses.
             fn try_from(s: String) -> Result<Self, IdError> {
+                if s == NODE_JOB {
+                    return Ok(Self(s));
+                }
                 Self::new(s)
             }
         }
@@ -76,6 +81,40 @@ macro_rules! id_type {
 id_type!(JobId, "job");
 id_type!(TaskId, "task");
 
+/// The job of the node's start task. '@' is outside the id alphabet, so no
+/// scheduler job can take it.
+pub const NODE_JOB: &str = "@node";
+/// The start task's id (under [`NODE_JOB`]).
+pub const START_TASK: &str = "starttask";
+/// The id of a job's preparation task, as in Azure Batch; no task may take it.
+pub const JOB_PREPARATION: &str = "jobpreparation";
+/// The id of a job's release task.
+pub const JOB_RELEASE: &str = "jobrelease";
+
+/// What a task record stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// A task of a job, placed by the scheduler.
+    Task,
+    /// The node's start task.
+    StartTask,
+    /// A job's preparation task: once per job per node, before its tasks.
+    JobPreparation,
+    /// A job's release task: when the job is released from the node.
+    JobRelease,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Task => "TASK",
+            TaskKind::StartTask => "START_TASK",
+            TaskKind::JobPreparation => "JOB_PREPARATION",
+            TaskKind::JobRelease => "JOB_RELEASE",
+        }
+    }
+}
+
 /// A task's address on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskKey {
@@ -86,6 +125,41 @@ pub struct TaskKey {
 impl TaskKey {
     pub fn new(job: &str, task: &str) -> Result<Self, IdError> {
         Ok(Self { job: JobId::new(job)?, task: TaskId::new(task)? })
+    }
+
+    /// The start task's key.
+    pub fn start_task() -> Self {
+        Self { job: JobId(NODE_JOB.into()), task: TaskId(START_TASK.into()) }
+    }
+
+    /// A job's preparation task.
+    pub fn job_preparation(job: &JobId) -> Self {
+        Self { job: job.clone(), task: TaskId(JOB_PREPARATION.into()) }
+    }
+
+    /// A job's release task.
+    pub fn job_release(job: &JobId) -> Self {
+        Self { job: job.clone(), task: TaskId(JOB_RELEASE.into()) }
+    }
+
+    /// An existing task's key as the scheduler names it: like `new`, and the
+    /// start task as `@node/starttask`.
+    pub fn address(job: &str, task: &str) -> Result<Self, IdError> {
+        if job == NODE_JOB && task == START_TASK {
+            return Ok(Self::start_task());
+        }
+        Self::new(job, task)
+    }
+
+    pub fn kind(&self) -> TaskKind {
+        if self.job.as_str() == NODE_JOB {
+            return TaskKind::StartTask;
+        }
+        match self.task.as_str() {
+            JOB_PREPARATION => TaskKind::JobPreparation,
+            JOB_RELEASE => TaskKind::JobRelease,
+            _ => TaskKind::Task,
+        }
     }
 
     /// The containerd container id of this task: deterministic, so that after a
@@ -184,6 +258,22 @@ mod tests {
         assert_eq!(k.attempt_of("berth-other"), None);
         assert_eq!(k.attempt_of(&format!("{}-x", k.container_id())), None);
         assert_eq!(k.attempt_of(&format!("{}-1", k.container_id())), None);
+    }
+
+    #[test]
+    fn reserved_keys() {
+        assert!(JobId::new(NODE_JOB).is_err());
+        let start = TaskKey::address(NODE_JOB, START_TASK).unwrap();
+        assert_eq!(start, TaskKey::start_task());
+        assert_eq!(start.kind(), TaskKind::StartTask);
+        assert!(TaskKey::address(NODE_JOB, "other").is_err());
+        let back: TaskKey = serde_json::from_str(&serde_json::to_string(&start).unwrap()).unwrap();
+        assert_eq!(back, start);
+        let job = JobId::new("j").unwrap();
+        assert_eq!(TaskKey::job_preparation(&job).kind(), TaskKind::JobPreparation);
+        assert_eq!(TaskKey::job_release(&job).kind(), TaskKind::JobRelease);
+        assert_eq!(TaskKey::new("j", "t").unwrap().kind(), TaskKind::Task);
+        assert_ne!(start.container_id(), TaskKey::new("node", START_TASK).unwrap().container_id());
     }
 
     #[test]

@@ -5,12 +5,14 @@
 mod credentials;
 mod identity;
 mod ids;
+mod lifecycle;
 mod node;
 mod task;
 
 pub use credentials::Credentials;
 pub use identity::{AutoUserScope, AutoUsers, Elevation, Identities, IdentityError, RunAs, UserAccount, UserIdentity};
-pub use ids::{IdError, JobId, TaskId, TaskKey};
+pub use ids::{IdError, JobId, TaskId, TaskKey, TaskKind, JOB_PREPARATION, JOB_RELEASE, NODE_JOB, START_TASK};
+pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInputs};
 pub use node::NodeFacts;
 pub use task::{
     ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo, TaskResult,

@@ -4,7 +4,7 @@
 
 use super::SpecError;
 use crate::layout::{Layout, TaskPaths};
-use crate::model::{NodeFacts, TaskKey};
+use crate::model::{NodeFacts, TaskKey, TaskKind};
 use std::collections::BTreeMap;
 
 /// Prefix reserved for the variables the agent sets.
@@ -39,10 +39,20 @@ pub fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The `AZ_BATCH_*` variables of a task (SEMANTICS.md, "Node layout and environment variables").
-pub fn batch_vars(node: &NodeFacts, layout: &Layout, key: &TaskKey, paths: &TaskPaths) -> Vec<(String, String)> {
+/// The `AZ_BATCH_*` variables of a task (SEMANTICS.md, "Node layout and
+/// environment variables"). The start task has no job or task id; the job
+/// preparation directory is named to the tasks of a job that has one (and to
+/// the preparation task itself), not to its release task.
+pub fn batch_vars(
+    node: &NodeFacts,
+    layout: &Layout,
+    key: &TaskKey,
+    paths: &TaskPaths,
+    job_prep: bool,
+) -> Vec<(String, String)> {
     let p = |path: &std::path::Path| path.display().to_string();
-    vec![
+    let kind = key.kind();
+    let mut vars: Vec<(String, String)> = vec![
         ("AZ_BATCH_ACCOUNT_NAME".into(), node.account_name.clone()),
         ("AZ_BATCH_POOL_ID".into(), node.pool_id.clone()),
         ("AZ_BATCH_NODE_ID".into(), node.node_id.clone()),
@@ -52,11 +62,18 @@ pub fn batch_vars(node: &NodeFacts, layout: &Layout, key: &TaskKey, paths: &Task
         ("AZ_BATCH_NODE_STARTUP_DIR".into(), p(&layout.startup())),
         ("AZ_BATCH_NODE_STARTUP_WORKING_DIR".into(), p(&layout.startup_wd())),
         ("AZ_BATCH_NODE_MOUNTS_DIR".into(), p(&layout.mounts())),
-        ("AZ_BATCH_JOB_ID".into(), key.job.to_string()),
-        ("AZ_BATCH_TASK_ID".into(), key.task.to_string()),
-        ("AZ_BATCH_TASK_DIR".into(), p(&paths.task_dir)),
-        ("AZ_BATCH_TASK_WORKING_DIR".into(), p(&paths.working_dir)),
-    ]
+    ];
+    if kind != TaskKind::StartTask {
+        vars.push(("AZ_BATCH_JOB_ID".into(), key.job.to_string()));
+        vars.push(("AZ_BATCH_TASK_ID".into(), key.task.to_string()));
+    }
+    if job_prep && matches!(kind, TaskKind::Task | TaskKind::JobPreparation) {
+        vars.push(("AZ_BATCH_JOB_PREP_DIR".into(), p(&paths.job_prep_dir)));
+        vars.push(("AZ_BATCH_JOB_PREP_WORKING_DIR".into(), p(&paths.job_prep_dir.join("wd"))));
+    }
+    vars.push(("AZ_BATCH_TASK_DIR".into(), p(&paths.task_dir)));
+    vars.push(("AZ_BATCH_TASK_WORKING_DIR".into(), p(&paths.working_dir)));
+    vars
 }
 
 /// Merges layers of variables: a later layer's value replaces an earlier one in

@@ -14,12 +14,14 @@
 mod command;
 mod defaults;
 mod env;
+mod host;
 mod options;
 mod policy;
 mod run_options;
 mod user;
 
 pub use env::{parse_env_file, RESERVED_PREFIX};
+pub use host::{host_process, HostProcess};
 pub use options::INIT_PATH;
 pub use policy::{bind_allowed, check as check_policy, check_user_name, Policy};
 pub use run_options::{DeviceOpt, MountOpt, RunOptions};
@@ -38,7 +40,7 @@ use std::collections::HashMap;
 pub enum SpecError {
     #[error("command line cannot be split into words: {reason}")]
     CommandLine { reason: String },
-    #[error("the command line is empty and the image has neither ENTRYPOINT nor CMD")]
+    #[error("the command line is empty and there is no image ENTRYPOINT or CMD to run")]
     NoCommand,
     #[error("run option {flag}: {reason}")]
     RunOption { flag: String, reason: String },
@@ -88,6 +90,8 @@ pub struct SpecInputs<'a> {
     pub layout: &'a Layout,
     /// `linux.cgroupsPath`, e.g. `/berth/<container id>`.
     pub cgroups_path: &'a str,
+    /// The task's job has a preparation task (`AZ_BATCH_JOB_PREP_DIR` is set).
+    pub job_prep: bool,
 }
 
 /// Builds the spec of a container task.
@@ -100,7 +104,7 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         args.splice(0..0, [INIT_PATH.to_string(), "--".into()]);
     }
 
-    let batch = env::batch_vars(i.node, i.layout, key, &paths);
+    let batch = env::batch_vars(i.node, i.layout, key, &paths, i.job_prep);
     let task_env: Vec<(String, String)> = i.task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let env = env::merge(&i.image.env, &[&i.lookups.env_files, &o.env, &task_env, &batch]);
 

@@ -25,6 +25,9 @@ pub struct Policy {
     pub user_namespaces: bool,
     /// Static init process for `--init` (tini), bind-mounted into the container.
     pub init_binary: PathBuf,
+    /// Tasks without container settings may run on the host. Start, job
+    /// preparation and release tasks always may.
+    pub allow_host_tasks: bool,
 }
 
 impl Default for Policy {
@@ -37,6 +40,7 @@ impl Default for Policy {
             allowed_devices: Vec::new(),
             user_namespaces: false,
             init_binary: PathBuf::from("/usr/bin/tini-static"),
+            allow_host_tasks: false,
         }
     }
 }

@@ -79,6 +79,7 @@ fn build_with(
         node: &node(),
         layout: &layout,
         cgroups_path: "/berth/c1",
+        job_prep: false,
     })
 }
 
@@ -220,6 +221,7 @@ fn no_command_is_an_error() {
         node: &node(),
         layout: &layout,
         cgroups_path: "/b/c",
+        job_prep: false,
     })
     .unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));

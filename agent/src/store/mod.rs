@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_seq INTEGER NOT NULL,
     PRIMARY KEY (job_id, task_id)
 );
+-- node-level settings and job configurations: name -> JSON
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id  TEXT NOT NULL,
@@ -283,6 +288,54 @@ impl Store {
         .await
     }
 
+    /// Sets (Some) or clears (None) a named setting, as JSON.
+    pub async fn put_setting<T: serde::Serialize>(&self, name: &str, value: Option<&T>) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let value = value.map(serde_json::to_string).transpose()?;
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            match value {
+                Some(v) => conn.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    params![name, v],
+                )?,
+                None => conn.execute("DELETE FROM settings WHERE name = ?1", params![name])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// A named setting.
+    pub async fn setting<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.settings_with_prefix(name).await?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v))
+    }
+
+    /// Every setting whose name starts with `prefix`, by name.
+    pub async fn settings_with_prefix<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let mut stmt =
+                conn.prepare("SELECT name, value FROM settings WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name")?;
+            let rows = stmt.query_map(params![prefix], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (name, value) = r?;
+                out.push((name, serde_json::from_str(&value)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Up to `limit` events with a sequence greater than `after`, in order.
     pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<TaskEvent>, StoreError> {
         self.blocking(move |inner| {
@@ -359,6 +412,20 @@ mod tests {
             },
             SystemTime::now(),
         )
+    }
+
+    #[tokio::test]
+    async fn settings_round_trip() {
+        let s = Store::in_memory().unwrap();
+        s.put_setting("job:a", Some(&1u32)).await.unwrap();
+        s.put_setting("job:b", Some(&2u32)).await.unwrap();
+        s.put_setting("jobx", Some(&3u32)).await.unwrap();
+        s.put_setting("job:a", Some(&4u32)).await.unwrap();
+        assert_eq!(s.setting::<u32>("job:a").await.unwrap(), Some(4));
+        let all: Vec<(String, u32)> = s.settings_with_prefix("job:").await.unwrap();
+        assert_eq!(all, [("job:a".to_string(), 4), ("job:b".to_string(), 2)]);
+        s.put_setting::<u32>("job:a", None).await.unwrap();
+        assert_eq!(s.setting::<u32>("job:a").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -41,6 +41,12 @@ pub enum Error {
     Pull(#[from] crate::images::PullError),
     #[error("image {image} is used by a task that is not completed")]
     ImageInUse { image: String },
+    #[error("the node takes no task while it is {}: {reason}", state.as_str())]
+    NotAccepting { state: crate::model::NodeState, reason: String },
+    #[error("{reason}")]
+    Precondition { reason: String },
+    #[error("job {job} is not known on this node")]
+    JobNotFound { job: crate::model::JobId },
 }
 
 impl From<StoreError> for Error {

@@ -5,7 +5,10 @@
 mod cgroup;
 mod error;
 mod gpus;
+mod host_task;
 mod image_store;
+mod jobs;
+mod lifecycle;
 mod lookups;
 mod outcome;
 mod recovery;
@@ -15,6 +18,8 @@ mod watch;
 
 pub use error::Error;
 pub use image_store::{ImageEntry, ImageGc, PrefetchState};
+pub use jobs::JobStatus;
+pub use lifecycle::{boot_id, NodeStateView};
 pub use outcome::StopReason;
 pub use recovery::Report as RecoveryReport;
 
@@ -22,7 +27,7 @@ use crate::containerd::{ExitEvent, Runtime};
 use crate::images::{self, Platform, Pull, PullReport};
 use crate::layout::{Layout, TaskFiles};
 use crate::model::{
-    AutoUserScope, Credentials, FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
+    AutoUserScope, Credentials, FailureInfo, NodeFacts, TaskInfo, TaskKey, TaskKind, TaskSpec, TaskState, UserIdentity,
 };
 use crate::store::{Store, TaskEvent};
 use slots::Slots;
@@ -64,6 +69,12 @@ pub struct Settings {
     pub devices: Option<std::sync::Arc<crate::devices::Registry>>,
     /// What run options may ask for.
     pub policy: crate::spec::Policy,
+    /// Starts and follows host tasks.
+    pub host: crate::host::HostRuntime,
+    /// Run the start task again when the agent starts in a new boot.
+    pub rerun_start_task_after_reboot: bool,
+    /// This boot of the machine (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
 }
 
 /// A request to stop a running task.
@@ -123,6 +134,13 @@ struct Shared {
     ever_up: std::sync::atomic::AtomicBool,
     /// GPUs held by tasks that asked for specific ones.
     gpu_holds: gpus::GpuHolds,
+    /// The scheduling switch, the start task and the jobs.
+    life: Mutex<lifecycle::Life>,
+    node_state: tokio_watch::Sender<NodeStateView>,
+    /// Wakes `follow_node_state` (the switch or the start task changed).
+    state_kick: tokio::sync::Notify,
+    /// `follow_node_state` was started.
+    following_state: std::sync::atomic::AtomicBool,
 }
 
 /// Node-level counters for `GetNode`.
@@ -141,6 +159,7 @@ pub struct NodeStatus {
     pub rdma: Vec<crate::devices::rdma::Hca>,
     pub cdi_devices: Vec<String>,
     pub cdi_specs: Vec<crate::devices::SpecStatus>,
+    pub state: NodeStateView,
 }
 
 #[derive(Clone)]
@@ -175,6 +194,15 @@ impl Supervisor {
             notes: Mutex::default(),
             ever_up: Default::default(),
             gpu_holds: Default::default(),
+            life: Mutex::default(),
+            node_state: tokio_watch::channel(NodeStateView {
+                state: crate::model::NodeState::Starting,
+                reason: String::new(),
+                scheduling_enabled: true,
+            })
+            .0,
+            state_kick: Default::default(),
+            following_state: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -185,17 +213,38 @@ impl Supervisor {
 
     /// Checks a task before anything is created: ids (already typed), command
     /// line, run options, environment, image reference, slots.
+    /// Start, preparation and release tasks may always run on the host; other
+    /// tasks only if the policy allows it.
     fn check(&self, spec: &TaskSpec) -> Result<crate::spec::RunOptions, Error> {
-        let container = spec.container.as_ref().ok_or(Error::Invalid {
-            field: "container",
-            reason: "container settings are required (host tasks are not supported yet)".into(),
-        })?;
-        images::normalize(&container.image)?;
+        let special = spec.key.kind() != TaskKind::Task;
+        match &spec.container {
+            Some(container) => {
+                images::normalize(&container.image)?;
+            }
+            None if !special && !self.shared.settings.policy.allow_host_tasks => {
+                return Err(Error::Invalid {
+                    field: "container",
+                    reason: "container settings are required: this node's policy does not allow host tasks \
+                             ([policy] allow_host_tasks)"
+                        .into(),
+                });
+            }
+            None if spec.command_line.trim().is_empty() => {
+                return Err(Error::Invalid {
+                    field: "command_line",
+                    reason: "a task without container settings runs on the host and needs a command line".into(),
+                });
+            }
+            None => {}
+        }
         let run_options = crate::spec::check_task(spec)?;
         let who = self.run_as(spec, 0)?;
         crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who, self.shared.layout.root())?;
         self.devices_for(spec, &run_options)?;
         let total = self.shared.settings.task_slots;
+        if special {
+            return Ok(run_options);
+        }
         if spec.required_slots == 0 || spec.required_slots > total {
             return Err(Error::Invalid {
                 field: "required_slots",
@@ -271,10 +320,35 @@ impl Supervisor {
             .map_err(|e| Error::Invalid { field: "user", reason: e.to_string() })
     }
 
-    /// Accepts a task: records it ACTIVE and queues it for a slot.
-    pub async fn run_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
+    /// Accepts a task: records it ACTIVE and queues it for a slot. It may
+    /// carry its job's preparation task (see `configure_job`).
+    pub async fn run_task(&self, spec: TaskSpec, job_preparation: Option<TaskSpec>) -> Result<TaskInfo, Error> {
+        if spec.key.kind() != TaskKind::Task {
+            return Err(Error::Invalid {
+                field: "task_id",
+                reason: format!("\"{}\" is reserved for the job's own preparation or release task", spec.key.task),
+            });
+        }
         let run_options = self.check(&spec)?;
         lookups::check_host(&run_options, &self.shared.settings.policy).await?;
+        self.check_accepting(&spec.key.job).await?;
+        if let Some(prep) = job_preparation {
+            self.configure_job(&spec.key.job, Some(prep), None).await?;
+        }
+        self.admit(spec).await
+    }
+
+    /// Records a start, preparation or release task and runs it at once (it
+    /// needs no slot).
+    async fn accept_special(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
+        self.check(&spec)?;
+        let mut spec = spec;
+        spec.required_slots = 0;
+        self.admit(spec).await
+    }
+
+    /// Records a checked task ACTIVE and queues it.
+    async fn admit(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
         let creds = spec.container.as_ref().and_then(|c| c.credentials.clone());
         let task_scope = matches!(spec.user, UserIdentity::Auto { scope: AutoUserScope::Task, .. });
         let mut new = TaskInfo::new(spec, SystemTime::now());
@@ -288,7 +362,8 @@ impl Supervisor {
         if let Some(creds) = creds {
             self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).insert(info.key().clone(), creds);
         }
-        tracing::info!(job_id = %info.key().job, task_id = %info.key().task, "task accepted");
+        tracing::info!(job_id = %info.key().job, task_id = %info.key().task, kind = info.key().kind().as_str(),
+            "task accepted");
         self.enqueue(info.key().clone(), info.spec.required_slots);
         Ok(info)
     }
@@ -415,6 +490,7 @@ impl Supervisor {
             let sched = self.sched();
             (sched.slots.total(), sched.slots.free())
         };
+        let state = self.refresh_state().await;
         NodeStatus {
             node: self.shared.node.clone(),
             slots_total: total,
@@ -430,6 +506,7 @@ impl Supervisor {
             cdi_devices,
             cdi_specs,
             prefetch: self.prefetch_status(),
+            state,
             disks: [Some(self.shared.layout.root().to_owned()), self.shared.settings.image_filesystem.clone()]
                 .into_iter()
                 .flatten()
@@ -506,7 +583,9 @@ impl Supervisor {
     /// the log keeps.
     pub async fn sweep_retention(&self, now: SystemTime) -> Result<usize, Error> {
         let mut removed = 0;
-        let completed = self.shared.store.list(None, Some(TaskState::Completed)).await?;
+        let mut completed = self.shared.store.list(None, Some(TaskState::Completed)).await?;
+        // The start task's record and `startup/` stay while it is configured.
+        completed.retain(|t| t.key().kind() != TaskKind::StartTask);
         let excess = completed.len().saturating_sub(self.shared.settings.history_limit);
         for t in &completed[..excess] {
             if self.sched().stops.contains_key(t.key()) {
@@ -529,6 +608,7 @@ impl Supervisor {
                 removed += 1;
             }
         }
+        self.remove_released_job_dirs().await;
         Ok(removed)
     }
 
@@ -599,8 +679,17 @@ impl Supervisor {
     /// the state database was created anew, so containers and task directories
     /// without a record are adopted rather than removed.
     pub async fn recover(&self, rebuild: bool) -> Result<RecoveryReport, Error> {
+        self.load_lifecycle().await?;
+        if !self.shared.following_state.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let this = self.clone();
+            tokio::spawn(async move { this.follow_node_state().await });
+        }
         let report = recovery::recover(self, rebuild).await?;
         self.mark_recovered();
+        self.resume_releases();
+        let this = self.clone();
+        tokio::spawn(async move { this.rerun_start_task_after_reboot().await });
+        self.shared.state_kick.notify_one();
         if rebuild && (report.adopted > 0 || report.records_lost > 0) {
             self.note(format!(
                 "the state database was rebuilt: {} running task(s) adopted from containerd, {} finished task(s) \

@@ -9,6 +9,10 @@
 //! | never started          | none                | prepare again from scratch              |
 //! | started (maybe)        | none                | COMPLETED, `ContainerLost`              |
 //!
+//! A host task (no container settings) that may have started is waited for:
+//! its shim still runs, or wrote its exit status, or neither (a reboot): then it
+//! completes with `HostProcessLost`. One that never started is prepared again.
+//!
 //! A container is only started from containerd's `Created` state, so a finished
 //! task is never run again.
 //!
@@ -104,6 +108,17 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
         }
     }
 
+    // Host task files that no record accounts for: their processes are killed.
+    let host_ids: HashSet<String> =
+        records.iter().filter(|r| r.spec.container.is_none()).map(TaskInfo::container_id).collect();
+    for id in sup.shared.settings.host.list() {
+        if !host_ids.contains(&id) {
+            tracing::warn!(id = %id, "removing a host task that has no task record");
+            let _ = sup.shared.settings.host.remove(&id).await;
+            report.removed_containers += 1;
+        }
+    }
+
     let mut requeue = Vec::new();
     for info in records {
         let key = info.key().clone();
@@ -111,18 +126,27 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
         if sup.sched().stops.contains_key(&key) {
             continue; // already being handled (recovery is retried after a failure)
         }
+        let host = info.spec.container.is_none();
         if info.state == TaskState::Completed {
-            // The container of a completed task may have outlived a crash.
-            if info.container.as_ref().is_some_and(|c| c.state != "deleted") {
+            // The container (or host shim files) of a completed task may have outlived a crash.
+            if host && sup.shared.settings.host.known(&cid) {
+                let _ = sup.shared.settings.host.remove(&cid).await;
+            } else if info.container.as_ref().is_some_and(|c| c.state != "deleted") {
                 let _ = sup.shared.runtime.remove(&cid).await;
             }
             continue;
         }
-        let phase = match sup.shared.runtime.status(&cid).await {
-            Ok(TaskStatus::Running | TaskStatus::Other | TaskStatus::Stopped(_)) => Some(Phase::Wait),
-            Ok(TaskStatus::Created) => Some(Phase::Start),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
+        let phase = match host {
+            // A host task that may have started: its shim, or its exit record,
+            // or neither (HostProcessLost), is what the runner finds.
+            true if info.ever_started => Some(Phase::Wait),
+            true => None,
+            false => match sup.shared.runtime.status(&cid).await {
+                Ok(TaskStatus::Running | TaskStatus::Other | TaskStatus::Stopped(_)) => Some(Phase::Wait),
+                Ok(TaskStatus::Created) => Some(Phase::Start),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            },
         };
         tracing::info!(job_id = %key.job, task_id = %key.task, state = info.state.as_str(), ?phase, "recovering task");
         match (phase, info.state) {

@@ -10,7 +10,7 @@ use crate::containerd::{
     CreateRequest, ExitStatus, RuntimeError, TaskStatus, LABEL_JOB, LABEL_KEY, LABEL_NODE, LABEL_TASK,
 };
 use crate::images::{self, PullError};
-use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskState};
+use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskKind, TaskState};
 use crate::model::{Credentials, PullPolicy};
 use crate::spec::{self, SpecInputs};
 use std::collections::HashMap;
@@ -27,8 +27,8 @@ pub enum Phase {
     Wait,
 }
 
-const SIGTERM: u32 = 15;
-const SIGKILL: u32 = 9;
+pub(super) const SIGTERM: u32 = 15;
+pub(super) const SIGKILL: u32 = 9;
 
 /// Saves a task record; a failing state database is logged, not fatal to the task.
 pub async fn save(sup: &Supervisor, info: TaskInfo) -> TaskInfo {
@@ -58,7 +58,7 @@ pub async fn save_durably(sup: &Supervisor, info: TaskInfo) -> TaskInfo {
     }
 }
 
-fn stop_requested(stop: &watch::Receiver<Option<Stop>>) -> Option<Stop> {
+pub(super) fn stop_requested(stop: &watch::Receiver<Option<Stop>>) -> Option<Stop> {
     *stop.borrow()
 }
 
@@ -77,14 +77,17 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
     if phase != Phase::Prepare && !info.held_gpus.is_empty() {
         sup.shared.gpu_holds.claim(key, &info.held_gpus);
     }
+    let host = info.spec.container.is_none();
     let info = match phase {
         Phase::Prepare => match prepare(sup, info, &stop).await {
-            Ok(info) => {
+            Ok(Prepared::Container(info)) => {
                 let cid = info.container_id();
                 start(sup, info, &cid, &mut stop).await
             }
+            Ok(Prepared::Host(h)) => Some(super::host_task::start(sup, h, &mut stop).await),
             Err(done) => Some(done),
         },
+        Phase::Wait if host => Some(super::host_task::wait(sup, info, &mut stop).await),
         Phase::Start => {
             let cid = info.container_id();
             start(sup, info, &cid, &mut stop).await
@@ -104,6 +107,12 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
     };
     if let Some(info) = info {
         let cid = info.container_id();
+        if host {
+            if let Err(e) = sup.shared.settings.host.remove(&cid).await {
+                tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot remove the host task's files");
+            }
+            return;
+        }
         if let Err(e) = sup.shared.runtime.remove(&cid).await {
             tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
             return;
@@ -117,19 +126,27 @@ pub async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch:
 }
 
 /// Fails the task during preparation: records it completed, removes leftovers.
-async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInfo {
+pub(super) async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInfo {
     let key = info.key().clone();
     tracing::warn!(job_id = %key.job, task_id = %key.task, code = %failure.code, message = %failure.message, "task failed before running");
     sup.complete(info, None, Some(failure)).await
 }
 
-/// PREPARING: directories, image, spec, container and task created. Returns the
-/// task ready to start, or its completed record.
+/// What `prepare` hands on.
+enum Prepared {
+    /// A container task whose container is created.
+    Container(TaskInfo),
+    /// A host task with its directories made.
+    Host(super::host_task::Ready),
+}
+
+/// PREPARING: directories, the job's preparation, image, spec, container and
+/// task created. Returns the task ready to start, or its completed record.
 async fn prepare(
     sup: &Supervisor,
     mut info: TaskInfo,
     stop: &watch::Receiver<Option<Stop>>,
-) -> Result<TaskInfo, TaskInfo> {
+) -> Result<Prepared, TaskInfo> {
     let sh = &sup.shared;
     let key = info.key().clone();
     if info.state != TaskState::Preparing {
@@ -171,10 +188,21 @@ async fn prepare(
         Err(e) => return Err(fail(sup, info, FailureInfo::server("TaskDirectoryCreateFailed", e.to_string())).await),
     };
 
+    // A job's tasks wait for its preparation task (which runs once per node).
+    let job_prep = sup.job_has_preparation(&key.job);
+    if key.kind() == TaskKind::Task && job_prep {
+        let mut stop_rx = stop.clone();
+        if let Err(gate) = sup.await_job_preparation(&key.job, &mut stop_rx).await {
+            return Err(match gate {
+                super::jobs::Gate::Failed(failure) => fail(sup, info, failure).await,
+                super::jobs::Gate::Stopped(s) => {
+                    sup.complete(info, None, Some(s.reason.failure(" while it waited for the job's preparation"))).await
+                }
+            });
+        }
+    }
     let Some(container) = info.spec.container.clone() else {
-        return Err(
-            fail(sup, info, FailureInfo::user("HostTaskNotSupported", "the task has no container settings")).await
-        );
+        return Ok(Prepared::Host(super::host_task::Ready { info, run_as, paths, job_prep }));
     };
     let image_name = match images::normalize(&container.image) {
         Ok(n) => n,
@@ -247,6 +275,7 @@ async fn prepare(
         node: &sh.node,
         layout: &sh.layout,
         cgroups_path: &cgroups_path,
+        job_prep,
     };
     let oci = match spec::build(inputs) {
         Ok(mut s) => {
@@ -292,7 +321,7 @@ async fn prepare(
     // Written with the next record change (the "may have started" mark, just
     // before Start): recovery finds the container by its id anyway, so one
     // synchronous write fewer on every task's critical path.
-    Ok(info)
+    Ok(Prepared::Container(info))
 }
 
 /// Starts a created container and waits for it. Returns the completed record,
@@ -341,21 +370,60 @@ async fn start(
 
 /// Waits for the process to exit, stopping it on terminate or wall-clock expiry.
 async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
-    let key = info.key().clone();
     let rt = sup.shared.runtime.clone();
     // A task that already exited (while the agent was away) is not stopped again.
     if let Ok(TaskStatus::Stopped(status)) = rt.status(cid).await {
         return finish(sup, info, Ok(status), None).await;
     }
+    // Subscribed before Wait is called, so an exit between the two is not missed.
+    let mut events = sup.shared.exits.subscribe();
+    let exit = async {
+        let waited = wait_with_retry(sup, cid);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                r = &mut waited => return r,
+                ev = events.recv() => {
+                    if let Ok(ev) = ev {
+                        if ev.container_id == cid {
+                            return Ok(ev.status);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let signal = |sig: u32| {
+        let rt = rt.clone();
+        async move {
+            let _ = rt.kill(cid, sig).await;
+        }
+    };
+    let (exit, reason) = supervise(sup, &info, stop, exit, signal).await;
+    finish(sup, info, exit, reason).await
+}
+
+/// Drives a running process until `exit` resolves: on a terminate request or
+/// when `max_wall_clock_time` expires, sends the stop signal (`--stop-signal`,
+/// else SIGTERM), then SIGKILL after the grace period (`--stop-timeout`, the
+/// terminate's, else the node's). Returns the exit and why the agent stopped it.
+pub(super) async fn supervise<T, S, F>(
+    sup: &Supervisor,
+    info: &TaskInfo,
+    stop: &mut watch::Receiver<Option<Stop>>,
+    exit: impl std::future::Future<Output = T>,
+    signal: S,
+) -> (T, Option<StopReason>)
+where
+    S: Fn(u32) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let key = info.key().clone();
     let deadline = info.spec.constraints.max_wall_clock_time.and_then(|max| {
         let ran = info.started_at.and_then(|s| SystemTime::now().duration_since(s).ok()).unwrap_or_default();
         Instant::now().checked_add(max.saturating_sub(ran))
     });
-    // Subscribed before Wait is called, so an exit between the two is not missed.
-    let mut events = sup.shared.exits.subscribe();
-    let exit = wait_with_retry(sup, cid);
     tokio::pin!(exit);
-    // `--stop-signal` and `--stop-timeout`, else SIGTERM and the node's grace.
     let options = spec::check_task(&info.spec).ok();
     let stop_signal = options.as_ref().and_then(|o| o.stop_signal).map_or(SIGTERM, |s| s as u32);
     let wall_clock_grace = options
@@ -370,27 +438,20 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
         if let Some(s) = pending_stop {
             reason = Some(s.reason);
             kill_at = Some(Instant::now().checked_add(s.grace).unwrap_or_else(far_future));
-            let _ = rt.kill(cid, stop_signal).await;
+            signal(stop_signal).await;
             continue;
         }
         tokio::select! {
             r = &mut exit => break r,
-            ev = events.recv() => {
-                if let Ok(ev) = ev {
-                    if ev.container_id == cid {
-                        break Ok(ev.status);
-                    }
-                }
-            }
             _ = sleep_until_opt(deadline), if reason.is_none() && deadline.is_some() => {
                 tracing::info!(job_id = %key.job, task_id = %key.task, "max wall clock time reached: stopping task");
                 reason = Some(StopReason::WallClock);
                 kill_at = Some(Instant::now().checked_add(wall_clock_grace).unwrap_or_else(far_future));
-                let _ = rt.kill(cid, stop_signal).await;
+                signal(stop_signal).await;
             }
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_at = None;
-                let _ = rt.kill(cid, SIGKILL).await;
+                signal(SIGKILL).await;
             }
             changed = stop.changed(), if stop_open && reason.is_none() => {
                 if changed.is_err() {
@@ -399,7 +460,7 @@ async fn wait(sup: &Supervisor, info: TaskInfo, cid: &str, stop: &mut watch::Rec
             }
         }
     };
-    finish(sup, info, exit, reason).await
+    (exit, reason)
 }
 
 /// Records how the process ended (durably: the container goes only afterwards).
@@ -433,7 +494,7 @@ async fn finish(
 }
 
 /// Resolves once a stop is requested.
-async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+pub(super) async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     loop {
         if let Some(s) = *stop.borrow_and_update() {
             return s;

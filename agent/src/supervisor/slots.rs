@@ -41,8 +41,17 @@ impl Slots {
         self.used += slots;
     }
 
-    /// The next task to run, if the head of the queue fits in the free slots.
+    /// Whether a task holds slots or waits for them.
+    pub fn busy(&self) -> bool {
+        self.used > 0 || self.queue.iter().any(|(_, n)| *n > 0)
+    }
+
+    /// The next task to run: one that needs no slot (a start, preparation or
+    /// release task), else the head of the queue if it fits in the free slots.
     pub fn next_ready(&mut self) -> Option<(TaskKey, u32)> {
+        if let Some(i) = self.queue.iter().position(|(_, n)| *n == 0) {
+            return self.queue.remove(i);
+        }
         let (_, need) = self.queue.front()?;
         if *need > self.free() {
             return None;
@@ -80,6 +89,25 @@ mod tests {
         s.release(2);
         assert_eq!(s.next_ready(), Some((k("c"), 1)));
         assert_eq!(s.next_ready(), None);
+    }
+
+    #[test]
+    fn slotless_tasks_do_not_wait() {
+        let mut s = Slots::new(1);
+        s.enqueue(k("a"), 1);
+        assert_eq!(s.next_ready(), Some((k("a"), 1)));
+        s.enqueue(k("b"), 1);
+        s.enqueue(k("jobpreparation"), 0);
+        assert!(s.busy());
+        // The full node does not hold back a task that needs no slot.
+        assert_eq!(s.next_ready(), Some((k("jobpreparation"), 0)));
+        assert_eq!(s.next_ready(), None);
+        s.release(1);
+        assert_eq!(s.next_ready(), Some((k("b"), 1)));
+        s.release(1);
+        assert!(!s.busy());
+        s.enqueue(k("jobrelease"), 0);
+        assert!(!s.busy());
     }
 
     #[test]

@@ -216,6 +216,9 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         image_filesystem: None,
         devices: None,
         policy: Default::default(),
+        host: crate::host::HostRuntime::new(&tmp.path().join("state"), "berth-test", "/nonexistent".into()),
+        rerun_start_task_after_reboot: true,
+        boot_id: "boot".into(),
     };
     let mut settings = settings;
     adjust(&mut settings);
@@ -269,7 +272,7 @@ async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskI
 #[tokio::test]
 async fn runs_to_completion_and_logs_every_transition() {
     let e = env(1).await;
-    let info = e.sup.run_task(spec("t1")).await.unwrap();
+    let info = e.sup.run_task(spec("t1"), None).await.unwrap();
     assert_eq!(info.state, TaskState::Active);
     let key = info.key().clone();
     let cid = key.container_id();
@@ -296,8 +299,8 @@ async fn runs_to_completion_and_logs_every_transition() {
 #[tokio::test]
 async fn exit_codes_and_signals() {
     let e = env(2).await;
-    let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
-    let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
+    let a = e.sup.run_task(spec("a"), None).await.unwrap().key().clone();
+    let b = e.sup.run_task(spec("b"), None).await.unwrap().key().clone();
     until_state(&e.sup, &a, TaskState::Running).await;
     until_state(&e.sup, &b, TaskState::Running).await;
     e.fake.exit(&a.container_id(), 3);
@@ -315,7 +318,7 @@ async fn missing_image_completes_with_image_not_found() {
     let mut s = spec("never");
     s.container.as_mut().unwrap().image = "nothere:1".into();
     s.container.as_mut().unwrap().pull_policy = PullPolicy::Never;
-    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     assert_eq!(done.failure.unwrap().code, "ImageNotFound");
     assert_eq!(done.exit_code, None);
@@ -323,7 +326,7 @@ async fn missing_image_completes_with_image_not_found() {
     // MISSING (default): pulled, and the registry's answer becomes ImagePullFailed.
     let mut s = spec("missing");
     s.container.as_mut().unwrap().image = "nothere:1".into();
-    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     let failure = done.failure.unwrap();
     assert_eq!(failure.code, "ImagePullFailed");
@@ -337,11 +340,11 @@ async fn pull_policy_always_pulls_an_image_the_node_has() {
     let e = env(1).await;
     let mut s = spec("always");
     s.container.as_mut().unwrap().pull_policy = PullPolicy::Always;
-    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     assert_eq!(*e.puller.pulled.lock().unwrap(), ["docker.io/library/busybox:latest"]);
     // MISSING with the image present: no pull.
-    let key2 = e.sup.run_task(spec("present")).await.unwrap().key().clone();
+    let key2 = e.sup.run_task(spec("present"), None).await.unwrap().key().clone();
     e.fake.exit(&key.container_id(), 0);
     until_state(&e.sup, &key2, TaskState::Running).await;
     assert_eq!(e.puller.pulled.lock().unwrap().len(), 1);
@@ -352,7 +355,7 @@ async fn slots_run_tasks_one_at_a_time_in_order() {
     let e = env(1).await;
     let mut keys = Vec::new();
     for i in 0..3 {
-        keys.push(e.sup.run_task(spec(&format!("t{i}"))).await.unwrap().key().clone());
+        keys.push(e.sup.run_task(spec(&format!("t{i}")), None).await.unwrap().key().clone());
     }
     for (i, k) in keys.iter().enumerate() {
         until_state(&e.sup, k, TaskState::Running).await;
@@ -368,8 +371,8 @@ async fn slots_run_tasks_one_at_a_time_in_order() {
 #[tokio::test]
 async fn terminate_queued_and_running() {
     let e = env(1).await;
-    let a = e.sup.run_task(spec("a")).await.unwrap().key().clone();
-    let b = e.sup.run_task(spec("b")).await.unwrap().key().clone();
+    let a = e.sup.run_task(spec("a"), None).await.unwrap().key().clone();
+    let b = e.sup.run_task(spec("b"), None).await.unwrap().key().clone();
     until_state(&e.sup, &a, TaskState::Running).await;
     // b waits for a slot: terminated at once, never created.
     let tb = e.sup.terminate(&b, None).await.unwrap();
@@ -391,7 +394,7 @@ async fn sigkill_after_grace_and_wall_clock() {
     let e = env_with(1, fake, Store::in_memory().unwrap()).await;
     let mut s = spec("slow");
     s.constraints.max_wall_clock_time = Some(Duration::from_millis(50));
-    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
     let cid = key.container_id();
     // The fake ignores SIGTERM; wait for the SIGKILL that follows the grace period.
     for _ in 0..200 {
@@ -427,14 +430,14 @@ async fn refusals_leave_nothing_behind() {
     s.container = None;
     cases.push((s, "container"));
     for (s, want) in cases {
-        let err = e.sup.run_task(s).await.unwrap_err().to_string();
+        let err = e.sup.run_task(s, None).await.unwrap_err().to_string();
         assert!(err.contains(want), "{err}");
     }
     assert!(e.store.list(None, None).await.unwrap().is_empty());
     assert!(e.store.events_after(0, 10).await.unwrap().is_empty());
 
-    let key = e.sup.run_task(spec("dup")).await.unwrap().key().clone();
-    assert!(matches!(e.sup.run_task(spec("dup")).await, Err(Error::AlreadyExists { .. })));
+    let key = e.sup.run_task(spec("dup"), None).await.unwrap().key().clone();
+    assert!(matches!(e.sup.run_task(spec("dup"), None).await, Err(Error::AlreadyExists { .. })));
     assert!(matches!(e.sup.delete(&key).await, Err(Error::WrongState { .. })));
 }
 
@@ -478,7 +481,7 @@ async fn recovery_never_runs_a_task_twice() {
 #[tokio::test]
 async fn watch_replays_then_follows() {
     let e = env(1).await;
-    let key = e.sup.run_task(spec("w")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("w"), None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     let mut rx = e.sup.watch(1);
     let mut seen = Vec::new();
@@ -495,7 +498,7 @@ async fn retention_sweep_removes_old_task_dirs() {
     let e = env(1).await;
     let mut s = spec("r");
     s.constraints.retention_time = Some(Duration::from_secs(60));
-    let key = e.sup.run_task(s).await.unwrap().key().clone();
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     e.fake.exit(&key.container_id(), 0);
     until_state(&e.sup, &key, TaskState::Completed).await;
@@ -510,7 +513,7 @@ async fn retention_sweep_removes_old_task_dirs() {
 #[tokio::test]
 async fn exit_is_collected_from_events_when_wait_never_returns() {
     let e = env_with(1, Fake::with(true, true), Store::in_memory().unwrap()).await;
-    let key = e.sup.run_task(spec("ev")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("ev"), None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     // Give follow_exits time to subscribe (the fake's feed has no replay).
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -579,7 +582,7 @@ async fn rebuild_adopts_containers_and_records_lost_task_dirs() {
 async fn disk_full_fails_the_task_before_anything_is_created() {
     let fake = Fake::new(true);
     let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.min_free_bytes = u64::MAX).await;
-    let key = e.sup.run_task(spec("full")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("full"), None).await.unwrap().key().clone();
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     let failure = done.failure.unwrap();
     assert_eq!((failure.code.as_str(), failure.category), ("DiskFull", crate::model::FailureCategory::ServerError));
@@ -590,7 +593,7 @@ async fn disk_full_fails_the_task_before_anything_is_created() {
 #[tokio::test]
 async fn watch_from_a_compacted_point_is_refused() {
     let e = env(1).await;
-    let key = e.sup.run_task(spec("c")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("c"), None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     e.fake.exit(&key.container_id(), 0);
     until_state(&e.sup, &key, TaskState::Completed).await;
@@ -613,7 +616,7 @@ async fn history_limit_removes_the_oldest_completed_tasks() {
     let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.history_limit = 1).await;
     let mut keys = Vec::new();
     for i in 0..2 {
-        let key = e.sup.run_task(spec(&format!("h{i}"))).await.unwrap().key().clone();
+        let key = e.sup.run_task(spec(&format!("h{i}")), None).await.unwrap().key().clone();
         until_state(&e.sup, &key, TaskState::Running).await;
         e.fake.exit(&key.container_id(), 0);
         until_state(&e.sup, &key, TaskState::Completed).await;
@@ -628,7 +631,7 @@ async fn history_limit_removes_the_oldest_completed_tasks() {
 #[tokio::test]
 async fn nothing_is_dispatched_before_recovery() {
     let e = env_unrecovered(1, Fake::new(true), Store::in_memory().unwrap());
-    let key = e.sup.run_task(spec("early")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("early"), None).await.unwrap().key().clone();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(e.sup.get_task(&key).await.unwrap().state, TaskState::Active);
     e.sup.recover(false).await.unwrap();
@@ -684,7 +687,7 @@ async fn prefetch_reports_ready_and_failed_images_and_in_use_images_stay() {
     assert!(matches!(&status[1].1, PrefetchState::Failed(m) if m.contains("not found")), "{status:?}");
     assert!(e.sup.configure_containers(vec!["Bad Ref".into()], vec![]).await.is_err());
 
-    let key = e.sup.run_task(spec("user")).await.unwrap().key().clone();
+    let key = e.sup.run_task(spec("user"), None).await.unwrap().key().clone();
     until_state(&e.sup, &key, TaskState::Running).await;
     let images = e.sup.list_images().await.unwrap();
     assert!(images[0].in_use && images[0].prefetched, "{images:?}");

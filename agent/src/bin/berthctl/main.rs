@@ -72,6 +72,42 @@ struct TaskRef {
     task: String,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    Enable,
+    Disable,
+}
+
+/// Who a start, preparation or release task runs as.
+#[derive(clap::Args)]
+struct Identity {
+    /// Run as this pool user account ([[users]] in the agent's config).
+    #[arg(long, conflicts_with = "auto_user")]
+    user: Option<String>,
+    /// Run as an auto-user of this scope (the default: pool).
+    #[arg(long, value_enum)]
+    auto_user: Option<Scope>,
+    /// Elevation of the auto-user (admin: root).
+    #[arg(long, value_enum, default_value_t = Elevation::Nonadmin, conflicts_with = "user")]
+    elevation: Elevation,
+}
+
+/// A task spec with a command line, on the host or in `image`.
+fn simple_spec(
+    command_line: String,
+    image: Option<String>,
+    who: &Identity,
+    env: HashMap<String, String>,
+) -> pb::TaskSpec {
+    pb::TaskSpec {
+        command_line,
+        container: image.map(|image| pb::ContainerSettings { image, ..Default::default() }),
+        environment: env,
+        user: Some(identity(who.user.clone(), who.auto_user, who.elevation)),
+        ..Default::default()
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Scope {
     Pool,
@@ -105,17 +141,18 @@ fn identity(user: Option<String>, scope: Option<Scope>, elevation: Elevation) ->
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Submit a container task.
+    /// Submit a task: in a container with --image, else on the host (if the
+    /// agent's policy allows host tasks).
     Run {
         #[command(flatten)]
         id: TaskRef,
         #[arg(long)]
-        image: String,
+        image: Option<String>,
         /// Empty: the image's ENTRYPOINT + CMD. Split with shell-word rules; no shell runs it.
         #[arg(long, default_value = "", allow_hyphen_values = true)]
         command_line: String,
         /// `docker create` flags, e.g. "--rm --workdir /app".
-        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        #[arg(long, default_value = "", allow_hyphen_values = true, requires = "image")]
         run_options: String,
         #[arg(long, value_enum, default_value_t = Workdir::Task)]
         workdir: Workdir,
@@ -142,7 +179,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Pull::Missing)]
         pull: Pull,
         /// Registry user for this task's image (the password is read from stdin).
-        #[arg(long, requires = "registry_password_stdin")]
+        #[arg(long, requires_all = ["registry_password_stdin", "image"])]
         registry_username: Option<String>,
         /// Read the registry password from standard input.
         #[arg(long, requires = "registry_username")]
@@ -151,10 +188,58 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
         /// A CDI device for the task (vendor.com/class=name); repeatable.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", requires = "image")]
         device: Vec<String>,
     },
-    /// Show one task.
+    /// Set the node's start task and run it (on the host without --image).
+    StartTask {
+        #[arg(long, allow_hyphen_values = true)]
+        command_line: String,
+        #[arg(long)]
+        image: Option<String>,
+        /// The node takes no task until the start task succeeded.
+        #[arg(long)]
+        wait_for_success: bool,
+        #[command(flatten)]
+        who: Identity,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// Set a job's preparation and/or release task on the node.
+    ConfigureJob {
+        #[arg(long)]
+        job: String,
+        #[arg(long, allow_hyphen_values = true)]
+        prep_command_line: Option<String>,
+        #[arg(long, requires = "prep_command_line")]
+        prep_image: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        release_command_line: Option<String>,
+        #[arg(long, requires = "release_command_line")]
+        release_image: Option<String>,
+        #[command(flatten)]
+        who: Identity,
+    },
+    /// Show a job's preparation and release tasks.
+    Job {
+        #[arg(long)]
+        job: String,
+    },
+    /// Release a job from the node: its release task runs once its tasks ended.
+    ReleaseJob {
+        #[arg(long)]
+        job: String,
+        /// Terminate the job's tasks instead of waiting for them.
+        #[arg(long)]
+        terminate_tasks: bool,
+    },
+    /// Enable or disable task scheduling on the node.
+    Scheduling {
+        #[arg(value_enum)]
+        switch: Switch,
+    },
+    /// Show one task (the start task is --job @node --task starttask).
     Get {
         #[command(flatten)]
         id: TaskRef,
@@ -246,6 +331,13 @@ fn print_task(out: Output, t: &pb::TaskInfo) {
     }
 }
 
+fn print_job(out: Output, j: &pb::JobInfo) {
+    match out {
+        Output::Json => println!("{}", output::job_json(j)),
+        Output::Text => println!("{}", output::job_human(j)),
+    }
+}
+
 fn parse_env(env: &[String]) -> Result<HashMap<String, String>, String> {
     env.iter()
         .map(|kv| {
@@ -313,18 +405,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             registry_password_stdin: _,
             device,
         } => {
+            let registry = stdin_credentials(registry_username)?;
             let spec = pb::TaskSpec {
                 job_id: id.job.clone(),
                 task_id: id.task.clone(),
                 command_line,
-                container: Some(pb::ContainerSettings {
+                container: image.map(|image| pb::ContainerSettings {
                     image,
                     run_options,
                     working_directory: match workdir {
                         Workdir::Task => pb::WorkingDirectory::TaskWorkingDir,
                         Workdir::Image => pb::WorkingDirectory::ImageDefault,
                     } as i32,
-                    registry: stdin_credentials(registry_username)?,
+                    registry: registry.clone(),
                     pull_policy: match pull {
                         Pull::Missing => pb::PullPolicy::Missing,
                         Pull::Always => pb::PullPolicy::Always,
@@ -332,6 +425,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     } as i32,
                     devices: device,
                 }),
+                job_preparation: None,
                 environment: parse_env(&env)?,
                 user: Some(identity(user, auto_user, elevation)),
                 constraints: Some(pb::TaskConstraints {
@@ -358,6 +452,36 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 None => ExitCode::from(EXIT_NOT_RUN),
             })
+        }
+        Cmd::StartTask { command_line, image, wait_for_success, who, env } => {
+            let task = simple_spec(command_line, image, &who, parse_env(&env)?);
+            let req = pb::ConfigureStartTaskRequest { task: Some(task), wait_for_success };
+            print_task(out, client.configure_start_task(req).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ConfigureJob { job, prep_command_line, prep_image, release_command_line, release_image, who } => {
+            let req = pb::ConfigureJobRequest {
+                job_id: job,
+                preparation: prep_command_line.map(|c| simple_spec(c, prep_image, &who, HashMap::new())),
+                release: release_command_line.map(|c| simple_spec(c, release_image, &who, HashMap::new())),
+            };
+            print_job(out, client.configure_job(req).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Job { job } => {
+            print_job(out, client.get_job(pb::GetJobRequest { job_id: job }).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ReleaseJob { job, terminate_tasks } => {
+            let req = pb::ReleaseJobRequest { job_id: job, terminate_tasks };
+            print_job(out, client.release_job(req).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Scheduling { switch } => {
+            let req = pb::SetNodeSchedulingRequest { enabled: switch == Switch::Enable };
+            let r = client.set_node_scheduling(req).await.map_err(st)?.into_inner();
+            println!("{}", output::node_state_name(r.state));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { id } => {
             let t = client.get_task(pb::GetTaskRequest { job_id: id.job, task_id: id.task }).await.map_err(st)?;

@@ -38,7 +38,42 @@ pub fn task_json(t: &pb::TaskInfo) -> Value {
         "sequence": t.sequence,
         "task_dir": t.task_dir,
         "working_dir": t.working_dir,
+        "kind": pb::TaskKind::try_from(t.kind).map(|k| k.as_str_name().trim_start_matches("TASK_KIND_")).unwrap_or("TASK"),
     })
+}
+
+/// A node state's name without the enum prefix: IDLE, OFFLINE, ...
+pub fn node_state_name(s: i32) -> &'static str {
+    pb::NodeState::try_from(s).map(|s| s.as_str_name().trim_start_matches("NODE_STATE_")).unwrap_or("UNKNOWN")
+}
+
+pub fn job_json(j: &pb::JobInfo) -> Value {
+    let spec = |s: &Option<pb::TaskSpec>| {
+        s.as_ref().map(|s| json!({"command_line": s.command_line, "image": s.container.as_ref().map(|c| &c.image)}))
+    };
+    json!({
+        "job_id": j.job_id,
+        "released": j.released,
+        "preparation": spec(&j.preparation),
+        "release": spec(&j.release),
+        "preparation_task": j.preparation_task.as_ref().map(task_json),
+        "release_task": j.release_task.as_ref().map(task_json),
+    })
+}
+
+pub fn job_human(j: &pb::JobInfo) -> String {
+    let mut s = format!("job {}{}", j.job_id, if j.released { "  released" } else { "" });
+    for (what, spec, task) in
+        [("preparation", &j.preparation, &j.preparation_task), ("release", &j.release, &j.release_task)]
+    {
+        if let Some(spec) = spec {
+            s.push_str(&format!("\n  {what}: {}", spec.command_line));
+            if let Some(t) = task {
+                s.push_str(&format!("\n    {}", task_human(t)));
+            }
+        }
+    }
+    s
 }
 
 pub fn event_json(e: &pb::TaskEvent) -> Value {
@@ -63,6 +98,11 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
         })).collect::<Vec<_>>(),
         "node_root_disk": n.node_root_disk.as_ref().map(|d| json!({"path": d.path, "free_bytes": d.free_bytes, "total_bytes": d.total_bytes})),
         "image_store_disk": n.image_store_disk.as_ref().map(|d| json!({"path": d.path, "free_bytes": d.free_bytes, "total_bytes": d.total_bytes})),
+        "state": node_state_name(n.state),
+        "state_reason": n.state_reason,
+        "scheduling_enabled": n.scheduling_enabled,
+        "start_task": n.start_task.as_ref().map(task_json),
+        "start_task_wait_for_success": n.start_task_wait_for_success,
     })
 }
 
