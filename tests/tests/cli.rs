@@ -145,3 +145,82 @@ async fn logs_follow_and_completions() {
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("berthctl") && script.contains("--auto-user"), "{}", &script[..200.min(script.len())]);
 }
+
+fn node_json(agent: &Agent) -> serde_json::Value {
+    let out = berthctl(agent, &["node", "--output", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `berthctl node` until `key` has `want`.
+async fn wait_node(agent: &Agent, key: &str, want: serde_json::Value) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = node_json(agent);
+        if v[key] == want {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "node {key} is not {want}: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn host_tasks_start_task_jobs_and_scheduling() {
+    let opts = AgentOptions { extra_config: "[policy]\nallow_host_tasks = true\n".into(), ..AgentOptions::default() };
+    let agent = Agent::start(opts).await;
+    assert_eq!(node_json(&agent)["state"], "IDLE");
+
+    // `run` without --image runs on the host.
+    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "host", "--command-line", "/bin/sh -c 'exit 4'", "--wait"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "bad", "--run-options", "--rm"]);
+    assert_eq!(out.status.code(), Some(2), "run options without --image are a usage error: {out:?}");
+
+    let out = berthctl(&agent, &["start-task", "--command-line", "/bin/sh -c 'exit 1'", "--wait-for-success"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = wait_node(&agent, "state", "START_TASK_FAILED".into()).await;
+    assert_eq!(v["start_task"]["kind"], "START_TASK");
+    assert_eq!(v["start_task"]["exit_code"], 1);
+    let img = image("busybox");
+    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "refused", "--image", &img, "--command-line", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"), "{out:?}");
+    let out = berthctl(&agent, &["start-task", "--command-line", "/bin/true", "--image", &img, "--wait-for-success"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_node(&agent, "state", "IDLE".into()).await;
+
+    let out = berthctl(
+        &agent,
+        &[
+            "configure-job",
+            "--job",
+            "cli8",
+            "--prep-command-line",
+            "/bin/sh -c 'echo prep > $AZ_BATCH_NODE_SHARED_DIR/cli8-prep'",
+            "--release-command-line",
+            "/bin/sh -c 'echo release > $AZ_BATCH_NODE_SHARED_DIR/cli8-release'",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["job_id"].as_str(), v["released"].as_bool()), (Some("cli8"), Some(false)), "{v}");
+    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "after-prep", "--command-line", "/bin/true", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read_to_string(agent.root().join("shared/cli8-prep")).unwrap(), "prep\n");
+    let out = berthctl(&agent, &["release-job", "--job", "cli8"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !agent.root().join("shared/cli8-release").exists() {
+        assert!(std::time::Instant::now() < deadline, "the release task did not run");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let out = berthctl(&agent, &["scheduling", "disable"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OFFLINE\n", "{out:?}");
+    assert_eq!(node_json(&agent)["scheduling_enabled"], false);
+    let out = berthctl(&agent, &["scheduling", "enable"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "IDLE\n", "{out:?}");
+}

@@ -299,7 +299,8 @@ async fn a_task_can_carry_its_jobs_preparation_and_a_failing_one_fails_the_jobs_
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     let mut first = task("jf", "a", "/bin/sh -c 'echo ran'");
-    first.job_preparation = Some(Box::new(host_task("", "", "/bin/sh -c 'echo staging failed >&2; exit 2'")));
+    // This preparation task runs in a container.
+    first.job_preparation = Some(Box::new(task("", "", "/bin/sh -c 'echo staging failed >&2; exit 2'")));
     c.run(first).await.unwrap();
     c.run(task("jf", "b", "/bin/sh -c 'echo ran'")).await.unwrap();
     for t in ["a", "b"] {

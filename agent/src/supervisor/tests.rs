@@ -709,3 +709,74 @@ async fn pull_progress_is_reported_by_image() {
     assert_eq!((got.done(), got.total()), (5, 40));
     assert_eq!(got, progress);
 }
+
+fn start_spec() -> TaskSpec {
+    TaskSpec { key: TaskKey::start_task(), required_slots: 0, ..spec("unused") }
+}
+
+async fn until_started(fake: &Fake, n: usize) {
+    for _ in 0..500 {
+        if fake.st().started.len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{n} starts expected, saw {:?}", fake.st().started);
+}
+
+#[tokio::test]
+async fn start_task_runs_again_after_a_reboot_only() {
+    let store = Store::in_memory().unwrap();
+    let fake = Fake::new(true);
+    let key = TaskKey::start_task();
+    let e = env_with(1, fake.clone(), store.clone()).await;
+    e.sup.configure_start_task(start_spec(), true).await.unwrap();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    e.sup.check_containerd().await;
+    assert_eq!(e.sup.refresh_state().await.state, crate::model::NodeState::Idle);
+
+    // An agent restart in the same boot does not run it again; a new boot
+    // does, unless the config says not to.
+    let _same_boot = env_with(1, fake.clone(), store.clone()).await;
+    let _rerun_off = env_custom(1, fake.clone(), store.clone(), |s| {
+        s.boot_id = "boot-2".into();
+        s.rerun_start_task_after_reboot = false;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.st().started.len(), 1);
+    let rebooted = env_custom(1, fake.clone(), store.clone(), |s| s.boot_id = "boot-2".into()).await;
+    until_started(&fake, 2).await;
+    rebooted.sup.check_containerd().await;
+    // Until it succeeds again, the node waits for it.
+    assert_eq!(rebooted.sup.refresh_state().await.state, crate::model::NodeState::WaitingForStartTask);
+    fake.exit(&key.container_id(), 1);
+    until_state(&rebooted.sup, &key, TaskState::Completed).await;
+    let view = rebooted.sup.refresh_state().await;
+    assert_eq!(view.state, crate::model::NodeState::StartTaskFailed);
+    assert!(view.reason.contains("FailureExitCode"), "{}", view.reason);
+    let err = rebooted.sup.run_task(spec("refused"), None).await.unwrap_err();
+    assert!(matches!(err, Error::NotAccepting { .. }), "{err}");
+    // Recorded in the new boot: a further restart in it leaves it alone.
+    let _again = env_custom(1, fake.clone(), store.clone(), |s| s.boot_id = "boot-2".into()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.st().started.len(), 2);
+}
+
+#[tokio::test]
+async fn a_released_job_takes_no_task_and_forgets_nothing_it_ran() {
+    let e = env(2).await;
+    e.sup.run_task(spec("before"), None).await.unwrap();
+    until_state(&e.sup, &TaskKey::new("job", "before").unwrap(), TaskState::Running).await;
+    let job = crate::model::JobId::new("job").unwrap();
+    let status = e.sup.release_job(&job, true).await.unwrap();
+    assert!(status.config.released);
+    let err = e.sup.run_task(spec("after"), None).await.unwrap_err();
+    assert!(matches!(err, Error::Precondition { .. }), "{err}");
+    // terminate_tasks: the job's task is stopped, not waited for.
+    let t = until_state(&e.sup, &TaskKey::new("job", "before").unwrap(), TaskState::Completed).await;
+    assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("TaskTerminated"));
+    assert!(e.sup.get_task(&TaskKey::new("job", "after").unwrap()).await.is_err());
+}
