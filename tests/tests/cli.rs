@@ -172,7 +172,10 @@ async fn host_tasks_start_task_jobs_and_scheduling() {
     assert_eq!(node_json(&agent)["state"], "IDLE");
 
     // `run` without --image runs on the host.
-    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "host", "--command-line", "/bin/sh -c 'exit 4'", "--wait"]);
+    let out = berthctl(
+        &agent,
+        &["run", "--job", "cli8", "--task", "host", "--command-line", "/bin/sh -c 'exit 4'", "--wait"],
+    );
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "bad", "--run-options", "--rm"]);
     assert_eq!(out.status.code(), Some(2), "run options without --image are a usage error: {out:?}");
@@ -183,7 +186,8 @@ async fn host_tasks_start_task_jobs_and_scheduling() {
     assert_eq!(v["start_task"]["kind"], "START_TASK");
     assert_eq!(v["start_task"]["exit_code"], 1);
     let img = image("busybox");
-    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "refused", "--image", &img, "--command-line", "true"]);
+    let out =
+        berthctl(&agent, &["run", "--job", "cli8", "--task", "refused", "--image", &img, "--command-line", "true"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"), "{out:?}");
     let out = berthctl(&agent, &["start-task", "--command-line", "/bin/true", "--image", &img, "--wait-for-success"]);
@@ -207,7 +211,8 @@ async fn host_tasks_start_task_jobs_and_scheduling() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["job_id"].as_str(), v["released"].as_bool()), (Some("cli8"), Some(false)), "{v}");
-    let out = berthctl(&agent, &["run", "--job", "cli8", "--task", "after-prep", "--command-line", "/bin/true", "--wait"]);
+    let out =
+        berthctl(&agent, &["run", "--job", "cli8", "--task", "after-prep", "--command-line", "/bin/true", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(std::fs::read_to_string(agent.root().join("shared/cli8-prep")).unwrap(), "prep\n");
     let out = berthctl(&agent, &["release-job", "--job", "cli8"]);

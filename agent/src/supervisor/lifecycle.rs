@@ -85,7 +85,9 @@ impl Supervisor {
         .unwrap_or(None)
     }
 
-    async fn state_inputs(&self) -> StateInputs {
+    /// What the state is computed from; `disk`: also look at containerd and
+    /// the node root (UNUSABLE), which does not decide whether tasks are taken.
+    async fn state_inputs(&self, disk: bool) -> StateInputs {
         let (recovered, busy) = {
             let sched = self.sched();
             (sched.recovered, sched.slots.busy())
@@ -100,7 +102,7 @@ impl Supervisor {
         };
         StateInputs {
             recovered,
-            unusable: self.unusable_reason().await,
+            unusable: if disk { self.unusable_reason().await } else { None },
             start_task: wait.zip(record.as_ref()).map(|(w, t)| (w, t.state, t.result)),
             start_task_failure: record.and_then(|t| t.failure).map(|f| format!("{}: {}", f.code, f.message)),
             scheduling_enabled,
@@ -110,7 +112,7 @@ impl Supervisor {
 
     /// Computes the node's state now and tells watchers if it changed.
     pub async fn refresh_state(&self) -> NodeStateView {
-        let inputs = self.state_inputs().await;
+        let inputs = self.state_inputs(true).await;
         let (state, reason) = node_state(&inputs);
         let view = NodeStateView { state, reason, scheduling_enabled: inputs.scheduling_enabled };
         self.shared.node_state.send_if_modified(|cur| {
@@ -147,10 +149,12 @@ impl Supervisor {
     }
 
     /// Refuses a new task while the node does not take tasks, or its job was released.
+    /// Computed afresh (a start task configured a moment ago counts), without
+    /// the disk and containerd checks (an unusable node still takes tasks).
     pub(super) async fn check_accepting(&self, job: &JobId) -> Result<(), Error> {
-        let view = self.refresh_state().await;
-        if !view.state.takes_tasks() {
-            return Err(Error::NotAccepting { state: view.state, reason: view.reason });
+        let (state, reason) = node_state(&self.state_inputs(false).await);
+        if !state.takes_tasks() {
+            return Err(Error::NotAccepting { state, reason });
         }
         self.check_job_open(job)
     }
