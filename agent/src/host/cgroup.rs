@@ -92,6 +92,11 @@ impl Cgroup {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
+            // cgroup v2 without cgroup.kill (kernels before 5.14): frozen
+            // processes cannot fork while they are killed one by one.
+            if self.v2 {
+                let _ = std::fs::write(self.dirs[0].join("cgroup.freeze"), "1");
+            }
             if let Some(f) = freezer {
                 let _ = std::fs::write(f.join("freezer.state"), "FROZEN");
             }
@@ -100,6 +105,9 @@ impl Cgroup {
             }
             if let Some(f) = freezer {
                 let _ = std::fs::write(f.join("freezer.state"), "THAWED");
+            }
+            if self.v2 {
+                let _ = std::fs::write(self.dirs[0].join("cgroup.freeze"), "0");
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -9,6 +9,8 @@
 mod cgroup;
 pub mod shim;
 
+use crate::layout::Layout;
+use crate::model::TaskKey;
 use crate::spec::HostProcess;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -23,13 +25,19 @@ const SHIM_PID_FILE: &str = "shim.pid";
 const TASK_PID_FILE: &str = "task.pid";
 const EXIT_FILE: &str = "exit.json";
 const SHIM_LOG: &str = "shim.log";
+/// How long a shim may take to write its pid once spawned.
+const SHIM_PID_GRACE: Duration = Duration::from_secs(5);
 
 /// What the shim reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ShimSpec {
     process: HostProcess,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    /// The node root and the task: the shim opens the task's `stdout.txt` and
+    /// `stderr.txt` itself, below the root without following symlinks
+    /// (`Layout::open_task_output`). The key also lets a rebuilt state
+    /// database adopt the task.
+    root: PathBuf,
+    key: TaskKey,
     /// Relative to the cgroup root: `<namespace>/<id>`.
     cgroup: String,
 }
@@ -79,6 +87,11 @@ impl HostRuntime {
         Self { state_dir: state_dir.join("host"), cgroup_parent: cgroup_parent.to_owned(), shim_exe }
     }
 
+    /// The agent's state directory (holding `host/`).
+    pub fn agent_state_dir(&self) -> &Path {
+        self.state_dir.parent().unwrap_or(&self.state_dir)
+    }
+
     fn dir(&self, id: &str) -> PathBuf {
         self.state_dir.join(id)
     }
@@ -93,7 +106,13 @@ impl HostRuntime {
     }
 
     /// Starts the task's process through a new shim; returns its pid once it runs.
-    pub async fn start(&self, id: &str, process: &HostProcess, stdout: &Path, stderr: &Path) -> Result<u32, HostError> {
+    pub async fn start(
+        &self,
+        id: &str,
+        key: &TaskKey,
+        process: &HostProcess,
+        layout: &Layout,
+    ) -> Result<u32, HostError> {
         let dir = self.dir(id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
@@ -101,8 +120,8 @@ impl HostRuntime {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         let spec = ShimSpec {
             process: process.clone(),
-            stdout: stdout.to_owned(),
-            stderr: stderr.to_owned(),
+            root: layout.root().to_owned(),
+            key: key.clone(),
             cgroup: format!("{}/{id}", self.cgroup_parent),
         };
         write_atomic(&dir.join(SPEC_FILE), &serde_json::to_vec(&spec).map_err(std::io::Error::from)?)?;
@@ -154,6 +173,16 @@ impl HostRuntime {
     pub async fn wait(&self, id: &str) -> Result<ExitRecord, HostError> {
         if let Some(r) = self.exit_record(id) {
             return Ok(r);
+        }
+        let dir = self.dir(id);
+        // A shim the previous agent spawned just before it died may not have
+        // written its pid yet (its first step): give it a moment.
+        let deadline = tokio::time::Instant::now() + SHIM_PID_GRACE;
+        while dir.join(SPEC_FILE).exists()
+            && !dir.join(SHIM_PID_FILE).exists()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(pidfd) = self.shim_pidfd(id) {
             exited(pidfd).await?;

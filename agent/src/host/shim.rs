@@ -7,6 +7,7 @@
 
 use super::cgroup::Cgroup;
 use super::{start_time, write_atomic, ExitRecord, ShimSpec, EXIT_FILE, SHIM_PID_FILE, SPEC_FILE, TASK_PID_FILE};
+use crate::layout::Layout;
 use nix::unistd::{setgid, setgroups, setsid, setuid, Gid, Uid};
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -30,8 +31,10 @@ fn run(dir: &Path) -> std::io::Result<()> {
     let me = std::process::id() as i32;
     write_atomic(&dir.join(SHIM_PID_FILE), format!("{me} {}", start_time(me).unwrap_or(0)).as_bytes())?;
     let p = &spec.process;
-    let append = |path: &Path| std::fs::OpenOptions::new().append(true).open(path);
-    let (out, err) = (append(&spec.stdout)?, append(&spec.stderr)?);
+    let (out, err) = match Layout::new(&spec.root).open_task_output(&spec.key) {
+        Ok(files) => files,
+        Err(e) => return refuse(dir, format!("cannot open the task's stdout.txt and stderr.txt: {e}")),
+    };
     let cgroup = Cgroup::new(&spec.cgroup);
     let (uid, gid, groups, nnp) = (p.uid, p.gid, p.groups.clone(), p.no_new_privileges);
     let mut cmd = Command::new(&p.args[0]);
@@ -45,13 +48,7 @@ fn run(dir: &Path) -> std::io::Result<()> {
     become_task(&mut cmd, cgroup, uid, gid, groups, nnp);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let message = format!("cannot start {:?}: {e}", p.args[0]);
-            let record = ExitRecord { code: None, exited_at_ms: now_ms(), start_error: Some(message.clone()) };
-            write_atomic(&dir.join(EXIT_FILE), &serde_json::to_vec(&record)?)?;
-            tell(&format!("error {message}"));
-            return Ok(());
-        }
+        Err(e) => return refuse(dir, format!("cannot start {:?}: {e}", p.args[0])),
     };
     write_atomic(&dir.join(TASK_PID_FILE), child.id().to_string().as_bytes())?;
     tell(&format!("started {}", child.id()));
@@ -70,6 +67,14 @@ fn run(dir: &Path) -> std::io::Result<()> {
     write_atomic(&dir.join(EXIT_FILE), &serde_json::to_vec(&record)?)
 }
 
+/// The process could not be started: recorded as such, and told to the agent.
+fn refuse(dir: &Path, message: String) -> std::io::Result<()> {
+    let record = ExitRecord { code: None, exited_at_ms: now_ms(), start_error: Some(message.clone()) };
+    write_atomic(&dir.join(EXIT_FILE), &serde_json::to_vec(&record)?)?;
+    tell(&format!("error {message}"));
+    Ok(())
+}
+
 /// One line to the agent, then stdout goes to /dev/null (the agent stops reading).
 fn tell(line: &str) {
     let mut out = std::io::stdout();
@@ -85,12 +90,13 @@ fn now_ms() -> u64 {
 }
 
 /// In the task's process, before exec: its own session, its cgroup, then its
-/// identity (groups, gid, uid: in that order, while still allowed to), and no
-/// way back up for a non-admin one.
+/// identity (groups, gid, uid: in that order, while still allowed to), no
+/// way back up for a non-admin one, and no descriptor but its stdio.
 #[allow(unsafe_code)]
 fn become_task(cmd: &mut Command, cgroup: Cgroup, uid: u32, gid: u32, groups: Vec<u32>, nnp: bool) {
     // SAFETY: the shim is single-threaded, so the forked child may allocate
-    // (the cgroup write) before exec.
+    // (the cgroup write) before exec; close_range takes plain integers and
+    // touches only this process's descriptor table.
     unsafe {
         cmd.pre_exec(move || {
             setsid()?;
@@ -102,6 +108,11 @@ fn become_task(cmd: &mut Command, cgroup: Cgroup, uid: u32, gid: u32, groups: Ve
             if nnp {
                 nix::sys::prctl::set_no_new_privs()?;
             }
+            // Whatever else the shim holds open is not the task's: every
+            // descriptor above stderr is closed at exec (CLOEXEC rather than
+            // closed now, so std's exec-error pipe still reports a failed exec).
+            // Best effort: kernels before 5.11 lack the flag.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }

@@ -10,7 +10,7 @@ use nix::unistd::{fchown, Gid, Uid};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +166,34 @@ impl Layout {
             return Err(LayoutError::Create { path: paths.task_dir, source });
         }
         Ok(paths)
+    }
+
+    /// Opens the task's `stdout.txt` and `stderr.txt` for appending, for a
+    /// process started as root on the host (a host task's shim). The task's
+    /// identity owns its directory, so by now either file may have been
+    /// swapped for a symlink or a hard link to a host file: no symlink is
+    /// followed anywhere below the root, and only a regular file with a
+    /// single link is taken.
+    pub fn open_task_output(&self, key: &TaskKey) -> std::io::Result<(fs::File, fs::File)> {
+        let (job, _) = dir_beneath(self.root(), &job_rel(key), None)?;
+        let task = open_beneath(&job, Path::new(dir_name(key)))?;
+        let open = |name: &str| -> std::io::Result<fs::File> {
+            let how = OpenHow::new()
+                .flags(OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            let file = fs::File::from(openat2(&task, name, how)?);
+            let meta = file.metadata()?;
+            if !meta.is_file() || meta.nlink() != 1 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{name} is not a regular file of the task's own"),
+                ));
+            }
+            // O_NONBLOCK was only for the open (a FIFO must not block it).
+            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND))?;
+            Ok(file)
+        };
+        Ok((open("stdout.txt")?, open("stderr.txt")?))
     }
 
     /// Every task directory under `workitems/` (`<job>/job-1/<task>` with valid
@@ -354,6 +382,39 @@ mod tests {
         std::os::unix::fs::symlink(&outside, layout.workitems().join("j3/job-1")).unwrap();
         assert!(layout.remove_task_dir(&k3).is_err());
         assert!(outside.join("secret").exists());
+    }
+
+    #[test]
+    fn task_output_is_opened_only_as_the_files_the_agent_made() {
+        let (tmp, layout, key) = setup();
+        let paths = layout.task(&key);
+        let (mut out, mut err) = layout.open_task_output(&key).unwrap();
+        use std::io::Write;
+        out.write_all(b"o").unwrap();
+        err.write_all(b"e").unwrap();
+        assert_eq!(
+            (fs::read(&paths.stdout).unwrap(), fs::read(&paths.stderr).unwrap()),
+            (b"o".to_vec(), b"e".to_vec())
+        );
+
+        // Swapped for a symlink, or a hard link, to a host file: refused, the file untouched.
+        let host_file = tmp.path().join("authorized_keys");
+        fs::write(&host_file, b"keep").unwrap();
+        fs::remove_file(&paths.stdout).unwrap();
+        std::os::unix::fs::symlink(&host_file, &paths.stdout).unwrap();
+        assert!(layout.open_task_output(&key).is_err());
+        fs::remove_file(&paths.stdout).unwrap();
+        fs::hard_link(&host_file, &paths.stdout).unwrap();
+        assert!(layout.open_task_output(&key).is_err());
+        // A FIFO is not taken either (and opening it does not block).
+        fs::remove_file(&paths.stdout).unwrap();
+        nix::unistd::mkfifo(&paths.stdout, Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(layout.open_task_output(&key).is_err());
+        assert_eq!(fs::read(&host_file).unwrap(), b"keep");
+        // The task directory itself replaced by a symlink.
+        fs::remove_dir_all(&paths.task_dir).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &paths.task_dir).unwrap();
+        assert!(layout.open_task_output(&key).is_err());
     }
 
     #[test]

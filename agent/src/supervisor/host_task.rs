@@ -7,7 +7,6 @@ use super::outcome::completion;
 use super::runner::{fail, save, stop_requested, supervise};
 use super::{Stop, Supervisor};
 use crate::host::{ExitRecord, HostError};
-use crate::layout::TaskPaths;
 use crate::model::{FailureInfo, RunAs, TaskInfo, TaskState};
 use std::time::SystemTime;
 use tokio::sync::watch;
@@ -16,13 +15,12 @@ use tokio::sync::watch;
 pub(super) struct Ready {
     pub info: TaskInfo,
     pub run_as: RunAs,
-    pub paths: TaskPaths,
     pub job_prep: bool,
 }
 
 /// Starts the process and waits for it; returns the completed record.
 pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
-    let Ready { mut info, run_as, paths, job_prep } = ready;
+    let Ready { mut info, run_as, job_prep } = ready;
     let sh = &sup.shared;
     let key = info.key().clone();
     let process = match crate::spec::host_process(&info.spec, &run_as, &sh.node, &sh.layout, job_prep) {
@@ -39,7 +37,7 @@ pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Rece
         return fail(sup, info, FailureInfo::server("StateDatabaseFailed", e.to_string())).await;
     }
     let id = info.container_id();
-    match sh.settings.host.start(&id, &process, &paths.stdout, &paths.stderr).await {
+    match sh.settings.host.start(&id, &key, &process, &sh.layout).await {
         Ok(pid) => {
             tracing::info!(job_id = %key.job, task_id = %key.task, pid, uid = process.uid, "host task running");
         }

@@ -202,7 +202,7 @@ async fn prepare(
         }
     }
     let Some(container) = info.spec.container.clone() else {
-        return Ok(Prepared::Host(super::host_task::Ready { info, run_as, paths, job_prep }));
+        return Ok(Prepared::Host(super::host_task::Ready { info, run_as, job_prep }));
     };
     let image_name = match images::normalize(&container.image) {
         Ok(n) => n,
