@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 /// Method names a label may take; any other path counts as `other`, so a
 /// client cannot grow the label set.
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 18] = [
     "GetNode",
     "RunTask",
     "GetTask",
@@ -26,6 +26,12 @@ const METHODS: [&str; 12] = [
     "ConfigureContainers",
     "ListImages",
     "RemoveImage",
+    "ConfigureStartTask",
+    "SetNodeScheduling",
+    "WatchNode",
+    "ConfigureJob",
+    "GetJob",
+    "ReleaseJob",
 ];
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,5 +110,16 @@ mod tests {
         assert_eq!(super::method_of("/berth.v1.NodeAgent/hunter2"), "other");
         assert_eq!(super::method_of("/grpc.health.v1.Health/Check"), "health");
         assert_eq!(super::method_of("/x"), "other");
+    }
+
+    #[test]
+    fn every_rpc_of_the_api_has_its_label() {
+        let proto = include_str!("../../../proto/berth/v1/agent.proto");
+        let rpcs: Vec<&str> =
+            proto.lines().filter_map(|l| l.trim().strip_prefix("rpc ")?.split('(').next()).map(str::trim).collect();
+        assert_eq!(rpcs.len(), super::METHODS.len(), "{rpcs:?}");
+        for rpc in rpcs {
+            assert_eq!(super::method_of(&format!("/berth.v1.NodeAgent/{rpc}")), rpc);
+        }
     }
 }
