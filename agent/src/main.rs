@@ -159,6 +159,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         let sup = sup.clone();
         async move { sup.monitor_containerd().await }
     });
+    // The scheduling switch, the start task and the jobs are known before
+    // the API serves: no task is accepted past them while recovery runs.
+    sup.load_lifecycle().await.map_err(|e| format!("cannot read the node's lifecycle state: {e}"))?;
     tokio::spawn(recover(sup.clone(), opened.fresh));
     tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
     tokio::spawn({

@@ -7,6 +7,7 @@
 use super::runner::stopped;
 use super::{Error, Stop, Supervisor};
 use crate::model::{FailureInfo, JobConfig, JobId, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -33,14 +34,12 @@ fn same(a: &TaskSpec, b: &TaskSpec) -> bool {
 }
 
 impl Supervisor {
-    pub(super) async fn load_jobs(&self) -> Result<(), Error> {
+    pub(super) async fn read_jobs(&self) -> Result<HashMap<JobId, JobConfig>, Error> {
         let jobs: Vec<(String, JobConfig)> = self.shared.store.settings_with_prefix(JOB_PREFIX).await?;
-        let jobs = jobs
+        Ok(jobs
             .into_iter()
             .filter_map(|(name, c)| Some((JobId::new(name.strip_prefix(JOB_PREFIX)?).ok()?, c)))
-            .collect();
-        self.life().jobs = jobs;
-        Ok(())
+            .collect())
     }
 
     async fn save_job(&self, job: &JobId, config: JobConfig) -> Result<(), Error> {
@@ -51,6 +50,15 @@ impl Supervisor {
 
     pub(super) fn job_has_preparation(&self, job: &JobId) -> bool {
         self.life().jobs.get(job).is_some_and(|c| c.preparation.is_some())
+    }
+
+    /// Whether a record of the job's preparation or release task must stay
+    /// (with its directory) whatever the history limit and retention say: the
+    /// job is still open here, so its tasks use `jobpreparation/`, and a
+    /// missing preparation record would make the next task run it again.
+    pub(super) fn job_keeps(&self, key: &TaskKey) -> bool {
+        matches!(key.kind(), TaskKind::JobPreparation | TaskKind::JobRelease)
+            && self.life().jobs.get(&key.job).is_some_and(|c| !c.released)
     }
 
     /// Refuses new tasks of a released job.
@@ -64,6 +72,17 @@ impl Supervisor {
     /// Sets a job's preparation and/or release task. What is already set stays;
     /// setting it to something else is refused.
     pub async fn configure_job(
+        &self,
+        job: &JobId,
+        preparation: Option<TaskSpec>,
+        release: Option<TaskSpec>,
+    ) -> Result<JobStatus, Error> {
+        let _admission = self.shared.admission.lock().await;
+        self.configure_job_admitting(job, preparation, release).await
+    }
+
+    /// `configure_job` for a caller that holds the admission lock (`run_task`).
+    pub(super) async fn configure_job_admitting(
         &self,
         job: &JobId,
         preparation: Option<TaskSpec>,
@@ -104,12 +123,16 @@ impl Supervisor {
     /// Releases a job: no new task of it is accepted; once its tasks have
     /// ended (or were terminated), its release task runs.
     pub async fn release_job(&self, job: &JobId, terminate_tasks: bool) -> Result<JobStatus, Error> {
+        // Under the admission lock: a task being accepted is in the records
+        // before the release looks for the job's open tasks.
+        let admission = self.shared.admission.lock().await;
         let mut config = self.life().jobs.get(job).cloned().unwrap_or_default();
         if !config.released {
             config.released = true;
             self.save_job(job, config).await?;
             tracing::info!(job_id = %job, "job released");
         }
+        drop(admission);
         let this = self.clone();
         let j = job.clone();
         tokio::spawn(async move { this.finish_release(&j, terminate_tasks).await });

@@ -2,9 +2,11 @@
 //! switch, and the start task. The switch and the start task's configuration
 //! are kept in the state database, so they survive an agent restart.
 
-use super::{Error, Supervisor};
+use super::jobs::Gate;
+use super::{Error, Stop, Supervisor};
 use crate::model::{
-    node_state, JobConfig, JobId, NodeState, StartTaskConfig, StateInputs, TaskInfo, TaskKey, TaskSpec, TaskState,
+    node_state, FailureInfo, JobConfig, JobId, NodeState, StartTaskConfig, StateInputs, TaskInfo, TaskKey, TaskResult,
+    TaskSpec, TaskState,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,14 +26,26 @@ pub struct NodeStateView {
 /// What the lifecycle keeps in memory (loaded from the database at start-up).
 #[derive(Debug)]
 pub(super) struct Life {
+    /// Loaded from the database: until then no task is accepted (the switch,
+    /// the start task and released jobs are not known yet).
+    pub loaded: bool,
     pub scheduling_enabled: bool,
     pub start_task: Option<StartTaskConfig>,
+    /// The machine rebooted and the start task is to run again: until it has
+    /// been accepted anew, its old record does not count as a success.
+    pub start_task_rerun_pending: bool,
     pub jobs: HashMap<JobId, JobConfig>,
 }
 
 impl Default for Life {
     fn default() -> Self {
-        Self { scheduling_enabled: true, start_task: None, jobs: HashMap::new() }
+        Self {
+            loaded: false,
+            scheduling_enabled: true,
+            start_task: None,
+            start_task_rerun_pending: false,
+            jobs: HashMap::new(),
+        }
     }
 }
 
@@ -40,21 +54,52 @@ pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
+/// Writes to an unnamed file in `dir` (`O_TMPFILE`; gone when closed): the
+/// agent is root, so permission bits say nothing, but a read-only or failing
+/// file system, or one out of space or inodes, refuses the write.
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp =
+        std::fs::OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(0o600).open(dir);
+    let mut file = match tmp {
+        Ok(f) => f,
+        // A file system without O_TMPFILE: a named file, removed at once.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let path = dir.join(format!(".berth-write-probe-{}", std::process::id()));
+            let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path);
+            let _ = std::fs::remove_file(&path);
+            f?
+        }
+        Err(e) => return Err(e),
+    };
+    file.write_all(b"berth")
+}
+
 impl Supervisor {
     pub(super) fn life(&self) -> std::sync::MutexGuard<'_, Life> {
         self.shared.life.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the switch, the start task and the jobs from the database.
-    pub(super) async fn load_lifecycle(&self) -> Result<(), Error> {
+    /// Reads the switch, the start task and the jobs from the database (once:
+    /// before the API serves, so that no task slips past them).
+    pub async fn load_lifecycle(&self) -> Result<(), Error> {
+        if self.life().loaded {
+            return Ok(());
+        }
         let enabled: Option<bool> = self.shared.store.setting(SCHEDULING).await?;
         let start: Option<StartTaskConfig> = self.shared.store.setting(START_TASK).await?;
-        {
-            let mut life = self.life();
-            life.scheduling_enabled = enabled.unwrap_or(true);
-            life.start_task = start;
-        }
-        self.load_jobs().await
+        let jobs = self.read_jobs().await?;
+        let settings = &self.shared.settings;
+        let mut life = self.life();
+        life.start_task_rerun_pending = start.as_ref().is_some_and(|c| {
+            settings.rerun_start_task_after_reboot && !settings.boot_id.is_empty() && c.boot_id != settings.boot_id
+        });
+        life.scheduling_enabled = enabled.unwrap_or(true);
+        life.start_task = start;
+        life.jobs = jobs;
+        life.loaded = true;
+        Ok(())
     }
 
     /// Why the node cannot run tasks, if it cannot.
@@ -64,6 +109,7 @@ impl Supervisor {
         }
         let root = self.shared.layout.root().to_owned();
         let min_free = self.shared.settings.min_free_bytes;
+        let state = self.shared.settings.host.agent_state_dir().to_owned();
         tokio::task::spawn_blocking(move || {
             use nix::sys::statvfs::{statvfs, FsFlags};
             let shown = root.display();
@@ -77,9 +123,12 @@ impl Supervisor {
                 }
                 Ok(_) => {}
             }
-            nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK)
-                .err()
-                .map(|e| format!("the node root {shown} is not writable: {e}"))
+            for (what, dir) in [("the node root", root.as_path()), ("the agent's state directory", state.as_path())] {
+                if let Err(e) = probe_write(dir) {
+                    return Some(format!("{what} {} is not writable: {e}", dir.display()));
+                }
+            }
+            None
         })
         .await
         .unwrap_or(None)
@@ -92,18 +141,28 @@ impl Supervisor {
             let sched = self.sched();
             (sched.recovered, sched.slots.busy())
         };
-        let (scheduling_enabled, wait) = {
+        let (scheduling_enabled, wait, pending) = {
             let life = self.life();
-            (life.scheduling_enabled, life.start_task.as_ref().map(|c| c.wait_for_success))
+            (
+                life.scheduling_enabled,
+                life.start_task.as_ref().map(|c| c.wait_for_success),
+                life.start_task_rerun_pending,
+            )
         };
         let record = match wait {
-            Some(_) => self.shared.store.get(&TaskKey::start_task()).await.ok().flatten(),
-            None => None,
+            Some(_) if !pending => self.shared.store.get(&TaskKey::start_task()).await.ok().flatten(),
+            _ => None,
         };
+        // A configured start task without a record (being replaced, or to run
+        // again after a reboot) has not succeeded yet.
+        let start_task = wait.map(|w| match &record {
+            Some(t) => (w, t.state, t.result),
+            None => (w, TaskState::Active, None),
+        });
         StateInputs {
             recovered,
             unusable: if disk { self.unusable_reason().await } else { None },
-            start_task: wait.zip(record.as_ref()).map(|(w, t)| (w, t.state, t.result)),
+            start_task,
             start_task_failure: record.and_then(|t| t.failure).map(|f| format!("{}: {}", f.code, f.message)),
             scheduling_enabled,
             busy,
@@ -150,19 +209,57 @@ impl Supervisor {
 
     /// Refuses a new task while the node does not take tasks, or its job was released.
     /// Computed afresh (a start task configured a moment ago counts), without
-    /// the disk and containerd checks (an unusable node still takes tasks).
+    /// the disk and containerd checks (an unusable node still takes tasks),
+    /// and also while the agent is still re-attaching (STARTING: the tasks
+    /// it accepts then wait for recovery, but the switch and the start task
+    /// apply to them as to any other).
     pub(super) async fn check_accepting(&self, job: &JobId) -> Result<(), Error> {
-        let (state, reason) = node_state(&self.state_inputs(false).await);
+        if !self.life().loaded {
+            return Err(Error::Recovering);
+        }
+        let inputs = StateInputs { recovered: true, ..self.state_inputs(false).await };
+        let (state, reason) = node_state(&inputs);
         if !state.takes_tasks() {
             return Err(Error::NotAccepting { state, reason });
         }
         self.check_job_open(job)
     }
 
+    /// Before a task of a job is prepared: waits while the node's start task
+    /// (with `wait_for_success`) has not succeeded, and fails the task if it
+    /// failed. Tasks accepted before such a start task was configured, or
+    /// queued across a reboot, wait here rather than run on an unprepared node.
+    pub(super) async fn await_start_task(&self, stop: &mut watch::Receiver<Option<Stop>>) -> Result<(), Gate> {
+        let mut feed = self.shared.store.subscribe();
+        loop {
+            let inputs = self.state_inputs(false).await;
+            match inputs.start_task {
+                None | Some((false, ..)) | Some((true, TaskState::Completed, Some(TaskResult::Success))) => {
+                    return Ok(())
+                }
+                Some((true, TaskState::Completed, _)) => {
+                    let why = inputs.start_task_failure.unwrap_or_default();
+                    return Err(Gate::Failed(FailureInfo::server(
+                        "StartTaskFailed",
+                        format!("the node's start task failed ({why}); this task did not run"),
+                    )));
+                }
+                Some(_) => {}
+            }
+            // Until some record changes (or a second: a rerun may be pending).
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(1), feed.recv()) => {}
+                s = super::runner::stopped(stop) => return Err(Gate::Stopped(s)),
+            }
+        }
+    }
+
     /// `SetNodeScheduling`.
     pub async fn set_scheduling(&self, enabled: bool) -> Result<NodeStateView, Error> {
+        let admission = self.shared.admission.lock().await;
         self.shared.store.put_setting(SCHEDULING, Some(&enabled)).await?;
         self.life().scheduling_enabled = enabled;
+        drop(admission);
         tracing::info!(enabled, "task scheduling switched");
         Ok(self.refresh_state().await)
     }
@@ -184,6 +281,7 @@ impl Supervisor {
     /// Sets the start task and runs it. Refused while the current one runs.
     pub async fn configure_start_task(&self, spec: TaskSpec, wait_for_success: bool) -> Result<TaskInfo, Error> {
         self.check(&spec)?;
+        let _admission = self.shared.admission.lock().await;
         let key = TaskKey::start_task();
         if let Some(old) = self.shared.store.get(&key).await? {
             if old.state != TaskState::Completed {
@@ -197,7 +295,11 @@ impl Supervisor {
         let config =
             StartTaskConfig { spec: spec.clone(), wait_for_success, boot_id: self.shared.settings.boot_id.clone() };
         self.shared.store.put_setting(START_TASK, Some(&config)).await?;
-        self.life().start_task = Some(config);
+        {
+            let mut life = self.life();
+            life.start_task = Some(config);
+            life.start_task_rerun_pending = false;
+        }
         let info = self.accept_special(spec).await?;
         tracing::info!(wait_for_success, "start task configured");
         self.shared.state_kick.notify_one();
@@ -207,37 +309,59 @@ impl Supervisor {
     /// After recovery, in a new boot of the machine: runs the start task again
     /// (once what recovery found of its last run is recorded).
     pub(super) async fn rerun_start_task_after_reboot(&self) {
-        let settings = &self.shared.settings;
-        let Some(mut config) = self.life().start_task.clone() else { return };
-        if !settings.rerun_start_task_after_reboot || settings.boot_id.is_empty() || config.boot_id == settings.boot_id
-        {
+        if !self.life().start_task_rerun_pending {
             return;
         }
-        let key = TaskKey::start_task();
-        self.runner_gone(&key).await;
-        match self.shared.store.get(&key).await {
-            Ok(Some(t)) if t.state == TaskState::Completed => {
-                if let Err(e) = self.shared.store.delete(&key).await {
-                    tracing::error!(error = %e, "cannot rerun the start task");
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Ok(Some(_)) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot rerun the start task");
-                return;
-            }
-        }
-        config.boot_id = settings.boot_id.clone();
-        if let Err(e) = self.shared.store.put_setting(START_TASK, Some(&config)).await {
-            tracing::error!(error = %e, "cannot record the start task's new boot");
-        }
-        self.life().start_task = Some(config.clone());
-        match self.accept_special(config.spec).await {
-            Ok(_) => tracing::info!("the machine rebooted: start task run again"),
-            Err(e) => tracing::error!(error = %e, "cannot rerun the start task"),
+        let _admission = self.shared.admission.lock().await;
+        let rerun = self.rerun_start_task().await;
+        self.life().start_task_rerun_pending = false;
+        match rerun {
+            Ok(true) => tracing::info!("the machine rebooted: start task run again"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot rerun the start task after a reboot"),
         }
         self.shared.state_kick.notify_one();
+    }
+
+    /// Replaces the start task's record of an earlier boot by a new run;
+    /// false when there was nothing to rerun (it was configured anew meanwhile).
+    async fn rerun_start_task(&self) -> Result<bool, Error> {
+        let Some(mut config) = self.life().start_task.clone() else { return Ok(false) };
+        let boot = self.shared.settings.boot_id.clone();
+        if config.boot_id == boot {
+            return Ok(false);
+        }
+        let key = TaskKey::start_task();
+        // Recovery completes what ran before the reboot (lost with it).
+        self.runner_gone(&key).await;
+        if self.shared.store.get(&key).await?.is_some_and(|t| t.state == TaskState::Completed) {
+            self.shared.store.delete(&key).await?;
+        }
+        // The new boot is recorded whatever follows: a later restart in this
+        // boot does not run it again.
+        config.boot_id = boot;
+        self.shared.store.put_setting(START_TASK, Some(&config)).await?;
+        self.life().start_task = Some(config.clone());
+        if self.shared.store.get(&key).await?.is_none() {
+            self.accept_special(config.spec).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_write;
+
+    #[test]
+    fn write_probe_leaves_nothing_and_fails_where_nothing_can_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        probe_write(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(probe_write(&dir.path().join("missing")).is_err());
+        // A file, not a directory.
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        assert!(probe_write(&dir.path().join("f")).is_err());
     }
 }

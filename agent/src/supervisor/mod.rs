@@ -141,6 +141,9 @@ struct Shared {
     state_kick: tokio::sync::Notify,
     /// `follow_node_state` was started.
     following_state: std::sync::atomic::AtomicBool,
+    /// Serialises accepting tasks with what decides whether they are
+    /// accepted (the scheduling switch, the start task, job releases).
+    admission: tokio::sync::Mutex<()>,
 }
 
 /// Node-level counters for `GetNode`.
@@ -203,6 +206,7 @@ impl Supervisor {
             .0,
             state_kick: Default::default(),
             following_state: Default::default(),
+            admission: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -331,9 +335,12 @@ impl Supervisor {
         }
         let run_options = self.check(&spec)?;
         lookups::check_host(&run_options, &self.shared.settings.policy).await?;
+        // Held until the task is recorded: a scheduling switch or a job
+        // release answered meanwhile sees it, or it sees them.
+        let _admission = self.shared.admission.lock().await;
         self.check_accepting(&spec.key.job).await?;
         if let Some(prep) = job_preparation {
-            self.configure_job(&spec.key.job, Some(prep), None).await?;
+            self.configure_job_admitting(&spec.key.job, Some(prep), None).await?;
         }
         self.admit(spec).await
     }
@@ -444,6 +451,13 @@ impl Supervisor {
     /// Removes a completed task's record and directory.
     pub async fn delete(&self, key: &TaskKey) -> Result<(), Error> {
         let info = self.get_task(key).await?;
+        if key.kind() == TaskKind::StartTask && self.life().start_task.is_some() {
+            return Err(Error::Precondition {
+                reason: "the start task's record is kept while a start task is configured (it decides whether the \
+                         node takes tasks); configure a new one to replace it"
+                    .into(),
+            });
+        }
         if info.state != TaskState::Completed {
             return Err(Error::WrongState { key: key.clone(), state: info.state, action: "deleted" });
         }
@@ -584,8 +598,9 @@ impl Supervisor {
     pub async fn sweep_retention(&self, now: SystemTime) -> Result<usize, Error> {
         let mut removed = 0;
         let mut completed = self.shared.store.list(None, Some(TaskState::Completed)).await?;
-        // The start task's record and `startup/` stay while it is configured.
-        completed.retain(|t| t.key().kind() != TaskKind::StartTask);
+        // The start task's record and `startup/` stay while it is configured,
+        // an open job's preparation and release records while it is open.
+        completed.retain(|t| t.key().kind() != TaskKind::StartTask && !self.job_keeps(t.key()));
         let excess = completed.len().saturating_sub(self.shared.settings.history_limit);
         for t in &completed[..excess] {
             if self.sched().stops.contains_key(t.key()) {

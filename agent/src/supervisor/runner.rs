@@ -149,6 +149,18 @@ async fn prepare(
 ) -> Result<Prepared, TaskInfo> {
     let sh = &sup.shared;
     let key = info.key().clone();
+    // A task waits (still ACTIVE, holding its slots) for the node's start task.
+    if key.kind() == TaskKind::Task {
+        let mut stop_rx = stop.clone();
+        if let Err(gate) = sup.await_start_task(&mut stop_rx).await {
+            return Err(match gate {
+                super::jobs::Gate::Failed(failure) => fail(sup, info, failure).await,
+                super::jobs::Gate::Stopped(s) => {
+                    sup.complete(info, None, Some(s.reason.failure(" while it waited for the start task"))).await
+                }
+            });
+        }
+    }
     if info.state != TaskState::Preparing {
         info.state = TaskState::Preparing;
         info = save(sup, info).await;

@@ -191,6 +191,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
     let tmp = tempfile::tempdir().unwrap();
     let layout = Layout::new(tmp.path().join("node"));
     layout.create_node_dirs().unwrap();
+    std::fs::create_dir(tmp.path().join("state")).unwrap();
     let node = NodeFacts {
         node_id: "n".into(),
         pool_id: "p".into(),
@@ -631,6 +632,10 @@ async fn history_limit_removes_the_oldest_completed_tasks() {
 #[tokio::test]
 async fn nothing_is_dispatched_before_recovery() {
     let e = env_unrecovered(1, Fake::new(true), Store::in_memory().unwrap());
+    // Until the lifecycle is read (the agent does it before serving), no task is taken.
+    let err = e.sup.run_task(spec("early"), None).await.unwrap_err();
+    assert!(matches!(err, Error::Recovering), "{err}");
+    e.sup.load_lifecycle().await.unwrap();
     let key = e.sup.run_task(spec("early"), None).await.unwrap().key().clone();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(e.sup.get_task(&key).await.unwrap().state, TaskState::Active);
@@ -747,6 +752,8 @@ async fn start_task_runs_again_after_a_reboot_only() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.st().started.len(), 1);
+    // A task the previous agent had accepted but not started, requeued after the reboot.
+    let queued = store.insert(TaskInfo::new(spec("queued"), SystemTime::now())).await.unwrap().key().clone();
     let rebooted = env_custom(1, fake.clone(), store.clone(), |s| s.boot_id = "boot-2".into()).await;
     until_started(&fake, 2).await;
     rebooted.sup.check_containerd().await;
@@ -759,6 +766,13 @@ async fn start_task_runs_again_after_a_reboot_only() {
     assert!(view.reason.contains("FailureExitCode"), "{}", view.reason);
     let err = rebooted.sup.run_task(spec("refused"), None).await.unwrap_err();
     assert!(matches!(err, Error::NotAccepting { .. }), "{err}");
+    // The requeued task waited for the rerun and does not run on the node it failed to prepare.
+    let t = until_state(&rebooted.sup, &queued, TaskState::Completed).await;
+    assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("StartTaskFailed"));
+    assert!(!fake.st().created.contains(&queued.container_id()));
+    // Its record stays while a start task is configured.
+    let err = rebooted.sup.delete(&key).await.unwrap_err();
+    assert!(matches!(err, Error::Precondition { .. }), "{err}");
     // Recorded in the new boot: a further restart in it leaves it alone.
     let _again = env_custom(1, fake.clone(), store.clone(), |s| s.boot_id = "boot-2".into()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -779,4 +793,84 @@ async fn a_released_job_takes_no_task_and_forgets_nothing_it_ran() {
     let t = until_state(&e.sup, &TaskKey::new("job", "before").unwrap(), TaskState::Completed).await;
     assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("TaskTerminated"));
     assert!(e.sup.get_task(&TaskKey::new("job", "after").unwrap()).await.is_err());
+}
+
+#[tokio::test]
+async fn the_switch_and_the_start_task_apply_while_the_agent_is_starting() {
+    let store = Store::in_memory().unwrap();
+    store.put_setting("scheduling_enabled", Some(&false)).await.unwrap();
+    let e = env_unrecovered(1, Fake::new(true), store.clone());
+    e.sup.load_lifecycle().await.unwrap();
+    // STARTING (recovery has not run), yet the persisted switch refuses tasks.
+    let err = e.sup.run_task(spec("early"), None).await.unwrap_err();
+    assert!(matches!(err, Error::NotAccepting { state: crate::model::NodeState::Offline, .. }), "{err}");
+
+    // A configured wait_for_success start task without a record has not succeeded.
+    let store = Store::in_memory().unwrap();
+    let config = crate::model::StartTaskConfig { spec: start_spec(), wait_for_success: true, boot_id: "boot".into() };
+    store.put_setting("start_task", Some(&config)).await.unwrap();
+    let e = env_with(1, Fake::new(true), store).await;
+    e.sup.check_containerd().await;
+    assert_eq!(e.sup.refresh_state().await.state, crate::model::NodeState::WaitingForStartTask);
+    let err = e.sup.run_task(spec("t"), None).await.unwrap_err();
+    assert!(matches!(err, Error::NotAccepting { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn tasks_queued_before_a_wait_for_success_start_task_wait_for_it() {
+    let e = env(1).await;
+    let first = e.sup.run_task(spec("first"), None).await.unwrap().key().clone();
+    until_state(&e.sup, &first, TaskState::Running).await;
+    let queued = e.sup.run_task(spec("queued"), None).await.unwrap().key().clone();
+    let start = TaskKey::start_task();
+    e.sup.configure_start_task(start_spec(), true).await.unwrap();
+    until_state(&e.sup, &start, TaskState::Running).await;
+    // The slot frees up, but the queued task waits (ACTIVE, nothing created) for the start task.
+    e.fake.exit(&first.container_id(), 0);
+    until_state(&e.sup, &first, TaskState::Completed).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(e.sup.get_task(&queued).await.unwrap().state, TaskState::Active);
+    assert!(!e.fake.st().created.contains(&queued.container_id()));
+    e.fake.exit(&start.container_id(), 0);
+    until_state(&e.sup, &queued, TaskState::Running).await;
+}
+
+#[tokio::test]
+async fn an_open_jobs_preparation_outlives_the_history_limit_and_runs_once() {
+    let e = env_custom(1, Fake::new(true), Store::in_memory().unwrap(), |s| s.history_limit = 1).await;
+    let job = crate::model::JobId::new("job").unwrap();
+    let prep = TaskSpec { key: TaskKey::job_preparation(&job), required_slots: 0, ..spec("unused") };
+    e.sup.configure_job(&job, Some(prep), None).await.unwrap();
+    let prep_key = TaskKey::job_preparation(&job);
+    for i in 0..3 {
+        let key = e.sup.run_task(spec(&format!("p{i}")), None).await.unwrap().key().clone();
+        if i == 0 {
+            // Its record is made when the job's first task reaches it.
+            for _ in 0..500 {
+                if e.sup.get_task(&prep_key).await.is_ok_and(|t| t.state == TaskState::Running) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            e.fake.exit(&prep_key.container_id(), 0);
+        }
+        until_state(&e.sup, &key, TaskState::Running).await;
+        e.fake.exit(&key.container_id(), 0);
+        until_state(&e.sup, &key, TaskState::Completed).await;
+        e.sup.sweep_retention(SystemTime::now() + Duration::from_secs(30 * 86400)).await.unwrap();
+    }
+    // Kept, with its directory, past the limit and the retention time; it ran once.
+    assert_eq!(e.sup.get_task(&prep_key).await.unwrap().exit_code, Some(0));
+    assert!(e.sup.shared.layout.task(&prep_key).task_dir.exists());
+    assert_eq!(e.fake.st().created.iter().filter(|c| **c == prep_key.container_id()).count(), 1);
+    // Once the job is released, the limit applies to it too.
+    e.sup.release_job(&job, false).await.unwrap();
+    for _ in 0..200 {
+        if e.sup.job_status(&job).await.unwrap().config.released {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    e.sup.sweep_retention(SystemTime::now()).await.unwrap();
+    assert!(matches!(e.sup.get_task(&prep_key).await, Err(Error::NotFound { .. })));
 }
