@@ -339,3 +339,74 @@ async fn corrupted_blob_fails_on_its_digest_and_leaves_no_image() {
     let done = c.run_done(spec).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
 }
+
+/// Unmounts a test mount when dropped (also when the test fails).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str]) {
+    let status = std::process::Command::new("mount").args(args).status().unwrap();
+    assert!(status.success(), "mount {args:?}");
+}
+
+/// Polls GetNode until the node is in `state`.
+async fn wait_node_state(c: &mut Client, state: pb::NodeState) -> pb::NodeInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = node(c).await;
+        if n.state == state as i32 {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "node not {state:?}: {:?} {}", n.state, n.state_reason);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "fault test: run by scripts/test with --ignored --test-threads=1"]
+async fn a_node_root_that_takes_no_write_makes_the_node_unusable_until_it_does() {
+    // The node root on a file system of its own with few inodes: space is
+    // left, permission bits say nothing to root, yet nothing can be created.
+    let fs = tempfile::tempdir().unwrap();
+    let fs_path = fs.path().to_str().unwrap().to_owned();
+    mount(&["-n", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64,mode=755", "berth-inodes", &fs_path]);
+    let _unmount = Unmount(fs.path().to_owned());
+    let root = fs.path().join("node");
+    let agent = Agent::start(AgentOptions { root_dir: Some(root.clone()), ..Default::default() }).await;
+    let mut c = agent.client().await;
+    wait_node_state(&mut c, pb::NodeState::Idle).await;
+
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let f = fs.path().join(format!("filler-{i}"));
+        if std::fs::write(&f, b"").is_err() {
+            break;
+        }
+        fillers.push(f);
+    }
+    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    assert!(n.state_reason.contains("is not writable"), "{}", n.state_reason);
+    assert!(n.state_reason.contains(&root.display().to_string()), "{}", n.state_reason);
+    for f in &fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    wait_node_state(&mut c, pb::NodeState::Idle).await;
+
+    // A read-only node root (a bind mount of it made read-only).
+    let root_s = root.to_str().unwrap();
+    mount(&["-n", "--bind", root_s, root_s]);
+    let ro = Unmount(root.clone());
+    mount(&["-n", "-o", "remount,bind,ro", root_s]);
+    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    assert!(n.state_reason.contains("read-only"), "{}", n.state_reason);
+    drop(ro);
+    // (containerd, started before these mounts, does not see them: no
+    // container task is run on this node root.)
+    wait_node_state(&mut c, pb::NodeState::Idle).await;
+    drop(agent);
+}

@@ -19,8 +19,15 @@ groups = [2000]
 allow_host_tasks = true
 "#;
 
+/// In the agent's own environment: no host task may see it.
+const AGENT_ONLY_VAR: &str = "BERTH_AGENT_ONLY_MARKER";
+
 fn host_agent() -> AgentOptions {
-    AgentOptions { extra_config: HOST_POLICY.into(), ..AgentOptions::default() }
+    AgentOptions {
+        extra_config: HOST_POLICY.into(),
+        env: vec![(AGENT_ONLY_VAR.into(), "agent-secret".into())],
+        ..AgentOptions::default()
+    }
 }
 
 /// Pids of the processes whose command line holds `word` (a marker argument).
@@ -83,6 +90,8 @@ async fn host_task_runs_as_its_identity_with_the_task_rules() {
     let done = c.run_done(spec).await;
     assert_eq!((done.exit_code, done.kind), (Some(0), pb::TaskKind::Task as i32), "{done:?}");
     assert!(done.container_info.is_none(), "{done:?}");
+    let (started, completed) = (done.started_at.unwrap(), done.completed_at.unwrap());
+    assert!((completed.seconds, completed.nanos) >= (started.seconds, started.nanos), "{done:?}");
     let wd = agent.task_path("hjob", "alice", "wd");
     let out = c.read("hjob", "alice", "stdout.txt").await.unwrap();
     // The pool group (20000 by default) is among every identity's groups.
@@ -98,6 +107,36 @@ async fn host_task_runs_as_its_identity_with_the_task_rules() {
     assert_eq!(c.read("hjob", "root", "stdout.txt").await.unwrap(), "$HOME two words\n");
     let done = c.run_done(admin(host_task("hjob", "rootid", "id -u"))).await;
     assert_eq!((done.exit_code, c.read("hjob", "rootid", "stdout.txt").await.unwrap()), (Some(0), "0\n".into()));
+
+    // Its own session and process group, its own cgroup, only its own
+    // environment and no descriptor but stdin, stdout and stderr.
+    let probe = "/bin/sh -c 'cat /proc/$$/stat; echo; cat /proc/$$/cgroup; echo ENV; env; echo FDS; ls /proc/$$/fd'";
+    let done = c.run_done(as_user(host_task("hjob", "probe", probe), "alice")).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    let out = c.read("hjob", "probe", "stdout.txt").await.unwrap();
+    let (stat, rest) = out.split_once('\n').unwrap();
+    let (pid, after) = stat.split_once(" (").unwrap();
+    let fields: Vec<&str> = after.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    // Fields 5 and 6 of /proc/<pid>/stat: process group and session.
+    assert_eq!((fields[2], fields[3]), (pid, pid), "not a session leader of its own: {stat}");
+    let (cgroups, rest) = rest.split_once("ENV\n").unwrap();
+    let own = format!("/{}/berth-", agent.namespace());
+    // cgroup v1: the pids and memory hierarchies; v2 (no v1 pids line): the unified one.
+    let v1: Vec<&str> = cgroups.lines().filter(|l| l.contains(":pids:") || l.contains(":memory:")).collect();
+    let checked = if v1.is_empty() { cgroups.lines().filter(|l| l.starts_with("0::")).collect() } else { v1 };
+    assert!(!checked.is_empty(), "{cgroups}");
+    for line in checked {
+        assert!(line.contains(&own), "not in a cgroup of its own: {line}");
+    }
+    let (env, fds) = rest.split_once("FDS\n").unwrap();
+    assert!(!env.contains(AGENT_ONLY_VAR), "the agent's environment leaked: {env}");
+    for line in env.lines() {
+        let name = line.split_once('=').map_or(line, |(n, _)| n);
+        let expected = ["PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_"].contains(&name) || name.starts_with("AZ_BATCH_");
+        assert!(expected, "unexpected variable {line:?} in a host task");
+    }
+    let fds: Vec<&str> = fds.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2"], "descriptors leaked into the task");
 
     // A missing executable is the task's failure, not a hang.
     let done = c.run_done(host_task("hjob", "missing", "/no/such/program")).await;
@@ -145,6 +184,56 @@ async fn terminate_and_wall_clock_kill_the_whole_process_tree() {
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "MaxWallClockTimeExpiry", "{done:?}");
     assert!(procs_with("7105").is_empty() && procs_with("7106").is_empty());
+}
+
+#[tokio::test]
+async fn a_swapped_output_file_never_makes_the_shim_write_a_host_file() {
+    let agent = Agent::start(host_agent()).await;
+    let mut c = agent.client().await;
+    // A root-owned host file the task's identity cannot write.
+    let target = agent.state_dir().join("planted-target");
+    std::fs::write(&target, "root's own\n").unwrap();
+    // The job's preparation task runs as the same identity as the job's task
+    // and, while the task waits for it, swaps the task's stdout.txt for a
+    // symlink to that file. The shim runs as root: it must not follow it.
+    let victim = agent.task_path("swap", "victim", "stdout.txt");
+    let plant = format!(
+        "/bin/sh -c 'while [ ! -e {v} ]; do sleep 0.05; done; rm {v}; ln -s {t} {v}'",
+        v = victim.display(),
+        t = target.display()
+    );
+    let mut spec = as_user(host_task("swap", "victim", "/bin/echo written-as-root"), "alice");
+    spec.job_preparation = Some(Box::new(as_user(host_task("", "", &plant), "alice")));
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done)), (None, "HostProcessStartFailed".to_string()), "{done:?}");
+    assert!(done.failure_info.clone().unwrap().message.contains("stdout.txt"), "{done:?}");
+    assert_eq!(c.get("swap", "jobpreparation").await.unwrap().exit_code, Some(0));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "root's own\n");
+}
+
+#[tokio::test]
+async fn terminate_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
+    let agent = Agent::start(host_agent()).await;
+    let mut c = agent.client().await;
+    // Every process of it ignores SIGTERM (an ignored signal stays ignored across exec).
+    let tree = r#"/bin/sh -c "trap '' TERM; sleep 7301 & /bin/sh -c 'trap \"\" TERM; sleep 7302' & wait""#;
+    c.run(host_task("deaf", "t", tree)).await.unwrap();
+    c.wait_state("deaf", "t", pb::TaskState::Running, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs_with("7301").is_empty() || procs_with("7302").is_empty() {
+        assert!(Instant::now() < deadline, "the tree did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let req = pb::TerminateTaskRequest { job_id: "deaf".into(), task_id: "t".into(), grace_period: Some(secs(1)) };
+    c.inner.terminate_task(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Within the grace period the task is still there: it ignores SIGTERM.
+    assert_eq!(c.get("deaf", "t").await.unwrap().state, pb::TaskState::Running as i32);
+    let done = c.wait_done("deaf", "t").await;
+    assert_eq!((done.exit_code, failure_code(&done)), (Some(137), "TaskTerminated".to_string()), "{done:?}");
+    for word in ["7301", "7302"] {
+        assert!(procs_with(word).is_empty(), "sleep {word} outlived its terminated task");
+    }
 }
 
 #[tokio::test]
@@ -245,8 +334,10 @@ async fn failing_start_task_with_wait_for_success_keeps_tasks_off_the_node() {
 async fn job_preparation_runs_once_per_job_and_release_after_release_job() {
     let agent = Agent::start(host_agent()).await;
     let mut c = agent.client().await;
-    let prep = "echo prepared >> $AZ_BATCH_NODE_SHARED_DIR/prep-jp.log; echo $AZ_BATCH_TASK_ID > staged; sleep 1";
-    let release = "echo released > $AZ_BATCH_TASK_WORKING_DIR/done; echo $AZ_BATCH_JOB_PREP_DIR";
+    let prep = "echo prepared >> $AZ_BATCH_NODE_SHARED_DIR/prep-jp.log; echo $AZ_BATCH_TASK_ID > staged; sleep 2";
+    // It fails unless the job's last task had finished (its marker is there).
+    let release = "test -e $AZ_BATCH_NODE_SHARED_DIR/late-done || exit 9; \
+                   echo released > $AZ_BATCH_TASK_WORKING_DIR/done; echo $AZ_BATCH_JOB_PREP_DIR";
     let req = pb::ConfigureJobRequest {
         job_id: "jp".into(),
         preparation: Some(host_task("", "", &format!("/bin/sh -c '{prep}'"))),
@@ -256,6 +347,12 @@ async fn job_preparation_runs_once_per_job_and_release_after_release_job() {
     let read_staged = "/bin/sh -c 'cat $AZ_BATCH_JOB_PREP_WORKING_DIR/staged; echo $AZ_BATCH_JOB_PREP_DIR'";
     for t in ["a", "b", "c"] {
         c.run(task("jp", t, read_staged)).await.unwrap();
+    }
+    // While the preparation task runs, the job's tasks wait in PREPARING.
+    c.wait_state("jp", "jobpreparation", pb::TaskState::Running, Duration::from_secs(30)).await;
+    for t in ["a", "b", "c"] {
+        let info = c.get("jp", t).await.unwrap();
+        assert_eq!(info.state, pb::TaskState::Preparing as i32, "{t}: {info:?}");
     }
     let prep_dir = agent.root().join("workitems/jp/job-1/jobpreparation");
     for t in ["a", "b", "c"] {
@@ -272,7 +369,7 @@ async fn job_preparation_runs_once_per_job_and_release_after_release_job() {
     assert!(job.release_task.is_none(), "release ran before ReleaseJob");
 
     // A task still running when the job is released finishes before the release task runs.
-    c.run(task("jp", "late", "/bin/sh -c 'sleep 1'")).await.unwrap();
+    c.run(task("jp", "late", "/bin/sh -c 'sleep 1; touch $AZ_BATCH_NODE_SHARED_DIR/late-done'")).await.unwrap();
     let r = c.inner.release_job(pb::ReleaseJobRequest { job_id: "jp".into(), terminate_tasks: false }).await;
     assert!(r.unwrap().into_inner().released);
     let err = c.run(task("jp", "after", "/bin/true")).await.unwrap_err();
@@ -287,7 +384,6 @@ async fn job_preparation_runs_once_per_job_and_release_after_release_job() {
     assert_eq!((done.exit_code, done.kind), (Some(0), pb::TaskKind::JobRelease as i32), "{done:?}");
     let late = c.get("jp", "late").await.unwrap();
     assert_eq!(late.exit_code, Some(0));
-    assert!(late.completed_at.unwrap().seconds <= done.started_at.unwrap().seconds);
     let done_file = agent.root().join("workitems/jp/job-1/jobrelease/wd/done");
     assert_eq!(std::fs::read_to_string(done_file).unwrap(), "released\n");
     // The release task is not told the preparation directory.
@@ -313,6 +409,13 @@ async fn a_task_can_carry_its_jobs_preparation_and_a_failing_one_fails_the_jobs_
     assert_eq!(c.read("jf", "jobpreparation", "stderr.txt").await.unwrap(), "staging failed\n");
     // It ran once for both.
     assert_eq!(c.get("jf", "jobpreparation").await.unwrap().exit_code, Some(2));
+    // A failing preparation task on the host does the same.
+    let mut first = task("jfh", "a", "/bin/sh -c 'echo ran'");
+    first.job_preparation = Some(Box::new(host_task("", "", "/bin/sh -c 'exit 5'")));
+    let done = c.run_done(first).await;
+    assert_eq!((done.exit_code, failure_code(&done)), (None, "JobPreparationFailed".to_string()), "{done:?}");
+    assert_eq!(c.read("jfh", "a", "stdout.txt").await.unwrap(), "", "the task ran");
+    assert_eq!(c.get("jfh", "jobpreparation").await.unwrap().exit_code, Some(5));
     // A different preparation task for the same job is refused.
     let mut other = task("jf", "c", "/bin/true");
     other.job_preparation = Some(Box::new(host_task("", "", "/bin/true")));
@@ -322,11 +425,25 @@ async fn a_task_can_carry_its_jobs_preparation_and_a_failing_one_fails_the_jobs_
 }
 
 #[tokio::test]
+async fn an_unusable_node_says_why() {
+    // Far more free space asked for than any disk here has.
+    let agent = Agent::start(AgentOptions { min_free_mb: 1 << 40, ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    assert!(n.state_reason.contains("MiB free"), "{}", n.state_reason);
+    // It still accepts tasks: they fail with the reason.
+    let done = c.run_done(task("unusable", "t", "/bin/true")).await;
+    assert_eq!(failure_code(&done), "DiskFull", "{done:?}");
+}
+
+#[tokio::test]
 async fn scheduling_off_refuses_new_tasks_and_lets_running_ones_finish() {
     let mut agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     c.run(task("sched", "running", "/bin/sh -c 'sleep 2; echo finished'")).await.unwrap();
     c.wait_state("sched", "running", pb::TaskState::Running, Duration::from_secs(60)).await;
+    // A task runs: the node is RUNNING (then IDLE again).
+    wait_node_state(&mut c, pb::NodeState::Running).await;
     let r = c.inner.set_node_scheduling(pb::SetNodeSchedulingRequest { enabled: false }).await.unwrap().into_inner();
     assert_eq!(r.state, pb::NodeState::Offline as i32);
     let err = c.run(task("sched", "new", "/bin/true")).await.unwrap_err();
@@ -335,6 +452,8 @@ async fn scheduling_off_refuses_new_tasks_and_lets_running_ones_finish() {
     let done = c.wait_done("sched", "running").await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(c.read("sched", "running", "stdout.txt").await.unwrap(), "finished\n");
+    // Disabled and idle: still OFFLINE.
+    assert_eq!(node(&mut c).await.state, pb::NodeState::Offline as i32);
 
     // The switch survives an agent restart.
     agent.stop_with(nix::sys::signal::Signal::SIGTERM);

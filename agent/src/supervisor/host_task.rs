@@ -91,7 +91,9 @@ async fn finish(
             let oom = code != 0 && super::cgroup::oom_killed(&cgroups_path).await;
             let (code, failure) = completion(code as u32, reason, oom);
             tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "host task completed");
+            // The shim's clock reading has milliseconds: never before the start.
             let at = ExitRecord { code: None, exited_at_ms, start_error: None }.exited_at();
+            let at = info.started_at.map_or(at, |started| at.max(started));
             info.complete(Some(code), failure, at);
             super::runner::save_durably(sup, info).await
         }
