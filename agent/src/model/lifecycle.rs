@@ -61,6 +61,10 @@ pub struct JobConfig {
     /// `ReleaseJob` was called: the job takes no new task here.
     #[serde(default)]
     pub released: bool,
+    /// Times the preparation task was run again because its run was lost
+    /// (the agent's machine or the task's shim went away while it ran).
+    #[serde(default)]
+    pub preparation_reruns: u32,
 }
 
 /// What the node state is computed from.

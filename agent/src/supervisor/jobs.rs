@@ -6,12 +6,24 @@
 
 use super::runner::stopped;
 use super::{Error, Stop, Supervisor};
-use crate::model::{FailureInfo, JobConfig, JobId, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState};
+use crate::model::{
+    FailureCategory, FailureInfo, JobConfig, JobId, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 const JOB_PREFIX: &str = "job:";
+/// Lost preparation runs replaced by a new one, per job and node.
+const MAX_PREPARATION_RERUNS: u32 = 1;
+
+/// Whether a completed record says its run was lost (its exit is unknown)
+/// rather than that the task failed.
+fn lost_run(t: &TaskInfo) -> bool {
+    t.failure.as_ref().is_some_and(|f| {
+        f.category == FailureCategory::ServerError && matches!(f.code.as_str(), "HostProcessLost" | "ContainerLost")
+    })
+}
 
 /// Why a task does not get past its job's preparation.
 pub(super) enum Gate {
@@ -210,6 +222,30 @@ impl Supervisor {
         }
     }
 
+    /// A preparation task whose run was lost (not one that failed) runs again,
+    /// once: its record is replaced by a new one. True if it was (by this or
+    /// a concurrent caller, under the admission lock).
+    async fn rerun_lost_preparation(&self, job: &JobId) -> Result<bool, Error> {
+        let _admission = self.shared.admission.lock().await;
+        let key = TaskKey::job_preparation(job);
+        let Some(record) = self.shared.store.get(&key).await? else { return Ok(true) };
+        if !(record.state == TaskState::Completed && lost_run(&record)) {
+            return Ok(true); // replaced meanwhile
+        }
+        let Some(mut config) = self.life().jobs.get(job).cloned() else { return Ok(false) };
+        let Some(spec) = config.preparation.clone().filter(|_| config.preparation_reruns < MAX_PREPARATION_RERUNS)
+        else {
+            return Ok(false);
+        };
+        tracing::warn!(job_id = %job, "the job's preparation task was lost while it ran; running it again");
+        self.runner_gone(&key).await;
+        config.preparation_reruns += 1;
+        self.save_job(job, config).await?;
+        self.shared.store.delete(&key).await?;
+        self.accept_special(spec).await?;
+        Ok(true)
+    }
+
     /// Waits until the job's preparation task has succeeded, running it first
     /// if no task of the job has yet.
     pub(super) async fn await_job_preparation(
@@ -232,6 +268,9 @@ impl Supervisor {
                 Some(t) if t.state == TaskState::Completed => {
                     if t.result == Some(TaskResult::Success) {
                         return Ok(());
+                    }
+                    if lost_run(&t) && self.rerun_lost_preparation(job).await.map_err(server)? {
+                        continue;
                     }
                     let why = t.failure.map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
                     return Err(Gate::Failed(FailureInfo::user(

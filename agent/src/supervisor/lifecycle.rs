@@ -272,7 +272,7 @@ impl Supervisor {
     }
 
     /// Waits until no runner handles `key` (a completed task's cleanup is done).
-    async fn runner_gone(&self, key: &TaskKey) {
+    pub(super) async fn runner_gone(&self, key: &TaskKey) {
         while self.sched().stops.contains_key(key) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

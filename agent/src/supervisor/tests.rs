@@ -874,3 +874,53 @@ async fn an_open_jobs_preparation_outlives_the_history_limit_and_runs_once() {
     e.sup.sweep_retention(SystemTime::now()).await.unwrap();
     assert!(matches!(e.sup.get_task(&prep_key).await, Err(Error::NotFound { .. })));
 }
+
+/// Polls until `key` has a record in `state` (it may not exist yet).
+async fn until_record(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskInfo {
+    for _ in 0..500 {
+        if let Ok(t) = sup.get_task(key).await {
+            if t.state == state {
+                return t;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{key} never reached {state:?}");
+}
+
+#[tokio::test]
+async fn a_lost_preparation_run_is_run_again_once() {
+    let job = crate::model::JobId::new("job").unwrap();
+    let prep_key = TaskKey::job_preparation(&job);
+    let prep = TaskSpec { key: prep_key.clone(), required_slots: 0, ..spec("unused") };
+    let setup = |reruns: u32| {
+        let (prep, job) = (prep.clone(), job.clone());
+        async move {
+            let store = Store::in_memory().unwrap();
+            let config = crate::model::JobConfig {
+                preparation: Some(prep.clone()),
+                preparation_reruns: reruns,
+                ..Default::default()
+            };
+            store.put_setting(&format!("job:{job}"), Some(&config)).await.unwrap();
+            let mut lost = TaskInfo::new(prep, SystemTime::now());
+            lost.complete(None, Some(FailureInfo::server("HostProcessLost", "its shim is gone")), SystemTime::now());
+            store.insert(lost).await.unwrap();
+            env_with(1, Fake::new(true), store).await
+        }
+    };
+    // Lost (the machine went away while it ran): it runs again, then the task.
+    let e = setup(0).await;
+    let key = e.sup.run_task(spec("t"), None).await.unwrap().key().clone();
+    until_record(&e.sup, &prep_key, TaskState::Running).await;
+    e.fake.exit(&prep_key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Running).await;
+    assert_eq!(e.sup.job_status(&job).await.unwrap().config.preparation_reruns, 1);
+
+    // Lost again after its one rerun: the job's tasks fail.
+    let e = setup(1).await;
+    let key = e.sup.run_task(spec("t"), None).await.unwrap().key().clone();
+    let t = until_state(&e.sup, &key, TaskState::Completed).await;
+    assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("JobPreparationFailed"));
+    assert!(e.fake.st().created.is_empty());
+}
