@@ -237,6 +237,17 @@ impl HostRuntime {
         }
     }
 
+    /// The task and process a shim of `id` was started for, from its spec
+    /// file (for a state database rebuilt from nothing). The environment is
+    /// left out: it may hold secrets the scheduler passed, and the record
+    /// of an adopted task needs only what identifies it.
+    pub fn adoptable(&self, id: &str) -> Option<(TaskKey, HostProcess)> {
+        let spec: ShimSpec = serde_json::from_slice(&std::fs::read(self.dir(id).join(SPEC_FILE)).ok()?).ok()?;
+        let mut process = spec.process;
+        process.env.clear();
+        Some((spec.key, process))
+    }
+
     /// The ids of every host task the agent has files for.
     pub fn list(&self) -> Vec<String> {
         std::fs::read_dir(&self.state_dir)

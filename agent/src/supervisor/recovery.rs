@@ -12,6 +12,7 @@
 //! A host task (no container settings) that may have started is waited for:
 //! its shim still runs, or wrote its exit status, or neither (a reboot): then it
 //! completes with `HostProcessLost`. One that never started is prepared again.
+//! After a rebuild, host tasks are adopted from their shims' spec files.
 //!
 //! A container is only started from containerd's `Created` state, so a finished
 //! task is never run again.
@@ -67,6 +68,25 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
     info
 }
 
+/// A record for a host task found without one (the database was lost): it
+/// may have started, so it is only ever waited for.
+fn adopted_host_record(key: TaskKey, process: &crate::spec::HostProcess) -> TaskInfo {
+    let spec = TaskSpec {
+        required_slots: u32::from(key.kind() == crate::model::TaskKind::Task),
+        key,
+        command_line: shell_words::join(&process.args),
+        container: None,
+        environment: Default::default(),
+        user: UserIdentity::default(),
+        constraints: TaskConstraints::default(),
+    };
+    let mut info = TaskInfo::new(spec, SystemTime::now());
+    info.ever_started = true;
+    let admin = process.uid == 0;
+    info.run_as = Some(RunAs { uid: process.uid, gid: process.gid, groups: process.groups.clone(), admin });
+    info
+}
+
 /// Kills and removes a container that no record accounts for.
 async fn remove_orphan(sup: &Supervisor, c: &LabelledContainer) {
     tracing::warn!(container_id = %c.id, job_id = %c.job, task_id = %c.task,
@@ -108,14 +128,34 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
         }
     }
 
-    // Host task files that no record accounts for: their processes are killed.
+    // Host task files that no record accounts for: adopted after a rebuild
+    // (their shims still run, or left their exit status), else their
+    // processes are killed.
     let host_ids: HashSet<String> =
         records.iter().filter(|r| r.spec.container.is_none()).map(TaskInfo::container_id).collect();
-    for id in sup.shared.settings.host.list() {
-        if !host_ids.contains(&id) {
-            tracing::warn!(id = %id, "removing a host task that has no task record");
-            let _ = sup.shared.settings.host.remove(&id).await;
-            report.removed_containers += 1;
+    let host = &sup.shared.settings.host;
+    for id in host.list() {
+        if host_ids.contains(&id) {
+            continue;
+        }
+        let adoptable = host.adoptable(&id).and_then(|(key, process)| {
+            let attempt = key.attempt_of(&id)?;
+            (rebuild && !records.iter().any(|r| r.key() == &key)).then_some((key, process, attempt))
+        });
+        match adoptable {
+            Some((key, process, attempt)) => {
+                tracing::warn!(job_id = %key.job, task_id = %key.task, id = %id,
+                    "adopting a host task found without a record (the state database was rebuilt)");
+                let mut info = adopted_host_record(key, &process);
+                info.attempt = attempt;
+                records.push(sup.shared.store.insert(info).await?);
+                report.adopted += 1;
+            }
+            None => {
+                tracing::warn!(id = %id, "removing a host task that has no task record");
+                let _ = host.remove(&id).await;
+                report.removed_containers += 1;
+            }
         }
     }
 
