@@ -208,7 +208,10 @@ async fn host_tasks_are_adopted_when_only_the_database_is_lost() {
     let mut spec = berth_tests::host_task("dbhost", "running", "/bin/sh -c 'sleep 4; echo out; exit 6'");
     spec.environment.insert("SECRET_TOKEN".into(), "s3cr3t-value".into());
     c.run(spec).await.unwrap();
-    c.run(berth_tests::host_task("dbhost", "exits-while-down", "/bin/sh -c 'sleep 1; exit 9'")).await.unwrap();
+    // It exits once the agent is gone (the test makes the marker then).
+    let marker = agent.root().join("shared/agent-gone");
+    let cmd = format!("/bin/sh -c 'while [ ! -e {} ]; do sleep 0.05; done; exit 9'", marker.display());
+    c.run(berth_tests::host_task("dbhost", "exits-while-down", &cmd)).await.unwrap();
     for t in ["running", "exits-while-down"] {
         c.wait_state("dbhost", t, pb::TaskState::Running, Duration::from_secs(60)).await;
     }
@@ -217,7 +220,8 @@ async fn host_tasks_are_adopted_when_only_the_database_is_lost() {
     for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
         let _ = std::fs::remove_file(agent.state_dir().join(f));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&marker, "").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     agent.spawn().await;
     let mut c = agent.client().await;
     let t = c.wait_done("dbhost", "exits-while-down").await;

@@ -238,12 +238,15 @@ impl Supervisor {
             return Ok(false);
         };
         tracing::warn!(job_id = %job, "the job's preparation task was lost while it ran; running it again");
-        self.runner_gone(&key).await;
+        self.runner_gone(&key).await?;
         config.preparation_reruns += 1;
         self.save_job(job, config).await?;
         self.shared.store.delete(&key).await?;
-        self.accept_special(spec).await?;
-        Ok(true)
+        match self.accept_special(spec).await {
+            // A task that just reached the gate made the new record first.
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits until the job's preparation task has succeeded, running it first

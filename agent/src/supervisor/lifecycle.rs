@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 const SCHEDULING: &str = "scheduling_enabled";
 const START_TASK: &str = "start_task";
+/// How long the node root's and state directory's checks stand.
+const DISK_PROBE_EVERY: Duration = Duration::from_secs(4);
 
 /// The node's state as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +92,18 @@ impl Supervisor {
         let enabled: Option<bool> = self.shared.store.setting(SCHEDULING).await?;
         let start: Option<StartTaskConfig> = self.shared.store.setting(START_TASK).await?;
         let jobs = self.read_jobs().await?;
+        let record = match start {
+            Some(_) => self.shared.store.get(&TaskKey::start_task()).await?,
+            None => None,
+        };
         let settings = &self.shared.settings;
         let mut life = self.life();
+        // A new boot, or a configured start task without a record: it is run
+        // (again) once recovery is done, and does not count as a success until then.
         life.start_task_rerun_pending = start.as_ref().is_some_and(|c| {
-            settings.rerun_start_task_after_reboot && !settings.boot_id.is_empty() && c.boot_id != settings.boot_id
+            let rebooted =
+                settings.rerun_start_task_after_reboot && !settings.boot_id.is_empty() && c.boot_id != settings.boot_id;
+            rebooted || record.is_none()
         });
         life.scheduling_enabled = enabled.unwrap_or(true);
         life.start_task = start;
@@ -107,10 +117,17 @@ impl Supervisor {
         if self.shared.containerd.borrow().is_none() {
             return Some("containerd is unreachable".into());
         }
+        // The file system checks (statvfs, a write in two places) are made at
+        // most every few seconds, however often the state is asked for.
+        if let Some((at, why)) = self.shared.disk_probe.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < DISK_PROBE_EVERY {
+                return why.clone();
+            }
+        }
         let root = self.shared.layout.root().to_owned();
         let min_free = self.shared.settings.min_free_bytes;
         let state = self.shared.settings.host.agent_state_dir().to_owned();
-        tokio::task::spawn_blocking(move || {
+        let why = tokio::task::spawn_blocking(move || {
             use nix::sys::statvfs::{statvfs, FsFlags};
             let shown = root.display();
             match statvfs(&root) {
@@ -131,7 +148,10 @@ impl Supervisor {
             None
         })
         .await
-        .unwrap_or(None)
+        .unwrap_or(None);
+        *self.shared.disk_probe.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), why.clone()));
+        why
     }
 
     /// What the state is computed from; `disk`: also look at containerd and
@@ -271,11 +291,17 @@ impl Supervisor {
         Some((config, record))
     }
 
-    /// Waits until no runner handles `key` (a completed task's cleanup is done).
-    pub(super) async fn runner_gone(&self, key: &TaskKey) {
+    /// Waits until no runner handles `key` (a completed task's cleanup is
+    /// done): `Busy` after 10 s (containerd may be wedged).
+    pub(super) async fn runner_gone(&self, key: &TaskKey) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.sched().stops.contains_key(key) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Busy { key: key.clone() });
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     /// Sets the start task and runs it. Refused while the current one runs.
@@ -289,7 +315,7 @@ impl Supervisor {
                     reason: "the start task is still running; terminate it first (task @node/starttask)".into(),
                 });
             }
-            self.runner_gone(&key).await;
+            self.runner_gone(&key).await?;
             self.shared.store.delete(&key).await?;
         }
         let config =
@@ -300,14 +326,32 @@ impl Supervisor {
             life.start_task = Some(config);
             life.start_task_rerun_pending = false;
         }
-        let info = self.accept_special(spec).await?;
+        let info = self.accept_start_task(spec).await?;
         tracing::info!(wait_for_success, "start task configured");
         self.shared.state_kick.notify_one();
         Ok(info)
     }
 
-    /// After recovery, in a new boot of the machine: runs the start task again
-    /// (once what recovery found of its last run is recorded).
+    /// Accepts the configured start task; if that fails, a failed record says
+    /// why, so that the node is START_TASK_FAILED rather than waiting for a
+    /// start task that will never run.
+    async fn accept_start_task(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
+        let e = match self.accept_special(spec.clone()).await {
+            Ok(info) => return Ok(info),
+            Err(e) => e,
+        };
+        let message = format!("the start task could not be accepted: {e}");
+        let mut info = TaskInfo::new(TaskSpec { required_slots: 0, ..spec }, std::time::SystemTime::now());
+        info.complete(None, Some(FailureInfo::server("StartTaskFailed", message)), std::time::SystemTime::now());
+        if let Err(e) = self.shared.store.insert(info).await {
+            tracing::error!(error = %e, "cannot record the start task's failure");
+        }
+        Err(e)
+    }
+
+    /// After recovery: runs the start task again in a new boot of the machine,
+    /// or if it is configured but has no record (an agent that stopped between
+    /// configuring and accepting it).
     pub(super) async fn rerun_start_task_after_reboot(&self) {
         if !self.life().start_task_rerun_pending {
             return;
@@ -316,37 +360,44 @@ impl Supervisor {
         let rerun = self.rerun_start_task().await;
         self.life().start_task_rerun_pending = false;
         match rerun {
-            Ok(true) => tracing::info!("the machine rebooted: start task run again"),
+            Ok(true) => tracing::info!("start task run again (a new boot, or it had no record)"),
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "cannot rerun the start task after a reboot"),
+            Err(e) => tracing::error!(error = %e, "cannot run the start task again"),
         }
         self.shared.state_kick.notify_one();
     }
 
-    /// Replaces the start task's record of an earlier boot by a new run;
-    /// false when there was nothing to rerun (it was configured anew meanwhile).
+    /// Replaces the start task's record of an earlier boot by a new run, or
+    /// makes the missing one; false when there was nothing to run.
     async fn rerun_start_task(&self) -> Result<bool, Error> {
         let Some(mut config) = self.life().start_task.clone() else { return Ok(false) };
-        let boot = self.shared.settings.boot_id.clone();
-        if config.boot_id == boot {
-            return Ok(false);
-        }
         let key = TaskKey::start_task();
-        // Recovery completes what ran before the reboot (lost with it).
-        self.runner_gone(&key).await;
-        if self.shared.store.get(&key).await?.is_some_and(|t| t.state == TaskState::Completed) {
-            self.shared.store.delete(&key).await?;
+        let boot = self.shared.settings.boot_id.clone();
+        let rebooted = self.shared.settings.rerun_start_task_after_reboot && config.boot_id != boot;
+        match self.shared.store.get(&key).await? {
+            None => {}
+            Some(_) if !rebooted => return Ok(false),
+            // Accepted but never started before the reboot: that run, now, is this boot's.
+            Some(t) if t.state != TaskState::Completed && !t.ever_started => {
+                config.boot_id = boot;
+                self.shared.store.put_setting(START_TASK, Some(&config)).await?;
+                self.life().start_task = Some(config);
+                return Ok(false);
+            }
+            // It ran before the reboot (recovery completes it, lost with the
+            // machine, if it was running).
+            Some(_) => {
+                self.runner_gone(&key).await?;
+                self.shared.store.delete(&key).await?;
+            }
         }
         // The new boot is recorded whatever follows: a later restart in this
         // boot does not run it again.
         config.boot_id = boot;
         self.shared.store.put_setting(START_TASK, Some(&config)).await?;
         self.life().start_task = Some(config.clone());
-        if self.shared.store.get(&key).await?.is_none() {
-            self.accept_special(config.spec).await?;
-            return Ok(true);
-        }
-        Ok(false)
+        self.accept_start_task(config.spec).await?;
+        Ok(true)
     }
 }
 

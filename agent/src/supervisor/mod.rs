@@ -144,6 +144,9 @@ struct Shared {
     /// Serialises accepting tasks with what decides whether they are
     /// accepted (the scheduling switch, the start task, job releases).
     admission: tokio::sync::Mutex<()>,
+    /// When the node root and state directory were last checked, and why
+    /// the node was unusable then (see `lifecycle`).
+    disk_probe: Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
 
 /// Node-level counters for `GetNode`.
@@ -207,6 +210,7 @@ impl Supervisor {
             state_kick: Default::default(),
             following_state: Default::default(),
             admission: Default::default(),
+            disk_probe: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -462,13 +466,7 @@ impl Supervisor {
             return Err(Error::WrongState { key: key.clone(), state: info.state, action: "deleted" });
         }
         // The runner may still be removing the container of a task just completed.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.sched().stops.contains_key(key) {
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Busy { key: key.clone() });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.runner_gone(key).await?;
         self.shared.layout.remove_task_dir(key)?;
         self.shared.store.delete(key).await?;
         tracing::info!(job_id = %key.job, task_id = %key.task, "task deleted");

@@ -149,8 +149,9 @@ async fn prepare(
 ) -> Result<Prepared, TaskInfo> {
     let sh = &sup.shared;
     let key = info.key().clone();
-    // A task waits (still ACTIVE, holding its slots) for the node's start task.
-    if key.kind() == TaskKind::Task {
+    // A task, and a job's preparation or release task, waits (still ACTIVE,
+    // holding its slots) for the node's start task.
+    if key.kind() != TaskKind::StartTask {
         let mut stop_rx = stop.clone();
         if let Err(gate) = sup.await_start_task(&mut stop_rx).await {
             return Err(match gate {

@@ -805,7 +805,8 @@ async fn the_switch_and_the_start_task_apply_while_the_agent_is_starting() {
     let err = e.sup.run_task(spec("early"), None).await.unwrap_err();
     assert!(matches!(err, Error::NotAccepting { state: crate::model::NodeState::Offline, .. }), "{err}");
 
-    // A configured wait_for_success start task without a record has not succeeded.
+    // A configured wait_for_success start task without a record (the agent
+    // stopped between configuring and accepting it) has not succeeded: it is run.
     let store = Store::in_memory().unwrap();
     let config = crate::model::StartTaskConfig { spec: start_spec(), wait_for_success: true, boot_id: "boot".into() };
     store.put_setting("start_task", Some(&config)).await.unwrap();
@@ -814,6 +815,45 @@ async fn the_switch_and_the_start_task_apply_while_the_agent_is_starting() {
     assert_eq!(e.sup.refresh_state().await.state, crate::model::NodeState::WaitingForStartTask);
     let err = e.sup.run_task(spec("t"), None).await.unwrap_err();
     assert!(matches!(err, Error::NotAccepting { .. }), "{err}");
+    let start = TaskKey::start_task();
+    until_record(&e.sup, &start, TaskState::Running).await;
+    e.fake.exit(&start.container_id(), 0);
+    until_state(&e.sup, &start, TaskState::Completed).await;
+    assert_eq!(e.sup.refresh_state().await.state, crate::model::NodeState::Idle);
+
+    // One that can no longer be accepted (it names a device this node lacks)
+    // leaves a failed record: START_TASK_FAILED with the reason, not a wait forever.
+    let store = Store::in_memory().unwrap();
+    let mut bad = start_spec();
+    bad.container.as_mut().unwrap().devices = vec!["vendor.example/gpu=0".into()];
+    let config = crate::model::StartTaskConfig { spec: bad, wait_for_success: true, boot_id: "boot".into() };
+    store.put_setting("start_task", Some(&config)).await.unwrap();
+    let e = env_with(1, Fake::new(true), store).await;
+    let t = until_record(&e.sup, &start, TaskState::Completed).await;
+    assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("StartTaskFailed"));
+    e.sup.check_containerd().await;
+    let view = e.sup.refresh_state().await;
+    assert_eq!(view.state, crate::model::NodeState::StartTaskFailed, "{}", view.reason);
+    assert!(view.reason.contains("CDI"), "{}", view.reason);
+}
+
+#[tokio::test]
+async fn a_start_task_accepted_but_not_started_before_a_reboot_runs_once() {
+    let store = Store::in_memory().unwrap();
+    let config = crate::model::StartTaskConfig { spec: start_spec(), wait_for_success: true, boot_id: "boot".into() };
+    store.put_setting("start_task", Some(&config)).await.unwrap();
+    let mut queued = TaskInfo::new(start_spec(), SystemTime::now());
+    queued.state = TaskState::Active;
+    store.insert(queued).await.unwrap();
+    let fake = Fake::new(true);
+    let e = env_custom(1, fake.clone(), store, |s| s.boot_id = "boot-2".into()).await;
+    let start = TaskKey::start_task();
+    until_state(&e.sup, &start, TaskState::Running).await;
+    fake.exit(&start.container_id(), 0);
+    until_state(&e.sup, &start, TaskState::Completed).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.st().started.len(), 1, "{:?}", fake.st().started);
+    assert_eq!(e.sup.start_task().await.unwrap().0.boot_id, "boot-2");
 }
 
 #[tokio::test]
@@ -865,12 +905,6 @@ async fn an_open_jobs_preparation_outlives_the_history_limit_and_runs_once() {
     assert_eq!(e.fake.st().created.iter().filter(|c| **c == prep_key.container_id()).count(), 1);
     // Once the job is released, the limit applies to it too.
     e.sup.release_job(&job, false).await.unwrap();
-    for _ in 0..200 {
-        if e.sup.job_status(&job).await.unwrap().config.released {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     e.sup.sweep_retention(SystemTime::now()).await.unwrap();
     assert!(matches!(e.sup.get_task(&prep_key).await, Err(Error::NotFound { .. })));
 }
