@@ -535,6 +535,7 @@ mod tests {
             id = "n1"
             pool_id = "p1"
             task_slots = 4
+            rerun_start_task_after_reboot = false
             [api]
             listen = "127.0.0.1:7070"
             [containerd]
@@ -552,6 +553,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.root_dir, PathBuf::from("/srv/node"));
         assert_eq!(c.task_slots, 4);
+        assert!(!c.rerun_start_task_after_reboot);
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
         let tls = Config::parse(
             "[api]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nclient_ca = \"/ca.pem\"\n\

@@ -801,6 +801,8 @@ async fn the_switch_and_the_start_task_apply_while_the_agent_is_starting() {
     store.put_setting("scheduling_enabled", Some(&false)).await.unwrap();
     let e = env_unrecovered(1, Fake::new(true), store.clone());
     e.sup.load_lifecycle().await.unwrap();
+    e.sup.check_containerd().await;
+    assert_eq!(e.sup.refresh_state().await.state, crate::model::NodeState::Starting);
     // STARTING (recovery has not run), yet the persisted switch refuses tasks.
     let err = e.sup.run_task(spec("early"), None).await.unwrap_err();
     assert!(matches!(err, Error::NotAccepting { state: crate::model::NodeState::Offline, .. }), "{err}");
@@ -957,4 +959,31 @@ async fn a_lost_preparation_run_is_run_again_once() {
     let t = until_state(&e.sup, &key, TaskState::Completed).await;
     assert_eq!(t.failure.map(|f| f.code).as_deref(), Some("JobPreparationFailed"));
     assert!(e.fake.st().created.is_empty());
+}
+
+#[tokio::test]
+async fn a_released_jobs_directories_follow_retention_and_then_it_is_forgotten() {
+    let e = env(1).await;
+    let job = crate::model::JobId::new("job").unwrap();
+    let mut short = spec("short");
+    short.constraints.retention_time = Some(Duration::from_secs(1));
+    let key = e.sup.run_task(short, None).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    e.sup.release_job(&job, false).await.unwrap();
+    let job_dir = e.sup.shared.layout.job_dir(&job);
+    // Before the retention time, the task's directory (and so the job's) stays.
+    e.sup.sweep_retention(SystemTime::now()).await.unwrap();
+    assert!(e.sup.shared.layout.task(&key).task_dir.exists());
+    assert!(job_dir.exists());
+    // After it: the task directory goes, then the empty job directory; the
+    // job is forgotten once its records are deleted too.
+    e.sup.sweep_retention(SystemTime::now() + Duration::from_secs(2)).await.unwrap();
+    assert!(!e.sup.shared.layout.task(&key).task_dir.exists());
+    assert!(!job_dir.exists(), "{}", job_dir.display());
+    assert!(e.sup.job_status(&job).await.is_ok(), "a record of the job is left");
+    e.sup.delete(&key).await.unwrap();
+    e.sup.sweep_retention(SystemTime::now()).await.unwrap();
+    assert!(matches!(e.sup.job_status(&job).await, Err(Error::JobNotFound { .. })));
 }
