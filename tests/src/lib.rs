@@ -423,6 +423,23 @@ impl Client {
         self.wait_done(&job, &task).await
     }
 
+    pub async fn node(&mut self) -> pb::NodeInfo {
+        self.inner.get_node(pb::GetNodeRequest {}).await.expect("get node").into_inner()
+    }
+
+    /// Polls GetNode until the node is in `state` (or panics after a minute).
+    pub async fn wait_node_state(&mut self, state: pb::NodeState) -> pb::NodeInfo {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = self.node().await;
+            if n.state == state as i32 {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "node not {state:?}: {:?} {}", n.state, n.state_reason);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn read(&mut self, job: &str, task: &str, path: &str) -> Result<String, tonic::Status> {
         let req = pb::ReadTaskFileRequest {
             job_id: job.into(),

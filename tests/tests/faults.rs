@@ -4,7 +4,7 @@
 //! in the main pass and run one at a time by scripts/test
 //! (`cargo test --test faults -- --ignored --test-threads=1`).
 
-use berth_tests::{containerd, failure_code, task, task_on, v1 as pb, Agent, AgentOptions, Client};
+use berth_tests::{containerd, failure_code, task, task_on, v1 as pb, Agent, AgentOptions};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -110,10 +110,6 @@ impl Drop for RestartContainerd {
     }
 }
 
-async fn node(c: &mut Client) -> pb::NodeInfo {
-    c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner()
-}
-
 async fn health(addr: &str) -> i32 {
     let ch = berth_proto::connect(addr).await.unwrap();
     let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
@@ -136,11 +132,11 @@ async fn containerd_restart_keeps_tasks_and_their_exits() {
     let stopped_at = std::time::SystemTime::now();
     // The node says containerd is gone, and health says NOT_SERVING.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node(&mut c).await.containerd_reachable {
+    while c.node().await.containerd_reachable {
         assert!(Instant::now() < deadline, "GetNode still says containerd is reachable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let n = node(&mut c).await;
+    let n = c.node().await;
     assert_eq!((n.state, n.state_reason.as_str()), (pb::NodeState::Unusable as i32, "containerd is unreachable"));
     use tonic_health::pb::health_check_response::ServingStatus;
     assert_eq!(health(&agent.addr()).await, ServingStatus::NotServing as i32);
@@ -161,7 +157,7 @@ async fn containerd_restart_keeps_tasks_and_their_exits() {
         assert!(Instant::now() < deadline, "health did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(node(&mut c).await.containerd_reachable);
+    assert!(c.node().await.containerd_reachable);
     // And new tasks run again.
     let t = c.run_done(task("cdjob", "after", "/bin/true")).await;
     assert_eq!(t.exit_code, Some(0), "{t:?}");
@@ -194,7 +190,7 @@ async fn lost_database_is_rebuilt_from_containerd_and_task_dirs() {
     assert_eq!(t.exit_code, Some(6), "{t:?}");
     let t = c.get("dbjob", "finished").await.unwrap();
     assert_eq!((t.state, failure_code(&t).as_str()), (pb::TaskState::Completed as i32, "TaskRecordLost"));
-    let notes = node(&mut c).await.notes;
+    let notes = c.node().await.notes;
     assert!(notes.iter().any(|n| n.contains("rebuilt")), "{notes:?}");
     assert!(agent.log().contains("adopting a container"), "the log says what was adopted");
 }
@@ -283,7 +279,7 @@ async fn full_disk_fails_new_tasks_clearly_and_disturbs_nothing_else() {
     assert!(f.message.contains("MiB free"), "{f:?}");
     let t = c.wait_done("diskjob", "running").await;
     assert_eq!(t.exit_code, Some(0), "the running task carries on: {t:?}");
-    assert!(node(&mut c).await.containerd_reachable);
+    assert!(c.node().await.containerd_reachable);
 
     std::fs::remove_file(&filler).unwrap();
     let t = c.run_done(task("diskjob", "after", "/bin/true")).await;
@@ -391,19 +387,6 @@ fn mount(args: &[&str]) {
     assert!(status.success(), "mount {args:?}");
 }
 
-/// Polls GetNode until the node is in `state`.
-async fn wait_node_state(c: &mut Client, state: pb::NodeState) -> pb::NodeInfo {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = node(c).await;
-        if n.state == state as i32 {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "node not {state:?}: {:?} {}", n.state, n.state_reason);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 #[ignore = "fault test: run by scripts/test with --ignored --test-threads=1"]
 async fn a_node_root_that_takes_no_write_makes_the_node_unusable_until_it_does() {
@@ -416,7 +399,7 @@ async fn a_node_root_that_takes_no_write_makes_the_node_unusable_until_it_does()
     let root = fs.path().join("node");
     let agent = Agent::start(AgentOptions { root_dir: Some(root.clone()), ..Default::default() }).await;
     let mut c = agent.client().await;
-    wait_node_state(&mut c, pb::NodeState::Idle).await;
+    c.wait_node_state(pb::NodeState::Idle).await;
 
     let mut fillers = Vec::new();
     for i in 0.. {
@@ -426,24 +409,24 @@ async fn a_node_root_that_takes_no_write_makes_the_node_unusable_until_it_does()
         }
         fillers.push(f);
     }
-    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    let n = c.wait_node_state(pb::NodeState::Unusable).await;
     assert!(n.state_reason.contains("is not writable"), "{}", n.state_reason);
     assert!(n.state_reason.contains(&root.display().to_string()), "{}", n.state_reason);
     for f in &fillers {
         std::fs::remove_file(f).unwrap();
     }
-    wait_node_state(&mut c, pb::NodeState::Idle).await;
+    c.wait_node_state(pb::NodeState::Idle).await;
 
     // A read-only node root (a bind mount of it made read-only).
     let root_s = root.to_str().unwrap();
     mount(&["-n", "--bind", root_s, root_s]);
     let ro = Unmount(root.clone());
     mount(&["-n", "-o", "remount,bind,ro", root_s]);
-    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    let n = c.wait_node_state(pb::NodeState::Unusable).await;
     assert!(n.state_reason.contains("read-only"), "{}", n.state_reason);
     drop(ro);
     // (containerd, started before these mounts, does not see them: no
     // container task is run on this node root.)
-    wait_node_state(&mut c, pb::NodeState::Idle).await;
+    c.wait_node_state(pb::NodeState::Idle).await;
     drop(agent);
 }

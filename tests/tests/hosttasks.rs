@@ -45,20 +45,12 @@ fn procs_with(word: &str) -> Vec<i32> {
     out
 }
 
-async fn node(c: &mut Client) -> pb::NodeInfo {
-    c.inner.get_node(pb::GetNodeRequest {}).await.unwrap().into_inner()
-}
-
-/// Polls GetNode until the node is in `state`.
-async fn wait_node_state(c: &mut Client, state: pb::NodeState) -> pb::NodeInfo {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = node(c).await;
-        if n.state == state as i32 {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "node not {state:?}: {:?} {}", n.state, n.state_reason);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until a process holding each marker argument runs.
+async fn wait_procs(words: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while words.iter().any(|w| procs_with(w).is_empty()) {
+        assert!(Instant::now() < deadline, "the process tree did not start: {words:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -161,11 +153,7 @@ async fn terminate_and_wall_clock_kill_the_whole_process_tree() {
     let tree = "/bin/sh -c 'sleep 7101 & sleep 7102 & /bin/sh -c \"sleep 7103\" & echo started; wait'";
     c.run(host_task("tree", "term", tree)).await.unwrap();
     c.wait_state("tree", "term", pb::TaskState::Running, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while procs_with("7101").is_empty() || procs_with("7103").is_empty() {
-        assert!(Instant::now() < deadline, "the tree did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_procs(&["7101", "7103"]).await;
     let req = pb::TerminateTaskRequest { job_id: "tree".into(), task_id: "term".into(), grace_period: Some(secs(1)) };
     c.inner.terminate_task(req).await.unwrap();
     let done = c.wait_done("tree", "term").await;
@@ -219,11 +207,7 @@ async fn terminate_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
     let tree = r#"/bin/sh -c "trap '' TERM; sleep 7301 & /bin/sh -c 'trap \"\" TERM; sleep 7302' & wait""#;
     c.run(host_task("deaf", "t", tree)).await.unwrap();
     c.wait_state("deaf", "t", pb::TaskState::Running, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while procs_with("7301").is_empty() || procs_with("7302").is_empty() {
-        assert!(Instant::now() < deadline, "the tree did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_procs(&["7301", "7302"]).await;
     let req = pb::TerminateTaskRequest { job_id: "deaf".into(), task_id: "t".into(), grace_period: Some(secs(1)) };
     c.inner.terminate_task(req).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -258,7 +242,7 @@ async fn host_tasks_and_reserved_ids_are_refused_with_nothing_created() {
     // host task without a command line cannot.
     let err = start_task(&mut c, host_task("", "", "  "), false).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(node(&mut c).await.start_task.is_none());
+    assert!(c.node().await.start_task.is_none());
     let info = start_task(&mut c, host_task("", "", "/bin/true"), false).await.unwrap();
     assert_eq!((info.job_id.as_str(), info.task_id.as_str()), ("@node", "starttask"));
     assert_eq!(wait_start_task(&mut c).await.exit_code, Some(0));
@@ -279,7 +263,7 @@ async fn start_task_on_the_host_prepares_what_container_tasks_read() {
     assert_eq!(done.working_dir, wd.display().to_string());
     let out = c.read("@node", "starttask", "stdout.txt").await.unwrap();
     assert_eq!(out, format!("{wd}\ntask=unset job=unset\n{wd}\n", wd = wd.display()));
-    let n = wait_node_state(&mut c, pb::NodeState::Idle).await;
+    let n = c.wait_node_state(pb::NodeState::Idle).await;
     assert!(n.start_task_wait_for_success);
     assert_eq!(n.start_task.map(|t| t.exit_code), Some(Some(0)));
 
@@ -298,7 +282,7 @@ async fn failing_start_task_with_wait_for_success_keeps_tasks_off_the_node() {
 
     // While it runs, the node waits for it and takes no task.
     start_task(&mut c, host_task("", "", "/bin/sh -c 'sleep 1; exit 3'"), true).await.unwrap();
-    let n = node(&mut c).await;
+    let n = c.node().await;
     assert_eq!(n.state, pb::NodeState::WaitingForStartTask as i32, "{}", n.state_reason);
     let err = c.run(task("blocked", "t1", "/bin/true")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -309,7 +293,7 @@ async fn failing_start_task_with_wait_for_success_keeps_tasks_off_the_node() {
 
     let done = wait_start_task(&mut c).await;
     assert_eq!((done.exit_code, failure_code(&done)), (Some(3), "FailureExitCode".to_string()));
-    let n = wait_node_state(&mut c, pb::NodeState::StartTaskFailed).await;
+    let n = c.wait_node_state(pb::NodeState::StartTaskFailed).await;
     assert!(n.state_reason.contains("FailureExitCode"), "{}", n.state_reason);
     let err = c.run(task("blocked", "t2", "/bin/true")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -326,7 +310,7 @@ async fn failing_start_task_with_wait_for_success_keeps_tasks_off_the_node() {
 
     // A start task that succeeds opens the node, also for the agent that restarts.
     start_task(&mut c, host_task("", "", "/bin/true"), true).await.unwrap();
-    wait_node_state(&mut c, pb::NodeState::Idle).await;
+    c.wait_node_state(pb::NodeState::Idle).await;
     assert_eq!(c.run_done(task("blocked", "t3", "/bin/true")).await.exit_code, Some(0));
 }
 
@@ -429,7 +413,7 @@ async fn an_unusable_node_says_why() {
     // Far more free space asked for than any disk here has.
     let agent = Agent::start(AgentOptions { min_free_mb: 1 << 40, ..AgentOptions::default() }).await;
     let mut c = agent.client().await;
-    let n = wait_node_state(&mut c, pb::NodeState::Unusable).await;
+    let n = c.wait_node_state(pb::NodeState::Unusable).await;
     assert!(n.state_reason.contains("MiB free"), "{}", n.state_reason);
     // It still accepts tasks: they fail with the reason.
     let done = c.run_done(task("unusable", "t", "/bin/true")).await;
@@ -443,7 +427,7 @@ async fn scheduling_off_refuses_new_tasks_and_lets_running_ones_finish() {
     c.run(task("sched", "running", "/bin/sh -c 'sleep 2; echo finished'")).await.unwrap();
     c.wait_state("sched", "running", pb::TaskState::Running, Duration::from_secs(60)).await;
     // A task runs: the node is RUNNING (then IDLE again).
-    wait_node_state(&mut c, pb::NodeState::Running).await;
+    c.wait_node_state(pb::NodeState::Running).await;
     let r = c.inner.set_node_scheduling(pb::SetNodeSchedulingRequest { enabled: false }).await.unwrap().into_inner();
     assert_eq!(r.state, pb::NodeState::Offline as i32);
     let err = c.run(task("sched", "new", "/bin/true")).await.unwrap_err();
@@ -453,13 +437,13 @@ async fn scheduling_off_refuses_new_tasks_and_lets_running_ones_finish() {
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(c.read("sched", "running", "stdout.txt").await.unwrap(), "finished\n");
     // Disabled and idle: still OFFLINE.
-    assert_eq!(node(&mut c).await.state, pb::NodeState::Offline as i32);
+    assert_eq!(c.node().await.state, pb::NodeState::Offline as i32);
 
     // The switch survives an agent restart.
     agent.stop_with(nix::sys::signal::Signal::SIGTERM);
     agent.spawn().await;
     let mut c = agent.client().await;
-    let n = wait_node_state(&mut c, pb::NodeState::Offline).await;
+    let n = c.wait_node_state(pb::NodeState::Offline).await;
     assert!(!n.scheduling_enabled);
     assert_eq!(c.run(task("sched", "new", "/bin/true")).await.unwrap_err().code(), Code::FailedPrecondition);
     c.inner.set_node_scheduling(pb::SetNodeSchedulingRequest { enabled: true }).await.unwrap();
