@@ -260,3 +260,29 @@ async fn user_namespace_mode_maps_root_to_the_task_uid() {
     let meta = std::fs::metadata(agent.task_path("userns", "t", "wd/own.txt")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1500, 1500), "the task's uid outside");
 }
+
+#[tokio::test]
+async fn a_swapped_output_file_never_makes_containerds_shim_write_a_host_file() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    // A root-owned host file no task identity may write.
+    let target = agent.state_dir().join("planted-target");
+    std::fs::write(&target, "root's own\n").unwrap();
+    // The job's preparation task runs as the same (default) identity as the
+    // job's task and, while the task waits for it, swaps the task's
+    // stdout.txt for a symlink to that file. containerd's shim is root and
+    // opens what it is given: it must be given the file the agent made.
+    let victim = agent.task_path("cswap", "victim", "stdout.txt");
+    let plant = format!(
+        "/bin/sh -c 'while [ ! -e {v} ]; do sleep 1; done; rm {v}; ln -s {t} {v}'",
+        v = victim.display(),
+        t = target.display()
+    );
+    let mut spec = task("cswap", "victim", "/bin/echo written-as-root");
+    spec.job_preparation = Some(Box::new(task("", "", &plant)));
+    let done = c.run_done(spec).await;
+    assert_eq!(failure_code(&done), "ContainerCreateFailed", "{done:?}");
+    assert!(done.failure_info.clone().unwrap().message.contains("stdout.txt"), "{done:?}");
+    assert_eq!(c.get("cswap", "jobpreparation").await.unwrap().exit_code, Some(0));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "root's own\n");
+}

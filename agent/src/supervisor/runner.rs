@@ -14,6 +14,8 @@ use crate::model::{ContainerInfo, FailureInfo, TaskInfo, TaskKey, TaskKind, Task
 use crate::model::{Credentials, PullPolicy};
 use crate::spec::{self, SpecInputs};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -321,8 +323,25 @@ async fn prepare(
         (LABEL_KEY.to_string(), key.to_string()),
         (LABEL_NODE.to_string(), sh.node.node_id.clone()),
     ]);
-    let req = CreateRequest { id: cid.clone(), image, spec: oci, labels, stdout: paths.stdout, stderr: paths.stderr };
-    if let Err(e) = sh.runtime.create(req).await {
+    // containerd's shim (root on the host) opens the output files by the
+    // paths it is given, and the task's identity owns their directory: it
+    // could have swapped them for links to host files by now. The shim is
+    // given the files the agent opens here without following links, by the
+    // /proc paths of their descriptors, held until the task is created.
+    let output = match sh.layout.open_task_output(&key) {
+        Ok(files) => files,
+        Err(e) => {
+            let message =
+                format!("cannot open the task's stdout.txt and stderr.txt in {}: {e}", paths.task_dir.display());
+            return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", message)).await);
+        }
+    };
+    let by_fd = |f: &std::fs::File| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()));
+    let (stdout, stderr) = (by_fd(&output.0), by_fd(&output.1));
+    let req = CreateRequest { id: cid.clone(), image, spec: oci, labels, stdout, stderr };
+    let created = sh.runtime.create(req).await;
+    drop(output);
+    if let Err(e) = created {
         let failure = match &e {
             RuntimeError::Unavailable { .. } => FailureInfo::server("ContainerdUnavailable", e.to_string()),
             _ => FailureInfo::user("ContainerCreateFailed", e.to_string()),
