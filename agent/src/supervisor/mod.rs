@@ -698,10 +698,13 @@ impl Supervisor {
             tokio::spawn(async move { this.follow_node_state().await });
         }
         let report = recovery::recover(self, rebuild).await?;
+        // Before anything queued is dispatched: whether the start task runs
+        // again is decided on the records as recovery left them (a start task
+        // requeued by recovery must not start first and then be taken for the
+        // previous boot's run).
+        self.rerun_start_task_after_reboot().await;
         self.mark_recovered();
         self.resume_releases();
-        let this = self.clone();
-        tokio::spawn(async move { this.rerun_start_task_after_reboot().await });
         self.shared.state_kick.notify_one();
         if rebuild && (report.adopted > 0 || report.records_lost > 0) {
             self.note(format!(

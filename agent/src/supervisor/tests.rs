@@ -854,7 +854,8 @@ async fn a_start_task_accepted_but_not_started_before_a_reboot_runs_once() {
     fake.exit(&start.container_id(), 0);
     until_state(&e.sup, &start, TaskState::Completed).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(fake.st().started.len(), 1, "{:?}", fake.st().started);
+    let started = fake.st().started.clone();
+    assert_eq!(started.len(), 1, "{started:?}");
     assert_eq!(e.sup.start_task().await.unwrap().0.boot_id, "boot-2");
 }
 
