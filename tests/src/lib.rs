@@ -453,6 +453,22 @@ impl Client {
     }
 }
 
+/// A root-owned host file no task may write, in the agent's state dir, and
+/// the command line of a task that waits for `job/task`'s `stdout.txt` to
+/// exist and then swaps it for a symlink to that file (the job's preparation
+/// task, run as the same identity while the task waits for it).
+pub fn stdout_swap(agent: &Agent, job: &str, task: &str) -> (PathBuf, String) {
+    let target = agent.state_dir().join("planted-target");
+    std::fs::write(&target, "root's own\n").unwrap();
+    let victim = agent.task_path(job, task, "stdout.txt");
+    let plant = format!(
+        "/bin/sh -c 'while [ ! -e {v} ]; do sleep 1; done; rm {v}; ln -s {t} {v}'",
+        v = victim.display(),
+        t = target.display()
+    );
+    (target, plant)
+}
+
 pub fn failure_code(t: &pb::TaskInfo) -> String {
     t.failure_info.as_ref().map(|f| f.code.clone()).unwrap_or_default()
 }

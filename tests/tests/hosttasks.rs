@@ -178,18 +178,8 @@ async fn terminate_and_wall_clock_kill_the_whole_process_tree() {
 async fn a_swapped_output_file_never_makes_the_shim_write_a_host_file() {
     let agent = Agent::start(host_agent()).await;
     let mut c = agent.client().await;
-    // A root-owned host file the task's identity cannot write.
-    let target = agent.state_dir().join("planted-target");
-    std::fs::write(&target, "root's own\n").unwrap();
-    // The job's preparation task runs as the same identity as the job's task
-    // and, while the task waits for it, swaps the task's stdout.txt for a
-    // symlink to that file. The shim runs as root: it must not follow it.
-    let victim = agent.task_path("swap", "victim", "stdout.txt");
-    let plant = format!(
-        "/bin/sh -c 'while [ ! -e {v} ]; do sleep 0.05; done; rm {v}; ln -s {t} {v}'",
-        v = victim.display(),
-        t = target.display()
-    );
+    // The shim runs as root: it must not follow the link the preparation task plants.
+    let (target, plant) = berth_tests::stdout_swap(&agent, "swap", "victim");
     let mut spec = as_user(host_task("swap", "victim", "/bin/echo written-as-root"), "alice");
     spec.job_preparation = Some(Box::new(as_user(host_task("", "", &plant), "alice")));
     let done = c.run_done(spec).await;

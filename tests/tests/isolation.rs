@@ -265,19 +265,9 @@ async fn user_namespace_mode_maps_root_to_the_task_uid() {
 async fn a_swapped_output_file_never_makes_containerds_shim_write_a_host_file() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
-    // A root-owned host file no task identity may write.
-    let target = agent.state_dir().join("planted-target");
-    std::fs::write(&target, "root's own\n").unwrap();
-    // The job's preparation task runs as the same (default) identity as the
-    // job's task and, while the task waits for it, swaps the task's
-    // stdout.txt for a symlink to that file. containerd's shim is root and
-    // opens what it is given: it must be given the file the agent made.
-    let victim = agent.task_path("cswap", "victim", "stdout.txt");
-    let plant = format!(
-        "/bin/sh -c 'while [ ! -e {v} ]; do sleep 1; done; rm {v}; ln -s {t} {v}'",
-        v = victim.display(),
-        t = target.display()
-    );
+    // containerd's shim is root and opens what it is given: it must be given
+    // the file the agent made, not the link the preparation task plants.
+    let (target, plant) = berth_tests::stdout_swap(&agent, "cswap", "victim");
     let mut spec = task("cswap", "victim", "/bin/echo written-as-root");
     spec.job_preparation = Some(Box::new(task("", "", &plant)));
     let done = c.run_done(spec).await;
