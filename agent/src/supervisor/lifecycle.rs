@@ -33,8 +33,9 @@ pub(super) struct Life {
     pub loaded: bool,
     pub scheduling_enabled: bool,
     pub start_task: Option<StartTaskConfig>,
-    /// The machine rebooted and the start task is to run again: until it has
-    /// been accepted anew, its old record does not count as a success.
+    /// The start task is to run (again) once recovery is done: the machine
+    /// rebooted, or it is configured without a record. Until it has been
+    /// accepted anew, no old record counts as a success.
     pub start_task_rerun_pending: bool,
     pub jobs: HashMap<JobId, JobConfig>,
 }
