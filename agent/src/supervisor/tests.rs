@@ -259,6 +259,15 @@ fn spec(task: &str) -> TaskSpec {
     }
 }
 
+/// Runs a task on the fake runtime until it exits 0 and is recorded COMPLETED.
+async fn run_to_exit(e: &Env, s: TaskSpec) -> TaskKey {
+    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
+    until_state(&e.sup, &key, TaskState::Running).await;
+    e.fake.exit(&key.container_id(), 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    key
+}
+
 async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskInfo {
     for _ in 0..500 {
         let t = sup.get_task(key).await.unwrap();
@@ -499,10 +508,7 @@ async fn retention_sweep_removes_old_task_dirs() {
     let e = env(1).await;
     let mut s = spec("r");
     s.constraints.retention_time = Some(Duration::from_secs(60));
-    let key = e.sup.run_task(s, None).await.unwrap().key().clone();
-    until_state(&e.sup, &key, TaskState::Running).await;
-    e.fake.exit(&key.container_id(), 0);
-    until_state(&e.sup, &key, TaskState::Completed).await;
+    let key = run_to_exit(&e, s).await;
     let dir = e.sup.shared.layout.task(&key).task_dir;
     assert!(dir.exists());
     assert_eq!(e.sup.sweep_retention(SystemTime::now()).await.unwrap(), 0);
@@ -594,10 +600,7 @@ async fn disk_full_fails_the_task_before_anything_is_created() {
 #[tokio::test]
 async fn watch_from_a_compacted_point_is_refused() {
     let e = env(1).await;
-    let key = e.sup.run_task(spec("c"), None).await.unwrap().key().clone();
-    until_state(&e.sup, &key, TaskState::Running).await;
-    e.fake.exit(&key.container_id(), 0);
-    until_state(&e.sup, &key, TaskState::Completed).await;
+    let key = run_to_exit(&e, spec("c")).await;
     e.store.compact_events(1).await.unwrap();
     let mut rx = e.sup.watch(1);
     assert!(matches!(rx.recv().await.unwrap(), Err(Error::Compacted { from: 1, oldest: 4 })));
@@ -617,10 +620,7 @@ async fn history_limit_removes_the_oldest_completed_tasks() {
     let e = env_custom(1, fake, Store::in_memory().unwrap(), |s| s.history_limit = 1).await;
     let mut keys = Vec::new();
     for i in 0..2 {
-        let key = e.sup.run_task(spec(&format!("h{i}")), None).await.unwrap().key().clone();
-        until_state(&e.sup, &key, TaskState::Running).await;
-        e.fake.exit(&key.container_id(), 0);
-        until_state(&e.sup, &key, TaskState::Completed).await;
+        let key = run_to_exit(&e, spec(&format!("h{i}"))).await;
         keys.push(key);
     }
     e.sup.sweep_retention(SystemTime::now()).await.unwrap();
@@ -968,10 +968,7 @@ async fn a_released_jobs_directories_follow_retention_and_then_it_is_forgotten()
     let job = crate::model::JobId::new("job").unwrap();
     let mut short = spec("short");
     short.constraints.retention_time = Some(Duration::from_secs(1));
-    let key = e.sup.run_task(short, None).await.unwrap().key().clone();
-    until_state(&e.sup, &key, TaskState::Running).await;
-    e.fake.exit(&key.container_id(), 0);
-    until_state(&e.sup, &key, TaskState::Completed).await;
+    let key = run_to_exit(&e, short).await;
     e.sup.release_job(&job, false).await.unwrap();
     let job_dir = e.sup.shared.layout.job_dir(&job);
     // Before the retention time, the task's directory (and so the job's) stays.
