@@ -600,7 +600,7 @@ async fn disk_full_fails_the_task_before_anything_is_created() {
 #[tokio::test]
 async fn watch_from_a_compacted_point_is_refused() {
     let e = env(1).await;
-    let key = run_to_exit(&e, spec("c")).await;
+    run_to_exit(&e, spec("c")).await;
     e.store.compact_events(1).await.unwrap();
     let mut rx = e.sup.watch(1);
     assert!(matches!(rx.recv().await.unwrap(), Err(Error::Compacted { from: 1, oldest: 4 })));
