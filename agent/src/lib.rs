@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod registry;
+pub mod safefs;
 pub mod sdnotify;
 pub mod spec;
 pub mod store;

@@ -136,7 +136,11 @@ async fn sighup_reloads_the_certificate_and_tasks_keep_running() {
     std::fs::write(&key, &server.1).unwrap();
     let agent = Agent::start(AgentOptions {
         listen: Some(format!("127.0.0.1:{port}")),
-        api_extra: format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+        api_extra: format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\ninsecure_loopback = true\n",
+            cert.display(),
+            key.display()
+        ),
         ..AgentOptions::default()
     })
     .await;

@@ -64,6 +64,7 @@ struct RawDevices {
     share_gpus: Option<bool>,
     sysfs_root: Option<PathBuf>,
     dev_root: Option<PathBuf>,
+    ipc_lock_non_admin: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -131,6 +132,7 @@ struct RawApi {
     allowed_subjects: Vec<String>,
     socket_group: Option<String>,
     max_message_bytes: Option<usize>,
+    insecure_loopback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -146,6 +148,8 @@ struct RawContainerd {
     namespace: Option<String>,
     snapshotter: Option<String>,
     runtime: Option<String>,
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -202,6 +206,8 @@ pub struct Config {
     pub tls: Option<ApiTls>,
     /// Group owning the unix socket (mode 0660); None: root's.
     pub socket_group: Option<String>,
+    /// `[api] insecure_loopback`: a loopback TCP listener may go without mutual TLS.
+    pub insecure_loopback: bool,
     /// Largest request message accepted.
     pub max_message_bytes: usize,
     /// `[metrics] listen`: Prometheus text on `http://ADDR/metrics`; None: off.
@@ -295,6 +301,7 @@ impl Config {
         }
         let listen = parse_listen(raw.api.listen.as_deref().unwrap_or("unix:///run/berth/agent.sock"))?;
         let tls = api_tls(&raw.api)?;
+        let insecure_loopback = raw.api.insecure_loopback.unwrap_or(false);
         if let Listen::Tcp(addr) = &listen {
             if tls.is_none() && !addr.ip().is_loopback() {
                 return Err(invalid(
@@ -302,6 +309,19 @@ impl Config {
                     &format!(
                         "{addr} is not a loopback address: set api.tls_cert and api.tls_key (and api.client_ca for \
                          mutual TLS); the API starts containers as root and must not be reachable in the clear"
+                    ),
+                ));
+            }
+            // Tasks share the node's network: any of them reaches a TCP
+            // listener, loopback included, and could start an admin start task.
+            let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            if !mutual && !(insecure_loopback && addr.ip().is_loopback()) {
+                return Err(invalid(
+                    "api.listen",
+                    &format!(
+                        "a TCP listener ({addr}) needs mutual TLS (api.tls_cert, api.tls_key and api.client_ca): \
+                         tasks share the node's network and could reach it; set api.insecure_loopback = true to \
+                         serve a loopback address without it on purpose"
                     ),
                 ));
             }
@@ -375,15 +395,24 @@ impl Config {
             crate::images::normalize(p).map_err(|e| invalid("images.prefetch", &e.to_string()))?;
         }
         let policy = security::policy(raw.policy)?;
-        // Tasks write the node root: a bind prefix there could be swapped for a
-        // symlink between the agent's check and runc's mount.
-        if let Some(p) = policy.bind_mount_prefixes.iter().find(|p| p.starts_with(&root_dir) || root_dir.starts_with(p))
-        {
-            return Err(invalid(
-                "policy.bind_mount_prefixes",
-                &format!("{} is or holds the node root, which tasks can write", p.display()),
-            ));
+        let containerd_root = absolute("containerd.root", raw.containerd.root, "/var/lib/containerd")?;
+        let containerd_state = absolute("containerd.state", raw.containerd.state, "/run/containerd")?;
+        let mut guarded: Vec<(PathBuf, &str)> =
+            ["/proc", "/sys", "/dev", "/run", "/etc", "/boot"].map(|d| (PathBuf::from(d), "a system directory")).into();
+        guarded.extend([
+            // Tasks write the node root: a bind prefix there could be swapped
+            // for a symlink between the agent's check and runc's mount.
+            (root_dir.clone(), "the node root, which tasks can write"),
+            (state_dir.clone(), "the agent's state directory"),
+            (containerd_root, "containerd's root (containerd.root)"),
+            (containerd_state, "containerd's state (containerd.state)"),
+        ]);
+        if let Listen::Unix(sock) = &listen {
+            if let Some(dir) = sock.parent() {
+                guarded.push((dir.to_owned(), "the directory of the agent's socket"));
+            }
         }
+        security::check_bind_prefixes(&policy.bind_mount_prefixes, &guarded)?;
         let devices = devices(raw.devices)?;
         Ok(Config {
             devices,
@@ -402,6 +431,7 @@ impl Config {
             listen,
             tls,
             socket_group: raw.api.socket_group,
+            insecure_loopback,
             max_message_bytes,
             metrics_listen,
             containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
@@ -440,6 +470,7 @@ fn devices(d: RawDevices) -> Result<crate::devices::DeviceConfig, ConfigError> {
         share_gpus: d.share_gpus.unwrap_or(def.share_gpus),
         sysfs_root: d.sysfs_root.unwrap_or(def.sysfs_root),
         dev_root: d.dev_root.unwrap_or(def.dev_root),
+        ipc_lock_non_admin: d.ipc_lock_non_admin.unwrap_or(def.ipc_lock_non_admin),
     })
 }
 
@@ -538,6 +569,7 @@ mod tests {
             rerun_start_task_after_reboot = false
             [api]
             listen = "127.0.0.1:7070"
+            insecure_loopback = true
             [containerd]
             socket = "/tmp/c.sock"
             namespace = "b2"
@@ -646,6 +678,12 @@ mod tests {
             ("[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"", "api.tls_cert"),
             ("[api]\nlisten = \"unix:///s\"\ntls_cert = \"/c\"\ntls_key = \"/k\"", "api.tls_cert"),
             ("[api]\nlisten = \"127.0.0.1:1\"\nallowed_subjects = [\"CN=x\"]", "api.client_ca"),
+            ("[api]\nlisten = \"127.0.0.1:7070\"", "needs mutual TLS"),
+            ("[api]\nlisten = \"127.0.0.1:7070\"\ntls_cert = \"/c\"\ntls_key = \"/k\"", "needs mutual TLS"),
+            (
+                "[api]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\ninsecure_loopback = true",
+                "needs mutual TLS",
+            ),
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
             ("[devices]\ncdi_spec_dirs = [\"rel\"]", "devices"),
             ("[devices]\ngpu_classes = [\"gpu\"]", "devices.gpu_classes"),

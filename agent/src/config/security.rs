@@ -5,7 +5,7 @@ use super::{invalid, ConfigError};
 use crate::model::{AutoUsers, Elevation, Identities, UserAccount};
 use crate::spec::Policy;
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,7 @@ pub(super) struct RawUser {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAutoUsers {
     pool_uid: Option<u32>,
+    pool_admin_uid: Option<u32>,
     pool_gid: Option<u32>,
     task_uid_first: Option<u32>,
     task_uid_count: Option<u32>,
@@ -40,6 +41,7 @@ pub(super) struct RawPolicy {
     user_namespaces: Option<bool>,
     init_binary: Option<PathBuf>,
     allow_host_tasks: Option<bool>,
+    allow_unconfined_seccomp: Option<bool>,
 }
 
 /// Ids above this hit known runtime bugs (and `-1` as u32 means "unset" to some).
@@ -49,11 +51,12 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
     let d = AutoUsers::default();
     let auto = AutoUsers {
         pool_uid: auto.pool_uid.unwrap_or(d.pool_uid),
+        pool_admin_uid: auto.pool_admin_uid.unwrap_or(d.pool_admin_uid),
         pool_gid: auto.pool_gid.unwrap_or(d.pool_gid),
         task_uid_first: auto.task_uid_first.unwrap_or(d.task_uid_first),
         task_uid_count: auto.task_uid_count.unwrap_or(d.task_uid_count),
     };
-    if auto.pool_uid == 0 || auto.pool_gid == 0 || auto.task_uid_first == 0 {
+    if auto.pool_uid == 0 || auto.pool_admin_uid == 0 || auto.pool_gid == 0 || auto.task_uid_first == 0 {
         return Err(invalid("auto_users", "auto-users must not be root (uid or gid 0)"));
     }
     let last = u64::from(auto.task_uid_first) + u64::from(auto.task_uid_count);
@@ -66,6 +69,16 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
     let task_range = u64::from(auto.task_uid_first)..last;
     if task_range.contains(&u64::from(auto.pool_uid)) {
         return Err(invalid("auto_users.pool_uid", "lies in the task-scope auto-user range"));
+    }
+    if task_range.contains(&u64::from(auto.pool_admin_uid)) || auto.pool_admin_uid == auto.pool_uid {
+        return Err(invalid(
+            "auto_users.pool_admin_uid",
+            "must differ from pool_uid and lie outside the task-scope range (admin and non-admin identities never \
+             share an owner)",
+        ));
+    }
+    if auto.pool_admin_uid > MAX_ID {
+        return Err(invalid("auto_users.pool_admin_uid", "must lie in 1..2147483647"));
     }
     let mut accounts: Vec<UserAccount> = Vec::new();
     for u in users {
@@ -81,15 +94,57 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
         if [u.uid, u.gid].iter().chain(&u.groups).any(|id| *id > MAX_ID) {
             return Err(invalid("users.uid", &format!("{}: ids must lie in 0..2147483647", u.name)));
         }
-        if u.uid == 0 || task_range.contains(&u64::from(u.uid)) || u.uid == auto.pool_uid {
+        if u.uid == 0 || task_range.contains(&u64::from(u.uid)) || u.uid == auto.pool_uid || u.uid == auto.pool_admin_uid
+        {
             return Err(invalid(
                 "users.uid",
                 &format!("{}: uid {} is root or an auto-user's (use elevation = \"admin\" for root)", u.name, u.uid),
             ));
         }
+        if let Some(other) = accounts.iter().find(|a| a.uid == u.uid && a.elevation != elevation) {
+            return Err(invalid(
+                "users.uid",
+                &format!(
+                    "{} and {} share uid {}, one admin and one not: admin and non-admin identities never share an owner",
+                    other.name, u.name, u.uid
+                ),
+            ));
+        }
         accounts.push(UserAccount { name: u.name, uid: u.uid, gid: u.gid, groups: u.groups, elevation });
     }
     Ok(Identities { users: accounts, auto })
+}
+
+/// A path with its symlinks resolved where it exists (as runc will see it),
+/// else as written (normalised).
+fn resolved(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.components().collect())
+}
+
+/// Refuses a bind prefix that is, holds or lies inside one of `guarded`
+/// (the node root, the state directory, containerd's directories, the
+/// socket's directory, `/proc`, `/sys`, `/dev`, `/run`, `/etc`, `/boot`);
+/// `/` holds them all.
+pub(super) fn check_bind_prefixes(prefixes: &[PathBuf], guarded: &[(PathBuf, &str)]) -> Result<(), ConfigError> {
+    for p in prefixes {
+        for (g, what) in guarded {
+            let g = resolved(g);
+            if p.starts_with(&g) || g.starts_with(p) {
+                let how = if *p == g {
+                    "is"
+                } else if g.starts_with(p) {
+                    "holds"
+                } else {
+                    "lies inside"
+                };
+                return Err(invalid(
+                    "policy.bind_mount_prefixes",
+                    &format!("{} {how} {} ({what}): tasks must not bind it", p.display(), g.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
@@ -98,7 +153,8 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
         if !p.is_absolute() {
             return Err(invalid("policy.bind_mount_prefixes", &format!("{} is not an absolute path", p.display())));
         }
-        prefixes.push(p.components().collect());
+        // Resolved now: a link in a prefix must not lead the checks astray.
+        prefixes.push(resolved(&p));
     }
     for d in &raw.allowed_devices {
         if !d.starts_with("/dev/") {
@@ -118,6 +174,7 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
         user_namespaces: raw.user_namespaces.unwrap_or(false),
         init_binary,
         allow_host_tasks: raw.allow_host_tasks.unwrap_or(false),
+        allow_unconfined_seccomp: raw.allow_unconfined_seccomp.unwrap_or(false),
     })
 }
 
@@ -189,6 +246,12 @@ mod tests {
             ("[auto_users]\npool_uid = 0".to_string(), "auto_users"),
             ("[auto_users]\ntask_uid_count = 0".to_string(), "auto_users"),
             ("[auto_users]\npool_uid = 20003".to_string(), "auto_users.pool_uid"),
+            ("[auto_users]\npool_admin_uid = 20000".to_string(), "auto_users.pool_admin_uid"),
+            ("[auto_users]\npool_admin_uid = 20005".to_string(), "auto_users.pool_admin_uid"),
+            (
+                format!("{}\n[[users]]\nname = \"v\"\nuid = 1000\ngid = 1\nelevation = \"admin\"", user("")),
+                "share uid",
+            ),
             ("[policy]\nbind_mount_prefixes = [\"rel\"]".to_string(), "policy.bind_mount_prefixes"),
             ("[policy]\nallowed_devices = [\"/etc/passwd\"]".to_string(), "policy.allowed_devices"),
             (
@@ -196,6 +259,24 @@ mod tests {
                 "policy.bind_mount_prefixes",
             ),
             ("[policy]\nbind_mount_prefixes = [\"/var\"]".to_string(), "policy.bind_mount_prefixes"),
+            ("[policy]\nbind_mount_prefixes = [\"/\"]".to_string(), "holds"),
+            ("[policy]\nbind_mount_prefixes = [\"/etc/ssl\"]".to_string(), "lies inside /etc"),
+            ("[policy]\nbind_mount_prefixes = [\"/run\"]".to_string(), "is /run"),
+            ("[policy]\nbind_mount_prefixes = [\"/proc/1\"]".to_string(), "lies inside /proc"),
+            ("[policy]\nbind_mount_prefixes = [\"/dev\"]".to_string(), "/dev"),
+            ("[policy]\nbind_mount_prefixes = [\"/sys/fs\"]".to_string(), "/sys"),
+            ("[policy]\nbind_mount_prefixes = [\"/boot\"]".to_string(), "/boot"),
+            ("[policy]\nbind_mount_prefixes = [\"/var/lib/berth/state/x\"]".to_string(), "state directory"),
+            ("[policy]\nbind_mount_prefixes = [\"/var/lib/containerd/x\"]".to_string(), "containerd's root"),
+            (
+                "[node]\nstate_dir = \"/srv/state\"\n[policy]\nbind_mount_prefixes = [\"/srv\"]".to_string(),
+                "state directory",
+            ),
+            (
+                "[api]\nlisten = \"unix:///srv/sock/a.sock\"\n[policy]\nbind_mount_prefixes = [\"/srv/sock\"]"
+                    .to_string(),
+                "socket",
+            ),
             ("[policy]\nallow_everything = true".to_string(), "unknown field"),
         ];
         for (text, want) in cases {

@@ -7,7 +7,7 @@
 use super::{Containerd, ImageStore, RuntimeError};
 use containerd_client::services::v1::snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest};
 use containerd_client::types::Mount;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::ResolveFlag;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -157,20 +157,16 @@ fn layer_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
 /// A symlink or anything but a regular file reads as absent.
 fn read_in_layers(dirs: &[PathBuf], rel: &str) -> Option<Vec<u8>> {
     for dir in dirs {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
         let root = match std::fs::File::open(dir) {
             Ok(f) => f,
             Err(_) => continue,
         };
-        match openat2(&root, Path::new(rel), how) {
+        // O_PATH first: an image's device node or FIFO is never opened.
+        let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV;
+        match crate::safefs::path_at(&root, Path::new(rel), resolve) {
             Ok(fd) => {
-                let file = std::fs::File::from(fd);
-                let meta = file.metadata().ok()?;
-                if !meta.is_file() {
-                    return None;
-                }
+                crate::safefs::check_regular(&fd, rel, false).ok()?;
+                let file = crate::safefs::reopen(&fd, std::fs::OpenOptions::new().read(true)).ok()?;
                 let mut data = Vec::new();
                 file.take(MAX_FILE).read_to_end(&mut data).ok()?;
                 return Some(data);
@@ -269,6 +265,16 @@ mod tests {
         assert_eq!(read_in_layers(&dirs, "etc/group").as_deref(), Some(&b"g"[..]));
         assert_eq!(read_in_layers(&dirs, "etc/hostname"), None, "a symlink is not followed to the host");
         assert_eq!(read_in_layers(&dirs, "etc/shadow"), None);
+        // An image's /etc/passwd that is a device node or a FIFO is never opened.
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        std::fs::remove_file(top.join("etc/passwd")).unwrap();
+        mknod(&top.join("etc/passwd"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o644), makedev(1, 5)).unwrap();
+        let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_NONBLOCK).unwrap();
+        ino.add_watch(&top.join("etc/passwd"), nix::sys::inotify::AddWatchFlags::IN_OPEN).unwrap();
+        assert_eq!(read_in_layers(&dirs, "etc/passwd"), None);
+        nix::unistd::mkfifo(&top.join("etc/fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(read_in_layers(&dirs, "etc/fifo"), None, "a FIFO does not block the read");
+        assert!(ino.read_events().is_err(), "the device node was opened");
         let m = |t: &str, source: &str, options: &[&str]| Mount {
             r#type: t.into(),
             source: source.into(),

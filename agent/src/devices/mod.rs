@@ -33,6 +33,10 @@ pub struct DeviceConfig {
     pub share_gpus: bool,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
+    /// Give a non-admin task with RDMA devices CAP_IPC_LOCK too (in every
+    /// set, ambient included, as only that keeps it across exec for a
+    /// non-root process). Off: it gets the memlock limit alone.
+    pub ipc_lock_non_admin: bool,
 }
 
 impl Default for DeviceConfig {
@@ -46,6 +50,7 @@ impl Default for DeviceConfig {
             share_gpus: false,
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
+            ipc_lock_non_admin: false,
         }
     }
 }
@@ -228,7 +233,7 @@ impl Registry {
         }
         edits.apply(spec).map_err(|e| DeviceError::Inject(format!("{e:#}")))?;
         if names.iter().any(|n| n.starts_with(&format!("{}=", rdma::KIND))) {
-            rdma::add_limits(spec, self.memlock);
+            rdma::add_limits(spec, self.memlock, self.config.ipc_lock_non_admin);
         }
         Ok(())
     }

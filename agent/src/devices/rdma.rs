@@ -131,9 +131,13 @@ pub fn memlock_limit() -> u64 {
 
 /// What RDMA needs beyond its device nodes, which CDI edits cannot express:
 /// locked memory without limit (verbs pin their buffers; `memlock`, see
-/// [`memlock_limit`]) and CAP_IPC_LOCK, in every capability set so that a
-/// non-root process keeps it across exec.
-pub fn add_limits(spec: &mut Spec, memlock: u64) {
+/// [`memlock_limit`]), and CAP_IPC_LOCK for a task that has capabilities
+/// (an admin one: bounding set, and effective and permitted when it runs as
+/// root; never inheritable or ambient). A task without capabilities (a
+/// non-admin one, whose bounding set is empty) gets none, unless
+/// `ipc_lock_non_admin`: then CAP_IPC_LOCK in every set, as only the ambient
+/// set keeps it across exec for a non-root process.
+pub fn add_limits(spec: &mut Spec, memlock: u64, ipc_lock_non_admin: bool) {
     if let Some(process) = spec.process_mut() {
         let mut rlimits = process.rlimits().clone().unwrap_or_default();
         rlimits.retain(|r| r.typ() != PosixRlimitType::RlimitMemlock);
@@ -149,11 +153,20 @@ pub fn add_limits(spec: &mut Spec, memlock: u64) {
             set.insert(Capability::IpcLock);
             Some(set)
         };
-        caps.set_bounding(add(caps.bounding().as_ref()));
-        caps.set_effective(add(caps.effective().as_ref()));
-        caps.set_permitted(add(caps.permitted().as_ref()));
-        caps.set_inheritable(add(caps.inheritable().as_ref()));
-        caps.set_ambient(add(caps.ambient().as_ref()));
+        let none = |set: Option<&std::collections::HashSet<Capability>>| set.is_none_or(|s| s.is_empty());
+        if !none(caps.bounding().as_ref()) {
+            caps.set_bounding(add(caps.bounding().as_ref()));
+            if !none(caps.effective().as_ref()) {
+                caps.set_effective(add(caps.effective().as_ref()));
+                caps.set_permitted(add(caps.permitted().as_ref()));
+            }
+        } else if ipc_lock_non_admin {
+            caps.set_bounding(add(caps.bounding().as_ref()));
+            caps.set_effective(add(caps.effective().as_ref()));
+            caps.set_permitted(add(caps.permitted().as_ref()));
+            caps.set_inheritable(add(caps.inheritable().as_ref()));
+            caps.set_ambient(add(caps.ambient().as_ref()));
+        }
         process.set_capabilities(Some(caps));
     }
 }
@@ -205,11 +218,46 @@ pub mod tests {
 
     #[test]
     fn limits_for_rdma() {
+        use oci_spec::runtime::LinuxCapabilities;
+        let has = |caps: &LinuxCapabilities| -> [bool; 5] {
+            [caps.bounding(), caps.effective(), caps.permitted(), caps.inheritable(), caps.ambient()]
+                .map(|s| s.as_ref().is_some_and(|s| s.contains(&Capability::IpcLock)))
+        };
+        // An admin task running as root (oci-spec's default process has caps).
         let mut spec = oci_spec::runtime::Spec::default();
-        add_limits(&mut spec, u64::MAX);
+        if let Some(p) = spec.process_mut() {
+            let mut caps = p.capabilities().clone().unwrap();
+            caps.set_inheritable(Some(Default::default()));
+            caps.set_ambient(Some(Default::default()));
+            p.set_capabilities(Some(caps));
+        }
+        add_limits(&mut spec, u64::MAX, false);
         let p = spec.process().as_ref().unwrap();
         let memlock = p.rlimits().as_ref().unwrap().iter().find(|r| r.typ() == PosixRlimitType::RlimitMemlock).unwrap();
         assert_eq!((memlock.soft(), memlock.hard()), (u64::MAX, u64::MAX));
-        assert!(p.capabilities().as_ref().unwrap().ambient().as_ref().unwrap().contains(&Capability::IpcLock));
+        assert_eq!(has(p.capabilities().as_ref().unwrap()), [true, true, true, false, false], "never inheritable/ambient");
+        // A non-admin task: no capability at all, the memlock limit only; all of them with ipc_lock_non_admin.
+        let empty = || {
+            let mut spec = oci_spec::runtime::Spec::default();
+            let none = LinuxCapabilities::default();
+            let mut caps = none.clone();
+            for set in [Some(Default::default())] {
+                caps.set_bounding(set.clone());
+                caps.set_effective(set.clone());
+                caps.set_permitted(set.clone());
+                caps.set_inheritable(set.clone());
+                caps.set_ambient(set);
+            }
+            spec.process_mut().as_mut().unwrap().set_capabilities(Some(caps));
+            spec
+        };
+        let mut spec = empty();
+        add_limits(&mut spec, 64, false);
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(has(p.capabilities().as_ref().unwrap()), [false; 5]);
+        assert!(p.rlimits().as_ref().unwrap().iter().any(|r| r.typ() == PosixRlimitType::RlimitMemlock && r.soft() == 64));
+        let mut spec = empty();
+        add_limits(&mut spec, 64, true);
+        assert_eq!(has(spec.process().as_ref().unwrap().capabilities().as_ref().unwrap()), [true; 5]);
     }
 }

@@ -31,9 +31,19 @@ fn run(dir: &Path) -> std::io::Result<()> {
     let me = std::process::id() as i32;
     write_atomic(&dir.join(SHIM_PID_FILE), format!("{me} {}", start_time(me).unwrap_or(0)).as_bytes())?;
     let p = &spec.process;
-    let (out, err) = match Layout::new(&spec.root).open_task_output(&spec.key) {
+    let layout = Layout::new(&spec.root);
+    let (out, err) = match layout.open_task_output(&spec.key) {
         Ok(files) => files,
         Err(e) => return refuse(dir, format!("cannot open the task's stdout.txt and stderr.txt: {e}")),
+    };
+    // Entered by descriptor once the process is the task's identity (never
+    // by path as root): a wd swapped for a symlink is not followed.
+    if p.cwd != layout.task(&spec.key).working_dir.display().to_string() {
+        return refuse(dir, format!("the working directory {} is not the task's", p.cwd));
+    }
+    let wd = match layout.open_task_wd(&spec.key) {
+        Ok(fd) => fd,
+        Err(e) => return refuse(dir, format!("cannot enter the task's working directory {}: {e}", p.cwd)),
     };
     let cgroup = Cgroup::new(&spec.cgroup);
     let (uid, gid, groups, nnp) = (p.uid, p.gid, p.groups.clone(), p.no_new_privileges);
@@ -41,11 +51,10 @@ fn run(dir: &Path) -> std::io::Result<()> {
     cmd.args(&p.args[1..])
         .env_clear()
         .envs(p.env.iter().filter_map(|e| e.split_once('=')))
-        .current_dir(&p.cwd)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    become_task(&mut cmd, cgroup, uid, gid, groups, nnp);
+    become_task(&mut cmd, cgroup, Identity { uid, gid, groups, no_new_privileges: nnp }, wd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return refuse(dir, format!("cannot start {:?}: {e}", p.args[0])),
@@ -89,11 +98,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Who the task's process becomes.
+struct Identity {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    no_new_privileges: bool,
+}
+
 /// In the task's process, before exec: its own session, its cgroup, then its
-/// identity (groups, gid, uid: in that order, while still allowed to), no
-/// way back up for a non-admin one, and no descriptor but its stdio.
+/// identity (groups, gid, uid: in that order, while still allowed to), then
+/// its working directory (`wd`, entered as that identity), no way back up
+/// for a non-admin one, and no descriptor but its stdio.
 #[allow(unsafe_code)]
-fn become_task(cmd: &mut Command, cgroup: Cgroup, uid: u32, gid: u32, groups: Vec<u32>, nnp: bool) {
+fn become_task(cmd: &mut Command, cgroup: Cgroup, who: Identity, wd: std::os::fd::OwnedFd) {
     // SAFETY: the shim is single-threaded, so the forked child may allocate
     // (the cgroup write) before exec; close_range takes plain integers and
     // touches only this process's descriptor table.
@@ -101,11 +119,12 @@ fn become_task(cmd: &mut Command, cgroup: Cgroup, uid: u32, gid: u32, groups: Ve
         cmd.pre_exec(move || {
             setsid()?;
             cgroup.join(0)?;
-            let gids: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            let gids: Vec<Gid> = who.groups.iter().map(|g| Gid::from_raw(*g)).collect();
             setgroups(&gids)?;
-            setgid(Gid::from_raw(gid))?;
-            setuid(Uid::from_raw(uid))?;
-            if nnp {
+            setgid(Gid::from_raw(who.gid))?;
+            setuid(Uid::from_raw(who.uid))?;
+            nix::unistd::fchdir(&wd)?;
+            if who.no_new_privileges {
                 nix::sys::prctl::set_no_new_privs()?;
             }
             // Whatever else the shim holds open is not the task's: every

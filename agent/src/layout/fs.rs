@@ -10,7 +10,7 @@ use nix::unistd::{fchown, Gid, Uid};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,13 @@ impl LayoutError {
             LayoutError::Create { source, .. } | LayoutError::Remove { source, .. } => source.raw_os_error(),
             _ => None,
         }
+    }
+
+    /// Whether a create failed because a task planted something other than a
+    /// regular file (a FIFO, a device node, a hard link) where the agent
+    /// makes one.
+    pub fn is_unsafe_file(&self) -> bool {
+        matches!(self, LayoutError::Create { source, .. } if crate::safefs::is_unsafe(source))
     }
 }
 
@@ -144,18 +151,26 @@ impl Layout {
             }
             chmod_chown(open_beneath(&task, Path::new("wd"))?, 0o755, owner)?;
             for name in ["stdout.txt", "stderr.txt"] {
+                // New, or (a start task run again, a retry) truncated, but
+                // only if it is still a regular file of its own: a task may
+                // have put a FIFO (which would block the open), a device
+                // node or a hard link there.
                 let how = OpenHow::new()
-                    .flags(OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                    .flags(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
                     .mode(Mode::from_bits_truncate(0o644))
                     .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-                let fd = openat2(&task, name, how)?;
-                if !fs::File::from(fd.try_clone()?).metadata()?.is_file() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("{name} is not a regular file"),
-                    ));
-                }
-                chmod_chown(fd, 0o644, owner)?;
+                let file = match openat2(&task, name, how) {
+                    Ok(fd) => fs::File::from(fd),
+                    Err(Errno::EEXIST) => crate::safefs::open_at(
+                        &task,
+                        Path::new(name),
+                        ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS,
+                        true,
+                        fs::OpenOptions::new().write(true).truncate(true),
+                    )?,
+                    Err(e) => return Err(e.into()),
+                };
+                chmod_chown(&file, 0o644, owner)?;
             }
             Ok(())
         })();
@@ -178,22 +193,25 @@ impl Layout {
         let (job, _) = dir_beneath(self.root(), &job_rel(key), None)?;
         let task = open_beneath(&job, Path::new(dir_name(key)))?;
         let open = |name: &str| -> std::io::Result<fs::File> {
-            let how = OpenHow::new()
-                .flags(OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-            let file = fs::File::from(openat2(&task, name, how)?);
-            let meta = file.metadata()?;
-            if !meta.is_file() || meta.nlink() != 1 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{name} is not a regular file of the task's own"),
-                ));
-            }
-            // O_NONBLOCK was only for the open (a FIFO must not block it).
-            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND))?;
-            Ok(file)
+            crate::safefs::open_at(
+                &task,
+                Path::new(name),
+                ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS,
+                true,
+                fs::OpenOptions::new().append(true),
+            )
         };
         Ok((open("stdout.txt")?, open("stderr.txt")?))
+    }
+
+    /// Opens the task's working directory for a process that is to start in
+    /// it (a host task's shim enters it with `fchdir` once it runs as the
+    /// task's identity): below the root, no symlink followed, so a `wd/`
+    /// swapped for a link is never entered.
+    pub fn open_task_wd(&self, key: &TaskKey) -> std::io::Result<OwnedFd> {
+        let (job, _) = dir_beneath(self.root(), &job_rel(key), None)?;
+        let task = open_beneath(&job, Path::new(dir_name(key)))?;
+        open_beneath(&task, Path::new("wd"))
     }
 
     /// Every task directory under `workitems/` (`<job>/job-1/<task>` with valid
@@ -261,8 +279,9 @@ impl Layout {
         }
         let task_rel = job_rel(key).join(dir_name(key));
         let (task, _) = dir_beneath(self.root(), &task_rel, None).map_err(|_| no_file())?;
+        // O_PATH first: a FIFO or a device node a task planted is never opened.
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let fd = match openat2(&task, rel_path, how) {
             Ok(fd) => fd,
@@ -271,11 +290,12 @@ impl Layout {
             Err(e) => return Err(LayoutError::Read { path: rel.to_owned(), source: e.into() }),
         };
         let read_err = |source| LayoutError::Read { path: rel.to_owned(), source };
-        let mut file = fs::File::from(fd);
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            return Err(LayoutError::NotAFile { path: rel.into() });
-        }
+        let meta = match crate::safefs::check_regular(&fd, rel, false) {
+            Ok(m) => m,
+            Err(e) if crate::safefs::is_unsafe(&e) => return Err(LayoutError::NotAFile { path: rel.into() }),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut file = crate::safefs::reopen(&fd, fs::OpenOptions::new().read(true)).map_err(read_err)?;
         let size = meta.len();
         let mut data = Vec::new();
         if offset < size {
@@ -415,6 +435,44 @@ mod tests {
         fs::remove_dir_all(&paths.task_dir).unwrap();
         std::os::unix::fs::symlink(tmp.path(), &paths.task_dir).unwrap();
         assert!(layout.open_task_output(&key).is_err());
+    }
+
+    #[test]
+    fn planted_fifos_and_devices_are_never_opened() {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use nix::sys::stat::{makedev, mknod, SFlag};
+        let (_tmp, layout, key) = setup();
+        let p = layout.task(&key);
+        // A FIFO at stdout.txt (a start task run again, a retry): the create
+        // fails at once instead of blocking on it.
+        fs::remove_file(&p.stdout).unwrap();
+        nix::unistd::mkfifo(&p.stdout, Mode::from_bits_truncate(0o644)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (l2, k2) = (layout.clone(), key.clone());
+        std::thread::spawn(move || tx.send(l2.create_task_dirs(&k2, None).map(drop)).unwrap());
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("create_task_dirs blocked on a FIFO");
+        assert!(r.unwrap_err().is_unsafe_file());
+        // A device node: never opened (no IN_OPEN), and refused everywhere.
+        fs::remove_file(&p.stdout).unwrap();
+        mknod(&p.stdout, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+        ino.add_watch(&p.stdout, AddWatchFlags::IN_OPEN).unwrap();
+        let err = layout.create_task_dirs(&key, None).unwrap_err();
+        assert!(err.is_unsafe_file(), "{err}");
+        assert!(err.to_string().contains("character device"), "{err}");
+        assert!(layout.open_task_output(&key).is_err());
+        assert!(matches!(layout.read_task_file(&key, "stdout.txt", 0, 10), Err(LayoutError::NotAFile { .. })));
+        assert!(ino.read_events().is_err_and(|e| e == Errno::EAGAIN), "the device node was opened");
+    }
+
+    #[test]
+    fn the_working_directory_is_entered_only_as_made() {
+        let (tmp, layout, key) = setup();
+        assert!(layout.open_task_wd(&key).is_ok());
+        let wd = layout.task(&key).working_dir;
+        fs::remove_dir_all(&wd).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &wd).unwrap();
+        assert!(layout.open_task_wd(&key).is_err(), "a wd swapped for a symlink is not entered");
     }
 
     #[test]

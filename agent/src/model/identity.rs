@@ -61,11 +61,30 @@ pub struct RunAs {
     pub admin: bool,
 }
 
+impl RunAs {
+    /// Who owns the task's directories (and `stdout.txt`, `stderr.txt`): a
+    /// non-admin identity its own uid and gid; an admin one root (it runs as
+    /// root), so that no non-admin task can change what an admin task will
+    /// read or run. With user namespaces an admin task is root of a
+    /// namespace mapped to its own uid, which then owns them.
+    pub fn dir_owner(&self, user_namespaces: bool) -> (u32, u32) {
+        if self.admin && !user_namespaces {
+            (0, 0)
+        } else {
+            (self.uid, self.gid)
+        }
+    }
+}
+
 /// Uids and the group of auto-users (`[auto_users]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoUsers {
     /// The pool-scope auto-user's uid.
     pub pool_uid: u32,
+    /// The admin pool-scope auto-user's uid: an account of its own, so that
+    /// no admin and non-admin identity ever share an owner (with user
+    /// namespaces, the host uid an admin task's root maps to).
+    pub pool_admin_uid: u32,
     /// The group every pool identity belongs to; `shared/` is writable by it.
     pub pool_gid: u32,
     /// Task-scope auto-users get uids `task_uid_first ..+ task_uid_count`, in turn.
@@ -75,7 +94,7 @@ pub struct AutoUsers {
 
 impl Default for AutoUsers {
     fn default() -> Self {
-        Self { pool_uid: 20000, pool_gid: 20000, task_uid_first: 20001, task_uid_count: 9999 }
+        Self { pool_uid: 20000, pool_admin_uid: 19999, pool_gid: 20000, task_uid_first: 20001, task_uid_count: 9999 }
     }
 }
 
@@ -115,6 +134,7 @@ impl Identities {
             }
             UserIdentity::Auto { scope, elevation } => {
                 let uid = match scope {
+                    AutoUserScope::Pool if *elevation == Elevation::Admin => self.auto.pool_admin_uid,
                     AutoUserScope::Pool => self.auto.pool_uid,
                     AutoUserScope::Task => {
                         let count = u64::from(self.auto.task_uid_count.max(1));
@@ -148,6 +168,13 @@ mod tests {
         assert_eq!(ids.resolve(&UserIdentity::Named("bob".into()), 0), Err(IdentityError::UnknownUser("bob".into())));
         let pool = ids.resolve(&UserIdentity::default(), 7).unwrap();
         assert_eq!(pool, RunAs { uid: 20000, gid: 20000, groups: vec![20000], admin: false });
+        let pool_admin =
+            ids.resolve(&UserIdentity::Auto { scope: AutoUserScope::Pool, elevation: Elevation::Admin }, 7).unwrap();
+        assert_eq!(pool_admin, RunAs { uid: 19999, gid: 20000, groups: vec![20000], admin: true });
+        assert_eq!(pool_admin.dir_owner(false), (0, 0), "admin directories belong to root");
+        assert_eq!(pool_admin.dir_owner(true), (19999, 20000), "or to the admin account with user namespaces");
+        assert_eq!(pool.dir_owner(false), (20000, 20000));
+        assert_ne!(pool_admin.dir_owner(true), pool.dir_owner(true), "admin and non-admin never share an owner");
         let task = |n| {
             ids.resolve(&UserIdentity::Auto { scope: AutoUserScope::Task, elevation: Elevation::Admin }, n).unwrap()
         };

@@ -18,13 +18,15 @@ mod host;
 mod options;
 mod policy;
 mod run_options;
+mod seccomp;
 mod user;
 
 pub use env::{parse_env_file, RESERVED_PREFIX};
 pub use host::{host_process, HostProcess};
 pub use options::INIT_PATH;
 pub use policy::{bind_allowed, check as check_policy, check_user_name, Policy};
-pub use run_options::{DeviceOpt, MountOpt, RunOptions};
+pub use run_options::{DeviceOpt, MountOpt, RunOptions, Seccomp};
+pub use seccomp::parse_profile_file as parse_seccomp_profile;
 pub use user::ImageAccounts;
 
 use crate::images::ImageConfig;
@@ -48,6 +50,13 @@ pub enum SpecError {
     EnvName { name: String, reason: String },
     #[error("{reason}")]
     User { reason: String },
+    /// A working directory under `/proc` (`/proc/self/fd/N` reaches the
+    /// host through a descriptor runc holds: CVE-2024-21626), whatever runc
+    /// would make of it.
+    #[error("working directory {path:?} is under /proc, which a task may not start in")]
+    WorkingDir { path: String },
+    #[error("seccomp: {reason}")]
+    Seccomp { reason: String },
     #[error("building the OCI spec failed: {0}")]
     Oci(#[from] OciSpecError),
 }
@@ -75,6 +84,8 @@ pub struct Lookups {
     pub env_files: Vec<(String, String)>,
     /// The image's `/etc/passwd` and `/etc/group`.
     pub accounts: ImageAccounts,
+    /// The profile of `--security-opt seccomp=FILE`.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Everything the spec is built from.
@@ -114,6 +125,9 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         (None, WorkingDirMode::TaskWorkingDir) => paths.working_dir.display().to_string(),
         (None, WorkingDirMode::ImageDefault) => i.image.working_dir.clone().unwrap_or_else(|| "/".into()),
     };
+    if run_options::under_proc(&cwd) {
+        return Err(SpecError::WorkingDir { path: cwd });
+    }
 
     let userns = i.policy.user_namespaces;
     let pu = user::process_user(i.run_as, o, i.image.user.as_deref(), &i.lookups.accounts, userns)?;
@@ -121,22 +135,37 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     if !pu.additional_gids.is_empty() {
         user = user.additional_gids(pu.additional_gids.clone());
     }
+    let capabilities = options::capabilities(o, pu.uid == 0, i.run_as.admin || userns)?;
+    let seccomp = match &o.seccomp {
+        // As with docker, a privileged task has no filter.
+        _ if o.privileged => None,
+        run_options::Seccomp::Unconfined => None,
+        run_options::Seccomp::Default => {
+            let bounding = capabilities.bounding().clone().unwrap_or_default();
+            Some(seccomp::default_profile(&i.node.arch, &bounding)?)
+        }
+        run_options::Seccomp::Profile(path) => Some(i.lookups.seccomp.clone().ok_or_else(|| SpecError::Seccomp {
+            reason: format!("the profile {path} was not read"),
+        })?),
+    };
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user.build()?)
         .args(args)
         .env(env)
         .cwd(cwd)
-        .capabilities(options::capabilities(o, pu.uid == 0, i.run_as.admin || userns)?)
+        .capabilities(capabilities)
         .rlimits(options::rlimits(o)?)
         .no_new_privileges(!o.allow_new_privileges)
         .build()?;
 
     let init = o.init.then_some(&i.policy.init_binary);
     let mut mounts = options::default_mounts(o, userns)?;
-    mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw"])?);
+    // Tasks write the node root: no set-uid binary or device node planted
+    // there is honoured, in this task or any other.
+    mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw", "nosuid", "nodev"])?);
     for f in &i.node.network_files {
-        mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro"])?);
+        mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"])?);
     }
     mounts.extend(options::task_mounts(o, &i.lookups.bind_sources, init)?);
 
@@ -160,6 +189,9 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     if userns {
         let (uids, gids) = options::id_mappings(i.run_as.uid, i.run_as.gid, &i.run_as.groups)?;
         linux = linux.uid_mappings(uids).gid_mappings(gids);
+    }
+    if let Some(s) = seccomp {
+        linux = linux.seccomp(s);
     }
 
     Ok(SpecBuilder::default()

@@ -170,6 +170,8 @@ pub fn task_mounts(o: &RunOptions, bind_sources: &[String], init: Option<&PathBu
                     "rbind".to_string(),
                     propagation.clone().unwrap_or_else(|| "rprivate".into()),
                     if *readonly { "ro" } else { "rw" }.into(),
+                    "nosuid".into(),
+                    "nodev".into(),
                 ];
                 out.push(mount(target, "bind", source, opts)?);
             }
@@ -185,7 +187,7 @@ pub fn task_mounts(o: &RunOptions, bind_sources: &[String], init: Option<&PathBu
             INIT_PATH,
             "bind",
             &init.to_string_lossy(),
-            vec!["rbind".into(), "rprivate".into(), "ro".into()],
+            vec!["rbind".into(), "rprivate".into(), "ro".into(), "nosuid".into(), "nodev".into()],
         )?);
     }
     Ok(out)

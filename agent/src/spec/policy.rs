@@ -28,6 +28,8 @@ pub struct Policy {
     /// Tasks without container settings may run on the host. Start, job
     /// preparation and release tasks always may.
     pub allow_host_tasks: bool,
+    /// `--security-opt seccomp=unconfined`.
+    pub allow_unconfined_seccomp: bool,
 }
 
 impl Default for Policy {
@@ -41,6 +43,7 @@ impl Default for Policy {
             user_namespaces: false,
             init_binary: PathBuf::from("/usr/bin/tini-static"),
             allow_host_tasks: false,
+            allow_unconfined_seccomp: false,
         }
     }
 }
@@ -93,6 +96,23 @@ pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs, node_root: &Path) -> 
         if !who.admin {
             return Err(refused("--security-opt", format!("no-new-privileges=false {admin_only}")));
         }
+    }
+    match &o.seccomp {
+        super::Seccomp::Unconfined if !policy.allow_unconfined_seccomp => {
+            return Err(refused(
+                "--security-opt",
+                "seccomp=unconfined is refused by this node's policy (policy.allow_unconfined_seccomp)",
+            ));
+        }
+        super::Seccomp::Profile(path) if !bind_allowed(Path::new(path), &policy.bind_mount_prefixes) => {
+            return Err(refused(
+                "--security-opt",
+                format!(
+                    "seccomp profile {path} is not under a host path this node allows (policy.bind_mount_prefixes)"
+                ),
+            ));
+        }
+        _ => {}
     }
     for (flag, ns) in [("--pid", o.pid), ("--ipc", o.ipc)] {
         if ns == Namespace::Host && !policy.allow_host_namespaces {
@@ -204,6 +224,8 @@ mod tests {
             ("-v /:/host", "--volume"),
             ("--mount type=bind,source=/data,target=/d", "--volume"),
             ("--device /dev/fuse", "--device"),
+            ("--security-opt seccomp=unconfined", "--security-opt"),
+            ("--security-opt seccomp=/etc/profile.json", "--security-opt"),
         ] {
             assert_eq!(refusal(opts, &p, &admin()), flag, "{opts}");
         }
@@ -222,9 +244,16 @@ mod tests {
             allowed_devices: vec!["/dev/fuse".into()],
             ..Policy::default()
         };
-        for ok in
-            ["--privileged", "--pid host --ipc host", "--cap-add NET_ADMIN", "-v /data/x:/x:ro", "--device /dev/fuse"]
-        {
+        let p = Policy { allow_unconfined_seccomp: true, ..p };
+        for ok in [
+            "--privileged",
+            "--pid host --ipc host",
+            "--cap-add NET_ADMIN",
+            "-v /data/x:/x:ro",
+            "--device /dev/fuse",
+            "--security-opt seccomp=unconfined",
+            "--security-opt seccomp=/data/profile.json",
+        ] {
             check(&parse(ok).unwrap(), &p, &admin(), Path::new("/node")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         assert_eq!(refusal("-v /database:/x", &p, &admin()), "--volume", "a prefix matches whole components");

@@ -94,6 +94,12 @@ fn build_as(t: &TaskSpec, who: &RunAs) -> Spec {
 /// Sorts the capability sets, which `oci-spec` keeps in hash sets.
 fn canonical(spec: &Spec) -> Value {
     let mut v = serde_json::to_value(spec).unwrap();
+    // The seccomp profile is tested on its own (spec::seccomp); here only
+    // that it is there, and how many rules it has.
+    if let Some(Value::Array(rules)) = v.pointer_mut("/linux/seccomp/syscalls") {
+        let n = rules.len();
+        *v.pointer_mut("/linux/seccomp/syscalls").unwrap() = Value::String(format!("<{n} rules>"));
+    }
     if let Some(Value::Object(caps)) = v.pointer_mut("/process/capabilities") {
         for set in caps.values_mut() {
             if let Value::Array(a) = set {
@@ -258,6 +264,7 @@ fn golden_run_options() {
             .unwrap()],
         env_files: vec![("FROM_FILE".into(), "2".into())],
         accounts: ImageAccounts::default(),
+        seccomp: None,
     };
     let spec = build_with(&t, &image(), &root(), &Policy::default(), &lookups).unwrap();
     golden("run-options.json", &spec);
@@ -359,4 +366,38 @@ fn identities_shape_the_process_user() {
     let caps = s.process().as_ref().unwrap().capabilities().clone().unwrap();
     assert!(!caps.effective().as_ref().unwrap().is_empty(), "root of its own namespace");
     assert_eq!(s.process().as_ref().unwrap().user().additional_gids().as_deref(), Some(&[20000][..]));
+}
+
+#[test]
+fn binds_are_nosuid_and_nodev() {
+    let t = task("", "-v /data/in:/in:ro --init", WorkingDirMode::TaskWorkingDir);
+    let policy = Policy { bind_mount_prefixes: vec!["/data".into()], ..Policy::default() };
+    let lookups = Lookups { bind_sources: vec!["/data/in".into()], ..Lookups::default() };
+    let spec = build_with(&t, &image(), &plain(), &policy, &lookups).unwrap();
+    let binds: Vec<&Mount> =
+        spec.mounts().as_ref().unwrap().iter().filter(|m| m.typ().as_deref() == Some("bind")).collect();
+    assert_eq!(binds.len(), 5, "node root, resolv.conf, hosts, -v, init");
+    for m in binds {
+        let opts = m.options().clone().unwrap_or_default();
+        for want in ["nosuid", "nodev"] {
+            assert!(opts.iter().any(|o| o == want), "{:?}: {opts:?}", m.destination());
+        }
+    }
+}
+
+#[test]
+fn no_working_directory_under_proc() {
+    let mut img = image();
+    for bad in ["/proc/self/fd/7", "/proc", "/app/../proc/1/cwd"] {
+        img.working_dir = Some(bad.into());
+        let t = task("", "", WorkingDirMode::ImageDefault);
+        let err = build_with(&t, &img, &root(), &Policy::default(), &Lookups::default()).unwrap_err();
+        assert!(matches!(err, SpecError::WorkingDir { .. }), "{bad}: {err}");
+    }
+    img.working_dir = Some("/procedures".into());
+    assert!(build_with(&task("", "", WorkingDirMode::ImageDefault), &img, &root(), &Policy::default(), &Lookups::default()).is_ok());
+    for flag in ["-w /proc/self/fd/8", "--workdir=/proc", "-w /proc/1/root"] {
+        let err = check_task(&task("", flag, WorkingDirMode::TaskWorkingDir)).unwrap_err().to_string();
+        assert!(err.contains("run option -") && err.contains("under /proc"), "{flag}: {err}");
+    }
 }

@@ -87,6 +87,29 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// The state directory is the agent's alone (0700) and the database with its
+/// `-wal` and `-shm` files are 0600: they hold every task's environment and
+/// command line. An installation made before this rule is fixed here.
+fn restrict(dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database file 0600 before SQLite opens it: SQLite gives the
+/// `-wal` and `-shm` files the database file's mode.
+fn create_private(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(db).map(drop)
+}
+
 struct Inner {
     conn: Mutex<Connection>,
     feed: broadcast::Sender<TaskEvent>,
@@ -104,11 +127,13 @@ impl Store {
     /// created: the agent never refuses to start over its state database.
     pub fn open(dir: &Path) -> Result<Opened, StoreError> {
         let path = dir.join("berth.db");
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        let io_err = |e: std::io::Error| StoreError::Open {
             path: path.clone(),
             source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
         let existed = path.exists();
+        restrict(dir, &path).map_err(io_err)?;
         match Self::open_checked(&path) {
             Ok(store) => Ok(Opened { store, fresh: !existed, note: None }),
             Err(e) if existed => {
@@ -129,6 +154,7 @@ impl Store {
 
     fn open_checked(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        create_private(path).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let conn = Connection::open(path).map_err(open_err)?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(open_err)?;
         if check != "ok" {
@@ -536,5 +562,35 @@ mod tests {
         assert!(s.get(&TaskKey::new("j", "a").unwrap()).await.unwrap().is_some());
         let next = s.insert(task("j", "b")).await.unwrap();
         assert_eq!(next.sequence, 2);
+    }
+
+    #[tokio::test]
+    async fn state_dir_and_database_are_private_also_when_they_were_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        {
+            let o = Store::open(&dir).unwrap();
+            o.store.insert(task("j", "a")).await.unwrap();
+            assert_eq!(mode(&dir), 0o700);
+            for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+                assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+            }
+        }
+        // An installation of an earlier agent: 0755 and 0644.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+            if dir.join(f).exists() {
+                std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let o = Store::open(&dir).unwrap();
+        assert!(!o.fresh);
+        o.store.insert(task("j", "b")).await.unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f} fixed");
+        }
     }
 }

@@ -40,7 +40,37 @@ fn host_side(o: &RunOptions, policy: &Policy) -> Result<Lookups, SpecError> {
     if o.init && !policy.init_binary.is_file() {
         return Err(refused("--init", format!("{} is not installed on this node", policy.init_binary.display())));
     }
+    if let spec::Seccomp::Profile(path) = &o.seccomp {
+        l.seccomp = Some(seccomp_profile(path, policy)?);
+    }
     Ok(l)
+}
+
+/// Largest seccomp profile file read.
+const MAX_SECCOMP_FILE: u64 = 1 << 20;
+
+/// The profile of `--security-opt seccomp=FILE`: a regular file under the
+/// bind prefixes once every symlink is resolved, holding an OCI
+/// `linux.seccomp` object.
+fn seccomp_profile(path: &str, policy: &Policy) -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
+    use std::io::Read;
+    let bad = |reason: String| refused("--security-opt", format!("seccomp profile {path}: {reason}"));
+    let prefixes: Vec<PathBuf> =
+        policy.bind_mount_prefixes.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    let real = std::fs::canonicalize(path).map_err(|e| bad(e.to_string()))?;
+    if !spec::bind_allowed(&real, &prefixes) {
+        return Err(bad(format!(
+            "resolves to {}, which is not under a host path this node allows (policy.bind_mount_prefixes)",
+            real.display()
+        )));
+    }
+    let file = crate::safefs::open_regular(&real).map_err(|e| bad(e.to_string()))?;
+    let mut text = Vec::new();
+    file.take(MAX_SECCOMP_FILE + 1).read_to_end(&mut text).map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_SECCOMP_FILE {
+        return Err(bad(format!("larger than {MAX_SECCOMP_FILE} bytes")));
+    }
+    spec::parse_seccomp_profile(&text).map_err(bad)
 }
 
 pub(super) async fn lookups(

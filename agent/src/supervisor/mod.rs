@@ -237,10 +237,13 @@ impl Supervisor {
                         .into(),
                 });
             }
-            None if spec.command_line.trim().is_empty() => {
+            // Words, and a program to run: `''` or a lone line continuation
+            // split into no program at all.
+            None if shell_words::split(&spec.command_line).is_ok_and(|w| w.first().is_none_or(String::is_empty)) => {
                 return Err(Error::Invalid {
                     field: "command_line",
-                    reason: "a task without container settings runs on the host and needs a command line".into(),
+                    reason: "a task without container settings runs on the host and needs a command line naming                              a program (it splits into no words, or an empty first word)"
+                        .into(),
                 });
             }
             None => {}

@@ -177,7 +177,7 @@ async fn prepare(
         },
     };
     info.run_as = Some(run_as.clone());
-    let owner = Some((run_as.uid, run_as.gid));
+    let owner = Some(run_as.dir_owner(sh.settings.policy.user_namespaces));
     let layout = sh.layout.clone();
     let k = key.clone();
     let min_free = sh.settings.min_free_bytes;
@@ -193,6 +193,10 @@ async fn prepare(
         )),
         _ => layout.create_task_dirs(&k, owner).map_err(|e| match e.raw_os_error() {
             Some(code) if code == nix::errno::Errno::ENOSPC as i32 => FailureInfo::server("DiskFull", e.to_string()),
+            _ if e.is_unsafe_file() => FailureInfo::user(
+                "UnsafeTaskFile",
+                format!("{e}: a task put it there; the agent opens nothing but regular files in task directories"),
+            ),
             _ => FailureInfo::server("TaskDirectoryCreateFailed", e.to_string()),
         }),
     })
@@ -333,7 +337,8 @@ async fn prepare(
         Err(e) => {
             let message =
                 format!("cannot open the task's stdout.txt and stderr.txt in {}: {e}", paths.task_dir.display());
-            return Err(fail(sup, info, FailureInfo::user("ContainerCreateFailed", message)).await);
+            let code = if crate::safefs::is_unsafe(&e) { "UnsafeTaskFile" } else { "ContainerCreateFailed" };
+            return Err(fail(sup, info, FailureInfo::user(code, message)).await);
         }
     };
     let by_fd = |f: &std::fs::File| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()));

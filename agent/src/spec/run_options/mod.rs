@@ -72,6 +72,18 @@ pub enum Namespace {
     Host,
 }
 
+/// `--security-opt seccomp=...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// berth's default profile.
+    #[default]
+    Default,
+    /// No filter (`seccomp=unconfined`; policy `allow_unconfined_seccomp`).
+    Unconfined,
+    /// An OCI `linux.seccomp` object in this host file (under the bind prefixes).
+    Profile(String),
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Network {
     /// The node's network, as Batch container tasks have it (MPI, RDMA).
@@ -113,6 +125,7 @@ pub struct RunOptions {
     pub privileged: bool,
     /// `--security-opt no-new-privileges=false`; berth sets it by default.
     pub allow_new_privileges: bool,
+    pub seccomp: Seccomp,
     pub read_only: bool,
     pub mounts: Vec<MountOpt>,
     pub devices: Vec<DeviceOpt>,
@@ -275,7 +288,13 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         Flag::Privileged => out.privileged = boolean(value)?,
         Flag::ReadOnly => out.read_only = boolean(value)?,
         Flag::Init => out.init = boolean(value)?,
-        Flag::Workdir => out.workdir = Some(container_path(value)?),
+        Flag::Workdir => {
+            let dir = container_path(value)?;
+            if under_proc(&dir) {
+                return Err(format!("{dir:?} is under /proc, which a task may not start in"));
+            }
+            out.workdir = Some(dir);
+        }
         Flag::Env => {
             let (k, v) = value.split_once('=').ok_or_else(|| {
                 format!("{value:?} is not KEY=VALUE (taking values from the agent's environment is not supported)")
@@ -432,12 +451,14 @@ fn security_opt(out: &mut RunOptions, value: &str) -> Result<(), String> {
     let (key, v) = value.split_once(['=', ':']).unwrap_or((value, "true"));
     match key {
         "no-new-privileges" => out.allow_new_privileges = !values::boolean(v)?,
-        // berth loads no seccomp profile, so the task is unconfined already.
-        "seccomp" if v == "unconfined" => {}
-        "seccomp" => return Err("only seccomp=unconfined is supported (berth loads no seccomp profile)".into()),
+        "seccomp" if v == "unconfined" => out.seccomp = Seccomp::Unconfined,
+        "seccomp" => {
+            let path = values::container_path(v).map_err(|e| format!("seccomp profile {e}"))?;
+            out.seccomp = Seccomp::Profile(path);
+        }
         _ => {
             return Err(format!(
-                "{key:?} is not supported (only no-new-privileges and seccomp=unconfined; no AppArmor or SELinux)"
+                "{key:?} is not supported (only no-new-privileges and seccomp; no AppArmor or SELinux)"
             ))
         }
     }
@@ -541,6 +562,22 @@ fn device(value: &str) -> Result<DeviceOpt, String> {
         }
     }
     Ok(DeviceOpt { host, container, access: access.to_owned() })
+}
+
+/// Whether `path` is `/proc` or below it (after `.` and `..` are resolved
+/// lexically, as the kernel would walk them from `/`).
+pub fn under_proc(path: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.first() == Some(&"proc")
 }
 
 /// Mount targets a task may not use: the root, and what holds the container's

@@ -128,7 +128,9 @@ fn values_land_where_they_belong() {
     assert_eq!(ok("--entrypoint '/bin/my tool'").entrypoint.as_deref(), Some("/bin/my tool"), "one executable");
     assert_eq!(ok("--memory 64m --memory-swap 0").resources.memory_swap, None, "0 is unset");
     assert_eq!(ok("-c 0").resources.cpu_shares, None, "0 is unset");
-    assert!(ok("--security-opt seccomp=unconfined") == RunOptions::default());
+    assert_eq!(ok("--security-opt seccomp=unconfined").seccomp, Seccomp::Unconfined);
+    assert_eq!(ok("--security-opt seccomp=/p/x.json").seccomp, Seccomp::Profile("/p/x.json".into()));
+    assert_eq!(ok("--rm").seccomp, Seccomp::Default);
 }
 
 #[test]
@@ -152,7 +154,8 @@ fn refuses_by_name() {
         ("-u bad/name", "-u"),
         ("--cap-add CAP_BOGUS", "--cap-add"),
         ("--security-opt apparmor=unconfined", "--security-opt"),
-        ("--security-opt seccomp=/p.json", "--security-opt"),
+        ("--security-opt seccomp=p.json", "--security-opt"),
+        ("--security-opt seccomp=/a/../p.json", "--security-opt"),
         ("--tmpfs rel", "--tmpfs"),
         ("--tmpfs /t:exec,bogus", "--tmpfs"),
         ("-v named:/data", "-v"),
