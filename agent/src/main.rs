@@ -102,11 +102,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         insecure: cfg.registries.insecure.clone(),
         ca_pems,
         credentials: cfg.registries.credentials.clone(),
+        max_manifest_bytes: cfg.registries.max_manifest_bytes,
     });
     let pull_settings = PullSettings {
         max_concurrent_downloads: cfg.registries.max_concurrent_downloads,
         timeout: cfg.registries.pull_timeout,
         no_progress_timeout: cfg.registries.no_progress_timeout,
+        max_layer_bytes: cfg.registries.max_layer_bytes,
         ..PullSettings::default()
     };
     let puller = Arc::new(Puller::new(

@@ -53,6 +53,10 @@ fn kind_of(meta: &std::fs::Metadata) -> &'static str {
 /// made to a host file).
 pub fn check_regular(fd: &OwnedFd, name: &str, single_link: bool) -> std::io::Result<std::fs::Metadata> {
     let meta = File::from(fd.try_clone()?).metadata()?;
+    if meta.file_type().is_symlink() {
+        // As a plain open with O_NOFOLLOW would have it.
+        return Err(std::io::Error::from_raw_os_error(nix::errno::Errno::ELOOP as i32));
+    }
     if !meta.file_type().is_file() || (single_link && meta.nlink() != 1) {
         let e = UnsafeFile { name: name.to_owned(), what: kind_of(&meta), single_link };
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));

@@ -58,6 +58,8 @@ pub struct AgentOptions {
     pub listen: Option<String>,
     /// More keys of the `[api]` table (`tls_cert = ...`).
     pub api_extra: String,
+    /// More keys of the `[registries]` table (`max_layer_bytes = ...`).
+    pub registries_extra: String,
     /// Environment of the agent process.
     pub env: Vec<(String, String)>,
 }
@@ -75,6 +77,7 @@ impl Default for AgentOptions {
             extra_config: String::new(),
             listen: None,
             api_extra: String::new(),
+            registries_extra: String::new(),
             env: vec![],
         }
     }
@@ -150,6 +153,7 @@ namespace = "{ns}"
 [registries]
 insecure = ["{registry}"]
 ca_files = ["{ca}"]
+{registries_extra}
 
 [tasks]
 terminate_grace_seconds = {grace}
@@ -161,6 +165,7 @@ terminate_grace_seconds = {grace}
             slots = self.opts.task_slots,
             addr = self.opts.listen.clone().unwrap_or_else(|| self.addr()),
             api_extra = self.opts.api_extra,
+            registries_extra = self.opts.registries_extra,
             sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
             ns = self.namespace(),
             registry = env("BERTH_TEST_REGISTRY"),

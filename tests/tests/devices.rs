@@ -159,7 +159,8 @@ async fn rdma_devices_are_discovered_injected_and_bring_memlock() {
     let mut c = agent.client().await;
     let probe = "/bin/sh -c 'ls /dev/infiniband | tr \"\\n\" \" \"; echo; ulimit -l; grep CapEff /proc/self/status; \
                  echo x > /dev/infiniband/uverbs1 && echo writable'";
-    // RDMA devices by default, with unlimited locked memory and CAP_IPC_LOCK (even for a non-admin task).
+    // RDMA devices by default, with unlimited locked memory; a non-admin task gets no capability
+    // (CAP_IPC_LOCK only with [devices] ipc_lock_non_admin), an admin one CAP_IPC_LOCK.
     let done = c.run_done(task("rdma", "default", probe)).await;
     assert_eq!(done.exit_code, Some(0), "{done:?} {}", c.read("rdma", "default", "stderr.txt").await.unwrap());
     let out = c.read("rdma", "default", "stdout.txt").await.unwrap();
@@ -182,7 +183,22 @@ async fn rdma_devices_are_discovered_injected_and_bring_memlock() {
     };
     assert_eq!(
         lines,
-        ["issm0 issm1 rdma_cm umad0 umad1 uverbs0 uverbs1", &memlock, "CapEff: 0000000000004000", "writable"]
+        ["issm0 issm1 rdma_cm umad0 umad1 uverbs0 uverbs1", &memlock, "CapEff: 0000000000000000", "writable"]
+    );
+    let caps = "/bin/sh -c 'grep -E \"Cap(Inh|Eff|Amb)\" /proc/self/status'";
+    let done = c.run_done(berth_tests::as_auto_user(task("rdma", "admin", caps), pb::AutoUserScope::Pool, true)).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    let out = c.read("rdma", "admin", "stdout.txt").await.unwrap();
+    let caps: Vec<(String, u64)> = out
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+        .collect();
+    let ipc_lock = 1u64 << 14;
+    assert_eq!(
+        caps.iter().map(|(k, v)| (k.as_str(), v & ipc_lock != 0)).collect::<Vec<_>>(),
+        [("CapInh", false), ("CapEff", true), ("CapAmb", false)],
+        "{out}"
     );
     // One HCA by name.
     let mut spec = task("rdma", "one", "/bin/sh -c 'ls /dev/infiniband | tr \"\\n\" \" \"'");

@@ -199,9 +199,11 @@ async fn identities_set_uid_gid_groups_and_owners() {
             assert_eq!(got, want, "{name}: {out}");
             assert_eq!((meta.uid(), meta.gid()), owner, "{name}: host owner of the file written in wd");
         }
-        // The task directory belongs to the identity.
+        // The task directory belongs to the identity; an admin one's to root
+        // (no non-admin identity shares its owner).
         let dir = std::fs::metadata(agent.task_path("ids", name, "wd")).unwrap();
-        assert_eq!((dir.uid(), dir.gid()), (run_as.uid, run_as.gid), "{name}: wd owner");
+        let dir_owner = if run_as.admin { (0, 0) } else { (run_as.uid, run_as.gid) };
+        assert_eq!((dir.uid(), dir.gid()), dir_owner, "{name}: wd owner");
         assert!(agent.root().join(format!("shared/from-{name}")).exists(), "{name} wrote to shared/");
     }
 

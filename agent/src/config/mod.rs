@@ -90,6 +90,8 @@ struct RawRegistries {
     max_concurrent_downloads: Option<usize>,
     pull_timeout_seconds: Option<u64>,
     no_progress_timeout_seconds: Option<u64>,
+    max_manifest_bytes: Option<u64>,
+    max_layer_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +254,10 @@ pub struct RegistryConfig {
     pub max_concurrent_downloads: usize,
     pub pull_timeout: Duration,
     pub no_progress_timeout: Duration,
+    /// Largest manifest or index read.
+    pub max_manifest_bytes: u64,
+    /// Largest uncompressed size of one layer.
+    pub max_layer_bytes: u64,
 }
 
 impl Config {
@@ -315,7 +321,8 @@ impl Config {
             // Tasks share the node's network: any of them reaches a TCP
             // listener, loopback included, and could start an admin start task.
             let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-            if !mutual && !(insecure_loopback && addr.ip().is_loopback()) {
+            let on_purpose = insecure_loopback && addr.ip().is_loopback();
+            if !(mutual || on_purpose) {
                 return Err(invalid(
                     "api.listen",
                     &format!(
@@ -379,7 +386,15 @@ impl Config {
             max_concurrent_downloads: raw.registries.max_concurrent_downloads.unwrap_or(3).max(1),
             pull_timeout: Duration::from_secs(raw.registries.pull_timeout_seconds.unwrap_or(3600).max(1)),
             no_progress_timeout: Duration::from_secs(raw.registries.no_progress_timeout_seconds.unwrap_or(60).max(1)),
+            max_manifest_bytes: raw.registries.max_manifest_bytes.unwrap_or(4 << 20),
+            max_layer_bytes: raw.registries.max_layer_bytes.unwrap_or(32 << 30),
         };
+        if registries.max_manifest_bytes < 1024 {
+            return Err(invalid("registries.max_manifest_bytes", "must be at least 1024"));
+        }
+        if registries.max_layer_bytes < 1 << 20 {
+            return Err(invalid("registries.max_layer_bytes", "must be at least 1048576"));
+        }
         let high = raw.images.gc_high_percent.unwrap_or(85);
         let low = raw.images.gc_low_percent.unwrap_or(75);
         if high > 100 || low > high {

@@ -94,7 +94,10 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
         if [u.uid, u.gid].iter().chain(&u.groups).any(|id| *id > MAX_ID) {
             return Err(invalid("users.uid", &format!("{}: ids must lie in 0..2147483647", u.name)));
         }
-        if u.uid == 0 || task_range.contains(&u64::from(u.uid)) || u.uid == auto.pool_uid || u.uid == auto.pool_admin_uid
+        if u.uid == 0
+            || task_range.contains(&u64::from(u.uid))
+            || u.uid == auto.pool_uid
+            || u.uid == auto.pool_admin_uid
         {
             return Err(invalid(
                 "users.uid",
@@ -248,10 +251,7 @@ mod tests {
             ("[auto_users]\npool_uid = 20003".to_string(), "auto_users.pool_uid"),
             ("[auto_users]\npool_admin_uid = 20000".to_string(), "auto_users.pool_admin_uid"),
             ("[auto_users]\npool_admin_uid = 20005".to_string(), "auto_users.pool_admin_uid"),
-            (
-                format!("{}\n[[users]]\nname = \"v\"\nuid = 1000\ngid = 1\nelevation = \"admin\"", user("")),
-                "share uid",
-            ),
+            (format!("{}\n[[users]]\nname = \"v\"\nuid = 1000\ngid = 1\nelevation = \"admin\"", user("")), "share uid"),
             ("[policy]\nbind_mount_prefixes = [\"rel\"]".to_string(), "policy.bind_mount_prefixes"),
             ("[policy]\nallowed_devices = [\"/etc/passwd\"]".to_string(), "policy.allowed_devices"),
             (

@@ -109,7 +109,7 @@ impl ImageStore for Containerd {
             let mut pending = Vec::with_capacity(CHUNK);
             while let Some(chunk) = data.next().await {
                 // On a failed download the stream ends without a commit: nothing is stored.
-                let chunk = chunk.map_err(|e| e.to_string())?;
+                let chunk = chunk.map_err(|e| (e.kind(), e.to_string()))?;
                 pending.extend_from_slice(&chunk);
                 if pending.len() >= CHUNK {
                     let data = std::mem::take(&mut pending);
@@ -125,7 +125,7 @@ impl ImageStore for Containerd {
             let commit =
                 WriteContentRequest { action: WriteAction::Commit as i32, offset, data: pending, labels, ..base };
             let _ = tx.send(commit).await;
-            Ok::<u64, String>((offset + len) as u64)
+            Ok::<u64, (std::io::ErrorKind, String)>((offset + len) as u64)
         });
         let call = self.content().write(self.leased(tokio_stream::wrappers::ReceiverStream::new(rx), lease)).await;
         let answer = async {
@@ -140,12 +140,30 @@ impl ImageStore for Containerd {
                 Ok(0)
             }
             Err(s) => {
-                producer.abort();
-                Err(self.status_error("write content", &blob.digest, s))
+                // containerd may answer first for a stream cut off on purpose.
+                let produced = if producer.is_finished() { producer.await.ok() } else { None };
+                match produced {
+                    Some(Err((std::io::ErrorKind::InvalidData, message))) => {
+                        let abort =
+                            containerd_client::services::v1::AbortRequest { r#ref: format!("berth-{}", blob.digest) };
+                        let _ = self.content().abort(self.request(abort)).await;
+                        Err(RuntimeError::Refused { message })
+                    }
+                    _ => Err(self.status_error("write content", &blob.digest, s)),
+                }
             }
             Ok(()) => match producer.await {
                 Ok(Ok(n)) => Ok(n),
-                Ok(Err(message)) => Err(RuntimeError::Source { message }),
+                Ok(Err((kind, message))) => {
+                    // What was written of it goes now, not with the lease.
+                    let abort =
+                        containerd_client::services::v1::AbortRequest { r#ref: format!("berth-{}", blob.digest) };
+                    let _ = self.content().abort(self.request(abort)).await;
+                    match kind {
+                        std::io::ErrorKind::InvalidData => Err(RuntimeError::Refused { message }),
+                        _ => Err(RuntimeError::Source { message }),
+                    }
+                }
                 Err(e) => Err(RuntimeError::Failed { op: "write content", message: e.to_string() }),
             },
         }

@@ -34,6 +34,10 @@ pub enum RuntimeError {
     /// The data being written failed at its source (a download).
     #[error("{message}")]
     Source { message: String },
+    /// The data was refused on its way in (more than declared, a
+    /// decompression bomb); nothing of it was committed.
+    #[error("{message}")]
+    Refused { message: String },
 }
 
 impl RuntimeError {

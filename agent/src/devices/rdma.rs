@@ -235,19 +235,21 @@ pub mod tests {
         let p = spec.process().as_ref().unwrap();
         let memlock = p.rlimits().as_ref().unwrap().iter().find(|r| r.typ() == PosixRlimitType::RlimitMemlock).unwrap();
         assert_eq!((memlock.soft(), memlock.hard()), (u64::MAX, u64::MAX));
-        assert_eq!(has(p.capabilities().as_ref().unwrap()), [true, true, true, false, false], "never inheritable/ambient");
+        assert_eq!(
+            has(p.capabilities().as_ref().unwrap()),
+            [true, true, true, false, false],
+            "never inheritable/ambient"
+        );
         // A non-admin task: no capability at all, the memlock limit only; all of them with ipc_lock_non_admin.
         let empty = || {
             let mut spec = oci_spec::runtime::Spec::default();
-            let none = LinuxCapabilities::default();
-            let mut caps = none.clone();
-            for set in [Some(Default::default())] {
-                caps.set_bounding(set.clone());
-                caps.set_effective(set.clone());
-                caps.set_permitted(set.clone());
-                caps.set_inheritable(set.clone());
-                caps.set_ambient(set);
-            }
+            let mut caps = LinuxCapabilities::default();
+            let set = Some(Default::default());
+            caps.set_bounding(set.clone());
+            caps.set_effective(set.clone());
+            caps.set_permitted(set.clone());
+            caps.set_inheritable(set.clone());
+            caps.set_ambient(set);
             spec.process_mut().as_mut().unwrap().set_capabilities(Some(caps));
             spec
         };
@@ -255,7 +257,12 @@ pub mod tests {
         add_limits(&mut spec, 64, false);
         let p = spec.process().as_ref().unwrap();
         assert_eq!(has(p.capabilities().as_ref().unwrap()), [false; 5]);
-        assert!(p.rlimits().as_ref().unwrap().iter().any(|r| r.typ() == PosixRlimitType::RlimitMemlock && r.soft() == 64));
+        assert!(p
+            .rlimits()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|r| r.typ() == PosixRlimitType::RlimitMemlock && r.soft() == 64));
         let mut spec = empty();
         add_limits(&mut spec, 64, true);
         assert_eq!(has(spec.process().as_ref().unwrap().capabilities().as_ref().unwrap()), [true; 5]);

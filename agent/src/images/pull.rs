@@ -129,6 +129,8 @@ pub struct PullSettings {
     pub no_progress_timeout: Duration,
     /// Attempts for a transient registry error (connection reset, 5xx, 429).
     pub attempts: u32,
+    /// Largest uncompressed size of one layer (a decompression bomb stops here).
+    pub max_layer_bytes: u64,
 }
 
 impl Default for PullSettings {
@@ -138,6 +140,7 @@ impl Default for PullSettings {
             timeout: Duration::from_secs(3600),
             no_progress_timeout: Duration::from_secs(60),
             attempts: 4,
+            max_layer_bytes: 32 << 30,
         }
     }
 }
@@ -257,9 +260,13 @@ impl Puller {
                 })?;
                 let no_progress = self.settings.no_progress_timeout;
                 let (tx, digest) = (progress.clone(), blob.digest.clone());
+                let mut check = LayerCheck::new(blob, self.settings.max_layer_bytes).map_err(|reason| {
+                    RetryableError { error: PullError::Blob { digest: blob.digest.clone(), reason }, transient: false }
+                })?;
                 let data = tokio_stream::StreamExt::timeout(data, no_progress)
                     .map(move |item| match item {
                         Ok(Ok(chunk)) => {
+                            check.feed(&chunk)?;
                             tx.send_modify(|p| p.add(&digest, chunk.len() as u64));
                             Ok(chunk)
                         }
@@ -274,7 +281,7 @@ impl Puller {
                     // A broken download is worth another try; a digest mismatch is not.
                     let transient = matches!(&e, RuntimeError::Source { message } if !message.contains("digest"));
                     let error = match e {
-                        RuntimeError::Source { message } => {
+                        RuntimeError::Source { message } | RuntimeError::Refused { message } => {
                             PullError::Blob { digest: blob.digest.clone(), reason: message }
                         }
                         RuntimeError::Failed { message, .. } => {
@@ -467,16 +474,91 @@ impl Puller {
             };
             let mut data = self.registry.blob(r, &blob.digest, creds).await.map_err(map)?;
             let mut out = Vec::with_capacity(blob.size.max(0) as usize);
+            let refuse = |reason: String| RetryableError {
+                error: PullError::Blob { digest: blob.digest.clone(), reason },
+                transient: false,
+            };
             while let Some(chunk) = data.next().await {
-                let chunk = chunk.map_err(|e| RetryableError {
-                    error: PullError::Blob { digest: blob.digest.clone(), reason: e.to_string() },
-                    transient: false,
-                })?;
+                let chunk = chunk.map_err(|e| refuse(e.to_string()))?;
+                // Cut off at the size the descriptor declares.
+                if (out.len() + chunk.len()) as i64 > blob.size {
+                    return Err(refuse(format!("the registry sent more than the {} bytes declared", blob.size)));
+                }
                 out.extend_from_slice(&chunk);
             }
             Ok(Bytes::from(out))
         })
         .await
+    }
+}
+
+/// Checks a layer's bytes as they stream in: never more than its descriptor
+/// declares, and never more than `max` once decompressed (gzip layers are
+/// decompressed on the way to count; an uncompressed layer's size is its
+/// own). A violation ends the stream with an `InvalidData` error, which
+/// the content writer turns into a refused (not retried) write: nothing of
+/// it is committed.
+struct LayerCheck {
+    declared: u64,
+    seen: u64,
+    gzip: Option<flate2::write::MultiGzDecoder<Counter>>,
+}
+
+/// Counts decompressed bytes, failing past the limit.
+struct Counter {
+    written: u64,
+    max: u64,
+}
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written += buf.len() as u64;
+        if self.written > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "refused: the layer decompresses to more than {} bytes ([registries] max_layer_bytes)",
+                    self.max
+                ),
+            ));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LayerCheck {
+    fn new(blob: &BlobRef, max: u64) -> Result<Self, String> {
+        let gzip = blob.media_type.ends_with("gzip");
+        let declared = blob.size.max(0) as u64;
+        if !gzip && !blob.media_type.contains("zstd") && declared > max {
+            return Err(format!("the layer is {declared} bytes, more than [registries] max_layer_bytes ({max})"));
+        }
+        let gzip = gzip.then(|| flate2::write::MultiGzDecoder::new(Counter { written: 0, max }));
+        Ok(Self { declared, seen: 0, gzip })
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.seen += chunk.len() as u64;
+        if self.seen > self.declared {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "refused: the registry sent more than the {} bytes the layer's descriptor declares",
+                    self.declared
+                ),
+            ));
+        }
+        if let Some(gz) = self.gzip.as_mut() {
+            gz.write_all(chunk).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => e,
+                _ => std::io::Error::new(std::io::ErrorKind::InvalidData, format!("refused: not gzip data: {e}")),
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -540,6 +622,36 @@ impl Pull for Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_are_cut_off_at_their_size_and_decompressed_size() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![0u8; 4 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        let blob = |size: usize, media_type: &str| BlobRef {
+            media_type: media_type.into(),
+            digest: "sha256:x".into(),
+            size: size as i64,
+        };
+        let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+        // Within the limit: fine, in any chunking.
+        let mut c = LayerCheck::new(&blob(bomb.len(), gzip), 8 << 20).unwrap();
+        for part in bomb.chunks(1000) {
+            c.feed(part).unwrap();
+        }
+        // 4 MiB of zeros against a 1 MiB limit: refused on the way.
+        let mut c = LayerCheck::new(&blob(bomb.len(), gzip), 1 << 20).unwrap();
+        let err = bomb.chunks(1000).try_for_each(|p| c.feed(p)).unwrap_err();
+        assert!(err.to_string().contains("max_layer_bytes"), "{err}");
+        // More than the descriptor declares.
+        let mut c = LayerCheck::new(&blob(bomb.len() - 1, gzip), 8 << 20).unwrap();
+        let err = c.feed(&bomb).unwrap_err();
+        assert!(err.to_string().contains("declares"), "{err}");
+        // An uncompressed layer larger than the limit is refused before it is fetched.
+        assert!(LayerCheck::new(&blob(2 << 20, "application/vnd.oci.image.layer.v1.tar"), 1 << 20).is_err());
+        assert!(LayerCheck::new(&blob(10, gzip), 1 << 20).unwrap().feed(b"not gzip at all").is_err());
+    }
 
     #[tokio::test]
     async fn once_shares_a_result_among_concurrent_callers() {

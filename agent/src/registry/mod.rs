@@ -32,7 +32,7 @@ pub const ACCEPTED_MANIFESTS: [&str; 4] = [
 ];
 
 /// How to reach registries.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistrySettings {
     /// `host:port` of registries reached over plain HTTP.
     pub insecure: Vec<String>,
@@ -40,6 +40,14 @@ pub struct RegistrySettings {
     pub ca_pems: Vec<Vec<u8>>,
     /// Credentials by registry host (`host[:port]`).
     pub credentials: Vec<(String, Credentials)>,
+    /// Largest manifest or index read (`[registries] max_manifest_bytes`).
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self { insecure: vec![], ca_pems: vec![], credentials: vec![], max_manifest_bytes: 4 << 20 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,14 @@ pub enum RegistryError {
     Server { registry: String, status: u16, reason: String },
     #[error("registry {registry}: {reason}")]
     Other { registry: String, reason: String },
+    #[error("registry {registry}: {what} is larger than {limit} bytes ([registries] max_manifest_bytes)")]
+    TooLarge { registry: String, what: String, limit: u64 },
+    /// Basic credentials would go to a token service over plain HTTP.
+    #[error(
+        "registry {registry} sends clients for a token to {realm} over plain HTTP; the credentials were not sent \
+         (list that host in [registries] insecure to allow it)"
+    )]
+    InsecureRealm { registry: String, realm: String },
 }
 
 impl RegistryError {
@@ -79,6 +95,38 @@ pub struct Registry {
     settings: RegistrySettings,
     /// Credentials set through the API (`ConfigureContainers`); they win over the config file's.
     api_credentials: std::sync::RwLock<Vec<(String, Credentials)>>,
+    /// For what `oci-client` does not bound: the token challenge is looked
+    /// at before credentials go anywhere, and manifests are read with a cap.
+    http: reqwest::Client,
+    /// Registries whose token service was found safe for basic credentials.
+    checked_realms: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// What must never appear in a message: the secret, and the forms it takes
+/// on the wire (`user:password` in base64, as a Basic header carries it).
+pub(crate) struct Scrub {
+    secrets: Vec<String>,
+}
+
+impl Scrub {
+    pub(crate) fn new(creds: Option<&Credentials>) -> Self {
+        use base64::Engine;
+        let mut secrets = Vec::new();
+        match creds {
+            Some(Credentials::Basic { username, password }) => {
+                secrets.push(password.clone());
+                secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")));
+            }
+            Some(Credentials::Token(t)) => secrets.push(t.clone()),
+            None => {}
+        }
+        secrets.retain(|s| !s.is_empty());
+        Self { secrets }
+    }
+
+    pub(crate) fn clean(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |t, s| t.replace(s.as_str(), "<redacted>"))
+    }
 }
 
 #[derive(Clone)]
@@ -118,8 +166,8 @@ pub(crate) fn client_key(creds: Option<&Credentials>) -> String {
     }
 }
 
-/// Renders an error and its sources on one line, with `secret` (if any) removed.
-fn describe(e: &(dyn std::error::Error + 'static), secret: Option<&str>) -> String {
+/// Renders an error and its sources on one line, with the secrets removed.
+fn describe(e: &(dyn std::error::Error + 'static), scrub: &Scrub) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
@@ -130,16 +178,75 @@ fn describe(e: &(dyn std::error::Error + 'static), secret: Option<&str>) -> Stri
         }
         src = inner.source();
     }
-    match secret {
-        Some(secret) if !secret.is_empty() => s.replace(secret, "<redacted>"),
-        _ => s,
-    }
+    scrub.clean(&s)
 }
 
 impl Registry {
     pub fn new(settings: RegistrySettings) -> Self {
         let config = ClientConfigParts { insecure: settings.insecure.clone(), ca_pems: settings.ca_pems.clone() };
-        Self { config, clients: Default::default(), settings, api_credentials: Default::default() }
+        let certs: Vec<reqwest::Certificate> =
+            settings.ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
+        let http = reqwest::Client::builder()
+            .tls_certs_merge(certs)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            config,
+            clients: Default::default(),
+            settings,
+            api_credentials: Default::default(),
+            http,
+            checked_realms: Default::default(),
+        }
+    }
+
+    fn scheme(&self, registry: &str) -> &'static str {
+        if self.settings.insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// Before basic credentials are used with a registry: if it sends
+    /// clients to a token service (`WWW-Authenticate: Bearer realm=...`),
+    /// that service must be reached over HTTPS (or be listed as insecure).
+    async fn check_realm(&self, registry: &str, scrub: &Scrub) -> Result<(), RegistryError> {
+        if self.checked_realms.lock().unwrap_or_else(|p| p.into_inner()).contains(registry) {
+            return Ok(());
+        }
+        let url = format!("{}://{registry}/v2/", self.scheme(registry));
+        let res = self.http.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
+        let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
+        if let Some(realm) = challenge.and_then(bearer_realm) {
+            if let Some(rest) = realm.strip_prefix("http://") {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                if !self.settings.insecure.iter().any(|h| h == host) {
+                    return Err(RegistryError::InsecureRealm {
+                        registry: registry.to_owned(),
+                        realm: format!("http://{host}"),
+                    });
+                }
+            }
+        }
+        self.checked_realms.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_owned());
+        Ok(())
+    }
+
+    fn request_error(&self, registry: &str, e: &reqwest::Error, scrub: &Scrub) -> RegistryError {
+        let reason = describe(e, scrub);
+        let lower = reason.to_lowercase();
+        let registry = registry.to_owned();
+        if lower.contains("certificate") || lower.contains("tls") {
+            RegistryError::Tls { registry, reason }
+        } else if e.is_builder() {
+            RegistryError::Other { registry, reason }
+        } else {
+            RegistryError::Unreachable { registry, reason }
+        }
     }
 
     /// The client for a set of credentials (clients are cheap to clone).
@@ -170,7 +277,7 @@ impl Registry {
         creds: Option<&Credentials>,
     ) -> RegistryError {
         let registry = reference.resolve_registry().to_owned();
-        let secret = creds.map(Credentials::secret);
+        let scrub = Scrub::new(creds);
         match &e {
             OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
                 RegistryError::Unauthorized {
@@ -187,13 +294,14 @@ impl Registry {
                 } else if *code == 404 {
                     RegistryError::NotFound { registry, what: what.into() }
                 } else {
-                    RegistryError::Server { registry, status: *code, reason: message.clone() }
+                    RegistryError::Server { registry, status: *code, reason: scrub.clean(message) }
                 }
             }
             OciDistributionError::RegistryError { envelope, .. } => {
                 use oci_client::errors::OciErrorCode as C;
                 let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
-                let reason = envelope.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+                let reason =
+                    scrub.clean(&envelope.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; "));
                 if codes.iter().any(|c| matches!(c, C::Toomanyrequests)) {
                     RegistryError::Server { registry, status: 429, reason }
                 } else if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
@@ -201,11 +309,11 @@ impl Registry {
                 } else if codes.iter().any(|c| matches!(c, C::ManifestUnknown | C::BlobUnknown | C::NameUnknown)) {
                     RegistryError::NotFound { registry, what: format!("{what} ({reason})") }
                 } else {
-                    RegistryError::Other { registry, reason: reason.replace(secret.unwrap_or("\u{0}"), "<redacted>") }
+                    RegistryError::Other { registry, reason }
                 }
             }
             OciDistributionError::RequestError(re) => {
-                let reason = describe(re, secret);
+                let reason = describe(re, &scrub);
                 let lower = reason.to_lowercase();
                 // A certificate problem will not go away by trying again.
                 if lower.contains("certificate") || lower.contains("tls") {
@@ -216,25 +324,89 @@ impl Registry {
                     RegistryError::Unreachable { registry, reason }
                 }
             }
-            _ => RegistryError::Other { registry, reason: describe(&e, secret) },
+            _ => RegistryError::Other { registry, reason: describe(&e, &scrub) },
         }
     }
 
-    /// Fetches a manifest or index: its bytes, media type and digest.
+    /// Fetches a manifest or index: its bytes, media type and digest. Read
+    /// here rather than by `oci-client`, which reads a body of any size: at
+    /// most `max_manifest_bytes`, and its digest checked against a pinned one.
     pub async fn manifest(
         &self,
         reference: &Reference,
         creds: Option<&Credentials>,
     ) -> Result<(Bytes, String, String), RegistryError> {
-        let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
+        use futures_util::StreamExt;
+        use sha2::{Digest, Sha256};
+        let registry = reference.resolve_registry().to_owned();
+        let scrub = Scrub::new(creds);
         let what = format!("manifest {reference}");
-        let (bytes, digest) = self
-            .client(creds)
-            .pull_manifest_raw(reference, &auth, &ACCEPTED_MANIFESTS)
+        if matches!(creds, Some(Credentials::Basic { .. })) {
+            self.check_realm(&registry, &scrub).await?;
+        }
+        // The token (the challenge, the token service) as oci-client gets it
+        // for the blobs that follow.
+        let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
+        let client = self.client(creds);
+        client.store_auth_if_needed(&registry, &auth).await;
+        let token = client
+            .auth(reference, &auth, oci_client::RegistryOperation::Pull)
             .await
             .map_err(|e| self.map_err(reference, &what, e, creds))?;
-        let media_type = media_type_of(&bytes);
-        Ok((bytes, media_type, digest))
+        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!("{}://{registry}/v2/{}/manifests/{target}", self.scheme(&registry), reference.repository());
+        let mut req = self.http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        req = match (&token, creds) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, Some(Credentials::Basic { username, password })) => req.basic_auth(username, Some(password)),
+            _ => req,
+        };
+        let res = req.send().await.map_err(|e| self.request_error(&registry, &e, &scrub))?;
+        let status = res.status().as_u16();
+        let limit = self.settings.max_manifest_bytes;
+        if !(200..300).contains(&status) {
+            let mut body = Vec::new();
+            let mut stream = res.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > 16 << 10 {
+                    break;
+                }
+            }
+            let reason = scrub.clean(&String::from_utf8_lossy(&body[..body.len().min(16 << 10)]));
+            return Err(match status {
+                401 | 403 => RegistryError::Unauthorized {
+                    registry,
+                    hint: if creds.is_some() { "" } else { "; no credentials were given for it" },
+                },
+                404 => RegistryError::NotFound { registry, what },
+                _ => RegistryError::Server { registry, status, reason: reason.trim().to_owned() },
+            });
+        }
+        let too_large = || RegistryError::TooLarge { registry: registry.clone(), what: what.clone(), limit };
+        if res.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.request_error(&registry, &e, &scrub))?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if let Some(pinned) = reference.digest() {
+            if pinned != digest {
+                return Err(RegistryError::Other {
+                    registry,
+                    reason: format!("{what}: the registry served content whose digest is {digest}"),
+                });
+            }
+        }
+        let media_type = media_type_of(&body);
+        Ok((Bytes::from(body), media_type, digest))
     }
 
     /// Streams a blob (the client verifies its digest as it streams).
@@ -253,6 +425,19 @@ impl Registry {
             client.pull_blob_stream(reference, digest).await.map_err(|e| self.map_err(reference, &what, e, creds))?;
         Ok(sized.stream)
     }
+}
+
+/// The realm of a `Bearer` challenge (`Bearer realm="https://auth/token",service=...`).
+fn bearer_realm(challenge: &str) -> Option<String> {
+    let rest = challenge.trim_start();
+    let (scheme, params) = rest.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    params.split(',').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("realm").then(|| v.trim().trim_matches('"').to_owned())
+    })
 }
 
 /// The media type a manifest declares (OCI and Docker schema 2 both carry it);
@@ -292,7 +477,41 @@ mod tests {
 
     #[test]
     fn secrets_are_scrubbed_from_messages() {
+        let creds = Credentials::Basic { username: "user".into(), password: "hunter2".into() };
+        let scrub = Scrub::new(Some(&creds));
         let e = std::io::Error::other("bad auth for user:hunter2");
-        assert_eq!(describe(&e, Some("hunter2")), "bad auth for user:<redacted>");
+        assert_eq!(describe(&e, &scrub), "bad auth for user:<redacted>");
+        // A registry (or a proxy) that echoes the request's Authorization header in its error body.
+        let echoed = "denied: Authorization: Basic dXNlcjpodW50ZXIy (password hunter2)";
+        assert_eq!(scrub.clean(echoed), "denied: Authorization: Basic <redacted> (password <redacted>)");
+        let r = Registry::new(RegistrySettings::default());
+        let reference: Reference = "127.0.0.1:5000/x/y:1".parse().unwrap();
+        let errors = [
+            OciDistributionError::ServerError { code: 500, url: "u".into(), message: echoed.into() },
+            OciDistributionError::RegistryError {
+                envelope: oci_client::errors::OciEnvelope {
+                    errors: vec![oci_client::errors::OciError {
+                        code: oci_client::errors::OciErrorCode::Unsupported,
+                        message: echoed.into(),
+                        detail: serde_json::Value::Null,
+                    }],
+                },
+                url: "u".into(),
+            },
+        ];
+        for e in errors {
+            let msg = r.map_err(&reference, "manifest", e, Some(&creds)).to_string();
+            assert!(!msg.contains("hunter2") && !msg.contains("dXNlcjpodW50ZXIy"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bearer_realms() {
+        assert_eq!(
+            bearer_realm(r#"Bearer realm="https://auth.example/token",service="registry""#).as_deref(),
+            Some("https://auth.example/token")
+        );
+        assert_eq!(bearer_realm(r#"Basic realm="berth-test""#), None);
+        assert_eq!(bearer_realm("bearer service=x, realm=\"http://10.0.0.1/t\"").as_deref(), Some("http://10.0.0.1/t"));
     }
 }

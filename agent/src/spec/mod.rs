@@ -144,9 +144,12 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
             let bounding = capabilities.bounding().clone().unwrap_or_default();
             Some(seccomp::default_profile(&i.node.arch, &bounding)?)
         }
-        run_options::Seccomp::Profile(path) => Some(i.lookups.seccomp.clone().ok_or_else(|| SpecError::Seccomp {
-            reason: format!("the profile {path} was not read"),
-        })?),
+        run_options::Seccomp::Profile(path) => Some(
+            i.lookups
+                .seccomp
+                .clone()
+                .ok_or_else(|| SpecError::Seccomp { reason: format!("the profile {path} was not read") })?,
+        ),
     };
     let process = ProcessBuilder::default()
         .terminal(false)

@@ -187,9 +187,9 @@ pub fn default_profile(arch: &str, bounding: &HashSet<Capability>) -> Result<Lin
 pub fn parse_profile_file(text: &[u8]) -> Result<LinuxSeccomp, String> {
     let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
     let docker = v.get("archMap").is_some()
-        || v.get("syscalls").and_then(|s| s.as_array()).is_some_and(|a| {
-            a.iter().any(|s| s.get("includes").is_some() || s.get("excludes").is_some())
-        });
+        || v.get("syscalls")
+            .and_then(|s| s.as_array())
+            .is_some_and(|a| a.iter().any(|s| s.get("includes").is_some() || s.get("excludes").is_some()));
     if docker {
         return Err("this is docker's profile format (archMap, includes, excludes); give an OCI runtime spec \
                     linux.seccomp object (defaultAction, architectures, syscalls)"

@@ -395,7 +395,14 @@ fn no_working_directory_under_proc() {
         assert!(matches!(err, SpecError::WorkingDir { .. }), "{bad}: {err}");
     }
     img.working_dir = Some("/procedures".into());
-    assert!(build_with(&task("", "", WorkingDirMode::ImageDefault), &img, &root(), &Policy::default(), &Lookups::default()).is_ok());
+    assert!(build_with(
+        &task("", "", WorkingDirMode::ImageDefault),
+        &img,
+        &root(),
+        &Policy::default(),
+        &Lookups::default()
+    )
+    .is_ok());
     for flag in ["-w /proc/self/fd/8", "--workdir=/proc", "-w /proc/1/root"] {
         let err = check_task(&task("", flag, WorkingDirMode::TaskWorkingDir)).unwrap_err().to_string();
         assert!(err.contains("run option -") && err.contains("under /proc"), "{flag}: {err}");
