@@ -23,7 +23,7 @@
 set -euo pipefail
 
 # containerd versions (1.6 system, 1.7 trixie, 2.1 sid): berth_containerd_fetch.
-# shellcheck source=lib/containerd-versions.sh
+# shellcheck source-path=SCRIPTDIR source=lib/containerd-versions.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/containerd-versions.sh"
 
 # Debian packages needed to build and test berth.
@@ -875,6 +875,7 @@ auth:
         >"$dir/env" || return 1
     # The tests' own `ctr` calls use the ctr of the same version.
     if [[ -n $bindir ]]; then
+        # shellcheck disable=SC2016 # $PATH expands when the env file is sourced.
         printf 'export PATH=%q:"$PATH"\n' "$bindir" >>"$dir/env" || return 1
     fi
     ds=$(((${EPOCHREALTIME//[!0-9]/} - start) / 100000)) # tenths of a second

@@ -46,12 +46,12 @@ berth_debian_mirror() {
     # deb822 stanzas: a stanza whose Types has deb and Suites has CODENAME.
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -r $f ]] || continue
-        uris= suites= types=
+        uris='' suites='' types=''
         while IFS= read -r line || [[ -n $line ]]; do
             if [[ -z ${line//[[:space:]]/} ]]; then
                 [[ " $types " == *" deb "* && " $suites " == *" $codename "* && -n $uris ]] &&
                     { echo "${uris%% *}"; return 0; }
-                uris= suites= types=
+                uris='' suites='' types=''
                 continue
             fi
             [[ $line == \#* ]] && continue
@@ -73,7 +73,7 @@ berth_debian_mirror() {
             [[ ${word[0]:-} == deb ]] || continue
             word=("${word[@]:1}")
             if [[ ${word[0]:-} == \[* ]]; then
-                while ((${#word[@]})) && [[ ${word[0]} != *\] ]]; do word=("${word[@]:1}"); done
+                while ((${#word[@]})) && [[ ${word[0]} != *']' ]]; do word=("${word[@]:1}"); done
                 word=("${word[@]:1}")
             fi
             uri=${word[0]:-}
@@ -99,7 +99,7 @@ _berth_containerd_runs() {
 _berth_private_apt() {
     local apt=$1/apt tool=apt-get
     shift
-    if [[ $1 == apt-cache ]]; then tool=apt-cache; shift; fi
+    if [[ $1 == apt-cache ]]; then tool=$1; shift; fi
     "$tool" -q \
         -o Dir::State::Lists="$apt/lists" \
         -o Dir::State::status=/dev/null \
@@ -167,11 +167,11 @@ berth_containerd_fetch() {
                 berth_log "ERROR: apt-get download containerd=$version failed"
                 exit 1
             }
-            mkdir "$tmp/root" && dpkg-deb -x "$tmp"/containerd_*.deb "$tmp/root" || {
+            if ! { mkdir "$tmp/root" && dpkg-deb -x "$tmp"/containerd_*.deb "$tmp/root"; }; then
                 rm -rf "$tmp"
                 berth_log "ERROR: unpacking containerd $version failed"
                 exit 1
-            }
+            fi
             echo "$version" >"$tmp/root/debian-version" || exit 1
             if ! _berth_containerd_runs "$tmp/root"; then
                 "$tmp/root/usr/bin/containerd" --version >&2 || true
