@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ Pem = Union[str, "os.PathLike[str]", bytes]
 Seconds = Union[int, float, timedelta]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("berth_client")
 
 # ReadTaskFile answers up to 4 MiB of data plus the message's framing, over
 # grpcio's default 4 MiB receive limit.
@@ -369,6 +372,7 @@ class Client:
                 return
             if not reconnect:
                 raise failure
+            log.info("watch: %s; resuming after sequence %d", failure, last)
             now = time.monotonic()
             if outage_since is None or now - started > 5.0:
                 outage_since = now  # a new outage (the stream had been up)
