@@ -18,8 +18,10 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
     TypeVar,
     Union,
+    cast,
     overload,
 )
 from urllib.parse import urlsplit
@@ -191,7 +193,8 @@ class Client:
     def __init__(self, channel: grpc.Channel, addr: str = "", timeout: Optional[float] = 30.0) -> None:
         self.channel = channel
         self.addr = addr
-        self.stub = pb_grpc.NodeAgentStub(channel)
+        #: The generated stub (untyped: grpcio-tools makes no .pyi for it).
+        self.stub: Any = pb_grpc.NodeAgentStub(channel)  # type: ignore[no-untyped-call]
         #: Deadline of each unary call, in seconds (None: none).
         self.timeout = timeout
         self._closed = threading.Event()
@@ -209,9 +212,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unary(self, method: Callable[..., _T], request: Any, timeout: Optional[float] = None) -> _T:
+    def _unary(self, method: Callable[..., Any], request: Any, returns: Type[_T], timeout: Optional[float] = None) -> _T:
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout)
+            return cast(_T, method(request, timeout=timeout if timeout is not None else self.timeout))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 
@@ -226,7 +229,7 @@ class Client:
 
     def node(self, timeout: Optional[float] = None) -> pb.NodeInfo:
         """GetNode: what the node is and how busy it is."""
-        return self._unary(self.stub.GetNode, pb.GetNodeRequest(), timeout)
+        return self._unary(self.stub.GetNode, pb.GetNodeRequest(), pb.NodeInfo, timeout)
 
     # -- tasks --------------------------------------------------------------
 
@@ -284,16 +287,16 @@ class Client:
 
     def run_spec(self, spec: pb.TaskSpec, timeout: Optional[float] = None) -> pb.TaskInfo:
         """RunTask with a TaskSpec made by hand."""
-        return self._unary(self.stub.RunTask, pb.RunTaskRequest(task=spec), timeout)
+        return self._unary(self.stub.RunTask, pb.RunTaskRequest(task=spec), pb.TaskInfo, timeout)
 
     def get_task(self, job_id: str, task_id: str, timeout: Optional[float] = None) -> pb.TaskInfo:
-        return self._unary(self.stub.GetTask, pb.GetTaskRequest(job_id=job_id, task_id=task_id), timeout)
+        return self._unary(self.stub.GetTask, pb.GetTaskRequest(job_id=job_id, task_id=task_id), pb.TaskInfo, timeout)
 
     def list_tasks(
-        self, job_id: str = "", state: "pb.TaskState.ValueType" = pb.TASK_STATE_UNSPECIFIED, timeout: Optional[float] = None
+        self, job_id: str = "", state: "pb.TaskState" = pb.TASK_STATE_UNSPECIFIED, timeout: Optional[float] = None
     ) -> List[pb.TaskInfo]:
         """ListTasks: every task (or a job's, or those in a state), in acceptance order."""
-        r = self._unary(self.stub.ListTasks, pb.ListTasksRequest(job_id=job_id, state=state), timeout)
+        r = self._unary(self.stub.ListTasks, pb.ListTasksRequest(job_id=job_id, state=state), pb.ListTasksResponse, timeout)
         return list(r.tasks)
 
     def wait(self, job_id: str, task_id: str, timeout: Optional[float] = None, poll: float = 0.1) -> pb.TaskInfo:
@@ -321,11 +324,11 @@ class Client:
         g = _duration(grace)
         if g is not None:
             req.grace_period.CopyFrom(g)
-        return self._unary(self.stub.TerminateTask, req, timeout)
+        return self._unary(self.stub.TerminateTask, req, pb.TaskInfo, timeout)
 
     def delete(self, job_id: str, task_id: str, timeout: Optional[float] = None) -> None:
         """DeleteTask: removes a completed task's record and directory."""
-        self._unary(self.stub.DeleteTask, pb.DeleteTaskRequest(job_id=job_id, task_id=task_id), timeout)
+        self._unary(self.stub.DeleteTask, pb.DeleteTaskRequest(job_id=job_id, task_id=task_id), pb.DeleteTaskResponse, timeout)
 
     # -- watch --------------------------------------------------------------
 
@@ -353,7 +356,8 @@ class Client:
             call = self.stub.WatchTasks(pb.WatchTasksRequest(from_sequence=last))
             failure: Optional[BerthError] = None
             try:
-                for ev in call:
+                for msg in call:
+                    ev = cast(pb.TaskEvent, msg)
                     if ev.sequence <= last:
                         continue  # never the same event twice
                     last = ev.sequence
@@ -448,7 +452,7 @@ class Client:
 
     def _read(self, job_id: str, task_id: str, path: str, offset: int, length: int) -> pb.ReadTaskFileResponse:
         req = pb.ReadTaskFileRequest(job_id=job_id, task_id=task_id, path=path, offset=offset, length=length)
-        return self._unary(self.stub.ReadTaskFile, req)
+        return self._unary(self.stub.ReadTaskFile, req, pb.ReadTaskFileResponse)
 
     def _follow(self, job_id: str, task_id: str, path: str, offset: int, poll: float) -> Iterator[bytes]:
         while True:
@@ -485,7 +489,8 @@ class Client:
             req.credentials.identity_token = identity_token or ""
         call = self.stub.PullImage(req, timeout=timeout)
         try:
-            for p in call:
+            for msg in call:
+                p = cast(pb.PullProgress, msg)
                 if progress is not None:
                     progress(p)
                 if p.done:
