@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import duration_pb2
 
-from .errors import BerthError, DeadlineExceeded, Unavailable, from_rpc_error
+from .errors import BerthError, DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from .v1 import agent_pb2 as pb
 from .v1 import agent_pb2_grpc as pb_grpc
 
@@ -50,11 +50,13 @@ log = logging.getLogger("berth_client")
 _MAX_RECEIVE = 16 * 1024 * 1024
 
 # Reconnect quickly after the agent restarts (grpcio's default backoff grows
-# to 120 s); a watch resumes as soon as the agent answers again.
+# to 120 s); a watch resumes as soon as the agent answers again. Not
+# grpc.min_reconnect_backoff_ms: C-core takes it as the timeout of each
+# connection attempt (default 20 s), and a TLS handshake on a busy node can
+# take longer than a short one.
 _BASE_OPTIONS: List[Tuple[str, Any]] = [
     ("grpc.max_receive_message_length", _MAX_RECEIVE),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
@@ -459,7 +461,15 @@ class Client:
             # The state is taken before the read: once a completed task's
             # file was read to its end, nothing more will be written.
             done = self.get_task(job_id, task_id).state == pb.COMPLETED
-            r = self._read(job_id, task_id, path, offset, 0)
+            try:
+                r = self._read(job_id, task_id, path, offset, 0)
+            except NotFound:
+                # A task waiting for a slot (or being prepared) has no
+                # directory yet; a completed one never will.
+                if done:
+                    raise
+                time.sleep(poll)
+                continue
             if r.data:
                 offset += len(r.data)
                 yield r.data
