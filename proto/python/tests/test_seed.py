@@ -80,6 +80,17 @@ def test_read_file_follows_a_growing_file_until_the_task_completes(client: berth
     )
 
 
+def test_read_file_follow_waits_for_a_task_still_waiting_for_a_slot(client: berth_client.Client) -> None:
+    # A task that takes every slot keeps the next one ACTIVE (no directory yet).
+    blocker, task = unique("blocker"), unique("queued")
+    slots = client.node().task_slots_total
+    client.run_task("py", blocker, "/bin/sleep 2", image=image("busybox"), required_slots=slots)
+    client.run_task("py", task, "/bin/sh -c 'echo queued'", image=image("busybox"))
+    assert client.get_task("py", task).state == pb.ACTIVE
+    assert b"".join(client.read_file("py", task, "stdout.txt", follow=True, poll=0.1)) == b"queued\n"
+    client.wait("py", blocker, timeout=60)
+
+
 def test_pull_reports_progress_and_done(client: berth_client.Client) -> None:
     seen: list[pb.PullProgress] = []
     final = client.pull(image("layers"), progress=seen.append)
