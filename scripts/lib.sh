@@ -26,7 +26,7 @@ set -euo pipefail
 BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
-    apache2-utils openssl pkg-config jq curl tini
+    apache2-utils openssl pkg-config jq curl tini systemd
 )
 
 # Fixed test credentials for the TLS registry.
