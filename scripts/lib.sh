@@ -30,7 +30,7 @@ set -euo pipefail
 BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
-    apache2-utils openssl pkg-config jq curl tini gcc libc6-dev systemd
+    apache2-utils openssl pkg-config jq curl tini gcc libc6-dev python3-venv systemd
 )
 
 # Fixed test credentials for the TLS registry.

@@ -23,7 +23,23 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
 pub struct Metrics {
+    /// CPU time of completed tasks, by mode (user, kernel).
+    pub task_cpu_seconds: Family<ModeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Block I/O bytes of completed tasks, by direction (read, write).
+    pub task_io_bytes: Family<DirectionLabels, Counter>,
+    /// Wall-clock time of completed tasks.
+    pub task_wall_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub rpcs: Family<RpcLabels, Counter>,
     pub task_start_seconds: Histogram,
     pub pull_bytes: Counter,
@@ -37,6 +53,9 @@ pub struct Metrics {
 fn build() -> Metrics {
     let mut registry = Registry::with_prefix("berth");
     let m = Metrics {
+        task_cpu_seconds: Family::default(),
+        task_io_bytes: Family::default(),
+        task_wall_seconds: Counter::default(),
         rpcs: Family::default(),
         task_start_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         pull_bytes: Counter::default(),
@@ -61,6 +80,9 @@ fn build() -> Metrics {
     );
     registry.register("tasks", "Task records by state", m.tasks.clone());
     registry.register("slots_used", "Task slots in use", m.slots_used.clone());
+    registry.register("task_cpu_seconds", "CPU time of completed tasks, by mode", m.task_cpu_seconds.clone());
+    registry.register("task_io_bytes", "Block I/O of completed tasks, by direction", m.task_io_bytes.clone());
+    registry.register("task_wall_clock_seconds", "Wall-clock time of completed tasks", m.task_wall_seconds.clone());
     Metrics { registry, ..m }
 }
 

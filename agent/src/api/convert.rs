@@ -323,6 +323,21 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
             admin: r.admin,
         }),
         kind: kind_to_proto(t.key().kind()) as i32,
+        stats: t.stats.as_ref().map(stats_to_proto),
+    }
+}
+
+pub fn stats_to_proto(s: &crate::model::TaskStats) -> pb::TaskStatistics {
+    pb::TaskStatistics {
+        user_cpu_time: Some(proto_duration(s.user_cpu)),
+        kernel_cpu_time: Some(proto_duration(s.kernel_cpu)),
+        wall_clock_time: Some(proto_duration(s.wall_clock)),
+        peak_memory_bytes: s.peak_memory_bytes,
+        memory_bytes: s.memory_bytes,
+        read_bytes: s.read_bytes,
+        write_bytes: s.write_bytes,
+        read_ops: s.read_ops,
+        write_ops: s.write_ops,
     }
 }
 
@@ -410,6 +425,12 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
         // Filled in by the API, which knows the task directories.
         start_task: None,
         start_task_wait_for_success: false,
+        cpu_used_percent: s.usage.cpu_used_percent,
+        memory_used_bytes: s.usage.memory_used_bytes,
+        memory_available_bytes: s.usage.memory_available_bytes,
+        load_average_1m: s.usage.load[0],
+        load_average_5m: s.usage.load[1],
+        load_average_15m: s.usage.load[2],
     }
 }
 

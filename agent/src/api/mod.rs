@@ -37,6 +37,9 @@ impl Api {
     fn info(&self, t: &TaskInfo) -> pb::TaskInfo {
         let p = self.layout.task(t.key());
         let mut info = convert::task_info(t, p.task_dir.display().to_string(), p.working_dir.display().to_string());
+        if let Some(live) = self.sup.live_stats(t) {
+            info.stats = Some(convert::stats_to_proto(&live));
+        }
         if t.state == crate::model::TaskState::Preparing {
             if let Some((name, progress)) = t.spec.container.as_ref().and_then(|c| self.sup.pull_progress(&c.image)) {
                 info.pull_progress = Some(convert::pull_progress(&name, &progress));

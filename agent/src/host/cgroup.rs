@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// The v1 hierarchies a host task joins (those the kernel has mounted).
-const V1_HIERARCHIES: [&str; 4] = ["pids", "memory", "cpu,cpuacct", "freezer"];
+/// `cpu,cpuacct` where the two are mounted together, `cpuacct` where alone
+/// (the task's CPU time, for its statistics), `blkio` for its block I/O.
+const V1_HIERARCHIES: [&str; 6] = ["pids", "memory", "cpu,cpuacct", "cpuacct", "blkio", "freezer"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
@@ -30,7 +32,20 @@ impl Cgroup {
         if root.join("cgroup.controllers").exists() {
             return Self { dirs: vec![root.join(rel)], v2: true };
         }
-        let dirs = V1_HIERARCHIES.iter().map(|h| root.join(h)).filter(|d| d.is_dir()).map(|d| d.join(rel)).collect();
+        // `cpuacct` may be a link to `cpu,cpuacct`: each hierarchy once.
+        let mut seen = Vec::new();
+        let dirs = V1_HIERARCHIES
+            .iter()
+            .map(|h| root.join(h))
+            .filter(|d| d.is_dir())
+            .filter(|d| {
+                let real = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+                let new = !seen.contains(&real);
+                seen.push(real);
+                new
+            })
+            .map(|d| d.join(rel))
+            .collect();
         Self { dirs, v2: false }
     }
 

@@ -16,5 +16,5 @@ pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInpu
 pub use node::NodeFacts;
 pub use task::{
     ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo, TaskResult,
-    TaskSpec, TaskState, WorkingDirMode, DEFAULT_RETENTION,
+    TaskSpec, TaskState, TaskStats, WorkingDirMode, DEFAULT_RETENTION,
 };

@@ -138,6 +138,21 @@ pub struct ContainerInfo {
     pub error: String,
 }
 
+/// What a task's processes used, from its cgroup (Batch's `TaskStatistics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStats {
+    pub user_cpu: Duration,
+    pub kernel_cpu: Duration,
+    pub wall_clock: Duration,
+    pub peak_memory_bytes: u64,
+    /// In use now (live figures only).
+    pub memory_bytes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
 /// Everything the agent reports about one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskInfo {
@@ -164,6 +179,9 @@ pub struct TaskInfo {
     /// GPUs (CDI names) the task holds exclusively while it runs.
     #[serde(default)]
     pub held_gpus: Vec<String>,
+    /// What it used, read from its cgroup when it completed.
+    #[serde(default)]
+    pub stats: Option<TaskStats>,
 }
 
 impl TaskInfo {
@@ -183,6 +201,7 @@ impl TaskInfo {
             attempt: 0,
             run_as: None,
             held_gpus: Vec::new(),
+            stats: None,
         }
     }
 

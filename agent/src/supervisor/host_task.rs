@@ -95,6 +95,7 @@ async fn finish(
             let at = ExitRecord { code: None, exited_at_ms, start_error: None }.exited_at();
             let at = info.started_at.map_or(at, |started| at.max(started));
             info.complete(Some(code), failure, at);
+            info.stats = super::runner::final_stats(&info, &cgroups_path);
             super::runner::save_durably(sup, info).await
         }
         Ok(ExitRecord { start_error, .. }) => {

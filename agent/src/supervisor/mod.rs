@@ -10,6 +10,7 @@ mod image_store;
 mod jobs;
 mod lifecycle;
 mod lookups;
+mod node_usage;
 mod outcome;
 mod recovery;
 mod runner;
@@ -20,6 +21,7 @@ pub use error::Error;
 pub use image_store::{ImageEntry, ImageGc, PrefetchState};
 pub use jobs::JobStatus;
 pub use lifecycle::{boot_id, NodeStateView};
+pub use node_usage::NodeUsage;
 pub use outcome::StopReason;
 pub use recovery::Report as RecoveryReport;
 
@@ -147,10 +149,12 @@ struct Shared {
     /// When the node root and state directory were last checked, and why
     /// the node was unusable then (see `lifecycle`).
     disk_probe: Mutex<Option<(std::time::Instant, Option<String>)>>,
+    /// The node's CPU counters (total, idle jiffies) at the last `GetNode`.
+    cpu_sample: Mutex<Option<(u64, u64)>>,
 }
 
 /// Node-level counters for `GetNode`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
     pub node: NodeFacts,
     pub slots_total: u32,
@@ -166,6 +170,7 @@ pub struct NodeStatus {
     pub cdi_devices: Vec<String>,
     pub cdi_specs: Vec<crate::devices::SpecStatus>,
     pub state: NodeStateView,
+    pub usage: NodeUsage,
 }
 
 #[derive(Clone)]
@@ -211,6 +216,7 @@ impl Supervisor {
             following_state: Default::default(),
             admission: Default::default(),
             disk_probe: Default::default(),
+            cpu_sample: Default::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -506,7 +512,12 @@ impl Supervisor {
             (sched.slots.total(), sched.slots.free())
         };
         let state = self.refresh_state().await;
+        let usage = {
+            let mut last = self.shared.cpu_sample.lock().unwrap_or_else(|p| p.into_inner());
+            node_usage::usage(&mut last)
+        };
         NodeStatus {
+            usage,
             node: self.shared.node.clone(),
             slots_total: total,
             slots_free: free,
@@ -530,6 +541,25 @@ impl Supervisor {
                     (p, free, total)
                 })
                 .collect(),
+        }
+    }
+
+    /// A running task's figures now, from its cgroup (`TaskInfo.stats`).
+    pub fn live_stats(&self, t: &TaskInfo) -> Option<crate::model::TaskStats> {
+        if t.state != TaskState::Running {
+            return None;
+        }
+        let usage = cgroup::usage(&self.cgroups_path(t))?;
+        let wall = t.started_at.and_then(|s| SystemTime::now().duration_since(s).ok()).unwrap_or_default();
+        Some(cgroup::stats(usage, wall, true))
+    }
+
+    /// `linux.cgroupsPath` of a task's container, or of a host task's cgroup.
+    fn cgroups_path(&self, t: &TaskInfo) -> String {
+        let id = t.container_id();
+        match t.spec.container {
+            None => self.shared.settings.host.cgroups_path(&id),
+            Some(_) => format!("/{}/{id}", self.shared.settings.namespace),
         }
     }
 

@@ -518,6 +518,7 @@ async fn finish(
                 c.state = "stopped".into();
             }
             info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));
+            info.stats = final_stats(&info, &cgroups_path);
             save_durably(sup, info).await
         }
         Err(e) => {
@@ -528,6 +529,17 @@ async fn finish(
                 .await
         }
     }
+}
+
+/// What a completed task used, read from its cgroup (still there: the
+/// container is deleted only after the result is recorded).
+pub(super) fn final_stats(info: &TaskInfo, cgroups_path: &str) -> Option<crate::model::TaskStats> {
+    let usage = super::cgroup::usage(cgroups_path)?;
+    let wall = match (info.started_at, info.completed_at) {
+        (Some(s), Some(c)) => c.duration_since(s).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    Some(super::cgroup::stats(usage, wall, false))
 }
 
 /// Resolves once a stop is requested.

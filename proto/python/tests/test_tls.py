@@ -87,12 +87,15 @@ def _tls_agent(make_agent: AgentFactory, pki: Pki, mutual: bool):  # type: ignor
     api = f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\n'
     if mutual:
         api += f'client_ca = "{pki.ca}"\n'
+    else:
+        # TLS without client certificates: on loopback, on purpose only.
+        api += "insecure_loopback = true\n"
     return make_agent(listen=f"127.0.0.1:{port}", api_extra=api).start(), port
 
 
 def test_plain_http_on_loopback(make_agent: AgentFactory) -> None:
     port = free_port()
-    agent = make_agent(listen=f"127.0.0.1:{port}").start()
+    agent = make_agent(listen=f"127.0.0.1:{port}", api_extra="insecure_loopback = true\n").start()
     with berth_client.connect(f"http://127.0.0.1:{port}") as c:
         assert c.node().node_id == agent.node_id
 

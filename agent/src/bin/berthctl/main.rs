@@ -244,6 +244,15 @@ enum Cmd {
         #[command(flatten)]
         id: TaskRef,
     },
+    /// Running tasks by CPU and memory, refreshed (with the node's load).
+    Top {
+        /// Time between refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// List tasks.
     List {
         #[arg(long)]
@@ -486,7 +495,52 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Get { id } => {
             let t = client.get_task(pb::GetTaskRequest { job_id: id.job, task_id: id.task }).await.map_err(st)?;
             print_task(out, t.get_ref());
+            if let (Output::Text, Some(s)) = (out, &t.get_ref().stats) {
+                println!("{}", output::stats_human(s));
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Top { interval, count } => {
+            use std::io::IsTerminal;
+            let tty = std::io::stdout().is_terminal();
+            let mut shown = 0u64;
+            loop {
+                let node = client.get_node(pb::GetNodeRequest {}).await.map_err(st)?.into_inner();
+                let req = pb::ListTasksRequest { job_id: String::new(), state: pb::TaskState::Running as i32 };
+                let tasks = client.list_tasks(req).await.map_err(st)?.into_inner().tasks;
+                if tty {
+                    print!("\x1b[H\x1b[2J");
+                }
+                match out {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({
+                            "cpu_used_percent": node.cpu_used_percent,
+                            "memory_used_bytes": node.memory_used_bytes,
+                            "load_average": [node.load_average_1m, node.load_average_5m, node.load_average_15m],
+                            "tasks": tasks.iter().map(output::task_json).collect::<Vec<_>>(),
+                        })
+                    ),
+                    Output::Text => {
+                        println!(
+                            "node {}: cpu {:.0}%  memory used {:.1} GiB, available {:.1} GiB  load {:.2} {:.2} {:.2}",
+                            node.node_id,
+                            node.cpu_used_percent,
+                            node.memory_used_bytes as f64 / f64::from(1u32 << 30),
+                            node.memory_available_bytes as f64 / f64::from(1u32 << 30),
+                            node.load_average_1m,
+                            node.load_average_5m,
+                            node.load_average_15m
+                        );
+                        println!("{}", output::top(&tasks));
+                    }
+                }
+                shown += 1;
+                if count.is_some_and(|n| shown >= n) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                tokio::time::sleep(interval).await;
+            }
         }
         Cmd::List { job, state } => {
             let state = match state {

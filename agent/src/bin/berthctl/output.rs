@@ -39,7 +39,79 @@ pub fn task_json(t: &pb::TaskInfo) -> Value {
         "task_dir": t.task_dir,
         "working_dir": t.working_dir,
         "kind": pb::TaskKind::try_from(t.kind).map(|k| k.as_str_name().trim_start_matches("TASK_KIND_")).unwrap_or("TASK"),
+        "stats": t.stats.as_ref().map(stats_json),
     })
+}
+
+fn secs(d: &Option<prost_types::Duration>) -> f64 {
+    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9).unwrap_or(0.0)
+}
+
+pub fn stats_json(s: &pb::TaskStatistics) -> Value {
+    json!({
+        "user_cpu_seconds": secs(&s.user_cpu_time),
+        "kernel_cpu_seconds": secs(&s.kernel_cpu_time),
+        "wall_clock_seconds": secs(&s.wall_clock_time),
+        "peak_memory_bytes": s.peak_memory_bytes,
+        "memory_bytes": s.memory_bytes,
+        "read_bytes": s.read_bytes,
+        "write_bytes": s.write_bytes,
+        "read_ops": s.read_ops,
+        "write_ops": s.write_ops,
+    })
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+}
+
+/// One line of a task's figures: `cpu 1.23 s (user 1.10, kernel 0.13)  wall 2.0 s  peak 64.0 MiB  io r 0 B w 8.0 MiB`.
+pub fn stats_human(s: &pb::TaskStatistics) -> String {
+    let (user, kernel) = (secs(&s.user_cpu_time), secs(&s.kernel_cpu_time));
+    format!(
+        "cpu {:.2} s (user {user:.2}, kernel {kernel:.2})  wall {:.1} s  peak memory {}  read {} ({} ops)  written {} ({} ops)",
+        user + kernel,
+        secs(&s.wall_clock_time),
+        mib(s.peak_memory_bytes),
+        mib(s.read_bytes),
+        s.read_ops,
+        mib(s.write_bytes),
+        s.write_ops
+    )
+}
+
+/// `berthctl top`: running tasks, the busiest first.
+pub fn top(tasks: &[pb::TaskInfo]) -> String {
+    let mut rows: Vec<(f64, [String; 6])> = tasks
+        .iter()
+        .map(|t| {
+            let s = t.stats.unwrap_or_default();
+            let cpu = secs(&s.user_cpu_time) + secs(&s.kernel_cpu_time);
+            let wall = secs(&s.wall_clock_time);
+            let percent = if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 };
+            (
+                cpu,
+                [
+                    t.job_id.clone(),
+                    t.task_id.clone(),
+                    format!("{cpu:.2}"),
+                    format!("{percent:.0}"),
+                    mib(s.memory_bytes),
+                    mib(s.peak_memory_bytes),
+                ],
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1[5].cmp(&a.1[5])));
+    let header = ["JOB", "TASK", "CPU(s)", "CPU%", "MEMORY", "PEAK"].map(String::from);
+    let all: Vec<[String; 6]> = std::iter::once(header).chain(rows.into_iter().map(|r| r.1)).collect();
+    let widths: Vec<usize> = (0..6).map(|i| all.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    all.iter()
+        .map(|r| {
+            r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A node state's name without the enum prefix: IDLE, OFFLINE, ...
