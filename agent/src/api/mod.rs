@@ -2,6 +2,7 @@
 //! request, makes one supervisor call and encodes the answer; conversions are in
 //! `convert`, error codes in `error`.
 
+mod authority;
 mod convert;
 mod error;
 mod metrics_layer;

@@ -166,7 +166,11 @@ async fn serve_until(
             let listener = bind_unix(path, opts.socket_group.as_deref())?;
             tracing::info!(socket = %path.display(), "API listening");
             ready(first);
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            // Stock grpcio, grpc-java, grpcurl: their `:authority` made acceptable (see `authority`).
+            let incoming =
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |c| {
+                    c.map(super::authority::AuthorityFix::new)
+                });
             router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
         Listen::Tcp(addr) => {

@@ -97,7 +97,7 @@ pub struct Registry {
     api_credentials: std::sync::RwLock<Vec<(String, Credentials)>>,
     /// For what `oci-client` does not bound: the token challenge is looked
     /// at before credentials go anywhere, and manifests are read with a cap.
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
     /// Registries whose token service was found safe for basic credentials.
     checked_realms: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -186,13 +186,16 @@ impl Registry {
         let config = ClientConfigParts { insecure: settings.insecure.clone(), ca_pems: settings.ca_pems.clone() };
         let certs: Vec<reqwest::Certificate> =
             settings.ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
+        // A node without CA certificates (no ca-certificates, no ca_files)
+        // cannot build a TLS client: that is an error of the pulls that need
+        // one, not of the agent's start.
         let http = reqwest::Client::builder()
             .tls_certs_merge(certs)
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
-            .unwrap_or_default();
+            .map_err(|e| describe(&e, &Scrub::new(None)));
         Self {
             config,
             clients: Default::default(),
@@ -214,12 +217,18 @@ impl Registry {
     /// Before basic credentials are used with a registry: if it sends
     /// clients to a token service (`WWW-Authenticate: Bearer realm=...`),
     /// that service must be reached over HTTPS (or be listed as insecure).
+    fn http(&self, registry: &str) -> Result<&reqwest::Client, RegistryError> {
+        self.http
+            .as_ref()
+            .map_err(|reason| RegistryError::Tls { registry: registry.to_owned(), reason: reason.clone() })
+    }
+
     async fn check_realm(&self, registry: &str, scrub: &Scrub) -> Result<(), RegistryError> {
         if self.checked_realms.lock().unwrap_or_else(|p| p.into_inner()).contains(registry) {
             return Ok(());
         }
         let url = format!("{}://{registry}/v2/", self.scheme(registry));
-        let res = self.http.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
+        let res = self.http(registry)?.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
         let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
         if let Some(realm) = challenge.and_then(bearer_realm) {
             if let Some(rest) = realm.strip_prefix("http://") {
@@ -355,7 +364,7 @@ impl Registry {
             .map_err(|e| self.map_err(reference, &what, e, creds))?;
         let target = reference.digest().or(reference.tag()).unwrap_or("latest");
         let url = format!("{}://{registry}/v2/{}/manifests/{target}", self.scheme(&registry), reference.repository());
-        let mut req = self.http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        let mut req = self.http(&registry)?.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
         req = match (&token, creds) {
             (Some(t), _) => req.bearer_auth(t),
             (None, Some(Credentials::Basic { username, password })) => req.basic_auth(username, Some(password)),
