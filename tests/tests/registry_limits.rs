@@ -170,3 +170,35 @@ async fn basic_credentials_never_go_to_a_plain_http_token_service() {
     assert!(seen.iter().all(|r| !r.to_lowercase().contains("authorization")), "credentials were sent: {seen:?}");
     assert!(!agent.log().contains("realm-secret-pw"));
 }
+
+#[tokio::test]
+async fn registry_servers_are_matched_as_users_write_them() {
+    // The TLS test registry's credentials under a scheme and a /v2/ path, as
+    // `docker login` and Batch users write servers.
+    let password = std::fs::read_to_string(env("BERTH_TEST_REGISTRY_PASSWORD_FILE")).unwrap();
+    let extra = format!(
+        "[[registries.credentials]]\nserver = \"https://{}/v2/\"\nusername = \"{}\"\npassword = \"{}\"\n",
+        env("BERTH_TEST_TLS_REGISTRY"),
+        env("BERTH_TEST_REGISTRY_USER"),
+        password.trim_end()
+    );
+    let agent = Agent::start(AgentOptions { extra_config: extra, ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let done = c.run_done(task_on("servers", "tls", "/bin/true", env("BERTH_TEST_TLS_IMAGE_BUSYBOX"))).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    // A server with a path that is not the API's is refused by name.
+    let req = berth_tests::v1::ConfigureContainersRequest {
+        prefetch_images: vec![],
+        registries: vec![berth_tests::v1::ContainerRegistry {
+            server: "myreg.example/team".into(),
+            credentials: Some(berth_tests::v1::RegistryCredentials {
+                username: "u".into(),
+                password: "p".into(),
+                identity_token: String::new(),
+            }),
+        }],
+    };
+    let err = c.inner.configure_containers(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("the path /team"), "{}", err.message());
+}

@@ -369,9 +369,7 @@ impl Config {
                     ))
                 }
             };
-            if c.server.is_empty() || c.server.contains('/') {
-                return Err(invalid("registries.credentials", &format!("server {:?} is not host[:port]", c.server)));
-            }
+            crate::registry::normalize_server(&c.server).map_err(|e| invalid("registries.credentials", &e))?;
             credentials.push((c.server, cred));
         }
         for f in &raw.registries.ca_files {
@@ -642,6 +640,7 @@ mod tests {
             "[[registries.credentials]]\nserver = \"a\"\nusername = \"u\"",
             "[[registries.credentials]]\nserver = \"a\"\npassword = \"p\"\nidentity_token = \"t\"",
             "[[registries.credentials]]\nserver = \"a/b\"\nidentity_token = \"t\"",
+            "[[registries.credentials]]\nserver = \"ftp://a\"\nidentity_token = \"t\"",
             "[registries]\nca_files = [\"rel.pem\"]",
         ] {
             let err = Config::parse(bad, "h").unwrap_err().to_string();

@@ -23,6 +23,37 @@ fn auth(c: &Credentials) -> RegistryAuth {
     }
 }
 
+/// The names Docker Hub goes by in registry settings (`docker login` writes
+/// `https://index.docker.io/v1/`, Batch users write `hub.docker.com`).
+const DOCKER_HUB: [&str; 5] =
+    ["docker.io", "index.docker.io", "registry-1.docker.io", "hub.docker.com", "registry.hub.docker.com"];
+
+/// A registry `server` as users write it, normalised to `host[:port]`: a
+/// scheme (`https://`, `http://`) and a trailing `/`, `/v1/` or `/v2/` go,
+/// `:443` is the default port, hosts are case-insensitive, and every name of
+/// Docker Hub is `docker.io`. Any other path is refused with the reason.
+pub fn normalize_server(server: &str) -> Result<String, String> {
+    let s = server.trim();
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    if rest.contains("://") {
+        return Err(format!("{server:?}: only https:// or http:// may come before host[:port]"));
+    }
+    let (host_port, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let path = path.trim_end_matches('/');
+    if !(path.is_empty() || path == "v1" || path == "v2") {
+        return Err(format!("{server:?}: a registry server is host[:port]; the path /{path} is not part of it"));
+    }
+    let host_port = host_port.to_ascii_lowercase();
+    let host_port = host_port.strip_suffix(":443").unwrap_or(&host_port);
+    if host_port.is_empty() || host_port.contains(['@', '?', '#', ' ']) {
+        return Err(format!("{server:?} is not host[:port]"));
+    }
+    if DOCKER_HUB.contains(&host_port) {
+        return Ok("docker.io".into());
+    }
+    Ok(host_port.to_owned())
+}
+
 /// Media types a pull accepts for the top-level reference.
 pub const ACCEPTED_MANIFESTS: [&str; 4] = [
     "application/vnd.oci.image.index.v1+json",
@@ -265,11 +296,15 @@ impl Registry {
     }
 
     /// Configured credentials for a registry host, if any.
+    /// Configured credentials for a registry host, if any. Both sides are
+    /// compared normalised ([`normalize_server`]): `index.docker.io`, the
+    /// host an image of Docker Hub resolves to, finds `hub.docker.com`'s.
     pub fn configured(&self, registry: &str) -> Option<Credentials> {
+        let want = normalize_server(registry).ok()?;
         let api = self.api_credentials.read().unwrap_or_else(|p| p.into_inner());
         api.iter()
             .chain(self.settings.credentials.iter())
-            .find(|(server, _)| server == registry)
+            .find(|(server, _)| normalize_server(server).is_ok_and(|s| s == want))
             .map(|(_, c)| c.clone())
     }
 
@@ -512,6 +547,41 @@ mod tests {
             let msg = r.map_err(&reference, "manifest", e, Some(&creds)).to_string();
             assert!(!msg.contains("hunter2") && !msg.contains("dXNlcjpodW50ZXIy"), "{msg}");
         }
+    }
+
+    #[test]
+    fn server_names_as_users_write_them() {
+        for hub in [
+            "https://hub.docker.com",
+            "hub.docker.com",
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+            "https://index.docker.io/v1/",
+            "Docker.IO",
+        ] {
+            assert_eq!(normalize_server(hub).as_deref(), Ok("docker.io"), "{hub}");
+        }
+        assert_eq!(normalize_server("https://myreg.example:443").as_deref(), Ok("myreg.example"));
+        assert_eq!(normalize_server("myreg.example").as_deref(), Ok("myreg.example"));
+        assert_eq!(normalize_server("http://127.0.0.1:5000/v2/").as_deref(), Ok("127.0.0.1:5000"));
+        assert_eq!(normalize_server("myreg.example:5000").as_deref(), Ok("myreg.example:5000"));
+        for bad in ["myreg.example/team", "ftp://x", "", "user@host", "https://"] {
+            assert!(normalize_server(bad).is_err(), "{bad}");
+        }
+        assert!(normalize_server("myreg.example/team").unwrap_err().contains("the path /team"));
+        let r = Registry::new(RegistrySettings {
+            credentials: vec![(
+                "https://hub.docker.com".into(),
+                Credentials::Basic { username: "u".into(), password: "p".into() },
+            )],
+            ..RegistrySettings::default()
+        });
+        // busybox resolves to index.docker.io.
+        let busybox: Reference = "busybox".parse().unwrap();
+        assert!(r.configured(busybox.resolve_registry()).is_some());
+        assert!(r.configured(busybox.registry()).is_some());
+        assert!(r.configured("other.example").is_none());
     }
 
     #[test]

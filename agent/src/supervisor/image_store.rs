@@ -85,12 +85,8 @@ impl Supervisor {
     ) -> Result<(), Error> {
         let names = prefetch.iter().map(|r| images::normalize(r)).collect::<Result<Vec<_>, _>>()?;
         for (server, _) in &registries {
-            if server.is_empty() || server.contains('/') {
-                return Err(Error::Invalid {
-                    field: "registries.server",
-                    reason: format!("{server:?} is not host[:port]"),
-                });
-            }
+            crate::registry::normalize_server(server)
+                .map_err(|reason| Error::Invalid { field: "registries.server", reason })?;
         }
         self.shared.puller.set_credentials(registries);
         self.set_prefetch(names);
