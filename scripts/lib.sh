@@ -31,6 +31,7 @@ BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
     apache2-utils openssl pkg-config jq curl tini gcc libc6-dev python3-venv systemd
+    systemd-container debootstrap
 )
 
 # Fixed test credentials for the TLS registry.
