@@ -267,6 +267,9 @@ async fn start_task_on_the_host_prepares_what_container_tasks_read() {
 async fn failing_start_task_with_wait_for_success_keeps_tasks_off_the_node() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
+    // The agent answers while it still re-attaches (STARTING); a loaded
+    // machine may still be there.
+    c.wait_node_state(pb::NodeState::Idle).await;
     let mut watch = c.inner.watch_node(pb::WatchNodeRequest {}).await.unwrap().into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().state, pb::NodeState::Idle as i32);
 
