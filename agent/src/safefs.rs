@@ -90,11 +90,22 @@ pub fn open_at(
     reopen(&fd, options)
 }
 
-/// Opens an absolute host path for reading, only if it is a regular file.
-pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC);
+/// Opens an operator's file (a seccomp profile) for reading: an absolute
+/// path without any symlink (it is given resolved), a regular file owned by
+/// root and writable by no one else, so no task that can write beside it
+/// can have put it there or change it.
+pub fn open_trusted(path: &Path) -> std::io::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
     let fd = openat2(nix::fcntl::AT_FDCWD, path, how)?;
-    check_regular(&fd, &path.display().to_string(), false)?;
+    let meta = check_regular(&fd, &path.display().to_string(), false)?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} must belong to root and be writable by root only", path.display()),
+        ));
+    }
     reopen(&fd, std::fs::OpenOptions::new().read(true))
 }
 
@@ -123,7 +134,11 @@ mod tests {
         }
         let e = open_at(&root, Path::new("h"), beneath, true, &read).unwrap_err();
         assert!(is_unsafe(&e) && e.to_string().contains("hard link"), "{e}");
-        assert!(open_regular(&dir.path().join("p")).is_err());
-        assert!(open_regular(&dir.path().join("f")).is_ok());
+        assert!(open_trusted(&dir.path().join("p")).is_err());
+        assert!(open_trusted(&dir.path().join("f")).is_ok(), "root's, 0644");
+        std::fs::set_permissions(dir.path().join("f"), std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+        assert!(open_trusted(&dir.path().join("f")).is_err(), "group-writable");
+        std::os::unix::fs::symlink(dir.path().join("f"), dir.path().join("l")).unwrap();
+        assert!(open_trusted(&dir.path().join("l")).is_err(), "a link");
     }
 }

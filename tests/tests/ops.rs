@@ -258,15 +258,7 @@ async fn systemd_is_told_ready_and_watchdog() {
     assert!(stopping, "STOPPING=1 on shutdown: {seen:?}");
 }
 
-/// `GET /metrics` over a plain TCP connection.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+use berth_tests::scrape;
 
 #[tokio::test]
 async fn metrics_count_tasks_rpcs_and_start_latency_and_hold_no_secrets() {

@@ -151,9 +151,15 @@ async fn unconfined_and_profile_files_follow_the_policy() {
     let out = c.read("sec2", "file", "stdout.txt").await.unwrap();
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert!(out.starts_with("Seccomp:\t2\nkeyctl=ENOSYS\n"), "the file's profile: {out}");
-    for (file, want) in
-        [(docker.display().to_string(), "docker's profile format"), ("/etc/passwd".into(), "bind_mount_prefixes")]
-    {
+    // A profile a task could have written (writable by others than root) is refused.
+    let loose = allowed.path().join("loose.json");
+    std::fs::write(&loose, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for (file, want) in [
+        (docker.display().to_string(), "docker's profile format"),
+        ("/etc/passwd".into(), "bind_mount_prefixes"),
+        (loose.display().to_string(), "writable by root only"),
+    ] {
         let err = c.run(with_options(task("sec2", "bad", &cmd), &format!("--security-opt seccomp={file}"))).await;
         let err = err.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

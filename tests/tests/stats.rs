@@ -4,7 +4,6 @@
 
 use berth_tests::v1 as pb;
 use berth_tests::{host_task, task, Agent, AgentOptions};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 /// About 2 s of CPU, 64 MiB held, 8 MiB written.
@@ -23,14 +22,6 @@ fn check(name: &str, s: &pb::TaskStatistics) {
     assert!(user + kernel >= 0.5, "{name}: it burned CPU: {s:?}");
     assert!(user + kernel <= wall * 2.5 + 0.5, "{name}: no more CPU than 2 CPUs give: {s:?}");
     assert!(s.peak_memory_bytes >= 60 << 20 && s.peak_memory_bytes < 2 << 30, "{name}: peak {s:?}");
-}
-
-fn metrics(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test]
@@ -80,7 +71,7 @@ async fn tasks_report_what_they_used() {
     assert!((0.0..=100.0).contains(&node.cpu_used_percent), "{}", node.cpu_used_percent);
     assert!(node.memory_used_bytes > 0 && node.memory_available_bytes > 0);
     assert!(node.load_average_1m >= 0.0);
-    let m = metrics(port);
+    let m = berth_tests::scrape(port);
     let cpu: f64 = m
         .lines()
         .filter(|l| l.starts_with("berth_task_cpu_seconds_total{"))

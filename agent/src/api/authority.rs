@@ -21,10 +21,19 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// h2's default SETTINGS_MAX_FRAME_SIZE: frames sent on stay within it.
+/// h2's SETTINGS_MAX_FRAME_SIZE (the default, which the agent keeps):
+/// frames sent on stay within it, HEADERS and CONTINUATION frames received
+/// beyond it close the connection.
 const MAX_FRAME: usize = 16 << 10;
-/// A header block larger than this closes the connection.
-const MAX_BLOCK: usize = 256 << 10;
+/// A compressed header block larger than this closes the connection (a gRPC
+/// request's is well under 1 KiB).
+const MAX_BLOCK: usize = 16 << 10;
+/// A decoded header list larger than this closes the connection (HPACK
+/// references can make a small block decode to much more).
+const MAX_DECODED: usize = 64 << 10;
+/// The dynamic table size h2 advertises (SETTINGS_HEADER_TABLE_SIZE): a
+/// client's size update beyond it closes the connection.
+const MAX_TABLE: usize = 4096;
 
 /// A header block being collected (HEADERS then CONTINUATION frames).
 struct Block {
@@ -42,6 +51,8 @@ pub struct AuthorityFix<S> {
     preface: bool,
     block: Option<Block>,
     decoder: hpack::Decoder<'static>,
+    /// Bytes of a frame that is passed on as it arrives (not a header frame).
+    passthrough: usize,
     eof: bool,
 }
 
@@ -54,6 +65,7 @@ impl<S> AuthorityFix<S> {
             preface: false,
             block: None,
             decoder: hpack::Decoder::new(),
+            passthrough: 0,
             eof: false,
         }
     }
@@ -69,19 +81,44 @@ impl<S> AuthorityFix<S> {
             self.preface = true;
         }
         loop {
+            // The rest of a frame that is not a header frame: on as it comes
+            // (h2 enforces its size limits on it).
+            if self.passthrough > 0 {
+                let n = self.passthrough.min(self.input.len());
+                self.output.extend(self.input.drain(..n));
+                self.passthrough -= n;
+                if self.passthrough > 0 {
+                    return Ok(());
+                }
+            }
             if self.input.len() < 9 {
                 return Ok(());
             }
             let len = usize::from(self.input[0]) << 16 | usize::from(self.input[1]) << 8 | usize::from(self.input[2]);
+            let typ = self.input[3];
+            if typ != HEADERS && typ != CONTINUATION {
+                if self.block.is_some() {
+                    return Err(bad("a frame inside a header block"));
+                }
+                self.output.extend(self.input.drain(..9));
+                self.passthrough = len;
+                continue;
+            }
+            if len > MAX_FRAME {
+                return Err(bad("a header frame larger than SETTINGS_MAX_FRAME_SIZE"));
+            }
             if self.input.len() < 9 + len {
                 return Ok(());
             }
             let frame: Vec<u8> = self.input.drain(..9 + len).collect();
-            let (typ, flags) = (frame[3], frame[4]);
+            let flags = frame[4];
             let stream = u32::from_be_bytes([frame[5] & 0x7f, frame[6], frame[7], frame[8]]);
             let payload = &frame[9..];
             match typ {
                 HEADERS => {
+                    if self.block.is_some() {
+                        return Err(bad("HEADERS inside a header block"));
+                    }
                     let mut off = 0;
                     let pad = if flags & PADDED != 0 {
                         off = 1;
@@ -102,20 +139,16 @@ impl<S> AuthorityFix<S> {
                     let end = payload.len().checked_sub(pad).filter(|e| *e >= off).ok_or_else(|| bad("bad padding"))?;
                     self.block = Some(Block { stream, flags, priority, data: payload[off..end].to_vec() });
                 }
-                CONTINUATION => {
-                    let b = self.block.as_mut().ok_or_else(|| bad("CONTINUATION without HEADERS"))?;
-                    b.data.extend_from_slice(payload);
-                }
                 _ => {
-                    if self.block.is_some() {
-                        return Err(bad("a frame inside a header block"));
+                    let b = self.block.as_mut().ok_or_else(|| bad("CONTINUATION without HEADERS"))?;
+                    if b.stream != stream {
+                        return Err(bad("CONTINUATION on another stream"));
                     }
-                    self.output.extend_from_slice(&frame);
-                    continue;
+                    b.data.extend_from_slice(payload);
                 }
             }
             if self.block.as_ref().is_some_and(|b| b.data.len() > MAX_BLOCK) {
-                return Err(bad("a header block larger than 256 KiB"));
+                return Err(bad("a header block larger than 16 KiB"));
             }
             if flags & END_HEADERS != 0 {
                 if let Some(b) = self.block.take() {
@@ -127,7 +160,23 @@ impl<S> AuthorityFix<S> {
 
     /// Decodes a whole header block and sends it on as literals.
     fn rewrite(&mut self, b: Block) -> io::Result<()> {
-        let headers = self.decoder.decode(&b.data).map_err(|e| bad(&format!("HPACK: {e:?}")))?;
+        check_block(&b.data)?;
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut decoded = 0usize;
+        let mut over = false;
+        self.decoder
+            .decode_with_cb(&b.data, |name, value| {
+                decoded += name.len() + value.len() + 32;
+                if decoded > MAX_DECODED {
+                    over = true;
+                } else if !over {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| bad(&format!("HPACK: {e:?}")))?;
+        if over {
+            return Err(bad("a header list larger than 64 KiB"));
+        }
         let mut block = Vec::with_capacity(b.data.len() + 64);
         for (name, value) in &headers {
             let value: &[u8] =
@@ -168,6 +217,55 @@ impl<S> AuthorityFix<S> {
     }
 }
 
+/// Walks a header block's representations (RFC 7541, section 6) before it
+/// is decoded: every integer and string length is within the block, and a
+/// dynamic table size update comes first and stays within [`MAX_TABLE`]
+/// (the decoder would take any size a client asks for).
+fn check_block(mut b: &[u8]) -> io::Result<()> {
+    let mut first = true;
+    while let Some(&byte) = b.first() {
+        let (prefix, strings) = match byte {
+            0x80..=0xff => (7, 0),          // indexed field
+            0x40..=0x7f => (6, 1),          // literal with incremental indexing
+            0x20..=0x3f => (5, usize::MAX), // dynamic table size update
+            _ => (4, 1),                    // literal without indexing / never indexed
+        };
+        let (value, used) = read_integer(b, prefix)?;
+        b = &b[used..];
+        if strings == usize::MAX {
+            if !first || value > MAX_TABLE {
+                return Err(bad("a dynamic table size update that is not first or is above 4096"));
+            }
+            continue;
+        }
+        first = false;
+        // A literal with a new name (index 0) carries the name's string too.
+        let count = if strings == 1 && value == 0 { 2 } else { strings };
+        for _ in 0..count {
+            let (len, used) = read_integer(b, 7)?;
+            b = b.get(used + len..).ok_or_else(|| bad("a string past the header block's end"))?;
+        }
+    }
+    Ok(())
+}
+
+/// An HPACK integer with an `n`-bit prefix: its value and the bytes it used.
+fn read_integer(b: &[u8], n: u32) -> io::Result<(usize, usize)> {
+    let max = (1usize << n) - 1;
+    let first = usize::from(*b.first().ok_or_else(|| bad("an integer past the block's end"))?) & max;
+    if first < max {
+        return Ok((first, 1));
+    }
+    let mut value = max;
+    for (i, byte) in b.iter().enumerate().skip(1).take(4) {
+        value += usize::from(byte & 0x7f) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(bad("an HPACK integer too long"))
+}
+
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("HTTP/2 from the client: {what}"))
 }
@@ -197,6 +295,9 @@ fn integer(out: &mut Vec<u8>, mut v: usize, n: u32, first: u8) {
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if !this.output.is_empty() {
                 let n = buf.remaining().min(this.output.len());
@@ -325,12 +426,51 @@ mod tests {
         assert!(blocks[0].iter().any(|(n, v)| n == b":authority" && v == b"localhost:7070"));
     }
 
-    #[tokio::test]
-    async fn malformed_http2_closes_the_connection() {
+    async fn refused(frames: Vec<Vec<u8>>) -> bool {
         let mut input = PREFACE.to_vec();
-        input.extend(frame(CONTINUATION, END_HEADERS, 1, b"x"));
+        for f in frames {
+            input.extend(f);
+        }
         let mut fix = AuthorityFix::new(std::io::Cursor::new(input));
         let mut out = Vec::new();
-        assert!(fix.read_to_end(&mut out).await.is_err());
+        fix.read_to_end(&mut out).await.is_err()
+    }
+
+    #[tokio::test]
+    async fn malformed_or_oversized_http2_closes_the_connection() {
+        let (a, _) = client_blocks(b"x");
+        // CONTINUATION without HEADERS, on another stream, HEADERS inside a block.
+        assert!(refused(vec![frame(CONTINUATION, END_HEADERS, 1, b"x")]).await);
+        assert!(refused(vec![frame(HEADERS, 0, 1, &a[..2]), frame(CONTINUATION, END_HEADERS, 3, &a[2..])]).await);
+        assert!(refused(vec![frame(HEADERS, 0, 1, &a[..2]), frame(HEADERS, END_HEADERS, 3, &a)]).await);
+        // A header frame larger than the frame size.
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &vec![0x82; MAX_FRAME + 1])]).await);
+        // A table size update above 4096, or not first.
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe1, 0x7f, 0x82])]).await);
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &[0x82, 0x20])]).await);
+        // A truncated integer or string.
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &[0x3f])]).await);
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &[0x00, 0x05, b'a'])]).await);
+        // Amplification: one 4000-byte entry referred to thousands of times.
+        let mut block = vec![0x40];
+        literal(&mut block, b"x-big");
+        literal(&mut block, &[b'a'; 4000]);
+        block.extend(std::iter::repeat_n(0xbe, 5000));
+        assert!(block.len() < MAX_BLOCK);
+        assert!(refused(vec![frame(HEADERS, END_HEADERS, 1, &block)]).await, "a block decoding to 20 MB");
+        // A valid block with PRIORITY and PADDED together passes.
+        let mut p = vec![2u8, 0, 0, 0, 0, 16];
+        p.extend_from_slice(&a);
+        p.extend_from_slice(&[0, 0]);
+        assert!(!refused(vec![frame(HEADERS, END_HEADERS | PADDED | PRIORITY, 1, &p)]).await);
+    }
+
+    #[tokio::test]
+    async fn large_data_frames_pass_through_as_they_come() {
+        let mut input = PREFACE.to_vec();
+        let data = vec![7u8; 100_000];
+        input.extend(frame(0x0, 0, 1, &data));
+        let out = through(input).await;
+        assert_eq!(out.len(), PREFACE.len() + 9 + data.len());
     }
 }

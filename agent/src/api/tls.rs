@@ -56,7 +56,8 @@ fn subject_of(der: &[u8]) -> Option<(Dn, String)> {
 /// with `\,` and `\XX` escapes); None when it is not a distinguished name.
 pub fn parse_dn(text: &str) -> Option<Dn> {
     let mut out = Vec::new();
-    let mut cur = String::new();
+    // Bytes: a `\XX` escape is one byte of a UTF-8 value.
+    let mut cur: Vec<u8> = Vec::new();
     let mut chars = text.chars().peekable();
     let mut parts = Vec::new();
     while let Some(c) = chars.next() {
@@ -65,17 +66,16 @@ pub fn parse_dn(text: &str) -> Option<Dn> {
                 let n = chars.next()?;
                 if n.is_ascii_hexdigit() {
                     let m = chars.next()?;
-                    let byte = u8::from_str_radix(&format!("{n}{m}"), 16).ok()?;
-                    cur.push(char::from(byte));
+                    cur.push(u8::from_str_radix(&format!("{n}{m}"), 16).ok()?);
                 } else {
-                    cur.push(n);
+                    cur.extend_from_slice(n.encode_utf8(&mut [0; 4]).as_bytes());
                 }
             }
-            ',' | '+' => parts.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
+            ',' | '+' => parts.push(String::from_utf8(std::mem::take(&mut cur)).ok()?),
+            c => cur.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    parts.push(cur);
+    parts.push(String::from_utf8(cur).ok()?);
     for p in parts {
         let (k, v) = p.split_once('=')?;
         let k = k.trim().to_ascii_uppercase();
@@ -168,5 +168,6 @@ mod tests {
         assert!(!subject_allowed(&real, &["CN=scheduler, O=Other".to_string(), "nonsense".to_string()]));
         assert_eq!(parse_dn("cn=a\\2Cb"), Some(vec![("CN".into(), "a,b".into())]));
         assert_eq!(parse_dn("no equals"), None);
+        assert_eq!(parse_dn("CN=caf\\C3\\A9"), Some(vec![("CN".into(), "café".into())]), "UTF-8 escapes");
     }
 }

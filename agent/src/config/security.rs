@@ -26,6 +26,7 @@ pub(super) struct RawAutoUsers {
     pool_gid: Option<u32>,
     task_uid_first: Option<u32>,
     task_uid_count: Option<u32>,
+    task_admin_uid_first: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -55,6 +56,7 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
         pool_gid: auto.pool_gid.unwrap_or(d.pool_gid),
         task_uid_first: auto.task_uid_first.unwrap_or(d.task_uid_first),
         task_uid_count: auto.task_uid_count.unwrap_or(d.task_uid_count),
+        task_admin_uid_first: auto.task_admin_uid_first.unwrap_or(d.task_admin_uid_first),
     };
     if auto.pool_uid == 0 || auto.pool_admin_uid == 0 || auto.pool_gid == 0 || auto.task_uid_first == 0 {
         return Err(invalid("auto_users", "auto-users must not be root (uid or gid 0)"));
@@ -69,6 +71,20 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
     let task_range = u64::from(auto.task_uid_first)..last;
     if task_range.contains(&u64::from(auto.pool_uid)) {
         return Err(invalid("auto_users.pool_uid", "lies in the task-scope auto-user range"));
+    }
+    let admin_last = u64::from(auto.task_admin_uid_first) + u64::from(auto.task_uid_count);
+    let admin_range = u64::from(auto.task_admin_uid_first)..admin_last;
+    let overlap = admin_range.start < task_range.end && task_range.start < admin_range.end;
+    if auto.task_admin_uid_first == 0
+        || admin_last > u64::from(MAX_ID) + 1
+        || overlap
+        || [auto.pool_uid, auto.pool_admin_uid].iter().any(|u| admin_range.contains(&u64::from(*u)))
+    {
+        return Err(invalid(
+            "auto_users.task_admin_uid_first",
+            "the admin task-scope range (task_admin_uid_first, task_uid_count long) must lie in 1..2147483647 and \
+             overlap neither the task-scope range nor the pool uids",
+        ));
     }
     if task_range.contains(&u64::from(auto.pool_admin_uid)) || auto.pool_admin_uid == auto.pool_uid {
         return Err(invalid(
@@ -96,6 +112,7 @@ pub(super) fn identities(users: Vec<RawUser>, auto: RawAutoUsers) -> Result<Iden
         }
         if u.uid == 0
             || task_range.contains(&u64::from(u.uid))
+            || admin_range.contains(&u64::from(u.uid))
             || u.uid == auto.pool_uid
             || u.uid == auto.pool_admin_uid
         {
@@ -206,6 +223,7 @@ mod tests {
             pool_gid = 30000
             task_uid_first = 30001
             task_uid_count = 10
+            task_admin_uid_first = 40001
             [policy]
             allow_privileged = true
             allow_host_tasks = true
@@ -251,6 +269,8 @@ mod tests {
             ("[auto_users]\npool_uid = 20003".to_string(), "auto_users.pool_uid"),
             ("[auto_users]\npool_admin_uid = 20000".to_string(), "auto_users.pool_admin_uid"),
             ("[auto_users]\npool_admin_uid = 20005".to_string(), "auto_users.pool_admin_uid"),
+            ("[auto_users]\ntask_admin_uid_first = 25000".to_string(), "auto_users.task_admin_uid_first"),
+            ("[[users]]\nname = \"u\"\nuid = 30005\ngid = 1".to_string(), "users.uid"),
             (format!("{}\n[[users]]\nname = \"v\"\nuid = 1000\ngid = 1\nelevation = \"admin\"", user("")), "share uid"),
             ("[policy]\nbind_mount_prefixes = [\"rel\"]".to_string(), "policy.bind_mount_prefixes"),
             ("[policy]\nallowed_devices = [\"/etc/passwd\"]".to_string(), "policy.allowed_devices"),

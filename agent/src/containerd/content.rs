@@ -104,7 +104,7 @@ impl ImageStore for Containerd {
         // The requests are produced by their own task: containerd answers the
         // call only once it has a first message.
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-        let producer = tokio::spawn(async move {
+        let mut producer = tokio::spawn(async move {
             let mut offset: i64 = 0;
             let mut pending = Vec::with_capacity(CHUNK);
             while let Some(chunk) = data.next().await {
@@ -140,8 +140,15 @@ impl ImageStore for Containerd {
                 Ok(0)
             }
             Err(s) => {
-                // containerd may answer first for a stream cut off on purpose.
-                let produced = if producer.is_finished() { producer.await.ok() } else { None };
+                // containerd may answer first for a stream cut off on purpose:
+                // the producer's own end says whether it was.
+                let produced = match tokio::time::timeout(std::time::Duration::from_secs(2), &mut producer).await {
+                    Ok(r) => r.ok(),
+                    Err(_) => {
+                        producer.abort();
+                        None
+                    }
+                };
                 match produced {
                     Some(Err((std::io::ErrorKind::InvalidData, message))) => {
                         let abort =

@@ -90,11 +90,22 @@ pub struct AutoUsers {
     /// Task-scope auto-users get uids `task_uid_first ..+ task_uid_count`, in turn.
     pub task_uid_first: u32,
     pub task_uid_count: u32,
+    /// Admin task-scope auto-users get theirs from `task_admin_uid_first ..+
+    /// task_uid_count`: a range of their own, so that no admin and non-admin
+    /// identity share an owner (with user namespaces).
+    pub task_admin_uid_first: u32,
 }
 
 impl Default for AutoUsers {
     fn default() -> Self {
-        Self { pool_uid: 20000, pool_admin_uid: 19999, pool_gid: 20000, task_uid_first: 20001, task_uid_count: 9999 }
+        Self {
+            pool_uid: 20000,
+            pool_admin_uid: 19999,
+            pool_gid: 20000,
+            task_uid_first: 20001,
+            task_uid_count: 9999,
+            task_admin_uid_first: 30001,
+        }
     }
 }
 
@@ -138,7 +149,12 @@ impl Identities {
                     AutoUserScope::Pool => self.auto.pool_uid,
                     AutoUserScope::Task => {
                         let count = u64::from(self.auto.task_uid_count.max(1));
-                        self.auto.task_uid_first + (ticket % count) as u32
+                        let first = if *elevation == Elevation::Admin {
+                            self.auto.task_admin_uid_first
+                        } else {
+                            self.auto.task_uid_first
+                        };
+                        first + (ticket % count) as u32
                     }
                 };
                 Ok(RunAs { uid, gid: pool_gid, groups: with_pool(vec![]), admin: *elevation == Elevation::Admin })
@@ -178,7 +194,10 @@ mod tests {
         let task = |n| {
             ids.resolve(&UserIdentity::Auto { scope: AutoUserScope::Task, elevation: Elevation::Admin }, n).unwrap()
         };
-        assert_eq!((task(0).uid, task(1).uid, task(9999).uid), (20001, 20002, 20001));
+        assert_eq!((task(0).uid, task(1).uid, task(9999).uid), (30001, 30002, 30001), "admin: a range of its own");
         assert!(task(3).admin);
+        let plain =
+            ids.resolve(&UserIdentity::Auto { scope: AutoUserScope::Task, elevation: Elevation::NonAdmin }, 0).unwrap();
+        assert_eq!(plain.uid, 20001);
     }
 }

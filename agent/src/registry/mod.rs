@@ -262,6 +262,7 @@ impl Registry {
         let res = self.http(registry)?.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
         let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
         if let Some(realm) = challenge.and_then(bearer_realm) {
+            let realm = realm.to_ascii_lowercase();
             if let Some(rest) = realm.strip_prefix("http://") {
                 let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
                 if !self.settings.insecure.iter().any(|h| h == host) {
@@ -440,7 +441,11 @@ impl Registry {
             }
             body.extend_from_slice(&chunk);
         }
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        // The digest by the algorithm a pinned reference names (sha256 else).
+        let digest = match reference.digest() {
+            Some(d) if d.starts_with("sha512:") => format!("sha512:{}", hex::encode(sha2::Sha512::digest(&body))),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+        };
         if let Some(pinned) = reference.digest() {
             if pinned != digest {
                 return Err(RegistryError::Other {

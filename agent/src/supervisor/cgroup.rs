@@ -29,18 +29,8 @@ fn oom_kills(text: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
 }
 
-/// What a cgroup's processes used so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub user_cpu: Duration,
-    pub kernel_cpu: Duration,
-    pub peak_memory_bytes: u64,
-    pub memory_bytes: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub read_ops: u64,
-    pub write_ops: u64,
-}
+/// What a cgroup's processes used so far (the wall clock is the caller's).
+pub type Usage = crate::model::TaskStats;
 
 /// `TaskInfo.stats` from a cgroup's usage and the time the task ran;
 /// `live`: it still runs (the memory in use now is kept). At completion the
@@ -62,17 +52,7 @@ pub fn stats(u: Usage, wall_clock: Duration, live: bool) -> crate::model::TaskSt
             .inc_by(u.write_bytes);
         m.task_wall_seconds.inc_by(wall_clock.as_secs_f64());
     }
-    crate::model::TaskStats {
-        user_cpu: u.user_cpu,
-        kernel_cpu: u.kernel_cpu,
-        wall_clock,
-        peak_memory_bytes: u.peak_memory_bytes,
-        memory_bytes: if live { u.memory_bytes } else { 0 },
-        read_bytes: u.read_bytes,
-        write_bytes: u.write_bytes,
-        read_ops: u.read_ops,
-        write_ops: u.write_ops,
-    }
+    crate::model::TaskStats { wall_clock, memory_bytes: if live { u.memory_bytes } else { 0 }, ..u }
 }
 
 /// The usage of the cgroup at `cgroups_path`; None when it does not exist.
@@ -191,6 +171,7 @@ mod tests {
             Usage {
                 user_cpu: Duration::from_millis(1200),
                 kernel_cpu: Duration::from_millis(300),
+                wall_clock: Duration::ZERO,
                 peak_memory_bytes: 64 << 20,
                 memory_bytes: 1 << 20,
                 read_bytes: 8192,

@@ -50,8 +50,9 @@ fn host_side(o: &RunOptions, policy: &Policy) -> Result<Lookups, SpecError> {
 const MAX_SECCOMP_FILE: u64 = 1 << 20;
 
 /// The profile of `--security-opt seccomp=FILE`: a regular file under the
-/// bind prefixes once every symlink is resolved, holding an OCI
-/// `linux.seccomp` object.
+/// bind prefixes once every symlink is resolved, root's and writable by root
+/// only (a task that can write under a prefix must not be able to give
+/// itself an allow-everything profile), holding an OCI `linux.seccomp` object.
 fn seccomp_profile(path: &str, policy: &Policy) -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
     use std::io::Read;
     let bad = |reason: String| refused("--security-opt", format!("seccomp profile {path}: {reason}"));
@@ -64,7 +65,7 @@ fn seccomp_profile(path: &str, policy: &Policy) -> Result<oci_spec::runtime::Lin
             real.display()
         )));
     }
-    let file = crate::safefs::open_regular(&real).map_err(|e| bad(e.to_string()))?;
+    let file = crate::safefs::open_trusted(&real).map_err(|e| bad(e.to_string()))?;
     let mut text = Vec::new();
     file.take(MAX_SECCOMP_FILE + 1).read_to_end(&mut text).map_err(|e| bad(e.to_string()))?;
     if text.len() as u64 > MAX_SECCOMP_FILE {

@@ -248,8 +248,10 @@ impl Supervisor {
             None if shell_words::split(&spec.command_line).is_ok_and(|w| w.first().is_none_or(String::is_empty)) => {
                 return Err(Error::Invalid {
                     field: "command_line",
-                    reason: "a task without container settings runs on the host and needs a command line naming                              a program (it splits into no words, or an empty first word)"
-                        .into(),
+                    reason:
+                        "a task without container settings runs on the host and needs a command line naming a program \
+                             (it splits into no words, or an empty first word)"
+                            .into(),
                 });
             }
             None => {}
