@@ -31,7 +31,7 @@ BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
     apache2-utils openssl pkg-config jq curl tini gcc libc6-dev python3-venv systemd
-    systemd-container debootstrap
+    systemd-container debootstrap zstd
 )
 
 # Fixed test credentials for the TLS registry.

@@ -13,9 +13,15 @@ use std::time::{Duration, Instant};
 /// Pushes a one-layer image of `mib` MiB of zeros (gzipped) to the plain test
 /// registry; returns the layer's digest.
 fn push(reference: &str, mib: u32, pad: usize, size_delta: i64) -> String {
+    push_as(reference, mib, pad, size_delta, "gzip")
+}
+
+/// [`push`] with the layer compressed by `compression` (gzip, zstd).
+fn push_as(reference: &str, mib: u32, pad: usize, size_delta: i64, compression: &str) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("probe/push-image.sh");
     let out = Command::new(script)
         .args([&env("BERTH_TEST_REGISTRY"), reference, &mib.to_string(), &pad.to_string(), &size_delta.to_string()])
+        .arg(compression)
         .output()
         .unwrap();
     assert!(out.status.success(), "push-image.sh: {}", String::from_utf8_lossy(&out.stderr));
@@ -65,6 +71,12 @@ async fn a_decompression_bomb_fails_the_pull_and_leaves_nothing() {
     assert_eq!(failure_code(&done), "ImagePullFailed", "{done:?}");
     let message = done.failure_info.unwrap().message;
     assert!(message.contains("max_layer_bytes"), "{message}");
+    nothing_left(&agent, &layer).await;
+    // The same in zstd.
+    let layer = push_as("limits/zbomb:1", 64, 0, 0, "zstd");
+    let done = c.run_done(task_on("limits", "zbomb", "/zeros", image("limits/zbomb:1"))).await;
+    assert_eq!(failure_code(&done), "ImagePullFailed", "{done:?}");
+    assert!(done.failure_info.unwrap().message.contains("max_layer_bytes"));
     nothing_left(&agent, &layer).await;
     // Within the limit, the same kind of image is pulled.
     push("limits/small:1", 4, 0, 0);

@@ -501,7 +501,7 @@ impl Puller {
 struct LayerCheck {
     declared: u64,
     seen: u64,
-    gzip: Option<flate2::write::MultiGzDecoder<Counter>>,
+    decoder: Option<Box<dyn std::io::Write + Send>>,
 }
 
 /// Counts decompressed bytes, failing past the limit.
@@ -531,13 +531,20 @@ impl std::io::Write for Counter {
 
 impl LayerCheck {
     fn new(blob: &BlobRef, max: u64) -> Result<Self, String> {
-        let gzip = blob.media_type.ends_with("gzip");
         let declared = blob.size.max(0) as u64;
-        if !gzip && !blob.media_type.contains("zstd") && declared > max {
-            return Err(format!("the layer is {declared} bytes, more than [registries] max_layer_bytes ({max})"));
-        }
-        let gzip = gzip.then(|| flate2::write::MultiGzDecoder::new(Counter { written: 0, max }));
-        Ok(Self { declared, seen: 0, gzip })
+        let counter = Counter { written: 0, max };
+        let decoder: Option<Box<dyn std::io::Write + Send>> = if blob.media_type.ends_with("gzip") {
+            Some(Box::new(flate2::write::MultiGzDecoder::new(counter)))
+        } else if blob.media_type.ends_with("zstd") {
+            let d = zstd::stream::write::Decoder::new(counter).map_err(|e| format!("zstd: {e}"))?;
+            Some(Box::new(d))
+        } else {
+            if declared > max {
+                return Err(format!("the layer is {declared} bytes, more than [registries] max_layer_bytes ({max})"));
+            }
+            None
+        };
+        Ok(Self { declared, seen: 0, decoder })
     }
 
     fn feed(&mut self, chunk: &[u8]) -> std::io::Result<()> {
@@ -552,10 +559,16 @@ impl LayerCheck {
                 ),
             ));
         }
-        if let Some(gz) = self.gzip.as_mut() {
-            gz.write_all(chunk).map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidData => e,
-                _ => std::io::Error::new(std::io::ErrorKind::InvalidData, format!("refused: not gzip data: {e}")),
+        if let Some(d) = self.decoder.as_mut() {
+            d.write_all(chunk).map_err(|e| {
+                if e.to_string().starts_with("refused:") {
+                    e
+                } else {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("refused: not the layer's compression: {e}"),
+                    )
+                }
             })?;
         }
         Ok(())
@@ -648,6 +661,12 @@ mod tests {
         let mut c = LayerCheck::new(&blob(bomb.len() - 1, gzip), 8 << 20).unwrap();
         let err = c.feed(&bomb).unwrap_err();
         assert!(err.to_string().contains("declares"), "{err}");
+        // zstd, the same.
+        let z = zstd::stream::encode_all(&vec![0u8; 4 << 20][..], 3).unwrap();
+        let zstd = "application/vnd.oci.image.layer.v1.tar+zstd";
+        LayerCheck::new(&blob(z.len(), zstd), 8 << 20).unwrap().feed(&z).unwrap();
+        let mut c = LayerCheck::new(&blob(z.len(), zstd), 1 << 20).unwrap();
+        assert!(c.feed(&z).unwrap_err().to_string().contains("max_layer_bytes"));
         // An uncompressed layer larger than the limit is refused before it is fetched.
         assert!(LayerCheck::new(&blob(2 << 20, "application/vnd.oci.image.layer.v1.tar"), 1 << 20).is_err());
         assert!(LayerCheck::new(&blob(10, gzip), 1 << 20).unwrap().feed(b"not gzip at all").is_err());
