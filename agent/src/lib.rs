@@ -18,3 +18,4 @@ pub mod sdnotify;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod sys;

@@ -104,11 +104,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         credentials: cfg.registries.credentials.clone(),
         max_manifest_bytes: cfg.registries.max_manifest_bytes,
     });
+    let metrics = berth_agent::metrics::Metrics::new();
     let pull_settings = PullSettings {
         max_concurrent_downloads: cfg.registries.max_concurrent_downloads,
         timeout: cfg.registries.pull_timeout,
         no_progress_timeout: cfg.registries.no_progress_timeout,
         max_layer_bytes: cfg.registries.max_layer_bytes,
+        metrics: metrics.clone(),
         ..PullSettings::default()
     };
     let puller = Arc::new(Puller::new(
@@ -138,13 +140,17 @@ async fn run(cfg: Config) -> Result<(), String> {
         ),
         rerun_start_task_after_reboot: cfg.rerun_start_task_after_reboot,
         boot_id: berth_agent::supervisor::boot_id(),
+        metrics: metrics.clone(),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
     // A database created anew on a node that has run tasks before: continue the
     // sequence numbers above any a scheduler may have seen (milliseconds since the epoch).
     if opened.fresh && !layout.list_task_dirs().is_empty() {
-        let floor = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let floor = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         opened.store.seed_sequence(floor).await.map_err(|e| e.to_string())?;
     }
     let sup = Supervisor::new(settings, node, layout.clone(), opened.store, containerd, puller);
@@ -175,12 +181,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         sup.set_prefetch(names);
     }
     if let Some(addr) = cfg.metrics_listen {
-        let sup = sup.clone();
+        let (sup, m) = (sup.clone(), metrics.clone());
         let refresh = move || {
-            let sup = sup.clone();
+            let (sup, m) = (sup.clone(), m.clone());
             async move {
                 let (states, used) = sup.gauges().await;
-                let m = berth_agent::metrics::get();
                 for s in ["ACTIVE", "PREPARING", "RUNNING", "COMPLETED"] {
                     let n = states.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
                     m.tasks.get_or_create(&berth_agent::metrics::StateLabels { state: s.into() }).set(n as i64);
@@ -188,8 +193,9 @@ async fn run(cfg: Config) -> Result<(), String> {
                 m.slots_used.set(i64::from(used));
             }
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = berth_agent::metrics::serve(addr, refresh).await {
+            if let Err(e) = berth_agent::metrics::serve(addr, metrics, refresh).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
@@ -200,6 +206,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         tls: cfg.tls.clone(),
         socket_group: cfg.socket_group.clone(),
         max_message_bytes: cfg.max_message_bytes,
+        metrics,
     };
     api::serve(Api::new(sup, layout), &opts, shutdown_signal()).await.map_err(|e| e.to_string())
 }
@@ -210,7 +217,7 @@ async fn run(cfg: Config) -> Result<(), String> {
 fn watchdog() {
     if let Some(usec) = berth_agent::sdnotify::watchdog_usec() {
         let every = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
-        tracing::info!(interval_ms = every.as_millis() as u64, "systemd watchdog enabled");
+        tracing::info!(interval_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX), "systemd watchdog enabled");
         tokio::spawn(async move {
             loop {
                 berth_agent::sdnotify::notify("WATCHDOG=1");
@@ -224,7 +231,8 @@ fn main() -> ExitCode {
     // The agent's executable is also the shim of each host task.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.len() == 3 && argv[1] == "host-shim" {
-        return ExitCode::from(berth_agent::host::shim::main(std::path::Path::new(&argv[2])) as u8);
+        let status = berth_agent::host::shim::main(std::path::Path::new(&argv[2]));
+        return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
     }
     let args = Args::parse();
     let cfg = match load_config(&args) {

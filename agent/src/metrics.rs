@@ -3,6 +3,8 @@
 //! durations, slots used, containerd reconnects, RPCs by method and code.
 //! Labels are method names, codes and states only: never a task's values, so
 //! nothing a scheduler sends (a registry password, say) can reach a label.
+//! One `Metrics` is made by `main` and handed to what counts (the supervisor,
+//! the puller, the API layer): there is no global.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -50,6 +52,39 @@ pub struct Metrics {
     registry: Registry,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A new set of metrics, all zero.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(build())
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a completed task's usage into the node-wide totals.
+    pub fn count_completed(&self, u: &crate::model::TaskStats, wall_clock: std::time::Duration) {
+        let cpu = |mode: &str| self.task_cpu_seconds.get_or_create(&ModeLabels { mode: mode.into() }).clone();
+        cpu("user").inc_by(u.user_cpu.as_secs_f64());
+        cpu("kernel").inc_by(u.kernel_cpu.as_secs_f64());
+        let io = |direction: &str| {
+            self.task_io_bytes.get_or_create(&DirectionLabels { direction: direction.into() }).clone()
+        };
+        io("read").inc_by(u.read_bytes);
+        io("write").inc_by(u.write_bytes);
+        self.task_wall_seconds.inc_by(wall_clock.as_secs_f64());
+    }
+}
+
 fn build() -> Metrics {
     let mut registry = Registry::with_prefix("berth");
     let m = Metrics {
@@ -86,22 +121,9 @@ fn build() -> Metrics {
     Metrics { registry, ..m }
 }
 
-static METRICS: OnceLock<Metrics> = OnceLock::new();
-
-pub fn get() -> &'static Metrics {
-    METRICS.get_or_init(build)
-}
-
-/// The text exposition of every metric.
-pub fn encode() -> String {
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &get().registry);
-    out
-}
-
 /// Serves `GET /metrics` on `addr` until the process ends; `refresh` updates
 /// the gauges before each scrape.
-pub async fn serve<F, Fut>(addr: std::net::SocketAddr, refresh: F) -> std::io::Result<()>
+pub async fn serve<F, Fut>(addr: std::net::SocketAddr, metrics: Arc<Metrics>, refresh: F) -> std::io::Result<()>
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -111,16 +133,16 @@ where
     tracing::info!(%addr, "metrics listening");
     loop {
         let (stream, _) = listener.accept().await?;
-        let refresh = refresh.clone();
+        let (refresh, metrics) = (refresh.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let refresh = refresh.clone();
+                let (refresh, metrics) = (refresh.clone(), metrics.clone());
                 async move {
                     let response = if req.uri().path() == "/metrics" {
                         refresh().await;
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(encode())
+                            .body(metrics.encode())
                     } else {
                         Response::builder().status(StatusCode::NOT_FOUND).body("not found: try /metrics\n".into())
                     };

@@ -32,7 +32,7 @@ pub fn facts(cfg: &Config, platform: &Platform) -> NodeFacts {
         hostname: hostname(),
         os: platform.os.clone(),
         arch: platform.architecture.clone(),
-        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpus: std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1),
         memory_bytes: memory_bytes(),
         network_files: ["/etc/resolv.conf", "/etc/hosts"]
             .into_iter()

@@ -6,13 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-pub struct Agent {
+pub(crate) struct Agent {
     pub dir: PathBuf,
     pub binary: PathBuf,
     child: Option<Child>,
 }
 
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub containerd: &'a str,
     pub namespace: &'a str,
     pub registry: &'a str,
@@ -21,7 +21,7 @@ pub struct Settings<'a> {
 
 impl Agent {
     /// Writes the config in `dir` (node root, state, socket all under it).
-    pub fn new(binary: &Path, dir: &Path, s: &Settings<'_>) -> Agent {
+    pub(crate) fn new(binary: &Path, dir: &Path, s: &Settings<'_>) -> Agent {
         std::fs::create_dir_all(dir).expect("agent dir");
         let cfg = format!(
             "[node]\nroot_dir = \"{d}/node\"\nstate_dir = \"{d}/state\"\nid = \"{ns}\"\ntask_slots = {slots}\nmin_free_mb = 0\n\
@@ -39,16 +39,16 @@ impl Agent {
         Agent { dir: dir.to_owned(), binary: binary.to_owned(), child: None }
     }
 
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("unix://{}", self.dir.join("agent.sock").display())
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     /// Starts the agent; returns once its socket answers.
-    pub async fn start(&mut self) -> NodeAgentClient<Channel> {
+    pub(crate) async fn start(&mut self) -> NodeAgentClient<Channel> {
         let _ = std::fs::remove_file(self.dir.join("agent.sock"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
         let child = Command::new(&self.binary)
@@ -72,12 +72,12 @@ impl Agent {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("agent running")
     }
 
     /// `VmRSS` and `VmHWM` (peak) of the agent process, in KiB.
-    pub fn memory_kib(&self) -> (u64, u64) {
+    pub(crate) fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
@@ -91,7 +91,7 @@ impl Agent {
     }
 
     /// Stops the agent with `signal` and waits for it.
-    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+    pub(crate) fn stop(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
             let _ = child.wait();
@@ -106,7 +106,7 @@ impl Drop for Agent {
 }
 
 /// User plus system CPU time of process `pid` (and its waited-for children), from `/proc/PID/stat`.
-pub fn cpu_of(pid: u32) -> std::time::Duration {
+pub(crate) fn cpu_of(pid: u32) -> std::time::Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) end with ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -118,7 +118,7 @@ pub fn cpu_of(pid: u32) -> std::time::Duration {
 }
 
 /// CPU time the whole machine spent busy (all CPUs), from `/proc/stat`.
-pub fn machine_busy() -> std::time::Duration {
+pub(crate) fn machine_busy() -> std::time::Duration {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> =
         stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
-pub struct Ctr {
+pub(crate) struct Ctr {
     pub socket: String,
     pub namespace: String,
     /// Where `ctr run` puts its IO FIFOs (visible to containerd).
@@ -22,7 +22,7 @@ impl Ctr {
     }
 
     /// `ctr images pull --plain-http`: its wall time.
-    pub fn pull(&self, image: &str) -> Duration {
+    pub(crate) fn pull(&self, image: &str) -> Duration {
         let start = Instant::now();
         let out = self.cmd().args(["images", "pull", "--plain-http", image]).output().expect("ctr pull");
         assert!(out.status.success(), "ctr pull {image}: {}", String::from_utf8_lossy(&out.stderr));
@@ -30,7 +30,7 @@ impl Ctr {
     }
 
     /// `ctr run --rm IMAGE ID /bin/true`: create, start, wait, delete.
-    pub fn run(&self, image: &str, id: &str) -> Duration {
+    pub(crate) fn run(&self, image: &str, id: &str) -> Duration {
         let start = Instant::now();
         let out = self
             .cmd()

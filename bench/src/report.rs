@@ -1,6 +1,6 @@
 //! The table: berth and the baseline side by side, as a ratio.
 
-pub struct Row {
+pub(crate) struct Row {
     pub name: String,
     pub berth: f64,
     pub baseline: Option<f64>,
@@ -8,7 +8,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: &str, berth: f64, baseline: Option<f64>, target: &str) -> Row {
+    pub(crate) fn new(name: &str, berth: f64, baseline: Option<f64>, target: &str) -> Row {
         Row { name: name.into(), berth, baseline, target: target.into() }
     }
 }
@@ -22,7 +22,7 @@ fn num(v: f64) -> String {
 }
 
 /// A Markdown table (what BENCHMARKS.md holds).
-pub fn markdown(rows: &[Row]) -> String {
+pub(crate) fn markdown(rows: &[Row]) -> String {
     let mut out =
         String::from("| measure | berth | baseline | berth ÷ baseline | target |\n|---|---:|---:|---:|---|\n");
     for r in rows {

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 type Client = NodeAgentClient<Channel>;
 
-pub fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb::TaskSpec {
+pub(crate) fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb::TaskSpec {
     pb::TaskSpec {
         job_id: job.into(),
         task_id: task.into(),
@@ -48,7 +48,7 @@ fn quantile(v: &mut [Duration], q: f64) -> f64 {
 }
 
 /// Pulls `image` through the agent, to its end.
-pub async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
+pub(crate) async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
     let start = Instant::now();
     let req = pb::PullImageRequest { reference: image.into(), credentials: None };
     let mut stream = c.pull_image(req).await.expect("PullImage").into_inner();
@@ -63,7 +63,7 @@ pub async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
 
 /// Latency: sequential trivial tasks, RunTask → RUNNING and → COMPLETED (seen
 /// on WatchTasks), against sequential `ctr run --rm`.
-pub async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
     // One of each first: the first container of a namespace pays one-off costs.
     run(c, spec("lat", "warm-up", image, "/bin/true")).await;
     w.wait_all(&["lat/warm-up".to_string()], |s| s.completed.is_some()).await;
@@ -91,7 +91,7 @@ pub async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usi
 
 /// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),
 /// against `n` `ctr run --rm` with 8 in parallel.
-pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, pids: Pids) -> Vec<Row> {
+pub(crate) async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, pids: Pids) -> Vec<Row> {
     let keys: Vec<String> = (0..n).map(|i| format!("tput/t{i}")).collect();
     let (agent_cpu, containerd_cpu, busy) = (cpu_of(pids.agent), cpu_of(pids.containerd), machine_busy());
     let start = Instant::now();
@@ -139,7 +139,7 @@ pub async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usiz
 
 /// Density: `n` concurrent `sleep` tasks until all run. Recovery: then the
 /// agent is killed and restarted; the time until it has re-attached them all.
-pub async fn density_and_recovery(agent: &mut Agent, image: &str, n: usize) -> Vec<Row> {
+pub(crate) async fn density_and_recovery(agent: &mut Agent, image: &str, n: usize) -> Vec<Row> {
     let mut c = agent.start().await;
     let (idle, _) = agent.memory_kib();
     let w = Watcher::start(&c).await;
@@ -182,7 +182,7 @@ pub async fn density_and_recovery(agent: &mut Agent, image: &str, n: usize) -> V
 /// Pulls: a cold pull through the agent against `ctr pull` of an image of the
 /// same shape; then 10 tasks at once on a new image, bytes fetched from the
 /// registry against the image's size.
-pub async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'_>) -> Vec<Row> {
+pub(crate) async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'_>) -> Vec<Row> {
     let (berth, _) = pull(c, images.big_berth).await;
     let base = ctr.pull(images.big_ctr);
     let before = registry_bytes(images.registry_log, images.shared);
@@ -208,12 +208,12 @@ pub async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'
 
 /// Processes whose CPU time is counted.
 #[derive(Clone, Copy)]
-pub struct Pids {
+pub(crate) struct Pids {
     pub agent: u32,
     pub containerd: u32,
 }
 
-pub struct PullImages<'a> {
+pub(crate) struct PullImages<'a> {
     pub big_berth: &'a str,
     pub big_ctr: &'a str,
     pub shared: &'a str,

@@ -10,21 +10,21 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 #[derive(Default, Clone, Copy, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub running: Option<Instant>,
     pub completed: Option<Instant>,
     pub exit_code: Option<i32>,
 }
 
 #[derive(Clone, Default)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     changed: Arc<Notify>,
 }
 
 impl Watcher {
     /// Follows the agent's event stream in the background.
-    pub async fn start(client: &NodeAgentClient<Channel>) -> Watcher {
+    pub(crate) async fn start(client: &NodeAgentClient<Channel>) -> Watcher {
         let w = Watcher::default();
         let mut stream =
             client.clone().watch_tasks(WatchTasksRequest { from_sequence: 0 }).await.expect("watch").into_inner();
@@ -51,12 +51,12 @@ impl Watcher {
         w
     }
 
-    pub fn get(&self, key: &str) -> Seen {
+    pub(crate) fn get(&self, key: &str) -> Seen {
         self.seen.lock().unwrap().get(key).copied().unwrap_or_default()
     }
 
     /// Waits until `done` holds for every key.
-    pub async fn wait_all(&self, keys: &[String], done: impl Fn(&Seen) -> bool) {
+    pub(crate) async fn wait_all(&self, keys: &[String], done: impl Fn(&Seen) -> bool) {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);

@@ -44,7 +44,7 @@ struct Block {
 }
 
 /// A unix connection with the client's `:authority` made acceptable to h2.
-pub struct AuthorityFix<S> {
+pub(super) struct AuthorityFix<S> {
     inner: S,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -57,7 +57,7 @@ pub struct AuthorityFix<S> {
 }
 
 impl<S> AuthorityFix<S> {
-    pub fn new(inner: S) -> Self {
+    pub(super) fn new(inner: S) -> Self {
         Self {
             inner,
             input: Vec::new(),
@@ -211,7 +211,7 @@ impl<S> AuthorityFix<S> {
 
     fn frame(&mut self, typ: u8, flags: u8, stream: u32, payload: &[u8]) {
         let len = payload.len();
-        self.output.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, typ, flags]);
+        self.output.extend_from_slice(&[low_byte(len >> 16), low_byte(len >> 8), low_byte(len), typ, flags]);
         self.output.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
         self.output.extend_from_slice(payload);
     }
@@ -280,16 +280,21 @@ fn literal(out: &mut Vec<u8>, s: &[u8]) {
 fn integer(out: &mut Vec<u8>, mut v: usize, n: u32, first: u8) {
     let max = (1usize << n) - 1;
     if v < max {
-        out.push(first | v as u8);
+        out.push(first | low_byte(v));
         return;
     }
-    out.push(first | max as u8);
+    out.push(first | low_byte(max));
     v -= max;
     while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
+        out.push(low_byte(v % 128) | 0x80);
         v /= 128;
     }
-    out.push(v as u8);
+    out.push(low_byte(v));
+}
+
+/// The low eight bits of `v` (frame and HPACK headers are written byte by byte).
+fn low_byte(v: usize) -> u8 {
+    (v & 0xff).to_le_bytes()[0]
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {

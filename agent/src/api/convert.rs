@@ -13,12 +13,12 @@ use berth_proto::v1 as pb;
 use std::time::{Duration, SystemTime};
 
 /// The key of an existing task (the start task is `@node/starttask`).
-pub fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Error> {
+pub(super) fn key(job_id: &str, task_id: &str) -> Result<TaskKey, crate::supervisor::Error> {
     Ok(TaskKey::address(job_id, task_id)?)
 }
 
 /// A start, preparation or release task's spec: its ids are the agent's.
-pub fn special_spec(mut t: pb::TaskSpec, key: &TaskKey) -> Result<TaskSpec, crate::supervisor::Error> {
+pub(super) fn special_spec(mut t: pb::TaskSpec, key: &TaskKey) -> Result<TaskSpec, crate::supervisor::Error> {
     t.job_id = key.job.to_string();
     t.task_id = key.task.to_string();
     if t.job_preparation.is_some() {
@@ -32,7 +32,7 @@ pub fn special_spec(mut t: pb::TaskSpec, key: &TaskKey) -> Result<TaskSpec, crat
     Ok(spec)
 }
 
-pub fn kind_to_proto(k: TaskKind) -> pb::TaskKind {
+pub(super) fn kind_to_proto(k: TaskKind) -> pb::TaskKind {
     match k {
         TaskKind::Task => pb::TaskKind::Task,
         TaskKind::StartTask => pb::TaskKind::StartTask,
@@ -41,7 +41,7 @@ pub fn kind_to_proto(k: TaskKind) -> pb::TaskKind {
     }
 }
 
-pub fn node_state_to_proto(s: NodeState) -> pb::NodeState {
+pub(super) fn node_state_to_proto(s: NodeState) -> pb::NodeState {
     match s {
         NodeState::Starting => pb::NodeState::Starting,
         NodeState::WaitingForStartTask => pb::NodeState::WaitingForStartTask,
@@ -56,7 +56,7 @@ pub fn node_state_to_proto(s: NodeState) -> pb::NodeState {
 /// The longest duration protobuf's `Duration` allows (10,000 years).
 const MAX_DURATION_SECS: u64 = 315_576_000_000;
 
-pub fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DecodeError> {
+pub(super) fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DecodeError> {
     d.map(|d| {
         let d = Duration::try_from(d).map_err(|e| DecodeError::new(field, format!("not a valid duration: {e}")))?;
         if d.as_secs() > MAX_DURATION_SECS {
@@ -67,7 +67,7 @@ pub fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result
     .transpose()
 }
 
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub(super) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     t.into()
 }
 
@@ -75,7 +75,7 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }
 
-pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
+pub(super) fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
     match pb::WorkingDirectory::try_from(v) {
         Ok(pb::WorkingDirectory::Unspecified | pb::WorkingDirectory::TaskWorkingDir) => {
             Ok(WorkingDirMode::TaskWorkingDir)
@@ -85,7 +85,7 @@ pub fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
     }
 }
 
-pub fn pull_policy(v: i32) -> Result<PullPolicy, DecodeError> {
+pub(super) fn pull_policy(v: i32) -> Result<PullPolicy, DecodeError> {
     match pb::PullPolicy::try_from(v) {
         Ok(pb::PullPolicy::Unspecified | pb::PullPolicy::Missing) => Ok(PullPolicy::Missing),
         Ok(pb::PullPolicy::Always) => Ok(PullPolicy::Always),
@@ -95,7 +95,7 @@ pub fn pull_policy(v: i32) -> Result<PullPolicy, DecodeError> {
 }
 
 /// Registry credentials: a username with a password, or an identity token.
-pub fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credentials>, DecodeError> {
+pub(super) fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credentials>, DecodeError> {
     let Some(c) = c else { return Ok(None) };
     match (c.username.is_empty(), c.password.is_empty(), c.identity_token.is_empty()) {
         (true, true, true) => Ok(None),
@@ -110,7 +110,7 @@ pub fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credenti
     }
 }
 
-pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
+pub(super) fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
     Ok(match pb::TaskState::try_from(v) {
         Ok(pb::TaskState::Unspecified) => None,
         Ok(pb::TaskState::Active) => Some(TaskState::Active),
@@ -123,11 +123,11 @@ pub fn task_state(v: i32) -> Result<Option<TaskState>, DecodeError> {
 
 /// Limits of one task spec (beyond the message size), so no request makes the
 /// agent build something absurd.
-pub const MAX_ENV_VARS: usize = 1024;
-pub const MAX_ENV_BYTES: usize = 256 << 10;
-pub const MAX_COMMAND_LINE: usize = 32 << 10;
-pub const MAX_RUN_OPTIONS: usize = 8 << 10;
-pub const MAX_IMAGE_REFERENCE: usize = 1024;
+pub(super) const MAX_ENV_VARS: usize = 1024;
+pub(super) const MAX_ENV_BYTES: usize = 256 << 10;
+pub(super) const MAX_COMMAND_LINE: usize = 32 << 10;
+pub(super) const MAX_RUN_OPTIONS: usize = 8 << 10;
+pub(super) const MAX_IMAGE_REFERENCE: usize = 1024;
 
 fn check_limits(t: &pb::TaskSpec) -> Result<(), DecodeError> {
     let too_long = |field: &'static str, len: usize, max: usize| {
@@ -155,7 +155,7 @@ fn check_limits(t: &pb::TaskSpec) -> Result<(), DecodeError> {
 
 /// Decodes a `RunTask` spec, and the job's preparation task it may carry. Id
 /// errors are reported by the supervisor's id types.
-pub fn task_spec(mut t: pb::TaskSpec) -> Result<(TaskSpec, Option<TaskSpec>), crate::supervisor::Error> {
+pub(super) fn task_spec(mut t: pb::TaskSpec) -> Result<(TaskSpec, Option<TaskSpec>), crate::supervisor::Error> {
     let key = TaskKey::new(&t.job_id, &t.task_id)?;
     let prep = t.job_preparation.take().map(|p| special_spec(*p, &TaskKey::job_preparation(&key.job))).transpose()?;
     Ok((decode_spec(t, key)?, prep))
@@ -238,7 +238,7 @@ fn identity_to_proto(u: &UserIdentity) -> pb::UserIdentity {
     }
 }
 
-pub fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
+pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
     pb::TaskSpec {
         job_id: s.key.job.to_string(),
         task_id: s.key.task.to_string(),
@@ -285,8 +285,36 @@ fn failure_to_proto(f: &FailureInfo) -> pb::FailureInfo {
             FailureCategory::UserError => pb::FailureCategory::UserError,
             FailureCategory::ServerError => pb::FailureCategory::ServerError,
         } as i32,
-        code: f.code.clone(),
+        code: f.code.as_str().to_owned(),
         message: f.message.clone(),
+    }
+}
+
+/// `ExplainTask`'s answer.
+pub(super) fn explanation(e: &crate::supervisor::Explanation) -> pb::TaskExplanation {
+    use crate::supervisor::Want;
+    let c = &e.checked;
+    let stop = c.stop();
+    let (exclusive_gpu_count, exclusive_gpus) = match &c.devices.exclusive {
+        None => (0, vec![]),
+        Some(Want::Count(n)) => (u32::try_from(*n).unwrap_or(u32::MAX), vec![]),
+        Some(Want::Named(names)) => (u32::try_from(names.len()).unwrap_or(u32::MAX), names.clone()),
+    };
+    pb::TaskExplanation {
+        image: c.image.clone().unwrap_or_default(),
+        uid: c.run_as.uid,
+        gid: c.run_as.gid,
+        groups: c.run_as.groups.clone(),
+        admin: c.run_as.admin,
+        devices: c.devices.shared.clone(),
+        exclusive_gpu_count,
+        exclusive_gpus,
+        granted: c.granted.clone(),
+        stop_signal: stop.signal,
+        stop_timeout: stop.timeout.and_then(|d| d.try_into().ok()),
+        container_id: e.container_id.clone(),
+        oci_spec_json: e.oci_spec.clone().unwrap_or_default(),
+        failure: e.failure.as_ref().map(failure_to_proto),
     }
 }
 
@@ -295,7 +323,7 @@ fn container_to_proto(c: &ContainerInfo) -> pb::ContainerInfo {
 }
 
 /// `TaskInfo` for the API; `paths` are the task's directory and working directory.
-pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::TaskInfo {
+pub(super) fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::TaskInfo {
     pb::TaskInfo {
         job_id: t.key().job.to_string(),
         task_id: t.key().task.to_string(),
@@ -327,7 +355,7 @@ pub fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> pb::Tas
     }
 }
 
-pub fn stats_to_proto(s: &crate::model::TaskStats) -> pb::TaskStatistics {
+pub(super) fn stats_to_proto(s: &crate::model::TaskStats) -> pb::TaskStatistics {
     pb::TaskStatistics {
         user_cpu_time: Some(proto_duration(s.user_cpu)),
         kernel_cpu_time: Some(proto_duration(s.kernel_cpu)),
@@ -342,7 +370,7 @@ pub fn stats_to_proto(s: &crate::model::TaskStats) -> pb::TaskStatistics {
 }
 
 /// A pull's progress for the API.
-pub fn pull_progress(reference: &str, p: &crate::images::Progress) -> pb::PullProgress {
+pub(super) fn pull_progress(reference: &str, p: &crate::images::Progress) -> pb::PullProgress {
     pb::PullProgress {
         reference: reference.to_owned(),
         bytes_done: p.done(),
@@ -360,11 +388,11 @@ pub fn pull_progress(reference: &str, p: &crate::images::Progress) -> pb::PullPr
     }
 }
 
-pub fn event(e: &TaskEvent, task: pb::TaskInfo) -> pb::TaskEvent {
+pub(super) fn event(e: &TaskEvent, task: pb::TaskInfo) -> pb::TaskEvent {
     pb::TaskEvent { sequence: e.sequence, task: Some(task) }
 }
 
-pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
+pub(super) fn node_info(s: &NodeStatus) -> pb::NodeInfo {
     pb::NodeInfo {
         node_id: s.node.node_id.clone(),
         pool_id: s.node.pool_id.clone(),
@@ -413,7 +441,7 @@ pub fn node_info(s: &NodeStatus) -> pb::NodeInfo {
             .map(|c| pb::CdiSpecStatus {
                 path: c.path.display().to_string(),
                 kind: c.kind.clone(),
-                devices: c.devices as u32,
+                devices: u32::try_from(c.devices).unwrap_or(u32::MAX),
                 error: c.error.clone(),
             })
             .collect(),
@@ -528,7 +556,7 @@ mod tests {
         let mut info = TaskInfo::new(spec, SystemTime::UNIX_EPOCH + Duration::from_secs(10));
         info.complete(
             Some(137),
-            Some(FailureInfo::user("TaskKilledBySignal", "x")),
+            Some(FailureInfo::new(crate::model::FailureCode::TaskKilledBySignal, "x")),
             SystemTime::UNIX_EPOCH + Duration::from_secs(20),
         );
         let p = task_info(&info, "/d".into(), "/d/wd".into());

@@ -13,9 +13,10 @@ use std::task::{Context, Poll};
 
 /// Method names a label may take; any other path counts as `other`, so a
 /// client cannot grow the label set.
-const METHODS: [&str; 18] = [
+const METHODS: [&str; 19] = [
     "GetNode",
     "RunTask",
+    "ExplainTask",
     "GetTask",
     "ListTasks",
     "WatchTasks",
@@ -34,19 +35,20 @@ const METHODS: [&str; 18] = [
     "ReleaseJob",
 ];
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RpcMetricsLayer;
+#[derive(Clone, Debug)]
+pub(super) struct RpcMetricsLayer(pub std::sync::Arc<crate::metrics::Metrics>);
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
     fn layer(&self, inner: S) -> RpcMetrics<S> {
-        RpcMetrics { inner }
+        RpcMetrics { inner, metrics: self.0.clone() }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
+pub(super) struct RpcMetrics<S> {
     inner: S,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn method_of(path: &str) -> &'static str {
@@ -74,6 +76,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = method_of(req.uri().path());
         let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let mut result = fut.await;
             if let Ok(resp) = result.as_mut() {
@@ -92,10 +95,7 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(0);
                 let code = format!("{:?}", tonic::Code::from_i32(code));
-                crate::metrics::get()
-                    .rpcs
-                    .get_or_create(&crate::metrics::RpcLabels { method: method.to_owned(), code })
-                    .inc();
+                metrics.rpcs.get_or_create(&crate::metrics::RpcLabels { method: method.to_owned(), code }).inc();
             }
             result
         })

@@ -145,6 +145,16 @@ impl NodeAgent for Api {
         Ok(Response::new(self.info(&info)))
     }
 
+    async fn explain_task(
+        &self,
+        req: Request<pb::ExplainTaskRequest>,
+    ) -> Result<Response<pb::TaskExplanation>, Status> {
+        let task = req.into_inner().task.ok_or_else(|| error::DecodeError::new("task", "is required"))?;
+        let (spec, job_preparation) = convert::task_spec(task)?;
+        let explained = self.sup.explain(spec, job_preparation.is_some()).await?;
+        Ok(Response::new(convert::explanation(&explained)))
+    }
+
     async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let r = req.into_inner();
         let info = self.sup.get_task(&convert::key(&r.job_id, &r.task_id)?).await?;
@@ -214,7 +224,7 @@ impl NodeAgent for Api {
                         let msg = result.map(|(reference, report)| {
                             let mut p = convert::pull_progress(&reference, &report.progress);
                             p.bytes_fetched = report.bytes_fetched;
-                            p.blobs_fetched = report.blobs_fetched as u32;
+                            p.blobs_fetched = u32::try_from(report.blobs_fetched).unwrap_or(u32::MAX);
                             p.done = true;
                             p
                         });

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub tls: Option<ApiTls>,
     pub socket_group: Option<String>,
     pub max_message_bytes: usize,
+    /// Where calls are counted, by method and status.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// How long open calls (watch streams, long reads) get to finish after shutdown starts.
@@ -149,7 +151,7 @@ fn router(
         builder = builder.tls_config(cfg).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     Ok(builder
-        .layer(super::metrics_layer::RpcMetricsLayer)
+        .layer(super::metrics_layer::RpcMetricsLayer(opts.metrics.clone()))
         .add_service(health)
         .add_service(reflection)
         .add_service(node))

@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 /// The PEM files, read now (again on every SIGHUP).
-pub fn load(tls: &ApiTls) -> Result<ServerTlsConfig, String> {
+pub(super) fn load(tls: &ApiTls) -> Result<ServerTlsConfig, String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
     if let Some(ca) = &tls.client_ca {
@@ -54,7 +54,7 @@ fn subject_of(der: &[u8]) -> Option<(Dn, String)> {
 
 /// Parses an `allowed_subjects` entry (RFC 4514: `CN=scheduler, O=Acme`,
 /// with `\,` and `\XX` escapes); None when it is not a distinguished name.
-pub fn parse_dn(text: &str) -> Option<Dn> {
+pub(super) fn parse_dn(text: &str) -> Option<Dn> {
     let mut out = Vec::new();
     // Bytes: a `\XX` escape is one byte of a UTF-8 value.
     let mut cur: Vec<u8> = Vec::new();
@@ -96,7 +96,7 @@ fn sorted(mut dn: Dn) -> Dn {
 /// whole subject, attribute by attribute (order aside), or is `CN=<name>`
 /// and its common name is that name. Compared parsed, never as text: a
 /// common name `scheduler, O=Acme` is not `CN=scheduler, O=Acme`.
-pub fn subject_allowed(leaf: &[u8], allowed: &[String]) -> bool {
+pub(super) fn subject_allowed(leaf: &[u8], allowed: &[String]) -> bool {
     let Some((subject, _)) = subject_of(leaf) else { return false };
     let subject = sorted(subject);
     allowed.iter().filter_map(|a| parse_dn(a)).any(|want| match want.as_slice() {
@@ -106,7 +106,7 @@ pub fn subject_allowed(leaf: &[u8], allowed: &[String]) -> bool {
 }
 
 /// The per-call check: with an allow-list, the caller's certificate must be on it.
-pub fn check_subject(allowed: &[String], req: &Request<()>) -> Result<(), Status> {
+pub(super) fn check_subject(allowed: &[String], req: &Request<()>) -> Result<(), Status> {
     if allowed.is_empty() {
         return Ok(());
     }
@@ -122,12 +122,12 @@ pub fn check_subject(allowed: &[String], req: &Request<()>) -> Result<(), Status
 
 /// [`check_subject`] as a tonic interceptor.
 #[derive(Clone, Debug)]
-pub struct SubjectCheck {
+pub(super) struct SubjectCheck {
     allowed: std::sync::Arc<Vec<String>>,
 }
 
 impl SubjectCheck {
-    pub fn new(allowed: Vec<String>) -> Self {
+    pub(super) fn new(allowed: Vec<String>) -> Self {
         Self { allowed: std::sync::Arc::new(allowed) }
     }
 }

@@ -5,7 +5,7 @@ use super::{
     CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, Runtime, RuntimeError,
     TaskStatus, LABEL_BOOT, LABEL_NODE,
 };
-use crate::images::Platform;
+use crate::model::{ImageConfig, Platform};
 use async_trait::async_trait;
 use containerd_client::events::TaskExit;
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
@@ -34,6 +34,14 @@ use tonic::{Code, Request, Status};
 /// Type URL containerd expects for an OCI runtime spec in a container record.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
+/// An image's config and chain ID, as read from its blobs (`image`), kept in
+/// the client's resolved-image cache.
+#[derive(Debug, Clone)]
+pub(super) struct Resolved {
+    pub(super) config: ImageConfig,
+    pub(super) chain_id: String,
+}
+
 /// A containerd client bound to one namespace, snapshotter and runtime.
 #[derive(Clone)]
 pub struct Containerd {
@@ -47,7 +55,7 @@ pub struct Containerd {
     /// What an image's manifest and config say, by the digest its record
     /// points at (content-addressed, so never stale): a task on a known image
     /// costs one image lookup and one snapshot stat, not a read of each blob.
-    pub(super) resolved: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, super::image::Resolved>>>,
+    pub(super) resolved: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Resolved>>>,
 }
 
 impl Containerd {

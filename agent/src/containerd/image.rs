@@ -2,9 +2,9 @@
 //! manifest → config, all from the Content service (OCI image spec:
 //! image-index.md, manifest.md, config.md; Docker schema 2 is read the same way).
 
-use super::client::Containerd;
+use super::client::{Containerd, Resolved};
 use super::{ResolvedImage, RuntimeError};
-use crate::images::{chain_id, ImageConfig, Platform};
+use crate::model::{chain_id, ImageConfig, Platform};
 use containerd_client::services::v1::snapshots::StatSnapshotRequest;
 use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
@@ -18,13 +18,6 @@ const MAX_METADATA_BYTES: i64 = 16 << 20;
 
 /// Entries kept in the resolved-image cache (it is emptied when full).
 const CACHE_ENTRIES: usize = 256;
-
-/// An image's config and chain ID, as read from its blobs.
-#[derive(Debug, Clone)]
-pub(super) struct Resolved {
-    config: ImageConfig,
-    chain_id: String,
-}
 
 fn bad(image: &str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::BadImage { image: image.to_owned(), reason: reason.into() }
@@ -42,7 +35,7 @@ impl Containerd {
             .await
             .map_err(|s| self.status_error("read content", &format!("content {digest}"), s))?
             .into_inner();
-        let mut out = Vec::with_capacity(size.max(0) as usize);
+        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         while let Some(chunk) =
             stream.message().await.map_err(|s| self.status_error("read content", &format!("content {digest}"), s))?
         {
@@ -109,8 +102,9 @@ impl Containerd {
                 available.push(format!("{}/{}", p.os(), p.architecture()));
                 platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
             });
-            let entry = entry.ok_or_else(|| {
-                bad(name, format!("no entry for {} (the image has {})", platform.describe(), available.join(", ")))
+            let entry = entry.ok_or_else(|| RuntimeError::PlatformMismatch {
+                image: name.to_owned(),
+                reason: format!("no entry for {} (the image has {})", platform.describe(), available.join(", ")),
             })?;
             desc = containerd_client::types::Descriptor {
                 media_type: entry.media_type().to_string(),

@@ -15,7 +15,7 @@ mod inventory;
 
 pub use client::Containerd;
 
-use crate::images::{ImageConfig, Platform};
+use crate::model::{ImageConfig, Platform};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ pub enum RuntimeError {
     Failed { op: &'static str, message: String },
     #[error("image {image}: {reason}")]
     BadImage { image: String, reason: String },
+    /// The image's index has no entry for the node's platform.
+    #[error("image {image}: {reason}")]
+    PlatformMismatch { image: String, reason: String },
     /// The data being written failed at its source (a download).
     #[error("{message}")]
     Source { message: String },

@@ -10,8 +10,6 @@
 
 pub mod gpus;
 pub mod rdma;
-#[cfg(feature = "rdma")]
-mod verbs;
 
 use container_device_interface::container_edits::ContainerEdits;
 use container_device_interface::device::Device;
@@ -122,7 +120,7 @@ fn load(dirs: &[PathBuf]) -> Loaded {
     // Later directories win (the dynamic /var/run/cdi over the static /etc/cdi), as the CDI spec says.
     for (priority, dir) in dirs.iter().enumerate() {
         for (path, _, _) in fingerprint.iter().filter(|(p, _, _)| p.parent() == Some(dir.as_path())) {
-            match read_spec(path, priority as i32) {
+            match read_spec(path, i32::try_from(priority).unwrap_or(i32::MAX)) {
                 Ok(spec) => {
                     let devs = spec.get_devices();
                     specs.push(SpecStatus {

@@ -6,7 +6,7 @@ use super::*;
 use oci_spec::runtime::SpecBuilder;
 
 /// A temp dir with `dev/` (nvidia0, nvidia1, nvidiactl: char 1:3) and `cdi/`.
-pub fn fixture() -> tempfile::TempDir {
+pub(super) fn fixture() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let dev = tmp.path().join("dev");
     std::fs::create_dir_all(&dev).unwrap();
@@ -24,7 +24,7 @@ pub fn fixture() -> tempfile::TempDir {
     tmp
 }
 
-pub fn nvidia_spec(root: &Path) -> String {
+pub(super) fn nvidia_spec(root: &Path) -> String {
     let d = root.join("dev");
     format!(
         r#"---

@@ -16,7 +16,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 const V1_HIERARCHIES: [&str; 6] = ["pids", "memory", "cpu,cpuacct", "cpuacct", "blkio", "freezer"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cgroup {
+pub(super) struct Cgroup {
     /// One directory per hierarchy; the first lists the processes.
     dirs: Vec<PathBuf>,
     v2: bool,
@@ -24,7 +24,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// The cgroup at `rel` (`<namespace>/<id>`) on this host's hierarchy.
-    pub fn new(rel: &str) -> Self {
+    pub(super) fn new(rel: &str) -> Self {
         Self::under(Path::new(ROOT), rel)
     }
 
@@ -51,7 +51,7 @@ impl Cgroup {
 
     /// Creates the directories (and, on v2, enables the memory and pids
     /// controllers for them, best effort).
-    pub fn create(&self) -> io::Result<()> {
+    pub(super) fn create(&self) -> io::Result<()> {
         if self.dirs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no cgroup hierarchy under {ROOT}")));
         }
@@ -73,16 +73,13 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves process `pid` (0: the caller) into the cgroup.
-    pub fn join(&self, pid: i32) -> io::Result<()> {
-        for d in &self.dirs {
-            std::fs::write(d.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+    /// Its `cgroup.procs` files (a process written there joins it).
+    pub(super) fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// The processes in the cgroup (none if it does not exist).
-    pub fn pids(&self) -> Vec<i32> {
+    pub(super) fn pids(&self) -> Vec<i32> {
         let Some(d) = self.dirs.first() else { return vec![] };
         std::fs::read_to_string(d.join("cgroup.procs"))
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
@@ -91,7 +88,7 @@ impl Cgroup {
 
     /// Kills every process in the cgroup and waits (up to `within`) until it is
     /// empty. On v1 the freezer keeps processes from forking meanwhile.
-    pub fn kill_all(&self, within: Duration) -> bool {
+    pub(super) fn kill_all(&self, within: Duration) -> bool {
         let until = Instant::now() + within;
         let freezer =
             self.dirs.iter().find(|d| d.parent().is_some_and(|p| p.starts_with(Path::new(ROOT).join("freezer"))));
@@ -129,7 +126,7 @@ impl Cgroup {
     }
 
     /// Removes the (empty) cgroup; a missing one is fine.
-    pub fn remove(&self) {
+    pub(super) fn remove(&self) {
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }

@@ -14,7 +14,7 @@ use crate::model::TaskKey;
 use crate::spec::HostProcess;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -134,7 +134,7 @@ impl HostRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log);
-        own_session(cmd.as_std_mut());
+        crate::sys::process::own_session(cmd.as_std_mut());
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| HostError::Shim("no pipe to the shim".into()))?;
         // Reaped in the background; the task is followed through its files and pid.
@@ -185,7 +185,7 @@ impl HostRuntime {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(pidfd) = self.shim_pidfd(id) {
-            exited(pidfd).await?;
+            crate::sys::process::pidfd_exited(pidfd).await?;
         }
         self.exit_record(id).ok_or(HostError::Lost)
     }
@@ -196,7 +196,7 @@ impl HostRuntime {
         let text = std::fs::read_to_string(self.dir(id).join(SHIM_PID_FILE)).ok()?;
         let (pid, started) = text.trim().split_once(' ')?;
         let (pid, started): (i32, u64) = (pid.parse().ok()?, started.parse().ok()?);
-        let fd = pidfd_open(pid)?;
+        let fd = crate::sys::process::pidfd_open(pid)?;
         (start_time(pid) == Some(started)).then_some(fd)
     }
 
@@ -276,35 +276,6 @@ fn start_time(pid: i32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// A pidfd for `pid` (it stays bound to that process, whatever reuses the pid).
-#[allow(unsafe_code)]
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Resolves when the process of `pidfd` has exited (a pidfd polls readable then).
-#[allow(unsafe_code)]
-async fn exited(pidfd: OwnedFd) -> std::io::Result<()> {
-    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it is dropped.
-    let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
-    let _ = fd.readable().await?;
-    Ok(())
-}
-
-/// Makes the command's process the leader of a new session (detached from the agent's).
-#[allow(unsafe_code)]
-fn own_session(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure only calls setsid, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,12 +286,6 @@ mod tests {
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert_eq!(start_time(me), start_time(me));
         assert_eq!(start_time(i32::MAX), None);
-    }
-
-    #[test]
-    fn pidfd_of_a_gone_process_is_none() {
-        assert!(pidfd_open(std::process::id() as i32).is_some());
-        assert!(pidfd_open(i32::MAX).is_none());
     }
 
     #[test]

@@ -8,9 +8,9 @@
 use super::cgroup::Cgroup;
 use super::{start_time, write_atomic, ExitRecord, ShimSpec, EXIT_FILE, SHIM_PID_FILE, SPEC_FILE, TASK_PID_FILE};
 use crate::layout::Layout;
-use nix::unistd::{setgid, setgroups, setsid, setuid, Gid, Uid};
+use crate::sys::process::{become_task, TaskSetup};
 use std::io::Write;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -54,7 +54,8 @@ fn run(dir: &Path) -> std::io::Result<()> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    become_task(&mut cmd, cgroup, Identity { uid, gid, groups, no_new_privileges: nnp }, wd);
+    let setup = TaskSetup { cgroup_procs: cgroup.procs_files(), uid, gid, groups, no_new_privileges: nnp, wd };
+    become_task(&mut cmd, setup);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return refuse(dir, format!("cannot start {:?}: {e}", p.args[0])),
@@ -95,44 +96,8 @@ fn tell(line: &str) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Who the task's process becomes.
-struct Identity {
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    no_new_privileges: bool,
-}
-
-/// In the task's process, before exec: its own session, its cgroup, then its
-/// identity (groups, gid, uid: in that order, while still allowed to), then
-/// its working directory (`wd`, entered as that identity), no way back up
-/// for a non-admin one, and no descriptor but its stdio.
-#[allow(unsafe_code)]
-fn become_task(cmd: &mut Command, cgroup: Cgroup, who: Identity, wd: std::os::fd::OwnedFd) {
-    // SAFETY: the shim is single-threaded, so the forked child may allocate
-    // (the cgroup write) before exec; close_range takes plain integers and
-    // touches only this process's descriptor table.
-    unsafe {
-        cmd.pre_exec(move || {
-            setsid()?;
-            cgroup.join(0)?;
-            let gids: Vec<Gid> = who.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-            setgroups(&gids)?;
-            setgid(Gid::from_raw(who.gid))?;
-            setuid(Uid::from_raw(who.uid))?;
-            nix::unistd::fchdir(&wd)?;
-            if who.no_new_privileges {
-                nix::sys::prctl::set_no_new_privs()?;
-            }
-            // Whatever else the shim holds open is not the task's: every
-            // descriptor above stderr is closed at exec (CLOEXEC rather than
-            // closed now, so std's exec-error pipe still reports a failed exec).
-            // Best effort: kernels before 5.11 lack the flag.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-            Ok(())
-        });
-    }
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

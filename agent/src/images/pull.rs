@@ -131,6 +131,8 @@ pub struct PullSettings {
     pub attempts: u32,
     /// Largest uncompressed size of one layer (a decompression bomb stops here).
     pub max_layer_bytes: u64,
+    /// Where pull bytes and durations are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for PullSettings {
@@ -141,6 +143,7 @@ impl Default for PullSettings {
             no_progress_timeout: Duration::from_secs(60),
             attempts: 4,
             max_layer_bytes: 32 << 30,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -473,7 +476,7 @@ impl Puller {
                 RetryableError { error: e.into(), transient }
             };
             let mut data = self.registry.blob(r, &blob.digest, creds).await.map_err(map)?;
-            let mut out = Vec::with_capacity(blob.size.max(0) as usize);
+            let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
             let refuse = |reason: String| RetryableError {
                 error: PullError::Blob { digest: blob.digest.clone(), reason },
                 transient: false,
@@ -608,7 +611,7 @@ impl Pull for Puller {
                 Ok(r) => r,
                 Err(_) => Err(PullError::Timeout { image: name.into(), secs }),
             };
-            let m = crate::metrics::get();
+            let m = &self.settings.metrics;
             m.pull_seconds.observe(start.elapsed().as_secs_f64());
             if let Ok(report) = &r {
                 m.pull_bytes.inc_by(report.bytes_fetched);

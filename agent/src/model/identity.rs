@@ -154,7 +154,8 @@ impl Identities {
                         } else {
                             self.auto.task_uid_first
                         };
-                        first + (ticket % count) as u32
+                        // Below `count`, itself a u32.
+                        first + u32::try_from(ticket % count).unwrap_or(0)
                     }
                 };
                 Ok(RunAs { uid, gid: pool_gid, groups: with_pool(vec![]), admin: *elevation == Elevation::Admin })

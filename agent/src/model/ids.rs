@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Longest accepted id, as in Azure Batch.
-pub const MAX_ID_LEN: usize = 64;
+pub(super) const MAX_ID_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

@@ -1,20 +1,25 @@
-//! Domain types shared by every module: task specs and records, ids, node facts.
+//! Domain types shared by every module: task specs and records, ids, node
+//! facts, image facts, failure codes.
 //! No transport types here (the scheduler API's generated types live in `api/`,
 //! containerd's in `containerd/`).
 
 mod credentials;
+mod failure;
 mod identity;
 mod ids;
+mod image;
 mod lifecycle;
 mod node;
 mod task;
 
 pub use credentials::Credentials;
+pub use failure::{FailureCategory, FailureCode, FailureInfo};
 pub use identity::{AutoUserScope, AutoUsers, Elevation, Identities, IdentityError, RunAs, UserAccount, UserIdentity};
 pub use ids::{IdError, JobId, TaskId, TaskKey, TaskKind, JOB_PREPARATION, JOB_RELEASE, NODE_JOB, START_TASK};
+pub use image::{chain_id, normalize, ImageConfig, ImageError, Platform};
 pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInputs};
 pub use node::NodeFacts;
 pub use task::{
-    ContainerInfo, ContainerSettings, FailureCategory, FailureInfo, PullPolicy, TaskConstraints, TaskInfo, TaskResult,
-    TaskSpec, TaskState, TaskStats, WorkingDirMode, DEFAULT_RETENTION,
+    ContainerInfo, ContainerSettings, PullPolicy, TaskConstraints, TaskInfo, TaskResult, TaskSpec, TaskState,
+    TaskStats, WorkingDirMode, DEFAULT_RETENTION,
 };

@@ -1,7 +1,7 @@
 //! A task as the scheduler describes it (`TaskSpec`) and as the agent reports it
 //! (`TaskInfo`). The semantics are those of `shared/design/SEMANTICS.md`.
 
-use super::{RunAs, TaskKey, UserIdentity};
+use super::{FailureInfo, RunAs, TaskKey, UserIdentity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -107,28 +107,6 @@ impl TaskState {
 pub enum TaskResult {
     Success,
     Failure,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FailureCategory {
-    UserError,
-    ServerError,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureInfo {
-    pub category: FailureCategory,
-    pub code: String,
-    pub message: String,
-}
-
-impl FailureInfo {
-    pub fn user(code: &str, message: impl Into<String>) -> Self {
-        Self { category: FailureCategory::UserError, code: code.into(), message: message.into() }
-    }
-    pub fn server(code: &str, message: impl Into<String>) -> Self {
-        Self { category: FailureCategory::ServerError, code: code.into(), message: message.into() }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -250,7 +228,7 @@ mod tests {
         assert_eq!(t.result, Some(TaskResult::Success));
         t.complete(Some(3), None, now);
         assert_eq!(t.result, Some(TaskResult::Failure));
-        t.complete(None, Some(FailureInfo::user("ImageNotFound", "x")), now);
+        t.complete(None, Some(FailureInfo::new(crate::model::FailureCode::ImageNotFound, "x")), now);
         assert_eq!(t.result, Some(TaskResult::Failure));
         assert_eq!(t.state, TaskState::Completed);
     }

@@ -7,7 +7,7 @@ use super::SpecError;
 use crate::images::ImageConfig;
 
 /// Splits a non-empty command line; checks it at acceptance time too.
-pub fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
+pub(super) fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
     let words = shell_words::split(command_line).map_err(|e| SpecError::CommandLine { reason: e.to_string() })?;
     if words.iter().any(|w| w.contains('\0')) {
         return Err(SpecError::CommandLine { reason: "contains NUL".into() });
@@ -19,7 +19,11 @@ pub fn split(command_line: &str) -> Result<Vec<String>, SpecError> {
 /// option (one executable, not split): it replaces the image's ENTRYPOINT, and then an empty command line
 /// means no arguments rather than the image's CMD (docker's rule); `""` clears
 /// the ENTRYPOINT and keeps the CMD.
-pub fn argv(command_line: &str, image: &ImageConfig, entrypoint: Option<&str>) -> Result<Vec<String>, SpecError> {
+pub(super) fn argv(
+    command_line: &str,
+    image: &ImageConfig,
+    entrypoint: Option<&str>,
+) -> Result<Vec<String>, SpecError> {
     let given = !command_line.trim().is_empty();
     let args: Vec<String> = match entrypoint {
         Some("") if given => split(command_line)?,

@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 use oci_spec::OciSpecError;
 
 /// containerd's default capability set (`oci.defaultUnixCaps`).
-pub const DEFAULT_CAPS: [Capability; 14] = [
+pub(super) const DEFAULT_CAPS: [Capability; 14] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
@@ -27,7 +27,7 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-pub const MASKED_PATHS: [&str; 11] = [
+pub(super) const MASKED_PATHS: [&str; 11] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
@@ -41,9 +41,9 @@ pub const MASKED_PATHS: [&str; 11] = [
     "/proc/scsi",
 ];
 
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub(super) const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-pub fn rlimits() -> Result<Vec<PosixRlimit>, OciSpecError> {
+pub(super) fn rlimits() -> Result<Vec<PosixRlimit>, OciSpecError> {
     Ok(vec![PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(1024u64).soft(1024u64).build()?])
 }
 
@@ -56,7 +56,7 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .build()
 }
 
-pub fn mounts() -> Result<Vec<Mount>, OciSpecError> {
+pub(super) fn mounts() -> Result<Vec<Mount>, OciSpecError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -77,7 +77,7 @@ pub fn mounts() -> Result<Vec<Mount>, OciSpecError> {
 /// `/sys/fs/cgroup` show the task's own cgroup, as Docker and the CRI plugin do
 /// on cgroup v2). The network namespace is the node's (as Batch container tasks
 /// have it: MPI and RDMA need the host network).
-pub fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
+pub(super) fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
     [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -92,6 +92,6 @@ pub fn namespaces() -> Result<Vec<LinuxNamespace>, OciSpecError> {
 
 /// Deny every device; runc then allows its default set (null, zero, full, tty,
 /// random, urandom, pts, ptmx).
-pub fn device_rules() -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
+pub(super) fn device_rules() -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, OciSpecError> {
     Ok(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?])
 }

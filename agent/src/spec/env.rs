@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 pub const RESERVED_PREFIX: &str = "AZ_BATCH_";
 
 /// PATH when the image sets none (containerd's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Checks a variable name a task wants to set.
-pub fn check_name(name: &str) -> Result<(), SpecError> {
+pub(super) fn check_name(name: &str) -> Result<(), SpecError> {
     let bad = |reason: &str| SpecError::EnvName { name: name.escape_default().to_string(), reason: reason.into() };
     if name.is_empty() {
         return Err(bad("is empty"));
@@ -29,7 +29,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
 }
 
 /// Checks every variable of a task (names and values).
-pub fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+pub(super) fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
     for (name, value) in env {
         check_name(name)?;
         if value.contains('\0') {
@@ -43,7 +43,7 @@ pub fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
 /// environment variables"). The start task has no job or task id; the job
 /// preparation directory is named to the tasks of a job that has one (and to
 /// the preparation task itself), not to its release task.
-pub fn batch_vars(
+pub(super) fn batch_vars(
     node: &NodeFacts,
     layout: &Layout,
     key: &TaskKey,
@@ -79,7 +79,7 @@ pub fn batch_vars(
 /// Merges layers of variables: a later layer's value replaces an earlier one in
 /// place; new names are appended in order. Image entries without '=' are kept
 /// as they are (runc passes them through).
-pub fn merge(image: &[String], layers: &[&[(String, String)]]) -> Vec<String> {
+pub(super) fn merge(image: &[String], layers: &[&[(String, String)]]) -> Vec<String> {
     let mut out: Vec<(String, Option<String>)> = image
         .iter()
         .map(|e| match e.split_once('=') {

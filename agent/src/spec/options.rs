@@ -73,7 +73,7 @@ fn all_caps() -> HashSet<Capability> {
 /// has no privilege over files it does not own. Never inheritable or ambient.
 /// A non-admin identity's bounding set is empty: not even a setuid-root binary
 /// in its image can give it a capability.
-pub fn capabilities(o: &RunOptions, root: bool, admin: bool) -> Result<LinuxCapabilities, OciSpecError> {
+pub(super) fn capabilities(o: &RunOptions, root: bool, admin: bool) -> Result<LinuxCapabilities, OciSpecError> {
     let mut set: HashSet<Capability> =
         if o.privileged || o.cap_add.all { all_caps() } else { defaults::DEFAULT_CAPS.into() };
     if !o.privileged {
@@ -99,7 +99,7 @@ pub fn capabilities(o: &RunOptions, root: bool, admin: bool) -> Result<LinuxCapa
 }
 
 /// The default rlimits with `--ulimit` values over them.
-pub fn rlimits(o: &RunOptions) -> Result<Vec<PosixRlimit>, OciSpecError> {
+pub(super) fn rlimits(o: &RunOptions) -> Result<Vec<PosixRlimit>, OciSpecError> {
     let mut out: Vec<PosixRlimit> =
         defaults::rlimits()?.into_iter().filter(|r| !o.ulimits.iter().any(|(t, _, _)| *t == r.typ())).collect();
     for (typ, soft, hard) in &o.ulimits {
@@ -116,7 +116,7 @@ fn mount(dest: &str, typ: &str, source: &str, options: Vec<String>) -> Result<Mo
 /// rootless runtimes do: `/dev/pts` without `gid=5` (not mapped there), and
 /// `/sys` bound from the host when the task shares the node's network (sysfs
 /// cannot be mounted fresh without a network namespace of the task's own).
-pub fn default_mounts(o: &RunOptions, user_namespace: bool) -> Result<Vec<Mount>, SpecError> {
+pub(super) fn default_mounts(o: &RunOptions, user_namespace: bool) -> Result<Vec<Mount>, SpecError> {
     let mut out = Vec::new();
     for m in defaults::mounts()? {
         let dest = m.destination().to_string_lossy().into_owned();
@@ -156,7 +156,11 @@ pub fn default_mounts(o: &RunOptions, user_namespace: bool) -> Result<Vec<Mount>
 
 /// The task's own mounts (and the init binary's). `bind_sources` are the
 /// resolved host paths of the bind mounts, in order.
-pub fn task_mounts(o: &RunOptions, bind_sources: &[String], init: Option<&PathBuf>) -> Result<Vec<Mount>, SpecError> {
+pub(super) fn task_mounts(
+    o: &RunOptions,
+    bind_sources: &[String],
+    init: Option<&PathBuf>,
+) -> Result<Vec<Mount>, SpecError> {
     let mut out = Vec::new();
     let mut binds = bind_sources.iter();
     for m in &o.mounts {
@@ -195,7 +199,7 @@ pub fn task_mounts(o: &RunOptions, bind_sources: &[String], init: Option<&PathBu
 
 /// The default namespaces, less those shared with the host, plus a network
 /// namespace for `--network none` and a user namespace when configured.
-pub fn namespaces(o: &RunOptions, user_namespace: bool) -> Result<Vec<LinuxNamespace>, OciSpecError> {
+pub(super) fn namespaces(o: &RunOptions, user_namespace: bool) -> Result<Vec<LinuxNamespace>, OciSpecError> {
     let mut out: Vec<LinuxNamespace> = defaults::namespaces()?
         .into_iter()
         .filter(|n| match n.typ() {
@@ -215,7 +219,7 @@ pub fn namespaces(o: &RunOptions, user_namespace: bool) -> Result<Vec<LinuxNames
 
 /// uid and gid maps of a user namespace: root of the namespace is the task's
 /// host uid and gid; the pool group keeps its id so `shared/` stays writable.
-pub fn id_mappings(
+pub(super) fn id_mappings(
     uid: u32,
     gid: u32,
     groups: &[u32],
@@ -233,7 +237,11 @@ pub fn id_mappings(
 
 /// cgroup limits and the device rules: deny all, then allow each passed device
 /// (or everything for `--privileged`).
-pub fn resources(o: &RunOptions, devices: &[LinuxDevice], access: &[String]) -> Result<LinuxResources, OciSpecError> {
+pub(super) fn resources(
+    o: &RunOptions,
+    devices: &[LinuxDevice],
+    access: &[String],
+) -> Result<LinuxResources, OciSpecError> {
     let mut rules: Vec<LinuxDeviceCgroup> = defaults::device_rules()?;
     if o.privileged {
         rules = vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build()?];

@@ -136,7 +136,7 @@ fn err(e: impl std::fmt::Display) -> SpecError {
 
 /// berth's default profile for a task on a node of architecture `arch` (Go
 /// name) whose capability bounding set is `bounding`.
-pub fn default_profile(arch: &str, bounding: &HashSet<Capability>) -> Result<LinuxSeccomp, SpecError> {
+pub(super) fn default_profile(arch: &str, bounding: &HashSet<Capability>) -> Result<LinuxSeccomp, SpecError> {
     let p = PARSED.as_ref().map_err(err)?;
     let has = |names: &Option<Vec<String>>| -> bool {
         names.iter().flatten().filter_map(|n| capability(n).ok()).any(|c| bounding.contains(&c))

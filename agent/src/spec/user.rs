@@ -67,7 +67,7 @@ impl ImageAccounts {
 
 /// uid, gid and supplementary groups of the process, in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessUser {
+pub(super) struct ProcessUser {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
@@ -77,7 +77,7 @@ fn user_error(reason: String) -> SpecError {
     SpecError::User { reason }
 }
 
-pub fn process_user(
+pub(super) fn process_user(
     who: &RunAs,
     o: &RunOptions,
     image_user: Option<&str>,

@@ -11,7 +11,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// Whether the cgroup at `cgroups_path` (the spec's `linux.cgroupsPath`)
 /// recorded an OOM kill: `memory.events` on cgroup v2, `memory.oom_control` on v1.
-pub async fn oom_killed(cgroups_path: &str) -> bool {
+pub(super) async fn oom_killed(cgroups_path: &str) -> bool {
     let files = [
         format!("/sys/fs/cgroup{cgroups_path}/memory.events"),
         format!("/sys/fs/cgroup/memory{cgroups_path}/memory.oom_control"),
@@ -30,33 +30,16 @@ fn oom_kills(text: &str) -> u64 {
 }
 
 /// What a cgroup's processes used so far (the wall clock is the caller's).
-pub type Usage = crate::model::TaskStats;
+pub(super) type Usage = crate::model::TaskStats;
 
 /// `TaskInfo.stats` from a cgroup's usage and the time the task ran;
-/// `live`: it still runs (the memory in use now is kept). At completion the
-/// node-wide totals of the metrics endpoint are counted up too.
-pub fn stats(u: Usage, wall_clock: Duration, live: bool) -> crate::model::TaskStats {
-    if !live {
-        let m = crate::metrics::get();
-        m.task_cpu_seconds
-            .get_or_create(&crate::metrics::ModeLabels { mode: "user".into() })
-            .inc_by(u.user_cpu.as_secs_f64());
-        m.task_cpu_seconds
-            .get_or_create(&crate::metrics::ModeLabels { mode: "kernel".into() })
-            .inc_by(u.kernel_cpu.as_secs_f64());
-        m.task_io_bytes
-            .get_or_create(&crate::metrics::DirectionLabels { direction: "read".into() })
-            .inc_by(u.read_bytes);
-        m.task_io_bytes
-            .get_or_create(&crate::metrics::DirectionLabels { direction: "write".into() })
-            .inc_by(u.write_bytes);
-        m.task_wall_seconds.inc_by(wall_clock.as_secs_f64());
-    }
+/// `live`: it still runs (the memory in use now is kept).
+pub(super) fn stats(u: Usage, wall_clock: Duration, live: bool) -> crate::model::TaskStats {
     crate::model::TaskStats { wall_clock, memory_bytes: if live { u.memory_bytes } else { 0 }, ..u }
 }
 
 /// The usage of the cgroup at `cgroups_path`; None when it does not exist.
-pub fn usage(cgroups_path: &str) -> Option<Usage> {
+pub(super) fn usage(cgroups_path: &str) -> Option<Usage> {
     usage_under(Path::new(ROOT), cgroups_path, clock_ticks())
 }
 

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 #[derive(Default)]
-pub struct GpuHolds {
+pub(super) struct GpuHolds {
     held: Mutex<HashMap<String, TaskKey>>,
     freed: Notify,
 }
@@ -43,7 +43,7 @@ impl Want {
 impl GpuHolds {
     /// Takes the GPUs `want` names (or `n` free ones of `gpus`) for `key`, if
     /// they are free now.
-    pub fn try_take(&self, key: &TaskKey, want: &Want, gpus: &[String]) -> Option<Vec<String>> {
+    pub(super) fn try_take(&self, key: &TaskKey, want: &Want, gpus: &[String]) -> Option<Vec<String>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let free = |g: &String| held.get(g).is_none_or(|k| k == key);
         let names: Vec<String> = match want {
@@ -60,7 +60,7 @@ impl GpuHolds {
     }
 
     /// Waits until [`GpuHolds::try_take`] succeeds.
-    pub async fn take(&self, key: &TaskKey, want: &Want, gpus: &[String]) -> Vec<String> {
+    pub(super) async fn take(&self, key: &TaskKey, want: &Want, gpus: &[String]) -> Vec<String> {
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -74,14 +74,14 @@ impl GpuHolds {
     }
 
     /// Marks `names` held by `key` (a task re-attached after a restart).
-    pub fn claim(&self, key: &TaskKey, names: &[String]) {
+    pub(super) fn claim(&self, key: &TaskKey, names: &[String]) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         for g in names {
             held.insert(g.clone(), key.clone());
         }
     }
 
-    pub fn release(&self, key: &TaskKey) {
+    pub(super) fn release(&self, key: &TaskKey) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let before = held.len();
         held.retain(|_, k| k != key);

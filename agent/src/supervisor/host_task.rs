@@ -1,31 +1,31 @@
 //! A host task's run: the process is started through a `host-shim` (see
 //! `crate::host`), then followed like a container's, with the same terminate
-//! and wall-clock rules (`runner::supervise`). SIGKILL kills the task's whole
+//! and wall-clock rules (`stop::supervise`). SIGKILL kills the task's whole
 //! cgroup, and the end of the main process ends every process it started.
 
 use super::outcome::completion;
-use super::runner::{fail, save, stop_requested, supervise};
+use super::prepare::Ready;
+use super::record::{fail, final_stats, save, save_durably};
+use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::host::{ExitRecord, HostError};
-use crate::model::{FailureInfo, RunAs, TaskInfo, TaskState};
+use crate::model::{FailureCode, FailureInfo, TaskInfo, TaskState};
 use std::time::SystemTime;
 use tokio::sync::watch;
 
-/// A host task whose directories are made.
-pub(super) struct Ready {
-    pub info: TaskInfo,
-    pub run_as: RunAs,
-    pub job_prep: bool,
-}
-
 /// Starts the process and waits for it; returns the completed record.
-pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
+pub(super) async fn start(
+    sup: &Supervisor,
+    ready: Ready,
+    how: StopSettings,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> TaskInfo {
     let Ready { mut info, run_as, job_prep } = ready;
     let sh = &sup.shared;
     let key = info.key().clone();
     let process = match crate::spec::host_process(&info.spec, &run_as, &sh.node, &sh.layout, job_prep) {
         Ok(p) => p,
-        Err(e) => return fail(sup, info, FailureInfo::user("CommandLineInvalid", e.to_string())).await,
+        Err(e) => return fail(sup, info, FailureInfo::new(FailureCode::CommandLineInvalid, e.to_string())).await,
     };
     if let Some(s) = stop_requested(stop) {
         return sup.complete(info, None, Some(s.reason.failure(" before it started"))).await;
@@ -34,7 +34,7 @@ pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Rece
     info.attempt += 1;
     info.ever_started = true;
     if let Err(e) = sh.store.amend(info.clone()).await {
-        return fail(sup, info, FailureInfo::server("StateDatabaseFailed", e.to_string())).await;
+        return fail(sup, info, FailureInfo::new(FailureCode::StateDatabaseFailed, e.to_string())).await;
     }
     let id = info.container_id();
     match sh.settings.host.start(&id, &key, &process, &sh.layout).await {
@@ -43,8 +43,8 @@ pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Rece
         }
         Err(e) => {
             let failure = match &e {
-                HostError::Start(_) => FailureInfo::user("HostProcessStartFailed", e.to_string()),
-                _ => FailureInfo::server("HostProcessStartFailed", e.to_string()),
+                HostError::Start(_) => FailureInfo::new(FailureCode::HostProcessStartFailed, e.to_string()),
+                _ => FailureInfo::new(FailureCode::HostShimFailed, e.to_string()),
             };
             return fail(sup, info, failure).await;
         }
@@ -53,13 +53,18 @@ pub(super) async fn start(sup: &Supervisor, ready: Ready, stop: &mut watch::Rece
     info.started_at = Some(SystemTime::now());
     let info = save(sup, info).await;
     if let Some(Ok(waited)) = info.started_at.map(|s| s.duration_since(info.created_at)) {
-        crate::metrics::get().task_start_seconds.observe(waited.as_secs_f64());
+        sup.shared.settings.metrics.task_start_seconds.observe(waited.as_secs_f64());
     }
-    wait(sup, info, stop).await
+    wait(sup, info, how, stop).await
 }
 
 /// Waits for a host task's process (also one started by an earlier agent).
-pub(super) async fn wait(sup: &Supervisor, mut info: TaskInfo, stop: &mut watch::Receiver<Option<Stop>>) -> TaskInfo {
+pub(super) async fn wait(
+    sup: &Supervisor,
+    mut info: TaskInfo,
+    how: StopSettings,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> TaskInfo {
     let host = sup.shared.settings.host.clone();
     let id = info.container_id();
     if info.state != TaskState::Running {
@@ -73,7 +78,7 @@ pub(super) async fn wait(sup: &Supervisor, mut info: TaskInfo, stop: &mut watch:
         let id = id.clone();
         async move { host.signal(&id, sig as i32).await }
     };
-    let (exit, reason) = supervise(sup, &info, stop, exit, signal).await;
+    let (exit, reason) = supervise(sup, &info, how, stop, exit, signal).await;
     finish(sup, info, exit, reason).await
 }
 
@@ -95,16 +100,16 @@ async fn finish(
             let at = ExitRecord { code: None, exited_at_ms, start_error: None }.exited_at();
             let at = info.started_at.map_or(at, |started| at.max(started));
             info.complete(Some(code), failure, at);
-            info.stats = super::runner::final_stats(&info, &cgroups_path);
-            super::runner::save_durably(sup, info).await
+            info.stats = final_stats(&sup.shared.settings.metrics, &info, &cgroups_path);
+            save_durably(sup, info).await
         }
         Ok(ExitRecord { start_error, .. }) => {
             let message = start_error.unwrap_or_else(|| "the process did not start".into());
-            fail(sup, info, FailureInfo::user("HostProcessStartFailed", message)).await
+            fail(sup, info, FailureInfo::new(FailureCode::HostProcessStartFailed, message)).await
         }
         Err(e) => {
             let message = format!("{e}: the agent or the machine restarted while it ran and its shim is gone");
-            fail(sup, info, FailureInfo::server("HostProcessLost", message)).await
+            fail(sup, info, FailureInfo::new(FailureCode::HostProcessLost, message)).await
         }
     }
 }

@@ -4,10 +4,11 @@
 //! database (`job:<id>` settings); the preparation and release tasks are task
 //! records with the reserved ids `jobpreparation` and `jobrelease`.
 
-use super::runner::stopped;
+use super::stop::stopped;
 use super::{Error, Stop, Supervisor};
 use crate::model::{
-    FailureCategory, FailureInfo, JobConfig, JobId, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState,
+    FailureCategory, FailureCode, FailureInfo, JobConfig, JobId, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec,
+    TaskState,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -101,7 +102,7 @@ impl Supervisor {
         release: Option<TaskSpec>,
     ) -> Result<JobStatus, Error> {
         for spec in preparation.iter().chain(&release) {
-            self.check(spec)?;
+            self.admit_check(spec, 0)?;
         }
         self.check_job_open(job)?;
         let mut config = self.life().jobs.get(job).cloned().unwrap_or_default();
@@ -260,7 +261,7 @@ impl Supervisor {
             return Ok(());
         };
         let key = TaskKey::job_preparation(job);
-        let server = |e: Error| Gate::Failed(FailureInfo::server("JobPreparationFailed", e.to_string()));
+        let server = |e: Error| Gate::Failed(FailureInfo::new(FailureCode::StateDatabaseFailed, e.to_string()));
         let mut feed = self.shared.store.subscribe();
         loop {
             match self.shared.store.get(&key).await.map_err(|e| server(e.into()))? {
@@ -276,8 +277,8 @@ impl Supervisor {
                         continue;
                     }
                     let why = t.failure.map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
-                    return Err(Gate::Failed(FailureInfo::user(
-                        "JobPreparationFailed",
+                    return Err(Gate::Failed(FailureInfo::new(
+                        FailureCode::JobPreparationFailed,
                         format!("the job's preparation task failed ({why}); this task did not run"),
                     )));
                 }

@@ -5,8 +5,8 @@
 use super::jobs::Gate;
 use super::{Error, Stop, Supervisor};
 use crate::model::{
-    node_state, FailureInfo, JobConfig, JobId, NodeState, StartTaskConfig, StateInputs, TaskInfo, TaskKey, TaskResult,
-    TaskSpec, TaskState,
+    node_state, FailureCode, FailureInfo, JobConfig, JobId, NodeState, StartTaskConfig, StateInputs, TaskInfo, TaskKey,
+    TaskResult, TaskSpec, TaskState,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -115,12 +115,12 @@ impl Supervisor {
 
     /// Why the node cannot run tasks, if it cannot.
     async fn unusable_reason(&self) -> Option<String> {
-        if self.shared.containerd.borrow().is_none() {
+        if self.shared.link.version.borrow().is_none() {
             return Some("containerd is unreachable".into());
         }
         // The file system checks (statvfs, a write in two places) are made at
         // most every few seconds, however often the state is asked for.
-        if let Some((at, why)) = self.shared.disk_probe.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((at, why)) = self.shared.status.disk_probe.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             if at.elapsed() < DISK_PROBE_EVERY {
                 return why.clone();
             }
@@ -150,7 +150,7 @@ impl Supervisor {
         })
         .await
         .unwrap_or(None);
-        *self.shared.disk_probe.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self.shared.status.disk_probe.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((std::time::Instant::now(), why.clone()));
         why
     }
@@ -195,7 +195,7 @@ impl Supervisor {
         let inputs = self.state_inputs(true).await;
         let (state, reason) = node_state(&inputs);
         let view = NodeStateView { state, reason, scheduling_enabled: inputs.scheduling_enabled };
-        self.shared.node_state.send_if_modified(|cur| {
+        self.shared.status.view.send_if_modified(|cur| {
             if *cur == view {
                 return false;
             }
@@ -208,7 +208,7 @@ impl Supervisor {
 
     /// The node's state, and every change.
     pub fn watch_node(&self) -> watch::Receiver<NodeStateView> {
-        self.shared.node_state.subscribe()
+        self.shared.status.view.subscribe()
     }
 
     /// Keeps the node's state current for the agent's life: after every task
@@ -222,7 +222,7 @@ impl Supervisor {
             tokio::select! {
                 _ = feed.recv() => {}
                 _ = containerd.changed() => {}
-                _ = self.shared.state_kick.notified() => {}
+                _ = self.shared.status.kick.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
@@ -260,8 +260,8 @@ impl Supervisor {
                 }
                 Some((true, TaskState::Completed, _)) => {
                     let why = inputs.start_task_failure.unwrap_or_default();
-                    return Err(Gate::Failed(FailureInfo::server(
-                        "StartTaskFailed",
+                    return Err(Gate::Failed(FailureInfo::new(
+                        FailureCode::StartTaskFailed,
                         format!("the node's start task failed ({why}); this task did not run"),
                     )));
                 }
@@ -270,7 +270,7 @@ impl Supervisor {
             // Until some record changes (or a second: a rerun may be pending).
             tokio::select! {
                 _ = tokio::time::timeout(Duration::from_secs(1), feed.recv()) => {}
-                s = super::runner::stopped(stop) => return Err(Gate::Stopped(s)),
+                s = super::stop::stopped(stop) => return Err(Gate::Stopped(s)),
             }
         }
     }
@@ -307,7 +307,7 @@ impl Supervisor {
 
     /// Sets the start task and runs it. Refused while the current one runs.
     pub async fn configure_start_task(&self, spec: TaskSpec, wait_for_success: bool) -> Result<TaskInfo, Error> {
-        self.check(&spec)?;
+        self.admit_check(&spec, 0)?;
         let _admission = self.shared.admission.lock().await;
         let key = TaskKey::start_task();
         if let Some(old) = self.shared.store.get(&key).await? {
@@ -329,7 +329,7 @@ impl Supervisor {
         }
         let info = self.accept_start_task(spec).await?;
         tracing::info!(wait_for_success, "start task configured");
-        self.shared.state_kick.notify_one();
+        self.shared.status.kick.notify_one();
         Ok(info)
     }
 
@@ -343,7 +343,11 @@ impl Supervisor {
         };
         let message = format!("the start task could not be accepted: {e}");
         let mut info = TaskInfo::new(TaskSpec { required_slots: 0, ..spec }, std::time::SystemTime::now());
-        info.complete(None, Some(FailureInfo::server("StartTaskFailed", message)), std::time::SystemTime::now());
+        info.complete(
+            None,
+            Some(FailureInfo::new(FailureCode::StartTaskFailed, message)),
+            std::time::SystemTime::now(),
+        );
         if let Err(e) = self.shared.store.insert(info).await {
             tracing::error!(error = %e, "cannot record the start task's failure");
         }
@@ -365,7 +369,7 @@ impl Supervisor {
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "cannot run the start task again"),
         }
-        self.shared.state_kick.notify_one();
+        self.shared.status.kick.notify_one();
     }
 
     /// Replaces the start task's record of an earlier boot by a new run, or

@@ -4,9 +4,10 @@
 //! `--env-file` contents, and the image's `/etc/passwd` and `/etc/group` when a
 //! user or group is named.
 
+use super::failure::Failure;
 use super::Supervisor;
 use crate::containerd::ResolvedImage;
-use crate::model::{FailureInfo, RunAs, TaskKey};
+use crate::model::{RunAs, TaskKey};
 use crate::spec::{self, ImageAccounts, Lookups, MountOpt, Policy, RunOptions, SpecError};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceBuilder, LinuxDeviceType};
 use std::path::{Path, PathBuf};
@@ -16,10 +17,6 @@ const MAX_ENV_FILE: u64 = 1 << 20;
 
 fn refused(flag: &str, reason: String) -> SpecError {
     SpecError::RunOption { flag: flag.to_owned(), reason }
-}
-
-fn task_failure(e: SpecError) -> FailureInfo {
-    FailureInfo::user("RunOptionInvalid", e.to_string())
 }
 
 /// The host-side checks, also made when the task is accepted so that a bad
@@ -74,13 +71,13 @@ fn seccomp_profile(path: &str, policy: &Policy) -> Result<oci_spec::runtime::Lin
     spec::parse_seccomp_profile(&text).map_err(bad)
 }
 
-pub(super) async fn lookups(
+pub(in crate::supervisor) async fn lookups(
     sup: &Supervisor,
     key: &TaskKey,
     o: &RunOptions,
     who: &RunAs,
     image: &ResolvedImage,
-) -> Result<Lookups, FailureInfo> {
+) -> Result<Lookups, Failure> {
     let sh = &sup.shared;
     let policy = sh.settings.policy.clone();
     let layout = sh.layout.clone();
@@ -97,15 +94,16 @@ pub(super) async fn lookups(
         Ok(l)
     })
     .await
-    .map_err(|e| FailureInfo::server("ContainerCreateFailed", e.to_string()))?
-    .map_err(task_failure)?;
+    .map_err(|e| Failure::Internal(e.to_string()))?
+    .map_err(Failure::Lookup)?;
 
     let names_a_user = o.user.is_some() || image.config.user.is_some() || !o.group_add.is_empty();
     let accounts = if who.admin && !sh.settings.policy.user_namespaces && names_a_user {
-        let files =
-            sh.runtime.image_files(&sh.node.node_id, &image.chain_id, &["/etc/passwd", "/etc/group"]).await.map_err(
-                |e| FailureInfo::server("ContainerCreateFailed", format!("cannot read the image's users: {e}")),
-            )?;
+        let files = sh
+            .runtime
+            .image_files(&sh.node.node_id, &image.chain_id, &["/etc/passwd", "/etc/group"])
+            .await
+            .map_err(Failure::ImageFiles)?;
         let text = |i: usize| files.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
         ImageAccounts::parse(&text(0).unwrap_or_default(), &text(1).unwrap_or_default())
     } else {

@@ -2,8 +2,11 @@
 //! runs one async job per task (`runner`) that drives it through containerd.
 //! Everything the API does is one call here.
 
+mod admission;
 mod cgroup;
 mod error;
+mod explain;
+mod failure;
 mod gpus;
 mod host_task;
 mod image_store;
@@ -12,18 +15,25 @@ mod lifecycle;
 mod lookups;
 mod node_usage;
 mod outcome;
+mod prepare;
+mod record;
 mod recovery;
 mod runner;
 mod slots;
+mod stop;
 mod watch;
 
+pub use admission::{CheckedTask, DeviceRequest};
 pub use error::Error;
+pub use explain::Explanation;
+pub use gpus::Want;
 pub use image_store::{ImageEntry, ImageGc, PrefetchState};
 pub use jobs::JobStatus;
 pub use lifecycle::{boot_id, NodeStateView};
 pub use node_usage::NodeUsage;
 pub use outcome::StopReason;
 pub use recovery::Report as RecoveryReport;
+pub use stop::StopSettings;
 
 use crate::containerd::{ExitEvent, Runtime};
 use crate::images::{self, Platform, Pull, PullReport};
@@ -77,6 +87,8 @@ pub struct Settings {
     pub rerun_start_task_after_reboot: bool,
     /// This boot of the machine (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
+    /// Where task starts, completions and reconnects are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A request to stop a running task.
@@ -97,6 +109,20 @@ struct Sched {
     recovered: bool,
 }
 
+/// Per task, from `RunTask` until its runner ends.
+#[derive(Default)]
+struct InFlight {
+    checked: HashMap<TaskKey, Arc<CheckedTask>>,
+    credentials: HashMap<TaskKey, Credentials>,
+}
+
+impl InFlight {
+    fn forget(&mut self, key: &TaskKey) {
+        self.checked.remove(key);
+        self.credentials.remove(key);
+    }
+}
+
 /// Frees a runner's slots when it ends, also if it panics.
 struct Release {
     sup: Supervisor,
@@ -106,7 +132,7 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.sup.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.sup.in_flight().forget(&self.key);
         self.sup.shared.gpu_holds.release(&self.key);
         let mut sched = self.sup.sched();
         sched.slots.release(self.slots);
@@ -115,6 +141,13 @@ impl Drop for Release {
     }
 }
 
+/// The supervisor's state. The first six fields never change after start; each
+/// part after them owns one concern and has its own lock (or none).
+///
+/// Lock order: `admission` (async, held across awaits while a task is
+/// accepted) is taken before any of the others; of the std mutexes only
+/// `sched` → `in_flight` are ever held together (a queued task terminated).
+/// No std mutex is held across an await.
 struct Shared {
     settings: Settings,
     node: NodeFacts,
@@ -122,35 +155,50 @@ struct Shared {
     store: Store,
     runtime: Arc<dyn Runtime>,
     puller: Arc<dyn Pull>,
-    /// Tasks' own registry credentials, in memory only (never in the database).
-    credentials: Mutex<HashMap<TaskKey, Credentials>>,
-    images: Mutex<image_store::ImagesState>,
+    /// Slots, the queue and the stop channels of running tasks.
     sched: Mutex<Sched>,
-    /// containerd's `/tasks/exit` events, fanned out to the runners.
-    exits: broadcast::Sender<ExitEvent>,
-    /// containerd's version while it answers; None while it does not.
-    containerd: tokio_watch::Sender<Option<String>>,
-    /// What recovery found worth telling an operator (a rebuilt database, ...).
-    notes: Mutex<Vec<String>>,
-    /// containerd answered at least once (so answering again is a reconnect).
-    ever_up: std::sync::atomic::AtomicBool,
-    /// GPUs held by tasks that asked for specific ones.
+    /// What admission decided about the tasks in flight, and their own
+    /// registry credentials: in memory only (never in the database).
+    in_flight: Mutex<InFlight>,
+    /// The image catalog: last use, the prefetch list and its progress.
+    images: Mutex<image_store::ImagesState>,
+    /// GPUs held by tasks that asked for specific ones (its own lock).
     gpu_holds: gpus::GpuHolds,
     /// The scheduling switch, the start task and the jobs.
     life: Mutex<lifecycle::Life>,
-    node_state: tokio_watch::Sender<NodeStateView>,
-    /// Wakes `follow_node_state` (the switch or the start task changed).
-    state_kick: tokio::sync::Notify,
-    /// `follow_node_state` was started.
-    following_state: std::sync::atomic::AtomicBool,
     /// Serialises accepting tasks with what decides whether they are
     /// accepted (the scheduling switch, the start task, job releases).
     admission: tokio::sync::Mutex<()>,
+    /// The link to containerd.
+    link: Link,
+    /// The node's state as published, and what it is computed from.
+    status: StatusParts,
+}
+
+/// containerd as the supervisor sees it.
+struct Link {
+    /// containerd's `/tasks/exit` events, fanned out to the runners.
+    exits: broadcast::Sender<ExitEvent>,
+    /// containerd's version while it answers; None while it does not.
+    version: tokio_watch::Sender<Option<String>>,
+    /// containerd answered at least once (so answering again is a reconnect).
+    ever_up: std::sync::atomic::AtomicBool,
+}
+
+/// The node's state for `GetNode` and `WatchNode`.
+struct StatusParts {
+    view: tokio_watch::Sender<NodeStateView>,
+    /// Wakes `follow_node_state` (the switch or the start task changed).
+    kick: tokio::sync::Notify,
+    /// `follow_node_state` was started.
+    following: std::sync::atomic::AtomicBool,
     /// When the node root and state directory were last checked, and why
     /// the node was unusable then (see `lifecycle`).
     disk_probe: Mutex<Option<(std::time::Instant, Option<String>)>>,
     /// The node's CPU counters (total, idle jiffies) at the last `GetNode`.
     cpu_sample: Mutex<Option<(u64, u64)>>,
+    /// What recovery found worth telling an operator (a rebuilt database, ...).
+    notes: Mutex<Vec<String>>,
 }
 
 /// Node-level counters for `GetNode`.
@@ -197,26 +245,26 @@ impl Supervisor {
             store,
             runtime,
             puller,
-            credentials: Mutex::default(),
-            images: Mutex::default(),
             sched: Mutex::new(sched),
-            exits,
-            containerd,
-            notes: Mutex::default(),
-            ever_up: Default::default(),
+            in_flight: Mutex::default(),
+            images: Mutex::default(),
             gpu_holds: Default::default(),
             life: Mutex::default(),
-            node_state: tokio_watch::channel(NodeStateView {
-                state: crate::model::NodeState::Starting,
-                reason: String::new(),
-                scheduling_enabled: true,
-            })
-            .0,
-            state_kick: Default::default(),
-            following_state: Default::default(),
             admission: Default::default(),
-            disk_probe: Default::default(),
-            cpu_sample: Default::default(),
+            link: Link { exits, version: containerd, ever_up: Default::default() },
+            status: StatusParts {
+                view: tokio_watch::channel(NodeStateView {
+                    state: crate::model::NodeState::Starting,
+                    reason: String::new(),
+                    scheduling_enabled: true,
+                })
+                .0,
+                kick: Default::default(),
+                following: Default::default(),
+                disk_probe: Default::default(),
+                cpu_sample: Default::default(),
+                notes: Default::default(),
+            },
         };
         Self { shared: Arc::new(shared) }
     }
@@ -225,103 +273,8 @@ impl Supervisor {
         self.shared.sched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks a task before anything is created: ids (already typed), command
-    /// line, run options, environment, image reference, slots.
-    /// Start, preparation and release tasks may always run on the host; other
-    /// tasks only if the policy allows it.
-    fn check(&self, spec: &TaskSpec) -> Result<crate::spec::RunOptions, Error> {
-        let special = spec.key.kind() != TaskKind::Task;
-        match &spec.container {
-            Some(container) => {
-                images::normalize(&container.image)?;
-            }
-            None if !special && !self.shared.settings.policy.allow_host_tasks => {
-                return Err(Error::Invalid {
-                    field: "container",
-                    reason: "container settings are required: this node's policy does not allow host tasks \
-                             ([policy] allow_host_tasks)"
-                        .into(),
-                });
-            }
-            // Words, and a program to run: `''` or a lone line continuation
-            // split into no program at all.
-            None if shell_words::split(&spec.command_line).is_ok_and(|w| w.first().is_none_or(String::is_empty)) => {
-                return Err(Error::Invalid {
-                    field: "command_line",
-                    reason:
-                        "a task without container settings runs on the host and needs a command line naming a program \
-                             (it splits into no words, or an empty first word)"
-                            .into(),
-                });
-            }
-            None => {}
-        }
-        let run_options = crate::spec::check_task(spec)?;
-        let who = self.run_as(spec, 0)?;
-        crate::spec::check_policy(&run_options, &self.shared.settings.policy, &who, self.shared.layout.root())?;
-        self.devices_for(spec, &run_options)?;
-        let total = self.shared.settings.task_slots;
-        if special {
-            return Ok(run_options);
-        }
-        if spec.required_slots == 0 || spec.required_slots > total {
-            return Err(Error::Invalid {
-                field: "required_slots",
-                reason: format!("{} slots requested; this node has {total}", spec.required_slots),
-            });
-        }
-        Ok(run_options)
-    }
-
-    /// The CDI devices a task gets, as (devices to inject now, GPUs to hold):
-    /// the non-GPU devices it names and the RDMA devices (`inject_rdma`); on a
-    /// GPU node every GPU, shared, when it asks for none (`inject_all_gpus`);
-    /// else the GPUs of `--gpus` and those it names, held exclusively while it
-    /// runs (see `gpus`), or shared with `share_gpus`. Unknown names and more
-    /// GPUs than the node has are errors.
-    pub(crate) fn devices_for(
-        &self,
-        spec: &TaskSpec,
-        o: &crate::spec::RunOptions,
-    ) -> Result<(Vec<String>, Option<gpus::Want>), Error> {
-        let asked: Vec<String> = spec.container.as_ref().map(|c| c.devices.clone()).unwrap_or_default();
-        let Some(reg) = &self.shared.settings.devices else {
-            if asked.is_empty() && o.gpus.is_none() {
-                return Ok((vec![], None));
-            }
-            return Err(Error::Invalid { field: "container.devices", reason: "this node has no CDI devices".into() });
-        };
-        reg.check(&asked).map_err(|e| Error::Invalid { field: "container.devices", reason: e.to_string() })?;
-        let gpus = reg.gpus();
-        let classes = &reg.config.gpu_classes;
-        let is_gpu = |n: &String| n.split_once('=').is_some_and(|(k, _)| classes.iter().any(|c| c == k));
-        let (named_gpus, mut names): (Vec<String>, Vec<String>) = asked.iter().cloned().partition(is_gpu);
-        if let Some(req) = &o.gpus {
-            crate::devices::gpus::select(req, &gpus)
-                .map_err(|reason| Error::Spec(crate::spec::SpecError::RunOption { flag: "--gpus".into(), reason }))?;
-        }
-        let want = gpus::Want::of(o.gpus.as_ref(), named_gpus, &gpus);
-        let want = match want {
-            None if reg.config.inject_all_gpus => {
-                names.extend(gpus.iter().cloned());
-                None
-            }
-            // Shared: the first N, or the named ones, without holding them.
-            Some(w) if reg.config.share_gpus => {
-                names.extend(match w {
-                    gpus::Want::Count(n) => gpus.iter().take(n).cloned().collect(),
-                    gpus::Want::Named(v) => v,
-                });
-                None
-            }
-            w => w,
-        };
-        let rdma_kind = format!("{}=", crate::devices::rdma::KIND);
-        if reg.config.inject_rdma && !asked.iter().any(|n| n.starts_with(&rdma_kind)) {
-            names.extend(reg.rdma_all());
-        }
-        names.dedup();
-        Ok((names, want))
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.shared.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for the GPUs `want` asks for and holds them for `key`.
@@ -330,13 +283,40 @@ impl Supervisor {
         self.shared.gpu_holds.take(key, want, &all).await
     }
 
-    /// The identity a task runs as; `ticket` picks a task-scope auto-user's uid.
-    fn run_as(&self, spec: &TaskSpec, ticket: u64) -> Result<crate::model::RunAs, Error> {
-        self.shared
-            .settings
-            .identities
-            .resolve(&spec.user, ticket)
-            .map_err(|e| Error::Invalid { field: "user", reason: e.to_string() })
+    /// What admission decided about a task: kept in memory from `RunTask`
+    /// until its runner ends; for a task recorded by an earlier agent, decided
+    /// now from its record (with the identity it was accepted with).
+    pub(crate) fn checked_for(&self, info: &TaskInfo) -> Result<Arc<CheckedTask>, admission::Refusal> {
+        if let Some(c) = self.in_flight().checked.get(info.key()) {
+            return Ok(c.clone());
+        }
+        let checked = match &info.run_as {
+            Some(run_as) => {
+                let s = &self.shared.settings;
+                let devices = s.devices.as_deref();
+                admission::check(
+                    &info.spec,
+                    run_as.clone(),
+                    &s.policy,
+                    self.shared.layout.root(),
+                    devices,
+                    s.task_slots,
+                )?
+            }
+            None => self.admit_check(&info.spec, info.sequence)?,
+        };
+        let checked = Arc::new(checked);
+        self.in_flight().checked.insert(info.key().clone(), checked.clone());
+        Ok(checked)
+    }
+
+    /// How a task's process is stopped: from what admission decided, else
+    /// from its record.
+    fn stop_settings(&self, info: &TaskInfo) -> stop::StopSettings {
+        match self.in_flight().checked.get(info.key()) {
+            Some(c) => c.stop(),
+            None => stop::StopSettings::of_spec(&info.spec),
+        }
     }
 
     /// Accepts a task: records it ACTIVE and queues it for a slot. It may
@@ -348,8 +328,8 @@ impl Supervisor {
                 reason: format!("\"{}\" is reserved for the job's own preparation or release task", spec.key.task),
             });
         }
-        let run_options = self.check(&spec)?;
-        lookups::check_host(&run_options, &self.shared.settings.policy).await?;
+        let checked = self.admit_check(&spec, 0)?;
+        lookups::check_host(&checked.run_options, &self.shared.settings.policy).await?;
         // Held until the task is recorded: a scheduling switch or a job
         // release answered meanwhile sees it, or it sees them.
         let _admission = self.shared.admission.lock().await;
@@ -357,32 +337,42 @@ impl Supervisor {
         if let Some(prep) = job_preparation {
             self.configure_job_admitting(&spec.key.job, Some(prep), None).await?;
         }
-        self.admit(spec).await
+        self.admit(spec, checked).await
     }
 
     /// Records a start, preparation or release task and runs it at once (it
     /// needs no slot).
     async fn accept_special(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
-        self.check(&spec)?;
+        let checked = self.admit_check(&spec, 0)?;
         let mut spec = spec;
         spec.required_slots = 0;
-        self.admit(spec).await
+        self.admit(spec, checked).await
     }
 
     /// Records a checked task ACTIVE and queues it.
-    async fn admit(&self, spec: TaskSpec) -> Result<TaskInfo, Error> {
+    async fn admit(&self, spec: TaskSpec, mut checked: CheckedTask) -> Result<TaskInfo, Error> {
         let creds = spec.container.as_ref().and_then(|c| c.credentials.clone());
         let task_scope = matches!(spec.user, UserIdentity::Auto { scope: AutoUserScope::Task, .. });
         let mut new = TaskInfo::new(spec, SystemTime::now());
-        new.run_as = Some(self.run_as(&new.spec, 0)?);
+        new.run_as = Some(checked.run_as.clone());
         let mut info = self.shared.store.insert(new).await?;
         if task_scope {
             // Successive tasks get successive uids: the task's sequence number picks it.
-            info.run_as = Some(self.run_as(&info.spec, info.sequence)?);
+            checked.run_as = self
+                .shared
+                .settings
+                .identities
+                .resolve(&info.spec.user, info.sequence)
+                .map_err(|e| Error::Invalid { field: "user", reason: e.to_string() })?;
+            info.run_as = Some(checked.run_as.clone());
             self.shared.store.amend(info.clone()).await?;
         }
-        if let Some(creds) = creds {
-            self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).insert(info.key().clone(), creds);
+        {
+            let mut in_flight = self.in_flight();
+            in_flight.checked.insert(info.key().clone(), Arc::new(checked));
+            if let Some(creds) = creds {
+                in_flight.credentials.insert(info.key().clone(), creds);
+            }
         }
         tracing::info!(job_id = %info.key().job, task_id = %info.key().task, kind = info.key().kind().as_str(),
             "task accepted");
@@ -437,16 +427,13 @@ impl Supervisor {
         if info.state == TaskState::Completed {
             return Ok(info);
         }
-        let task_timeout = crate::spec::check_task(&info.spec).ok().and_then(|o| o.stop_timeout);
-        let grace = grace
-            .or(task_timeout.map(|s| Duration::from_secs(s.into())))
-            .unwrap_or(self.shared.settings.terminate_grace);
+        let grace = grace.or(self.stop_settings(&info).timeout).unwrap_or(self.shared.settings.terminate_grace);
         let was_queued = {
             let mut sched = self.sched();
             let queued = sched.slots.remove_queued(key);
             if queued {
                 sched.stops.remove(key);
-                self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+                self.in_flight().forget(key);
             } else if let Some(tx) = sched.stops.get(key) {
                 tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
             } else if !sched.recovered {
@@ -459,7 +446,7 @@ impl Supervisor {
             info.complete(None, Some(StopReason::Terminated.failure(" before it started")), SystemTime::now());
             return Ok(self.shared.store.update(info).await?);
         }
-        tracing::info!(job_id = %key.job, task_id = %key.task, grace_ms = grace.as_millis() as u64, "terminating task");
+        tracing::info!(job_id = %key.job, task_id = %key.task, grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "terminating task");
         self.get_task(key).await
     }
 
@@ -515,7 +502,7 @@ impl Supervisor {
         };
         let state = self.refresh_state().await;
         let usage = {
-            let mut last = self.shared.cpu_sample.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.shared.status.cpu_sample.lock().unwrap_or_else(|p| p.into_inner());
             node_usage::usage(&mut last)
         };
         NodeStatus {
@@ -523,9 +510,9 @@ impl Supervisor {
             node: self.shared.node.clone(),
             slots_total: total,
             slots_free: free,
-            containerd_version: self.shared.containerd.borrow().clone(),
+            containerd_version: self.shared.link.version.borrow().clone(),
             notes: {
-                let mut notes = self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut notes = self.shared.status.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 notes.extend(hint);
                 notes
             },
@@ -576,13 +563,13 @@ impl Supervisor {
 
     /// containerd's reachability: its version while it answers, None while not.
     pub fn containerd_status(&self) -> tokio_watch::Receiver<Option<String>> {
-        self.shared.containerd.subscribe()
+        self.shared.link.version.subscribe()
     }
 
     /// Adds a note for operators, shown by `GetNode`.
     pub fn note(&self, note: String) {
         tracing::warn!(note = %note, "node note");
-        self.shared.notes.lock().unwrap_or_else(|p| p.into_inner()).push(note);
+        self.shared.status.notes.lock().unwrap_or_else(|p| p.into_inner()).push(note);
     }
 
     /// Asks containerd for its version once: updates the reachability state.
@@ -590,7 +577,7 @@ impl Supervisor {
         let version = tokio::time::timeout(Duration::from_secs(2), self.shared.runtime.version()).await;
         let version = version.ok().and_then(Result::ok);
         let up = version.is_some();
-        self.shared.containerd.send_if_modified(|cur| {
+        self.shared.link.version.send_if_modified(|cur| {
             if *cur == version {
                 return false;
             }
@@ -598,8 +585,8 @@ impl Supervisor {
                 (Some(_), None) => tracing::warn!("containerd is unreachable"),
                 (None, Some(v)) => {
                     tracing::info!(version = %v, "containerd is reachable");
-                    if self.shared.ever_up.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        crate::metrics::get().containerd_reconnects.inc();
+                    if self.shared.link.ever_up.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        self.shared.settings.metrics.containerd_reconnects.inc();
                     }
                 }
                 _ => {}
@@ -663,12 +650,12 @@ impl Supervisor {
     /// Records a completion computed outside a runner (recovery, early failure).
     async fn complete(&self, mut info: TaskInfo, exit: Option<i32>, failure: Option<FailureInfo>) -> TaskInfo {
         info.complete(exit, failure, SystemTime::now());
-        runner::save_durably(self, info).await
+        record::save_durably(self, info).await
     }
 
     /// The credentials for a task's image: its own, else the node's for that registry.
     fn credentials_for(&self, key: &TaskKey, image: &str) -> Option<Credentials> {
-        let own = self.shared.credentials.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        let own = self.in_flight().credentials.get(key).cloned();
         own.or_else(|| self.shared.puller.configured_credentials(image))
     }
 
@@ -707,7 +694,7 @@ impl Supervisor {
                     while let Some(ev) = events.next().await {
                         match ev {
                             Ok(ev) => {
-                                let _ = self.shared.exits.send(ev);
+                                let _ = self.shared.link.exits.send(ev);
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "containerd event stream broke; resubscribing");
@@ -728,7 +715,7 @@ impl Supervisor {
     /// without a record are adopted rather than removed.
     pub async fn recover(&self, rebuild: bool) -> Result<RecoveryReport, Error> {
         self.load_lifecycle().await?;
-        if !self.shared.following_state.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !self.shared.status.following.swap(true, std::sync::atomic::Ordering::Relaxed) {
             let this = self.clone();
             tokio::spawn(async move { this.follow_node_state().await });
         }
@@ -740,7 +727,7 @@ impl Supervisor {
         self.rerun_start_task_after_reboot().await;
         self.mark_recovered();
         self.resume_releases();
-        self.shared.state_kick.notify_one();
+        self.shared.status.kick.notify_one();
         if rebuild && (report.adopted > 0 || report.records_lost > 0) {
             self.note(format!(
                 "the state database was rebuilt: {} running task(s) adopted from containerd, {} finished task(s) \

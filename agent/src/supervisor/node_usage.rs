@@ -27,7 +27,7 @@ fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
 }
 
 /// Reads the figures; `last` holds the previous CPU sample and gets this one.
-pub fn usage(last: &mut Option<(u64, u64)>) -> NodeUsage {
+pub(super) fn usage(last: &mut Option<(u64, u64)>) -> NodeUsage {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

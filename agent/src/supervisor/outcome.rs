@@ -1,7 +1,7 @@
 //! How a finished process becomes a task result: exit code, and the failure
 //! code the scheduler sees (SEMANTICS.md, "Lifecycle and results").
 
-use crate::model::FailureInfo;
+use crate::model::{FailureCode, FailureInfo};
 
 /// Why the agent stopped a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,9 +13,11 @@ pub enum StopReason {
 impl StopReason {
     pub fn failure(self, detail: &str) -> FailureInfo {
         match self {
-            StopReason::Terminated => FailureInfo::user("TaskTerminated", format!("the task was terminated{detail}")),
-            StopReason::WallClock => FailureInfo::user(
-                "MaxWallClockTimeExpiry",
+            StopReason::Terminated => {
+                FailureInfo::new(FailureCode::TaskTerminated, format!("the task was terminated{detail}"))
+            }
+            StopReason::WallClock => FailureInfo::new(
+                FailureCode::MaxWallClockTimeExpiry,
                 format!("the task ran past its max_wall_clock_time and was stopped{detail}"),
             ),
         }
@@ -25,30 +27,32 @@ impl StopReason {
 /// containerd reports a process killed by signal N as exit status 128+N (as a
 /// shell does), so an exit code in 129..=192 is taken as death by that signal.
 /// A process that itself calls `exit(137)` is reported the same way.
-pub fn signal_of(code: i32) -> Option<i32> {
+pub(super) fn signal_of(code: i32) -> Option<i32> {
     (129..=128 + 64).contains(&code).then_some(code - 128)
 }
 
-pub fn signal_name(sig: i32) -> String {
+pub(super) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// The exit code and failure of a process that exited with `code`; `oom` when
 /// the OOM killer killed a process of the task's cgroup.
-pub fn completion(code: u32, stop: Option<StopReason>, oom: bool) -> (i32, Option<FailureInfo>) {
+pub(super) fn completion(code: u32, stop: Option<StopReason>, oom: bool) -> (i32, Option<FailureInfo>) {
     let code = code as i32;
     let failure = match (stop, signal_of(code)) {
         (Some(r), _) => Some(r.failure(&format!(" (exit code {code})"))),
         (None, _) if code == 0 => None,
-        (None, _) if oom => Some(FailureInfo::user(
-            "OOMKilled",
+        (None, _) if oom => Some(FailureInfo::new(
+            FailureCode::OOMKilled,
             format!("the task ran out of memory: the OOM killer killed it or one of its processes; exit code {code}"),
         )),
-        (None, Some(sig)) => Some(FailureInfo::user(
-            "TaskKilledBySignal",
+        (None, Some(sig)) => Some(FailureInfo::new(
+            FailureCode::TaskKilledBySignal,
             format!("the task was killed by {} ({sig}); exit code {code}", signal_name(sig)),
         )),
-        (None, None) => Some(FailureInfo::user("FailureExitCode", format!("the task exited with code {code}"))),
+        (None, None) => {
+            Some(FailureInfo::new(FailureCode::FailureExitCode, format!("the task exited with code {code}")))
+        }
     };
     (code, failure)
 }
@@ -72,7 +76,7 @@ mod tests {
         for (code, stop, want_code, want_failure) in cases {
             let (c, f) = completion(*code, *stop, false);
             assert_eq!(c, *want_code);
-            assert_eq!(f.map(|f| f.code).as_deref(), *want_failure, "{code} {stop:?}");
+            assert_eq!(f.map(|f| f.code.as_str()), *want_failure, "{code} {stop:?}");
         }
         assert!(completion(137, None, false).1.unwrap().message.contains("SIGKILL (9)"));
         assert_eq!(completion(137, None, true).1.unwrap().code, "OOMKilled");

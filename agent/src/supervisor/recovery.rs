@@ -27,7 +27,8 @@ use super::runner::Phase;
 use super::{Error, Supervisor};
 use crate::containerd::{LabelledContainer, TaskStatus};
 use crate::model::{
-    ContainerSettings, FailureInfo, RunAs, TaskConstraints, TaskInfo, TaskKey, TaskSpec, TaskState, UserIdentity,
+    ContainerSettings, FailureCode, FailureInfo, RunAs, TaskConstraints, TaskInfo, TaskKey, TaskSpec, TaskState,
+    UserIdentity,
 };
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -101,7 +102,7 @@ async fn remove_orphan(sup: &Supervisor, c: &LabelledContainer) {
     }
 }
 
-pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
+pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
     let mut report = Report::default();
     let node_id = sup.shared.node.node_id.clone();
     let labelled = sup.shared.runtime.list_labelled(&node_id).await?;
@@ -206,8 +207,8 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
             }
             (None, TaskState::Active | TaskState::Preparing) if !info.ever_started => requeue.push(info),
             (None, _) => {
-                let failure = FailureInfo::server(
-                    "ContainerLost",
+                let failure = FailureInfo::new(
+                    FailureCode::ContainerLost,
                     "the task's container was gone when the agent restarted; its exit code is unknown",
                 );
                 sup.complete(info, None, Some(failure)).await;
@@ -220,8 +221,8 @@ pub async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
     for info in requeue {
         // The node may have been reconfigured with fewer slots since it was accepted.
         if info.spec.required_slots > total {
-            let failure = FailureInfo::user(
-                "TaskSlotsUnavailable",
+            let failure = FailureInfo::new(
+                FailureCode::TaskSlotsUnavailable,
                 format!("the task needs {} slots; this node now has {total}", info.spec.required_slots),
             );
             sup.complete(info, None, Some(failure)).await;
@@ -260,8 +261,8 @@ async fn record_lost_task_dirs(sup: &Supervisor) -> Result<usize, Error> {
             required_slots: 1,
         };
         let mut info = sup.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
-        let failure = FailureInfo::server(
-            "TaskRecordLost",
+        let failure = FailureInfo::new(
+            FailureCode::TaskRecordLost,
             "the agent's state database was lost; this task had finished and its result is unknown",
         );
         info.complete(None, Some(failure), SystemTime::now());

@@ -6,49 +6,49 @@ use crate::model::TaskKey;
 use std::collections::VecDeque;
 
 #[derive(Debug)]
-pub struct Slots {
+pub(super) struct Slots {
     total: u32,
     used: u32,
     queue: VecDeque<(TaskKey, u32)>,
 }
 
 impl Slots {
-    pub fn new(total: u32) -> Self {
+    pub(super) fn new(total: u32) -> Self {
         Self { total, used: 0, queue: VecDeque::new() }
     }
 
-    pub fn total(&self) -> u32 {
+    pub(super) fn total(&self) -> u32 {
         self.total
     }
 
-    pub fn free(&self) -> u32 {
+    pub(super) fn free(&self) -> u32 {
         self.total.saturating_sub(self.used)
     }
 
-    pub fn enqueue(&mut self, key: TaskKey, slots: u32) {
+    pub(super) fn enqueue(&mut self, key: TaskKey, slots: u32) {
         self.queue.push_back((key, slots));
     }
 
     /// Takes a waiting task out of the queue; false if it was not waiting.
-    pub fn remove_queued(&mut self, key: &TaskKey) -> bool {
+    pub(super) fn remove_queued(&mut self, key: &TaskKey) -> bool {
         let before = self.queue.len();
         self.queue.retain(|(k, _)| k != key);
         self.queue.len() != before
     }
 
     /// Marks slots used by a task that is already running (recovery).
-    pub fn occupy(&mut self, slots: u32) {
+    pub(super) fn occupy(&mut self, slots: u32) {
         self.used += slots;
     }
 
     /// Whether a task holds slots or waits for them.
-    pub fn busy(&self) -> bool {
+    pub(super) fn busy(&self) -> bool {
         self.used > 0 || self.queue.iter().any(|(_, n)| *n > 0)
     }
 
     /// The next task to run: one that needs no slot (a start, preparation or
     /// release task), else the head of the queue if it fits in the free slots.
-    pub fn next_ready(&mut self) -> Option<(TaskKey, u32)> {
+    pub(super) fn next_ready(&mut self) -> Option<(TaskKey, u32)> {
         if let Some(i) = self.queue.iter().position(|(_, n)| *n == 0) {
             return self.queue.remove(i);
         }
@@ -61,7 +61,7 @@ impl Slots {
         Some((key, need))
     }
 
-    pub fn release(&mut self, slots: u32) {
+    pub(super) fn release(&mut self, slots: u32) {
         self.used = self.used.saturating_sub(slots);
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 
 const PAGE: usize = 512;
 
-pub fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>> {
+pub(super) fn spawn(store: Store, from: u64) -> mpsc::Receiver<Result<TaskEvent, Error>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut live = store.subscribe();

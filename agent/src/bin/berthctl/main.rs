@@ -8,6 +8,7 @@
 
 mod output;
 mod progress;
+mod task_args;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::node_agent_client::NodeAgentClient;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
+use task_args::TaskArgs;
 use tonic::transport::Channel;
 
 /// Exit status of `run --wait` when the task's process never ran.
@@ -49,19 +51,6 @@ struct Cli {
 enum Output {
     Text,
     Json,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Workdir {
-    Task,
-    Image,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Pull {
-    Missing,
-    Always,
-    Never,
 }
 
 #[derive(clap::Args)]
@@ -145,51 +134,17 @@ enum Cmd {
     /// agent's policy allows host tasks).
     Run {
         #[command(flatten)]
-        id: TaskRef,
-        #[arg(long)]
-        image: Option<String>,
-        /// Empty: the image's ENTRYPOINT + CMD. Split with shell-word rules; no shell runs it.
-        #[arg(long, default_value = "", allow_hyphen_values = true)]
-        command_line: String,
-        /// `docker create` flags, e.g. "--rm --workdir /app".
-        #[arg(long, default_value = "", allow_hyphen_values = true, requires = "image")]
-        run_options: String,
-        #[arg(long, value_enum, default_value_t = Workdir::Task)]
-        workdir: Workdir,
-        /// KEY=VALUE, repeatable.
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Run as this pool user account ([[users]] in the agent's config).
-        #[arg(long, conflicts_with = "auto_user")]
-        user: Option<String>,
-        /// Run as an auto-user of this scope (the default: pool).
-        #[arg(long, value_enum)]
-        auto_user: Option<Scope>,
-        /// Elevation of the auto-user.
-        #[arg(long, value_enum, default_value_t = Elevation::Nonadmin, conflicts_with = "user")]
-        elevation: Elevation,
-        /// e.g. "30s", "2h".
-        #[arg(long, value_parser = humantime::parse_duration)]
-        max_wall_clock: Option<Duration>,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        retention: Option<Duration>,
-        #[arg(long, default_value_t = 1)]
-        slots: u32,
-        /// When to pull the image.
-        #[arg(long, value_enum, default_value_t = Pull::Missing)]
-        pull: Pull,
-        /// Registry user for this task's image (the password is read from stdin).
-        #[arg(long, requires_all = ["registry_password_stdin", "image"])]
-        registry_username: Option<String>,
-        /// Read the registry password from standard input.
-        #[arg(long, requires = "registry_username")]
-        registry_password_stdin: bool,
+        task: TaskArgs,
         /// Wait for the task to complete and exit with its exit code.
         #[arg(long)]
         wait: bool,
-        /// A CDI device for the task (vendor.com/class=name); repeatable.
-        #[arg(long, value_name = "NAME", requires = "image")]
-        device: Vec<String>,
+    },
+    /// Show what the agent would do with a task, without running it: the
+    /// identity, image, devices and policy decisions, and the exact OCI
+    /// runtime spec its container would get (or why it would be refused).
+    Explain {
+        #[command(flatten)]
+        task: TaskArgs,
     },
     /// Set the node's start task and run it (on the host without --image).
     StartTask {
@@ -395,54 +350,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let out = cli.output;
     let st = |s: tonic::Status| status_msg(&s);
     match cli.cmd {
-        Cmd::Run {
-            id,
-            image,
-            command_line,
-            run_options,
-            workdir,
-            env,
-            user,
-            auto_user,
-            elevation,
-            max_wall_clock,
-            retention,
-            slots,
-            wait,
-            pull,
-            registry_username,
-            registry_password_stdin: _,
-            device,
-        } => {
-            let registry = stdin_credentials(registry_username)?;
-            let spec = pb::TaskSpec {
-                job_id: id.job.clone(),
-                task_id: id.task.clone(),
-                command_line,
-                container: image.map(|image| pb::ContainerSettings {
-                    image,
-                    run_options,
-                    working_directory: match workdir {
-                        Workdir::Task => pb::WorkingDirectory::TaskWorkingDir,
-                        Workdir::Image => pb::WorkingDirectory::ImageDefault,
-                    } as i32,
-                    registry: registry.clone(),
-                    pull_policy: match pull {
-                        Pull::Missing => pb::PullPolicy::Missing,
-                        Pull::Always => pb::PullPolicy::Always,
-                        Pull::Never => pb::PullPolicy::Never,
-                    } as i32,
-                    devices: device,
-                }),
-                job_preparation: None,
-                environment: parse_env(&env)?,
-                user: Some(identity(user, auto_user, elevation)),
-                constraints: Some(pb::TaskConstraints {
-                    max_wall_clock_time: max_wall_clock.and_then(|d| d.try_into().ok()),
-                    retention_time: retention.and_then(|d| d.try_into().ok()),
-                }),
-                required_slots: slots,
-            };
+        Cmd::Run { task, wait } => {
+            let id = TaskRef { job: task.id.job.clone(), task: task.id.task.clone() };
+            let spec = task.spec()?;
             let info = client.run_task(pb::RunTaskRequest { task: Some(spec) }).await.map_err(st)?.into_inner();
             if !wait {
                 print_task(out, &info);
@@ -461,6 +371,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 None => ExitCode::from(EXIT_NOT_RUN),
             })
+        }
+        Cmd::Explain { task } => {
+            let spec = task.spec()?;
+            let e = client.explain_task(pb::ExplainTaskRequest { task: Some(spec) }).await.map_err(st)?.into_inner();
+            match out {
+                Output::Json => println!("{}", output::explanation_json(&e)),
+                Output::Text => print!("{}", output::explanation_human(&e)),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::StartTask { command_line, image, wait_for_success, who, env } => {
             let task = simple_spec(command_line, image, &who, parse_env(&env)?);

@@ -3,7 +3,7 @@
 use berth_proto::v1 as pb;
 use serde_json::{json, Value};
 
-pub fn state_name(v: i32) -> &'static str {
+pub(crate) fn state_name(v: i32) -> &'static str {
     pb::TaskState::try_from(v).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")
 }
 
@@ -17,7 +17,7 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     }
 }
 
-pub fn task_json(t: &pb::TaskInfo) -> Value {
+pub(crate) fn task_json(t: &pb::TaskInfo) -> Value {
     json!({
         "job_id": t.job_id,
         "task_id": t.task_id,
@@ -47,7 +47,7 @@ fn secs(d: &Option<prost_types::Duration>) -> f64 {
     d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9).unwrap_or(0.0)
 }
 
-pub fn stats_json(s: &pb::TaskStatistics) -> Value {
+pub(crate) fn stats_json(s: &pb::TaskStatistics) -> Value {
     json!({
         "user_cpu_seconds": secs(&s.user_cpu_time),
         "kernel_cpu_seconds": secs(&s.kernel_cpu_time),
@@ -66,7 +66,7 @@ fn mib(n: u64) -> String {
 }
 
 /// One line of a task's figures: `cpu 1.23 s (user 1.10, kernel 0.13)  wall 2.0 s  peak 64.0 MiB  io r 0 B w 8.0 MiB`.
-pub fn stats_human(s: &pb::TaskStatistics) -> String {
+pub(crate) fn stats_human(s: &pb::TaskStatistics) -> String {
     let (user, kernel) = (secs(&s.user_cpu_time), secs(&s.kernel_cpu_time));
     format!(
         "cpu {:.2} s (user {user:.2}, kernel {kernel:.2})  wall {:.1} s  peak memory {}  read {} ({} ops)  written {} ({} ops)",
@@ -81,7 +81,7 @@ pub fn stats_human(s: &pb::TaskStatistics) -> String {
 }
 
 /// `berthctl top`: running tasks, the busiest first.
-pub fn top(tasks: &[pb::TaskInfo]) -> String {
+pub(crate) fn top(tasks: &[pb::TaskInfo]) -> String {
     let mut rows: Vec<(f64, [String; 6])> = tasks
         .iter()
         .map(|t| {
@@ -115,11 +115,11 @@ pub fn top(tasks: &[pb::TaskInfo]) -> String {
 }
 
 /// A node state's name without the enum prefix: IDLE, OFFLINE, ...
-pub fn node_state_name(s: i32) -> &'static str {
+pub(crate) fn node_state_name(s: i32) -> &'static str {
     pb::NodeState::try_from(s).map(|s| s.as_str_name().trim_start_matches("NODE_STATE_")).unwrap_or("UNKNOWN")
 }
 
-pub fn job_json(j: &pb::JobInfo) -> Value {
+pub(crate) fn job_json(j: &pb::JobInfo) -> Value {
     let spec = |s: &Option<pb::TaskSpec>| {
         s.as_ref().map(|s| json!({"command_line": s.command_line, "image": s.container.as_ref().map(|c| &c.image)}))
     };
@@ -133,7 +133,7 @@ pub fn job_json(j: &pb::JobInfo) -> Value {
     })
 }
 
-pub fn job_human(j: &pb::JobInfo) -> String {
+pub(crate) fn job_human(j: &pb::JobInfo) -> String {
     let mut s = format!("job {}{}", j.job_id, if j.released { "  released" } else { "" });
     for (what, spec, task) in
         [("preparation", &j.preparation, &j.preparation_task), ("release", &j.release, &j.release_task)]
@@ -148,13 +148,13 @@ pub fn job_human(j: &pb::JobInfo) -> String {
     s
 }
 
-pub fn event_json(e: &pb::TaskEvent) -> Value {
+pub(crate) fn event_json(e: &pb::TaskEvent) -> Value {
     let mut v = e.task.as_ref().map(task_json).unwrap_or_else(|| json!({}));
     v["sequence"] = json!(e.sequence);
     v
 }
 
-pub fn node_json(n: &pb::NodeInfo) -> Value {
+pub(crate) fn node_json(n: &pb::NodeInfo) -> Value {
     json!({
         "node_id": n.node_id, "pool_id": n.pool_id, "hostname": n.hostname, "os": n.os, "arch": n.arch,
         "cpus": n.cpus, "memory_bytes": n.memory_bytes,
@@ -178,7 +178,7 @@ pub fn node_json(n: &pb::NodeInfo) -> Value {
     })
 }
 
-pub fn task_human(t: &pb::TaskInfo) -> String {
+pub(crate) fn task_human(t: &pb::TaskInfo) -> String {
     let mut s = format!("{}/{}  {}", t.job_id, t.task_id, state_name(t.state));
     if let Some(code) = t.exit_code {
         s.push_str(&format!("  exit {code}"));
@@ -189,7 +189,7 @@ pub fn task_human(t: &pb::TaskInfo) -> String {
     s
 }
 
-pub fn table(tasks: &[pb::TaskInfo]) -> String {
+pub(crate) fn table(tasks: &[pb::TaskInfo]) -> String {
     let mut rows = vec![["JOB".to_string(), "TASK".into(), "STATE".into(), "EXIT".into(), "FAILURE".into()]];
     for t in tasks {
         rows.push([
@@ -208,4 +208,62 @@ pub fn table(tasks: &[pb::TaskInfo]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `explain --output json`: the decisions, with the OCI spec as an object.
+pub(crate) fn explanation_json(e: &pb::TaskExplanation) -> Value {
+    let spec: Value = serde_json::from_str(&e.oci_spec_json).unwrap_or(Value::Null);
+    json!({
+        "image": e.image,
+        "uid": e.uid,
+        "gid": e.gid,
+        "groups": e.groups,
+        "admin": e.admin,
+        "devices": e.devices,
+        "exclusive_gpu_count": e.exclusive_gpu_count,
+        "exclusive_gpus": e.exclusive_gpus,
+        "granted": e.granted,
+        "stop_signal": e.stop_signal,
+        "stop_timeout_seconds": e.stop_timeout.as_ref().map(|_| secs(&e.stop_timeout)),
+        "container_id": e.container_id,
+        "failure_info": e.failure.as_ref().map(|f| json!({
+            "category": pb::FailureCategory::try_from(f.category).map(|c| c.as_str_name()).unwrap_or("UNKNOWN"),
+            "code": f.code,
+            "message": f.message,
+        })),
+        "oci_spec": spec,
+    })
+}
+
+/// `explain`: the decisions, one per line, then the OCI spec.
+pub(crate) fn explanation_human(e: &pb::TaskExplanation) -> String {
+    let mut s = String::new();
+    let image = if e.image.is_empty() { "(host task)" } else { &e.image };
+    s.push_str(&format!("image:      {image}\n"));
+    let groups: Vec<String> = e.groups.iter().map(u32::to_string).collect();
+    let admin = if e.admin { "  admin" } else { "" };
+    s.push_str(&format!("identity:   uid {} gid {} groups [{}]{admin}\n", e.uid, e.gid, groups.join(",")));
+    if !e.devices.is_empty() {
+        s.push_str(&format!("devices:    {}\n", e.devices.join(", ")));
+    }
+    match (e.exclusive_gpu_count, e.exclusive_gpus.is_empty()) {
+        (0, _) => {}
+        (n, true) => s.push_str(&format!("gpus:       {n}, held exclusively (chosen when it starts)\n")),
+        (_, false) => s.push_str(&format!("gpus:       {}, held exclusively\n", e.exclusive_gpus.join(", "))),
+    }
+    for g in &e.granted {
+        s.push_str(&format!("granted:    {g}\n"));
+    }
+    let timeout =
+        e.stop_timeout.as_ref().map_or("the grace period".to_string(), |_| format!("{}s", secs(&e.stop_timeout)));
+    s.push_str(&format!("stop:       signal {}, SIGKILL after {timeout}\n", e.stop_signal));
+    s.push_str(&format!("container:  {}\n", e.container_id));
+    if let Some(f) = &e.failure {
+        s.push_str(&format!("would fail: {}: {}\n", f.code, f.message));
+    }
+    if !e.oci_spec_json.is_empty() {
+        s.push_str(&e.oci_spec_json);
+        s.push('\n');
+    }
+    s
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// A byte progress bar on stderr, or None when stderr is not a terminal.
-pub fn bar(label: &str) -> Option<ProgressBar> {
+pub(crate) fn bar(label: &str) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
@@ -23,14 +23,14 @@ pub fn bar(label: &str) -> Option<ProgressBar> {
     Some(pb)
 }
 
-pub fn update(bar: &ProgressBar, p: &pb::PullProgress) {
+pub(crate) fn update(bar: &ProgressBar, p: &pb::PullProgress) {
     bar.set_length(p.bytes_total);
     bar.set_position(p.bytes_done);
 }
 
 /// While the task is ACTIVE or PREPARING, shows its image's pull progress (the
 /// agent reports it on `GetTask`); returns when the task has left PREPARING.
-pub async fn follow_preparing(mut client: NodeAgentClient<Channel>, job: String, task: String) {
+pub(crate) async fn follow_preparing(mut client: NodeAgentClient<Channel>, job: String, task: String) {
     let Some(bar) = bar(&format!("{job}/{task}: pulling")) else { return };
     loop {
         let req = pb::GetTaskRequest { job_id: job.clone(), task_id: task.clone() };
@@ -48,7 +48,7 @@ pub async fn follow_preparing(mut client: NodeAgentClient<Channel>, job: String,
 
 /// Writes a task file from `offset` on as it grows, until the task has
 /// completed and everything it wrote is out.
-pub async fn follow_file(
+pub(crate) async fn follow_file(
     client: &mut NodeAgentClient<Channel>,
     job: &str,
     task: &str,

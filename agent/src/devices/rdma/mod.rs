@@ -6,6 +6,9 @@
 //! `berth.dev/infiniband` (one device per HCA, and `all`) is written for them,
 //! so they are injected the same way as any vendor's devices.
 
+#[cfg(feature = "rdma")]
+mod verbs;
+
 use oci_spec::runtime::{Capability, PosixRlimitBuilder, PosixRlimitType, Spec};
 use std::path::{Path, PathBuf};
 
@@ -75,7 +78,7 @@ pub fn discover(sysfs: &Path, dev: &Path) -> Vec<Hca> {
         out.push(Hca { name, ports, nodes });
     }
     #[cfg(feature = "rdma")]
-    super::verbs::refine(&mut out);
+    verbs::refine(&mut out);
     out
 }
 

@@ -12,7 +12,7 @@
 
 mod values;
 
-pub use values::id_number;
+pub(super) use values::id_number;
 
 use super::env::check_name;
 use super::SpecError;
@@ -145,7 +145,7 @@ pub struct RunOptions {
 }
 
 /// Longest `--stop-timeout` accepted, in seconds.
-pub const MAX_STOP_TIMEOUT: u32 = 600;
+pub(super) const MAX_STOP_TIMEOUT: u32 = 600;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flag {
@@ -252,7 +252,7 @@ fn split_flag(arg: &str) -> (&str, Option<&str>) {
     (arg, None)
 }
 
-pub fn parse(text: &str) -> Result<RunOptions, SpecError> {
+pub(super) fn parse(text: &str) -> Result<RunOptions, SpecError> {
     let words = shell_words::split(text).map_err(|e| bad("run_options", e.to_string()))?;
     let mut out = RunOptions::default();
     let mut iter = words.iter();
@@ -399,7 +399,7 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
             if !(0..=i64::from(MAX_STOP_TIMEOUT)).contains(&n) {
                 return Err(format!("{n} is not a number of seconds from 0 to {MAX_STOP_TIMEOUT}"));
             }
-            out.stop_timeout = Some(n as u32);
+            out.stop_timeout = u32::try_from(n).ok();
         }
         Flag::Label => {
             let (k, v) = value.split_once('=').unwrap_or((value, ""));
@@ -566,7 +566,7 @@ fn device(value: &str) -> Result<DeviceOpt, String> {
 
 /// Whether `path` is `/proc` or below it (after `.` and `..` are resolved
 /// lexically, as the kernel would walk them from `/`).
-pub fn under_proc(path: &str) -> bool {
+pub(super) fn under_proc(path: &str) -> bool {
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {
@@ -582,7 +582,7 @@ pub fn under_proc(path: &str) -> bool {
 
 /// Mount targets a task may not use: the root, and what holds the container's
 /// own kernel interfaces (`/dev/shm` excepted, as docker allows it).
-pub fn reserved_target(target: &str) -> bool {
+pub(super) fn reserved_target(target: &str) -> bool {
     target == "/"
         || (["/proc", "/sys", "/dev"].iter().any(|r| target == *r || target.starts_with(&format!("{r}/")))
             && target != "/dev/shm")

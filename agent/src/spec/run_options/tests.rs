@@ -266,7 +266,7 @@ fn fuzz_never_panics() {
         state ^= state << 17;
         let n = (state % 6) as usize;
         for i in 0..n {
-            let pick = ((state >> (i * 8)) as usize) % words.len();
+            let pick = usize::try_from(state >> (i * 8)).unwrap() % words.len();
             if state >> (40 + i) & 1 == 1 {
                 text.push_str(words[pick]);
             } else {

@@ -6,7 +6,7 @@ use oci_spec::runtime::{Capability, PosixRlimitType};
 
 /// A size as docker reads it (`go-units` `RAMInBytes`): `1024`, `64k`, `512m`,
 /// `1.5g`, `2GiB`; binary multiples, case-insensitive.
-pub fn size(text: &str) -> Result<u64, String> {
+pub(super) fn size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -27,20 +27,22 @@ pub fn size(text: &str) -> Result<u64, String> {
     if !bytes.is_finite() || bytes < 0.0 || bytes >= i64::MAX as f64 {
         return Err(format!("{text:?} is out of range"));
     }
+    #[allow(clippy::cast_possible_truncation, reason = "in range, checked above; the fraction of a byte is dropped")]
     Ok(bytes as u64)
 }
 
 /// `--cpus 1.5` → CFS quota in microseconds per 100 ms period.
-pub fn cpus_quota(text: &str) -> Result<i64, String> {
+pub(super) fn cpus_quota(text: &str) -> Result<i64, String> {
     let n: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of CPUs"))?;
     if !n.is_finite() || n <= 0.0 || n > 4096.0 {
         return Err(format!("{text:?} must be more than 0 and at most 4096"));
     }
+    #[allow(clippy::cast_possible_truncation, reason = "at most 409_600_000, checked above")]
     Ok(((n * 100_000.0).round() as i64).max(1_000))
 }
 
 /// `--cpuset-cpus 0-3,5`: a list of CPU numbers and ranges.
-pub fn cpuset(text: &str) -> Result<String, String> {
+pub(super) fn cpuset(text: &str) -> Result<String, String> {
     let ok = !text.is_empty()
         && text.split(',').all(|part| {
             let mut ends = part.splitn(2, '-').map(|n| n.parse::<u32>());
@@ -57,12 +59,12 @@ pub fn cpuset(text: &str) -> Result<String, String> {
     }
 }
 
-pub fn integer<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+pub(super) fn integer<T: std::str::FromStr>(text: &str) -> Result<T, String> {
     text.trim().parse().map_err(|_| format!("{text:?} is not an integer in range"))
 }
 
 /// A numeric uid or gid: 0..=2^31-1 (larger values hit runtime bugs).
-pub fn id_number(text: &str) -> Result<Option<u32>, String> {
+pub(crate) fn id_number(text: &str) -> Result<Option<u32>, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(None);
     }
@@ -73,12 +75,12 @@ pub fn id_number(text: &str) -> Result<Option<u32>, String> {
 }
 
 /// A user or group name.
-pub fn id_name(text: &str) -> Result<(), String> {
+pub(super) fn id_name(text: &str) -> Result<(), String> {
     crate::spec::check_user_name(text)
 }
 
 /// `CAP_SYS_ADMIN`, `sys_admin` or `ALL` (None).
-pub fn capability(text: &str) -> Result<Option<Capability>, String> {
+pub(super) fn capability(text: &str) -> Result<Option<Capability>, String> {
     let upper = text.to_ascii_uppercase();
     if upper == "ALL" {
         return Ok(None);
@@ -88,7 +90,7 @@ pub fn capability(text: &str) -> Result<Option<Capability>, String> {
 }
 
 /// `nofile=1024:2048` or `nofile=1024`; -1 means unlimited.
-pub fn ulimit(text: &str) -> Result<(PosixRlimitType, u64, u64), String> {
+pub(super) fn ulimit(text: &str) -> Result<(PosixRlimitType, u64, u64), String> {
     let (name, values) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=SOFT[:HARD]"))?;
     let typ: PosixRlimitType = format!("RLIMIT_{}", name.to_ascii_uppercase())
         .parse()
@@ -110,7 +112,7 @@ pub fn ulimit(text: &str) -> Result<(PosixRlimitType, u64, u64), String> {
 }
 
 /// A signal by name (`SIGTERM`, `term`) or number.
-pub fn signal(text: &str) -> Result<i32, String> {
+pub(super) fn signal(text: &str) -> Result<i32, String> {
     if let Ok(n) = text.parse::<i32>() {
         return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("{n} is not a signal number")) };
     }
@@ -121,7 +123,7 @@ pub fn signal(text: &str) -> Result<i32, String> {
 
 /// An absolute path without `..` components, normalised (`//` and `/./`
 /// collapsed, no trailing slash), so that comparisons see what runc will.
-pub fn container_path(text: &str) -> Result<String, String> {
+pub(super) fn container_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} is not an absolute path"));
     }
@@ -133,7 +135,7 @@ pub fn container_path(text: &str) -> Result<String, String> {
 }
 
 /// A hostname: RFC 1123 labels, at most 64 characters (the kernel's limit).
-pub fn hostname(text: &str) -> Result<String, String> {
+pub(super) fn hostname(text: &str) -> Result<String, String> {
     let ok = !text.is_empty()
         && text.len() <= 64
         && text.split('.').all(|l| {
@@ -151,7 +153,7 @@ pub fn hostname(text: &str) -> Result<String, String> {
 
 /// Sysctls a container may set: those namespaced by the IPC namespace, and
 /// `net.*` when the task has its own network namespace (docker's rule).
-pub fn sysctl(text: &str, own_network: bool) -> Result<(String, String), String> {
+pub(super) fn sysctl(text: &str, own_network: bool) -> Result<(String, String), String> {
     let (k, v) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
     let ipc = ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax"];
     let ipc_ok =
@@ -172,7 +174,7 @@ pub fn sysctl(text: &str, own_network: bool) -> Result<(String, String), String>
 }
 
 /// Options of a tmpfs mount: `size=`, `mode=` and the usual flags.
-pub fn tmpfs_options(text: &str) -> Result<Vec<String>, String> {
+pub(super) fn tmpfs_options(text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for opt in text.split(',').filter(|o| !o.is_empty()) {
         let ok = match opt.split_once('=') {
@@ -196,7 +198,7 @@ pub fn tmpfs_options(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-pub fn propagation(text: &str) -> Result<String, String> {
+pub(super) fn propagation(text: &str) -> Result<String, String> {
     match text {
         "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => Ok(text.to_owned()),
         _ => Err(format!("{text:?} is not a bind propagation (rprivate, rslave, rshared, ...)")),
@@ -204,7 +206,7 @@ pub fn propagation(text: &str) -> Result<String, String> {
 }
 
 /// `true`/`false`/`1`/`0` as docker's bool flags take them.
-pub fn boolean(text: &str) -> Result<bool, String> {
+pub(super) fn boolean(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),

@@ -1,0 +1,104 @@
+//! The flags that describe one task, shared by `run` and `explain`.
+
+use super::{identity, parse_env, stdin_credentials, Elevation, Scope, TaskRef};
+use berth_proto::v1 as pb;
+use clap::ValueEnum;
+use std::time::Duration;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Workdir {
+    Task,
+    Image,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Pull {
+    Missing,
+    Always,
+    Never,
+}
+
+/// A task: in a container with --image, else on the host.
+#[derive(clap::Args)]
+pub(crate) struct TaskArgs {
+    #[command(flatten)]
+    pub id: TaskRef,
+    #[arg(long)]
+    image: Option<String>,
+    /// Empty: the image's ENTRYPOINT + CMD. Split with shell-word rules; no shell runs it.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    command_line: String,
+    /// `docker create` flags, e.g. "--rm --workdir /app".
+    #[arg(long, default_value = "", allow_hyphen_values = true, requires = "image")]
+    run_options: String,
+    #[arg(long, value_enum, default_value_t = Workdir::Task)]
+    workdir: Workdir,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Run as this pool user account ([[users]] in the agent's config).
+    #[arg(long, conflicts_with = "auto_user")]
+    user: Option<String>,
+    /// Run as an auto-user of this scope (the default: pool).
+    #[arg(long, value_enum)]
+    auto_user: Option<Scope>,
+    /// Elevation of the auto-user.
+    #[arg(long, value_enum, default_value_t = Elevation::Nonadmin, conflicts_with = "user")]
+    elevation: Elevation,
+    /// e.g. "30s", "2h".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_wall_clock: Option<Duration>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// When to pull the image.
+    #[arg(long, value_enum, default_value_t = Pull::Missing)]
+    pull: Pull,
+    /// Registry user for this task's image (the password is read from stdin).
+    #[arg(long, requires_all = ["registry_password_stdin", "image"])]
+    registry_username: Option<String>,
+    /// Read the registry password from standard input.
+    #[arg(long, requires = "registry_username")]
+    registry_password_stdin: bool,
+    /// A CDI device for the task (vendor.com/class=name); repeatable.
+    #[arg(long, value_name = "NAME", requires = "image")]
+    device: Vec<String>,
+}
+
+impl TaskArgs {
+    /// The task spec (reads the registry password from stdin when asked to).
+    pub(crate) fn spec(self) -> Result<pb::TaskSpec, String> {
+        let registry = stdin_credentials(self.registry_username)?;
+        let (workdir, pull) = (self.workdir, self.pull);
+        let container = self.image.map(|image| pb::ContainerSettings {
+            image,
+            run_options: self.run_options,
+            working_directory: match workdir {
+                Workdir::Task => pb::WorkingDirectory::TaskWorkingDir,
+                Workdir::Image => pb::WorkingDirectory::ImageDefault,
+            } as i32,
+            registry,
+            pull_policy: match pull {
+                Pull::Missing => pb::PullPolicy::Missing,
+                Pull::Always => pb::PullPolicy::Always,
+                Pull::Never => pb::PullPolicy::Never,
+            } as i32,
+            devices: self.device,
+        });
+        Ok(pb::TaskSpec {
+            job_id: self.id.job,
+            task_id: self.id.task,
+            command_line: self.command_line,
+            container,
+            job_preparation: None,
+            environment: parse_env(&self.env)?,
+            user: Some(identity(self.user, self.auto_user, self.elevation)),
+            constraints: Some(pb::TaskConstraints {
+                max_wall_clock_time: self.max_wall_clock.and_then(|d| d.try_into().ok()),
+                retention_time: self.retention.and_then(|d| d.try_into().ok()),
+            }),
+            required_slots: self.slots,
+        })
+    }
+}
