@@ -204,7 +204,7 @@ auth:
         BERTH_TEST_TLS_REGISTRY_LOG "$dir/reg-tls.log" \
         BERTH_TEST_OCI_LAYOUT "$dir/oci" \
         BERTH_TEST_SMALL_FS "$dir/smallfs" \
-        BERTH_TEST_LIB "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/lib.sh" \
+        BERTH_TEST_LIB "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)/lib.sh" \
         BERTH_TEST_CONTAINERD_VERSION "$series" \
         BERTH_TEST_CONTAINERD_RELEASE "$release" \
         BERTH_TEST_CONTAINERD_FULL_VERSION "$full" \
