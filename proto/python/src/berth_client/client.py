@@ -291,6 +291,16 @@ class Client:
         """RunTask with a TaskSpec made by hand."""
         return self._unary(self.stub.RunTask, pb.RunTaskRequest(task=spec), pb.TaskInfo, timeout)
 
+    def explain_spec(self, spec: pb.TaskSpec, timeout: Optional[float] = None) -> pb.TaskExplanation:
+        """ExplainTask: what RunTask would do with ``spec``, without doing it.
+
+        Returns the identity, image, devices and policy decisions and, in
+        ``oci_spec_json``, the exact OCI runtime spec the container would get
+        (or in ``failure`` why it has none: ``ImageNotFound`` until the image
+        is pulled). A task RunTask would refuse raises the same error.
+        """
+        return self._unary(self.stub.ExplainTask, pb.ExplainTaskRequest(task=spec), pb.TaskExplanation, timeout)
+
     def get_task(self, job_id: str, task_id: str, timeout: Optional[float] = None) -> pb.TaskInfo:
         return self._unary(self.stub.GetTask, pb.GetTaskRequest(job_id=job_id, task_id=task_id), pb.TaskInfo, timeout)
 
