@@ -15,6 +15,16 @@ pub use berth_proto::v1;
 
 /// A variable set by `scripts/test`; panics with a clear message when missing,
 /// so a run outside the test environment fails instead of passing vacuously.
+/// `[node] account_url` of every test agent (`AZ_BATCH_ACCOUNT_URL`).
+pub const ACCOUNT_URL: &str = "https://testaccount.batch.example";
+
+/// The variables issue 18 added, printed one per line by `/bin/sh -c` (the
+/// certificates directory also says whether it exists, is the task's and
+/// private), and what each must be for a task of `agent` (`min_free_mb` 0).
+pub const MORE_BATCH_VARS_SCRIPT: &str = "echo $AZ_BATCH_ACCOUNT_URL; echo $AZ_BATCH_NODE_MOUNTS_DIR; \
+     echo $AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES; echo $AZ_BATCH_CERTIFICATES_DIR; \
+     stat -c '%u %a' $AZ_BATCH_CERTIFICATES_DIR; touch $AZ_BATCH_CERTIFICATES_DIR/own && echo writable";
+
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the integration tests through scripts/test, which starts containerd and the registries")
@@ -139,6 +149,7 @@ root_dir = "{root}"
 state_dir = "{state}"
 id = "{id}"
 pool_id = "test-pool"
+account_url = "{account_url}"
 task_slots = {slots}
 min_free_mb = {min_free}
 
@@ -162,6 +173,7 @@ terminate_grace_seconds = {grace}
             state = self.state_dir().display(),
             id = self.node_id(),
             min_free = self.opts.min_free_mb,
+            account_url = ACCOUNT_URL,
             slots = self.opts.task_slots,
             addr = self.opts.listen.clone().unwrap_or_else(|| self.addr()),
             api_extra = self.opts.api_extra,
@@ -264,6 +276,17 @@ terminate_grace_seconds = {grace}
     }
 
     /// Path of a task's file on the host.
+    /// What [`MORE_BATCH_VARS_SCRIPT`] prints for the task `job`/`task` run as `uid`.
+    pub fn more_batch_vars(&self, job: &str, task: &str, uid: u32) -> String {
+        let certs = self.task_path(job, task, "certs");
+        format!(
+            "{ACCOUNT_URL}\n{}\n{}\n{}\n{uid} 700\nwritable\n",
+            self.root().join("fsmounts").display(),
+            self.opts.min_free_mb << 20,
+            certs.display()
+        )
+    }
+
     pub fn task_path(&self, job: &str, task: &str, rel: &str) -> PathBuf {
         self.root().join("workitems").join(job).join("job-1").join(task).join(rel)
     }

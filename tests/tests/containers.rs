@@ -2,7 +2,8 @@
 //! directory and environment rules, output and exit codes. Real agent, real
 //! containerd, real runc.
 
-use berth_tests::{failure_code, image, task, task_on, v1 as pb, Agent, AgentOptions};
+use berth_tests::{failure_code, image, task, task_on, v1 as pb, Agent, AgentOptions, MORE_BATCH_VARS_SCRIPT};
+use std::os::unix::fs::MetadataExt;
 
 #[tokio::test]
 async fn seed_example_writes_hello_world_to_the_host() {
@@ -97,6 +98,20 @@ async fn task_env_and_batch_variables_are_visible() {
         "true".into(),
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), want);
+}
+
+#[tokio::test]
+async fn account_url_certificates_dir_mounts_dir_and_reserved_disk_space_are_set() {
+    let agent = Agent::start(AgentOptions { min_free_mb: 1, ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let script = format!("/bin/sh -c \"{MORE_BATCH_VARS_SCRIPT}\"");
+    let done = c.run_done(task("morevars", "t1", &script)).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?} {:?}", c.read("morevars", "t1", "stderr.txt").await);
+    let out = c.read("morevars", "t1", "stdout.txt").await.unwrap();
+    // The default identity: the pool's non-admin auto-user.
+    let uid = std::fs::metadata(agent.task_path("morevars", "t1", "wd")).unwrap().uid();
+    assert_eq!(out, agent.more_batch_vars("morevars", "t1", uid));
+    assert!(agent.task_path("morevars", "t1", "certs/own").is_file());
 }
 
 #[tokio::test]

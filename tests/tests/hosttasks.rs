@@ -72,6 +72,17 @@ async fn get_job(c: &mut Client, job: &str) -> pb::JobInfo {
 }
 
 #[tokio::test]
+async fn a_host_task_gets_the_account_url_certificates_dir_and_the_rest() {
+    let agent = Agent::start(AgentOptions { min_free_mb: 1, ..host_agent() }).await;
+    let mut c = agent.client().await;
+    let script = format!("/bin/sh -c \"{}\"", berth_tests::MORE_BATCH_VARS_SCRIPT);
+    let done = c.run_done(as_user(host_task("hvars", "alice", &script), "alice")).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?} {:?}", c.read("hvars", "alice", "stderr.txt").await);
+    let out = c.read("hvars", "alice", "stdout.txt").await.unwrap();
+    assert_eq!(out, agent.more_batch_vars("hvars", "alice", 1500));
+}
+
+#[tokio::test]
 async fn host_task_runs_as_its_identity_with_the_task_rules() {
     let agent = Agent::start(host_agent()).await;
     let mut c = agent.client().await;

@@ -117,6 +117,7 @@ struct RawNode {
     id: Option<String>,
     pool_id: Option<String>,
     account_name: Option<String>,
+    account_url: Option<String>,
     is_dedicated: Option<bool>,
     task_slots: Option<u32>,
     min_free_mb: Option<u64>,
@@ -202,6 +203,8 @@ pub struct Config {
     pub node_id: String,
     pub pool_id: String,
     pub account_name: String,
+    /// `[node] account_url`: `AZ_BATCH_ACCOUNT_URL`; None: the variable is not set.
+    pub account_url: Option<String>,
     pub is_dedicated: bool,
     pub task_slots: u32,
     pub listen: Listen,
@@ -344,6 +347,7 @@ impl Config {
         if !(1024..=(64 << 20)).contains(&max_message_bytes) {
             return Err(invalid("api.max_message_bytes", "must be between 1024 and 67108864"));
         }
+        let account_url = raw.node.account_url.map(account_url).transpose()?;
         let namespace = raw.containerd.namespace.unwrap_or_else(|| "berth".into());
         if namespace.is_empty()
             || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -439,6 +443,7 @@ impl Config {
             node_id,
             pool_id: raw.node.pool_id.unwrap_or_else(|| "default".into()),
             account_name: raw.node.account_name.unwrap_or_else(|| "berth".into()),
+            account_url,
             is_dedicated: raw.node.is_dedicated.unwrap_or(true),
             task_slots,
             listen,
@@ -520,6 +525,15 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
             format!("line {line}, column {column}: {message}")
         }
         None => message.to_owned(),
+    }
+}
+
+/// `[node] account_url`: an http(s) URL, handed to tasks as it is.
+fn account_url(url: String) -> Result<String, ConfigError> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !url.chars().any(|c| c.is_whitespace() || c.is_control()) => Ok(url),
+        _ => Err(invalid("node.account_url", "must be an http:// or https:// URL with a host and no spaces")),
     }
 }
 
@@ -613,6 +627,17 @@ mod tests {
         assert_eq!((c.history_limit, c.event_log_keep), (5, 50));
         assert_eq!(c.min_free_bytes, 64 << 20);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.account_url, None);
+    }
+
+    #[test]
+    fn account_url() {
+        let c = Config::parse("[node]\naccount_url = \"https://acct.westeurope.batch.example\"", "h").unwrap();
+        assert_eq!(c.account_url.as_deref(), Some("https://acct.westeurope.batch.example"));
+        for bad in ["acct.example", "https://", "ftp://x", "https://a b"] {
+            let err = Config::parse(&format!("[node]\naccount_url = {bad:?}"), "h").unwrap_err().to_string();
+            assert!(err.contains("node.account_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -150,6 +150,12 @@ impl Layout {
                 Err(e) => return Err(e.into()),
             }
             chmod_chown(open_beneath(&task, Path::new("wd"))?, 0o755, owner)?;
+            // Certificates may hold private keys: the task's identity only.
+            match mkdirat(&task, "certs", Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            chmod_chown(open_beneath(&task, Path::new("certs"))?, 0o700, owner)?;
             for name in ["stdout.txt", "stderr.txt"] {
                 // New, or (a start task run again, a retry) truncated, but
                 // only if it is still a regular file of its own: a task may

@@ -33,6 +33,8 @@ pub struct TaskPaths {
     pub stderr: PathBuf,
     /// `AZ_BATCH_JOB_PREP_DIR`.
     pub job_prep_dir: PathBuf,
+    /// `AZ_BATCH_CERTIFICATES_DIR`: `certs/` in the task directory, the task's own.
+    pub certs_dir: PathBuf,
 }
 
 impl Layout {
@@ -81,6 +83,7 @@ impl Layout {
             stdout: task_dir.join("stdout.txt"),
             stderr: task_dir.join("stderr.txt"),
             job_prep_dir: job_dir.join("jobpreparation"),
+            certs_dir: task_dir.join("certs"),
             task_dir,
         }
     }

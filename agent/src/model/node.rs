@@ -8,7 +8,12 @@ pub struct NodeFacts {
     pub node_id: String,
     pub pool_id: String,
     pub account_name: String,
+    /// `AZ_BATCH_ACCOUNT_URL`, when configured.
+    pub account_url: Option<String>,
     pub is_dedicated: bool,
+    /// `AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES`: the free space
+    /// below which the node takes no task (`[node] min_free_mb`).
+    pub reserved_disk_bytes: u64,
     /// `AZ_BATCH_NODE_ROOT_DIR`: absolute, no trailing slash.
     pub root_dir: PathBuf,
     pub hostname: String,

@@ -62,7 +62,11 @@ pub(super) fn batch_vars(
         ("AZ_BATCH_NODE_STARTUP_DIR".into(), p(&layout.startup())),
         ("AZ_BATCH_NODE_STARTUP_WORKING_DIR".into(), p(&layout.startup_wd())),
         ("AZ_BATCH_NODE_MOUNTS_DIR".into(), p(&layout.mounts())),
+        ("AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES".into(), node.reserved_disk_bytes.to_string()),
     ];
+    if let Some(url) = &node.account_url {
+        vars.push(("AZ_BATCH_ACCOUNT_URL".into(), url.clone()));
+    }
     if kind != TaskKind::StartTask {
         vars.push(("AZ_BATCH_JOB_ID".into(), key.job.to_string()));
         vars.push(("AZ_BATCH_TASK_ID".into(), key.task.to_string()));
@@ -73,6 +77,7 @@ pub(super) fn batch_vars(
     }
     vars.push(("AZ_BATCH_TASK_DIR".into(), p(&paths.task_dir)));
     vars.push(("AZ_BATCH_TASK_WORKING_DIR".into(), p(&paths.working_dir)));
+    vars.push(("AZ_BATCH_CERTIFICATES_DIR".into(), p(&paths.certs_dir)));
     vars
 }
 

@@ -66,6 +66,8 @@ mod tests {
             node_id: "n1".into(),
             pool_id: "p1".into(),
             account_name: "acct".into(),
+            account_url: Some("https://acct.example.batch".into()),
+            reserved_disk_bytes: 64 << 20,
             is_dedicated: true,
             root_dir: "/r".into(),
             hostname: "h".into(),

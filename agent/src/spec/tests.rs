@@ -12,6 +12,8 @@ fn node() -> NodeFacts {
         node_id: "node-1".into(),
         pool_id: "pool-1".into(),
         account_name: "acct".into(),
+        account_url: Some("https://acct.example.batch".into()),
+        reserved_disk_bytes: 64 << 20,
         is_dedicated: true,
         root_dir: "/var/lib/berth/node".into(),
         hostname: "host-1".into(),
@@ -166,6 +168,13 @@ fn environment_layers_and_batch_vars() {
     assert_eq!(get("AZ_BATCH_NODE_SHARED_DIR").as_deref(), Some("/var/lib/berth/node/shared"));
     assert_eq!(get("AZ_BATCH_TASK_WORKING_DIR").as_deref(), Some("/var/lib/berth/node/workitems/job1/job-1/task1/wd"));
     assert_eq!(get("AZ_BATCH_NODE_IS_DEDICATED").as_deref(), Some("true"));
+    assert_eq!(get("AZ_BATCH_ACCOUNT_URL").as_deref(), Some("https://acct.example.batch"));
+    assert_eq!(
+        get("AZ_BATCH_CERTIFICATES_DIR").as_deref(),
+        Some("/var/lib/berth/node/workitems/job1/job-1/task1/certs")
+    );
+    assert_eq!(get("AZ_BATCH_NODE_MOUNTS_DIR").as_deref(), Some("/var/lib/berth/node/fsmounts"));
+    assert_eq!(get("AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES").as_deref(), Some("67108864"));
 }
 
 #[test]

@@ -198,6 +198,8 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         node_id: "n".into(),
         pool_id: "p".into(),
         account_name: "a".into(),
+        account_url: None,
+        reserved_disk_bytes: 0,
         is_dedicated: true,
         root_dir: layout.root().into(),
         hostname: "h".into(),
