@@ -74,6 +74,8 @@ failure_codes! {
     CommandLineInvalid => UserError,
     HostProcessLost => ServerError,
     AgentInternalError => ServerError,
+    // Recorded by agents before host tasks existed; kept so their records read back.
+    HostTaskNotSupported => UserError,
 }
 
 impl FailureCode {
@@ -115,10 +117,33 @@ impl<'de> Deserialize<'de> for FailureCode {
 
 /// A task's `failure_info`: the category always follows the code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredFailure")]
 pub struct FailureInfo {
     pub category: FailureCategory,
     pub code: FailureCode,
     pub message: String,
+}
+
+/// A `failure_info` as stored: a code this agent does not know (a record
+/// written by a newer agent) must not make the whole state database
+/// unreadable, so it reads back as `AgentInternalError` naming the code.
+#[derive(Deserialize)]
+struct StoredFailure {
+    category: FailureCategory,
+    code: String,
+    message: String,
+}
+
+impl From<StoredFailure> for FailureInfo {
+    fn from(s: StoredFailure) -> Self {
+        match FailureCode::parse(&s.code) {
+            Some(code) => FailureInfo { category: s.category, code, message: s.message },
+            None => FailureInfo::new(
+                FailureCode::AgentInternalError,
+                format!("recorded with failure code {:?}, which this agent does not know: {}", s.code, s.message),
+            ),
+        }
+    }
 }
 
 impl FailureInfo {
@@ -167,6 +192,7 @@ mod tests {
         (FailureCode::CommandLineInvalid, "CommandLineInvalid", U),
         (FailureCode::HostProcessLost, "HostProcessLost", S),
         (FailureCode::AgentInternalError, "AgentInternalError", S),
+        (FailureCode::HostTaskNotSupported, "HostTaskNotSupported", U),
     ];
 
     #[test]
@@ -182,6 +208,18 @@ mod tests {
             assert_eq!(serde_json::from_str::<FailureInfo>(&json).unwrap(), info);
         }
         assert_eq!(FailureCode::parse("NoSuchCode"), None);
+    }
+
+    /// A record with a code this agent does not know still reads back.
+    #[test]
+    fn an_unknown_stored_code_reads_back() {
+        let json = r#"{"category":"UserError","code":"FromTheFuture","message":"m"}"#;
+        let info: FailureInfo = serde_json::from_str(json).unwrap();
+        assert_eq!((info.code, info.category), (FailureCode::AgentInternalError, FailureCategory::ServerError));
+        assert!(info.message.contains("FromTheFuture") && info.message.ends_with(": m"), "{}", info.message);
+        let old = r#"{"category":"UserError","code":"HostTaskNotSupported","message":"no container"}"#;
+        let info: FailureInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.code, FailureCode::HostTaskNotSupported);
     }
 
     /// The README's failure-code table lists exactly these codes, each with

@@ -78,7 +78,7 @@ impl Supervisor {
     /// the host; other tasks only if the policy allows it.
     pub(crate) fn admit_check(&self, spec: &TaskSpec, ticket: u64) -> Result<CheckedTask, Refusal> {
         let settings = &self.shared.settings;
-        let run_as = settings.identities.resolve(&spec.user, ticket).map_err(|e| Refusal::Identity(e.to_string()))?;
+        let run_as = settings.identities.resolve(&spec.user, ticket).map_err(|e| Refusal::Identity(e.to_string()));
         check(
             spec,
             run_as,
@@ -90,10 +90,12 @@ impl Supervisor {
     }
 }
 
-/// The checks, on plain values (unit-tested below).
+/// The checks, on plain values (unit-tested below), in the order `RunTask`
+/// has always made them: image, host-task rules, run options, then the
+/// identity (`run_as`, resolved by the caller), policy, devices, slots.
 pub(crate) fn check(
     spec: &TaskSpec,
-    run_as: RunAs,
+    run_as: Result<RunAs, Refusal>,
     policy: &Policy,
     node_root: &std::path::Path,
     devices: Option<&Registry>,
@@ -131,6 +133,7 @@ pub(crate) fn check(
         }
     };
     let run_options = crate::spec::check_task(spec)?;
+    let run_as = run_as?;
     crate::spec::check_policy(&run_options, policy, &run_as, node_root)?;
     granted.extend(grants(&run_options, &run_as));
     let devices = devices_for(spec, &run_options, devices)?;
@@ -181,7 +184,11 @@ fn grants(o: &RunOptions, who: &RunAs) -> Vec<String> {
 /// none (`inject_all_gpus`); else the GPUs of `--gpus` and those it names,
 /// held exclusively while it runs (see `gpus`), or shared with `share_gpus`.
 /// Unknown names and more GPUs than the node has are errors.
-fn devices_for(spec: &TaskSpec, o: &RunOptions, reg: Option<&Registry>) -> Result<DeviceRequest, Refusal> {
+pub(in crate::supervisor) fn devices_for(
+    spec: &TaskSpec,
+    o: &RunOptions,
+    reg: Option<&Registry>,
+) -> Result<DeviceRequest, Refusal> {
     let asked: Vec<String> = spec.container.as_ref().map(|c| c.devices.clone()).unwrap_or_default();
     let Some(reg) = reg else {
         if asked.is_empty() && o.gpus.is_none() {
@@ -259,7 +266,7 @@ mod tests {
     fn normalises_the_image_and_parses_the_options_once() {
         let c = check(
             &spec(Some("busybox"), "--stop-signal SIGUSR1 --stop-timeout 7"),
-            who(false),
+            Ok(who(false)),
             &policy(),
             "/mnt/batch".as_ref(),
             None,
@@ -275,30 +282,42 @@ mod tests {
     #[test]
     fn refusals_are_typed() {
         let root: &std::path::Path = "/mnt/batch".as_ref();
-        let e = check(&spec(Some("Bad Image"), ""), who(false), &policy(), root, None, 4).unwrap_err();
+        let e = check(&spec(Some("Bad Image"), ""), Ok(who(false)), &policy(), root, None, 4).unwrap_err();
         assert!(matches!(e, Refusal::Image(_)), "{e:?}");
-        let e = check(&spec(Some("busybox"), "--frobnicate"), who(false), &policy(), root, None, 4).unwrap_err();
+        let e = check(&spec(Some("busybox"), "--frobnicate"), Ok(who(false)), &policy(), root, None, 4).unwrap_err();
         assert!(matches!(e, Refusal::RunOption(_)), "{e:?}");
-        let e = check(&spec(Some("busybox"), "--privileged"), who(false), &policy(), root, None, 4).unwrap_err();
+        let e = check(&spec(Some("busybox"), "--privileged"), Ok(who(false)), &policy(), root, None, 4).unwrap_err();
         assert!(matches!(e, Refusal::RunOption(_)), "{e:?}");
         let mut s = spec(Some("busybox"), "");
         s.container.as_mut().unwrap().devices = vec!["nvidia.com/gpu=0".into()];
-        let e = check(&s, who(false), &policy(), root, None, 4).unwrap_err();
+        let e = check(&s, Ok(who(false)), &policy(), root, None, 4).unwrap_err();
         assert!(matches!(e, Refusal::Devices(_)), "{e:?}");
         let mut s = spec(Some("busybox"), "");
         s.required_slots = 5;
-        let e = check(&s, who(false), &policy(), root, None, 4).unwrap_err();
+        let e = check(&s, Ok(who(false)), &policy(), root, None, 4).unwrap_err();
         assert!(matches!(e, Refusal::Invalid { field: "required_slots", .. }), "{e:?}");
-        let e = check(&spec(None, ""), who(false), &Policy { allow_host_tasks: false, ..policy() }, root, None, 4)
+        let e = check(&spec(None, ""), Ok(who(false)), &Policy { allow_host_tasks: false, ..policy() }, root, None, 4)
             .unwrap_err();
         assert!(matches!(e, Refusal::Invalid { field: "container", .. }), "{e:?}");
+    }
+
+    /// A spec with a bad run option and an unknown user is refused for the
+    /// run option, as before admission was one function.
+    #[test]
+    fn run_options_are_checked_before_the_identity() {
+        let root: &std::path::Path = "/mnt/batch".as_ref();
+        let unknown = || Err(Refusal::Identity("no user x".into()));
+        let e = check(&spec(Some("busybox"), "--frobnicate"), unknown(), &policy(), root, None, 4).unwrap_err();
+        assert!(matches!(e, Refusal::RunOption(_)), "{e:?}");
+        let e = check(&spec(Some("busybox"), ""), unknown(), &policy(), root, None, 4).unwrap_err();
+        assert!(matches!(e, Refusal::Identity(_)), "{e:?}");
     }
 
     #[test]
     fn a_host_task_and_an_admin_are_named_among_the_grants() {
         let c = check(
             &spec(None, ""),
-            who(true),
+            Ok(who(true)),
             &Policy { allow_host_tasks: true, ..policy() },
             "/mnt/batch".as_ref(),
             None,

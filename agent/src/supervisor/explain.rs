@@ -57,7 +57,11 @@ impl Supervisor {
         // the shared devices only.
         let job_prep = job_preparation || self.job_has_preparation(&info.key().job);
         let devices = checked.devices.shared.clone();
-        match super::prepare::spec::oci_spec(self, &info, &checked, &image, &devices, job_prep).await {
+        let spec = match super::prepare::spec::look_ups(self, &info, &checked, &image).await {
+            Ok(lookups) => super::prepare::spec::oci_spec(self, &info, &checked, &image, &lookups, &devices, job_prep),
+            Err(f) => Err(f),
+        };
+        match spec {
             Ok(spec) => {
                 let json = serde_json::to_string_pretty(&spec)
                     .map_err(|e| Error::Precondition { reason: format!("cannot encode the spec: {e}") })?;

@@ -296,7 +296,7 @@ impl Supervisor {
                 let devices = s.devices.as_deref();
                 admission::check(
                     &info.spec,
-                    run_as.clone(),
+                    Ok(run_as.clone()),
                     &s.policy,
                     self.shared.layout.root(),
                     devices,

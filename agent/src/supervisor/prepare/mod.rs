@@ -99,9 +99,12 @@ async fn steps(sup: &Supervisor, t: &mut Task<'_>) -> Result<Next, Failure> {
         return Ok(Next::Host);
     }
     let image = image::ensure(sup, t).await?;
+    // Host lookups first: a vanished bind source fails the task before it
+    // waits for GPUs or records an attempt.
+    let lookups = spec::look_up(sup, t, &image).await?;
     let devices = devices::hold(sup, t).await?;
     container::record_attempt(sup, t).await?;
-    let oci = spec::build(sup, t, &image, &devices).await?;
+    let oci = spec::build(sup, t, &image, &lookups, &devices)?;
     t.check_stop(" before it started")?;
     container::create(sup, t, image, oci).await?;
     Ok(Next::Container)
