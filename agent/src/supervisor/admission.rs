@@ -229,13 +229,13 @@ pub(in crate::supervisor) fn devices_for(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::supervisor) mod tests {
     use super::*;
     use crate::model::{ContainerSettings, PullPolicy, TaskConstraints, TaskKey, UserIdentity, WorkingDirMode};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    fn spec(image: Option<&str>, run_options: &str) -> TaskSpec {
+    pub(in crate::supervisor) fn spec(image: Option<&str>, run_options: &str) -> TaskSpec {
         TaskSpec {
             key: TaskKey::new("job", "t1").unwrap(),
             command_line: "/bin/true".into(),

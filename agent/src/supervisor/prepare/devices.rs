@@ -4,14 +4,20 @@
 //! exclusively, waited for while other tasks hold them (see `gpus`).
 
 use super::{Failure, Task};
+use crate::devices::Registry;
+use crate::model::TaskSpec;
+use crate::spec::RunOptions;
 use crate::supervisor::admission::{devices_for, DeviceRequest};
 use crate::supervisor::Supervisor;
 
-/// What the task gets from the registry now; any refusal is a
-/// `DeviceInjectionFailed` (the host changed since `RunTask`).
 fn resolve(sup: &Supervisor, t: &Task<'_>) -> Result<DeviceRequest, Failure> {
-    let registry = sup.shared.settings.devices.as_deref();
-    devices_for(&t.info.spec, &t.checked.run_options, registry).map_err(|e| Failure::Devices(e.to_string()))
+    resolve_with(&t.info.spec, &t.checked.run_options, sup.shared.settings.devices.as_deref())
+}
+
+/// What the task gets from `registry` now; any refusal is a
+/// `DeviceInjectionFailed` (the host changed since `RunTask`).
+fn resolve_with(spec: &TaskSpec, o: &RunOptions, registry: Option<&Registry>) -> Result<DeviceRequest, Failure> {
+    devices_for(spec, o, registry).map_err(|e| Failure::Devices(e.to_string()))
 }
 
 pub(super) async fn hold(sup: &Supervisor, t: &mut Task<'_>) -> Result<Vec<String>, Failure> {
@@ -29,4 +35,34 @@ pub(super) async fn hold(sup: &Supervisor, t: &mut Task<'_>) -> Result<Vec<Strin
     names.extend(held.iter().cloned());
     t.info.held_gpus = held;
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FailureCode, FailureInfo};
+
+    fn spec(devices: &[&str]) -> TaskSpec {
+        let mut s = crate::supervisor::admission::tests::spec(Some("busybox"), "");
+        s.container.as_mut().unwrap().devices = devices.iter().map(|d| d.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn no_registry_and_no_devices_is_nothing() {
+        let r = resolve_with(&spec(&[]), &RunOptions::default(), None).unwrap();
+        assert_eq!(r, DeviceRequest::default());
+    }
+
+    /// A device that was there at RunTask and is gone now fails the task as
+    /// `DeviceInjectionFailed`, whatever admission would have called it.
+    #[test]
+    fn a_device_gone_since_admission_is_a_device_injection_failure() {
+        let Err(f) = resolve_with(&spec(&["vendor.com/x=0"]), &RunOptions::default(), None) else {
+            panic!("a device without a registry was granted")
+        };
+        let info = FailureInfo::from(f);
+        assert_eq!(info.code, FailureCode::DeviceInjectionFailed, "{info:?}");
+        assert!(info.message.contains("no CDI devices"), "{info:?}");
+    }
 }
