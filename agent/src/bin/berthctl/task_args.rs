@@ -1,6 +1,6 @@
 //! The flags that describe one task, shared by `run` and `explain`.
 
-use super::{identity, parse_env, stdin_credentials, Elevation, Scope, TaskRef};
+use super::{identity, parse_env, stdin_credentials, Identity, TaskRef};
 use berth_proto::v1 as pb;
 use clap::ValueEnum;
 use std::time::Duration;
@@ -36,15 +36,8 @@ pub(crate) struct TaskArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Run as this pool user account ([[users]] in the agent's config).
-    #[arg(long, conflicts_with = "auto_user")]
-    user: Option<String>,
-    /// Run as an auto-user of this scope (the default: pool).
-    #[arg(long, value_enum)]
-    auto_user: Option<Scope>,
-    /// Elevation of the auto-user.
-    #[arg(long, value_enum, default_value_t = Elevation::Nonadmin, conflicts_with = "user")]
-    elevation: Elevation,
+    #[command(flatten)]
+    who: Identity,
     /// e.g. "30s", "2h".
     #[arg(long, value_parser = humantime::parse_duration)]
     max_wall_clock: Option<Duration>,
@@ -93,7 +86,7 @@ impl TaskArgs {
             container,
             job_preparation: None,
             environment: parse_env(&self.env)?,
-            user: Some(identity(self.user, self.auto_user, self.elevation)),
+            user: Some(identity(self.who.user, self.who.auto_user, self.who.elevation)),
             constraints: Some(pb::TaskConstraints {
                 max_wall_clock_time: self.max_wall_clock.and_then(|d| d.try_into().ok()),
                 retention_time: self.retention.and_then(|d| d.try_into().ok()),

@@ -7,11 +7,8 @@ use crate::containerd::{
     CreateRequest, ExitEvent, ExitStatus, ExitStream, LabelledContainer, ResolvedImage, RuntimeError, TaskStatus,
 };
 use crate::images::ImageConfig;
-use crate::model::{
-    ContainerSettings, Credentials, FailureCode, PullPolicy, TaskConstraints, UserIdentity, WorkingDirMode,
-};
+use crate::model::{Credentials, FailureCode, PullPolicy};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
 use tokio::sync::Notify;
 
 #[derive(Default)]
@@ -246,22 +243,9 @@ async fn env(slots: u32) -> Env {
 }
 
 fn spec(task: &str) -> TaskSpec {
-    TaskSpec {
-        key: TaskKey::new("job", task).unwrap(),
-        command_line: "/bin/true".into(),
-        container: Some(ContainerSettings {
-            image: "busybox".into(),
-            run_options: String::new(),
-            working_directory: WorkingDirMode::TaskWorkingDir,
-            pull_policy: PullPolicy::Missing,
-            credentials: None,
-            devices: vec![],
-        }),
-        environment: BTreeMap::new(),
-        user: UserIdentity::default(),
-        constraints: TaskConstraints::default(),
-        required_slots: 1,
-    }
+    let mut s = super::admission::tests::spec(Some("busybox"), "");
+    s.key = TaskKey::new("job", task).unwrap();
+    s
 }
 
 /// Runs a task on the fake runtime until it exits 0 and is recorded COMPLETED.
