@@ -38,5 +38,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/registries.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/images.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/images.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/azurite.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/azurite.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/env.sh"

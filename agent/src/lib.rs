@@ -16,6 +16,7 @@ pub mod registry;
 pub mod safefs;
 pub mod sdnotify;
 pub mod spec;
+pub mod staging;
 pub mod store;
 pub mod supervisor;
 pub mod sys;

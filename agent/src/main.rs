@@ -141,6 +141,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         rerun_start_task_after_reboot: cfg.rerun_start_task_after_reboot,
         boot_id: berth_agent::supervisor::boot_id(),
         metrics: metrics.clone(),
+        staging: Arc::new(berth_agent::staging::Transfers::new(
+            cfg.staging.limits.clone(),
+            cfg.staging.secrets_dir.clone(),
+        )?),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");

@@ -29,6 +29,8 @@ pub(crate) fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb
         constraints: None,
         required_slots: 1,
         job_preparation: None,
+        resource_files: vec![],
+        output_files: vec![],
     }
 }
 

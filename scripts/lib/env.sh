@@ -43,7 +43,7 @@ _berth_smoke() {
 berth_env_up() {
     local dir=${1:?usage: berth_env_up DIR [--containerd SERIES]}
     local series=${BERTH_CONTAINERD:-${BERTH_CONTAINERD_SERIES[0]}} bindir versions release full
-    local port tls_port tag ref repo start=${EPOCHREALTIME//[!0-9]/} ds pids=() lpid digest
+    local port tls_port blob_port tag ref repo start=${EPOCHREALTIME//[!0-9]/} ds pids=() lpid digest
     shift
     while (($#)); do
         case $1 in
@@ -94,6 +94,10 @@ auth:
     realm: berth-test
     path: $dir/tls/htpasswd" ||
         { _berth_fail "$dir" "starting the TLS registry failed" reg-tls.log; return 1; }
+    blob_port=$(berth_free_port) || return 1
+    while [[ $blob_port == "$port" || $blob_port == "$tls_port" ]]; do blob_port=$(berth_free_port) || return 1; done
+    _berth_azurite_start "$dir" "$blob_port" ||
+        { _berth_fail "$dir" "starting Azurite failed" azurite.log; return 1; }
 
     # Pipeline: the extra layers build while umoci builds busybox; the
     # images derived from busybox are assembled while busybox and its
@@ -116,6 +120,8 @@ auth:
         "$dir/reg-tls.pid" "https://127.0.0.1:$tls_port/v2/" "200 401" \
         --cacert "$dir/tls/ca.pem" ||
         { wait "$lpid" || true; _berth_fail "$dir" "TLS registry did not come up" reg-tls.log; return 1; }
+    _berth_wait 30 "Azurite on port $blob_port" _berth_azurite_ready "$blob_port" ||
+        { wait "$lpid" || true; _berth_fail "$dir" "Azurite did not come up" azurite.log; return 1; }
 
     berth_log "pushing test images to 127.0.0.1:$port and 127.0.0.1:$tls_port"
     for tag in "${BERTH_IMAGE_TAGS[@]}"; do
@@ -209,6 +215,9 @@ auth:
         BERTH_TEST_CONTAINERD_RELEASE "$release" \
         BERTH_TEST_CONTAINERD_FULL_VERSION "$full" \
         BERTH_TEST_CONTAINERD_BIN_DIR "$bindir" \
+        BERTH_TEST_BLOB_ENDPOINT "http://127.0.0.1:$blob_port/$BERTH_AZURITE_ACCOUNT" \
+        BERTH_TEST_BLOB_ACCOUNT "$BERTH_AZURITE_ACCOUNT" \
+        BERTH_TEST_BLOB_KEY_FILE "$dir/azurite.key" \
         >"$dir/env" || return 1
     # The tests' own `ctr` calls use the ctr of the same version.
     if [[ -n $bindir ]]; then
@@ -259,6 +268,8 @@ berth_env_down() {
         pid=$(_berth_owned_pid "$dir/$name.pid" "$dir/$name.yml")
         [[ -n $pid ]] && daemons+=("$pid")
     done
+    pid=$(_berth_owned_pid "$dir/azurite.pid" "$dir/azurite")
+    [[ -n $pid ]] && daemons+=("$pid")
 
     # 2. SIGKILL (nothing in DIR needs a clean shutdown): first the container
     # processes, while their shims are alive to reap them, then the daemons.

@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 
 pub use berth_proto::v1;
 
+pub mod blob;
+
 /// A variable set by `scripts/test`; panics with a clear message when missing,
 /// so a run outside the test environment fails instead of passing vacuously.
 /// `[node] account_url` of every test agent (`AZ_BATCH_ACCOUNT_URL`).
@@ -72,6 +74,8 @@ pub struct AgentOptions {
     pub registries_extra: String,
     /// Environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// More keys of the `[staging]` table (`max_bytes_per_task = ...`).
+    pub staging_extra: String,
 }
 
 impl Default for AgentOptions {
@@ -89,6 +93,7 @@ impl Default for AgentOptions {
             api_extra: String::new(),
             registries_extra: String::new(),
             env: vec![],
+            staging_extra: String::new(),
         }
     }
 }
@@ -168,7 +173,14 @@ ca_files = ["{ca}"]
 
 [tasks]
 terminate_grace_seconds = {grace}
+
+[staging]
+secrets_dir = "{secrets}"
+retry_backoff_ms = 50
+{staging_extra}
 "#,
+            secrets = self.dir.path().join("secrets").display(),
+            staging_extra = self.opts.staging_extra,
             root = self.root().display(),
             state = self.state_dir().display(),
             id = self.node_id(),
@@ -353,6 +365,8 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
         constraints: None,
         required_slots: 1,
         job_preparation: None,
+        resource_files: vec![],
+        output_files: vec![],
     }
 }
 

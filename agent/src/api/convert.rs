@@ -188,6 +188,7 @@ fn decode_spec(t: pb::TaskSpec, key: TaskKey) -> Result<TaskSpec, crate::supervi
             retention_time: duration("constraints.retention_time", constraints.retention_time).map_err(decode)?,
         },
         required_slots: t.required_slots.max(1),
+        staging: super::staging::decode(t.resource_files, t.output_files).map_err(decode)?,
     })
 }
 
@@ -239,6 +240,7 @@ fn identity_to_proto(u: &UserIdentity) -> pb::UserIdentity {
 }
 
 pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
+    let (resource_files, output_files) = super::staging::encode(&s.staging);
     pb::TaskSpec {
         job_id: s.key.job.to_string(),
         task_id: s.key.task.to_string(),
@@ -267,6 +269,8 @@ pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
         }),
         required_slots: s.required_slots,
         job_preparation: None,
+        resource_files,
+        output_files,
     }
 }
 
@@ -344,6 +348,7 @@ pub(super) fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> 
         working_dir,
         spec: Some(spec_to_proto(&t.spec)),
         pull_progress: None,
+        staging_progress: None,
         run_as: t.run_as.as_ref().map(|r| pb::RunAs {
             uid: r.uid,
             gid: r.gid,
@@ -496,6 +501,8 @@ mod tests {
             }),
             required_slots: 0,
             job_preparation: None,
+            resource_files: vec![],
+            output_files: vec![],
         }
     }
 

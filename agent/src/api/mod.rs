@@ -7,6 +7,7 @@ mod convert;
 mod error;
 mod metrics_layer;
 mod server;
+mod staging;
 mod tls;
 
 pub use server::{serve, ServeError, ServeOptions};
@@ -45,6 +46,9 @@ impl Api {
             if let Some((name, progress)) = t.spec.container.as_ref().and_then(|c| self.sup.pull_progress(&c.image)) {
                 info.pull_progress = Some(convert::pull_progress(&name, &progress));
             }
+        }
+        if t.state != crate::model::TaskState::Completed {
+            info.staging_progress = self.sup.staging_progress(t.key()).map(|p| staging::progress(&p));
         }
         info
     }

@@ -5,6 +5,9 @@
 //! serves a single node without a file and listens only locally.
 
 mod security;
+mod staging;
+
+pub use staging::StagingConfig;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     devices: RawDevices,
+    #[serde(default)]
+    staging: staging::RawStaging,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -217,6 +222,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// `[metrics] listen`: Prometheus text on `http://ADDR/metrics`; None: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[staging]`: resource and output file transfers.
+    pub staging: StagingConfig,
     /// `[devices]`: CDI spec directories, GPU classes, ...
     pub devices: crate::devices::DeviceConfig,
     pub containerd_socket: PathBuf,
@@ -452,6 +459,7 @@ impl Config {
             insecure_loopback,
             max_message_bytes,
             metrics_listen,
+            staging: staging::staging(raw.staging)?,
             containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
             namespace,
             snapshotter: raw.containerd.snapshotter.unwrap_or_else(|| "overlayfs".into()),

@@ -74,6 +74,8 @@ failure_codes! {
     CommandLineInvalid => UserError,
     HostProcessLost => ServerError,
     AgentInternalError => ServerError,
+    ResourceFileDownloadFailed => UserError,
+    FileUploadFailed => UserError,
     // Recorded by agents before host tasks existed; kept so their records read back.
     HostTaskNotSupported => UserError,
 }
@@ -81,6 +83,13 @@ failure_codes! {
 impl FailureCode {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Codes whose blame follows the cause: a transfer refused (4xx, a bad
+    /// URL) is the task's, a server or network failure the node's. Their
+    /// `category()` is the task's; [`FailureInfo::on_the_node`] makes the other.
+    pub const fn either_side(self) -> bool {
+        matches!(self, FailureCode::ResourceFileDownloadFailed | FailureCode::FileUploadFailed)
     }
 }
 
@@ -150,6 +159,13 @@ impl FailureInfo {
     pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
         Self { category: code.category(), code, message: message.into() }
     }
+
+    /// A failure of a code that is the task's or the node's, the node's
+    /// (a code that is always one or the other keeps its own category).
+    pub fn on_the_node(code: FailureCode, message: impl Into<String>) -> Self {
+        let category = if code.either_side() { FailureCategory::ServerError } else { code.category() };
+        Self { category, code, message: message.into() }
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +208,8 @@ mod tests {
         (FailureCode::CommandLineInvalid, "CommandLineInvalid", U),
         (FailureCode::HostProcessLost, "HostProcessLost", S),
         (FailureCode::AgentInternalError, "AgentInternalError", S),
+        (FailureCode::ResourceFileDownloadFailed, "ResourceFileDownloadFailed", U),
+        (FailureCode::FileUploadFailed, "FileUploadFailed", U),
         (FailureCode::HostTaskNotSupported, "HostTaskNotSupported", U),
     ];
 
@@ -208,6 +226,17 @@ mod tests {
             assert_eq!(serde_json::from_str::<FailureInfo>(&json).unwrap(), info);
         }
         assert_eq!(FailureCode::parse("NoSuchCode"), None);
+    }
+
+    #[test]
+    fn only_transfer_codes_can_be_the_nodes_or_the_tasks() {
+        let either: Vec<_> = FailureCode::ALL.iter().filter(|c| c.either_side()).collect();
+        assert_eq!(either, [&FailureCode::ResourceFileDownloadFailed, &FailureCode::FileUploadFailed]);
+        let node = FailureInfo::on_the_node(FailureCode::FileUploadFailed, "HTTP 503");
+        assert_eq!(node.category, S);
+        assert_eq!(FailureInfo::new(FailureCode::FileUploadFailed, "HTTP 403").category, U);
+        // A code that is always the task's stays so.
+        assert_eq!(FailureInfo::on_the_node(FailureCode::ImageNotFound, "m").category, U);
     }
 
     /// A record with a code this agent does not know still reads back.
@@ -234,11 +263,15 @@ mod tests {
             let category = match category {
                 "user" => U,
                 "server" => S,
+                // Either side: the table test checks `either_side` too.
+                "user or server" => U,
                 _ => continue,
             };
+            let either = cells[2] == "user or server";
             for code in codes.split(", ") {
                 let Some(code) = code.strip_prefix('`').and_then(|c| c.strip_suffix('`')) else { continue };
                 if let Some(c) = FailureCode::parse(code) {
+                    assert_eq!(c.either_side(), either, "{code}: the README's category says {:?}", cells[2]);
                     rows.push((c, category));
                 } else if code.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
                     panic!("the README's table names {code}, which is no failure code");

@@ -10,6 +10,7 @@ mod ids;
 mod image;
 mod lifecycle;
 mod node;
+mod staging;
 mod task;
 
 pub use credentials::Credentials;
@@ -19,7 +20,11 @@ pub use ids::{IdError, JobId, TaskId, TaskKey, TaskKind, JOB_PREPARATION, JOB_RE
 pub use image::{chain_id, normalize, ImageConfig, ImageError, Platform};
 pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInputs};
 pub use node::NodeFacts;
+pub use staging::{
+    file_mode, relative_path, OutputFile, ResourceFile, ResourceSource, SecretUrl, Staging, UploadCondition,
+    MAX_OUTPUT_FILES, MAX_RESOURCE_FILES,
+};
 pub use task::{
     ContainerInfo, ContainerSettings, PullPolicy, TaskConstraints, TaskInfo, TaskResult, TaskSpec, TaskState,
-    TaskStats, WorkingDirMode, DEFAULT_RETENTION,
+    TaskStats, Uploads, WorkingDirMode, DEFAULT_RETENTION,
 };

@@ -71,6 +71,9 @@ pub struct TaskSpec {
     pub user: UserIdentity,
     pub constraints: TaskConstraints,
     pub required_slots: u32,
+    /// Resource files and output files (their URLs' queries are not stored).
+    #[serde(default, skip_serializing_if = "super::Staging::is_empty")]
+    pub staging: super::Staging,
 }
 
 fn identity_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<UserIdentity, D::Error> {
@@ -160,6 +163,16 @@ pub struct TaskInfo {
     /// What it used, read from its cgroup when it completed.
     #[serde(default)]
     pub stats: Option<TaskStats>,
+    /// Set while its output files upload (its process has exited; the exit
+    /// code and failure are recorded): the uploads already done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<Uploads>,
+}
+
+/// The output files uploaded so far, by `<output index>:<blob name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploads {
+    pub done: Vec<String>,
 }
 
 impl TaskInfo {
@@ -180,6 +193,7 @@ impl TaskInfo {
             run_as: None,
             held_gpus: Vec::new(),
             stats: None,
+            uploads: None,
         }
     }
 
@@ -217,6 +231,7 @@ mod tests {
             user: UserIdentity::default(),
             constraints: TaskConstraints::default(),
             required_slots: 1,
+            staging: Default::default(),
         }
     }
 

@@ -43,7 +43,7 @@ pub(super) fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecE
 /// environment variables"). The start task has no job or task id; the job
 /// preparation directory is named to the tasks of a job that has one (and to
 /// the preparation task itself), not to its release task.
-pub(super) fn batch_vars(
+pub fn batch_vars(
     node: &NodeFacts,
     layout: &Layout,
     key: &TaskKey,

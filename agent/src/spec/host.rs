@@ -88,6 +88,7 @@ mod tests {
             user: UserIdentity::default(),
             constraints: TaskConstraints::default(),
             required_slots: 1,
+            staging: Default::default(),
         }
     }
 

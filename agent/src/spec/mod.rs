@@ -21,7 +21,7 @@ mod run_options;
 mod seccomp;
 mod user;
 
-pub use env::{parse_env_file, RESERVED_PREFIX};
+pub use env::{batch_vars, parse_env_file, RESERVED_PREFIX};
 pub use host::{host_process, HostProcess};
 pub use options::INIT_PATH;
 pub use policy::{bind_allowed, check as check_policy, check_user_name, Policy};

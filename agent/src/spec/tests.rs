@@ -41,6 +41,7 @@ fn task(command_line: &str, run_options: &str, wd: WorkingDirMode) -> TaskSpec {
         user: UserIdentity::default(),
         constraints: TaskConstraints::default(),
         required_slots: 1,
+        staging: Default::default(),
     }
 }
 

@@ -435,6 +435,7 @@ mod tests {
                 user: UserIdentity::default(),
                 constraints: TaskConstraints::default(),
                 required_slots: 1,
+                staging: Default::default(),
             },
             SystemTime::now(),
         )

@@ -251,6 +251,7 @@ pub(in crate::supervisor) mod tests {
             user: UserIdentity::default(),
             constraints: TaskConstraints::default(),
             required_slots: 1,
+            staging: Default::default(),
         }
     }
 

@@ -45,6 +45,8 @@ pub(crate) enum Failure {
     Stopped { stop: Stop, while_: &'static str },
     /// The container vanished before its exit was seen.
     ContainerGone(RuntimeError),
+    /// A resource file could not be downloaded.
+    Download(crate::staging::StagingError),
     /// A blocking job of the agent failed (a panic): a bug.
     Internal(String),
 }
@@ -104,6 +106,10 @@ impl From<Failure> for FailureInfo {
                 new(code, e.to_string())
             }
             Failure::Devices(m) => new(C::DeviceInjectionFailed, m),
+            Failure::Download(e) if e.is_server() => {
+                FailureInfo::on_the_node(C::ResourceFileDownloadFailed, e.to_string())
+            }
+            Failure::Download(e) => new(C::ResourceFileDownloadFailed, e.to_string()),
             Failure::Output { task_dir, error } => {
                 let code = if crate::safefs::is_unsafe(&error) { C::UnsafeTaskFile } else { C::ContainerCreateFailed };
                 let dir = task_dir.display();

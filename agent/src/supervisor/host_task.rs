@@ -5,7 +5,7 @@
 
 use super::outcome::completion;
 use super::prepare::Ready;
-use super::record::{fail, final_stats, save, save_durably};
+use super::record::{fail, final_stats, save};
 use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::host::{ExitRecord, HostError};
@@ -101,7 +101,7 @@ async fn finish(
             let at = info.started_at.map_or(at, |started| at.max(started));
             info.complete(Some(code), failure, at);
             info.stats = final_stats(&sup.shared.settings.metrics, &info, &cgroups_path);
-            save_durably(sup, info).await
+            super::outputs::finish(sup, info).await
         }
         Ok(ExitRecord { start_error, .. }) => {
             let message = start_error.unwrap_or_else(|| "the process did not start".into());

@@ -15,6 +15,7 @@ mod lifecycle;
 mod lookups;
 mod node_usage;
 mod outcome;
+mod outputs;
 mod prepare;
 mod record;
 mod recovery;
@@ -89,6 +90,8 @@ pub struct Settings {
     pub boot_id: String,
     /// Where task starts, completions and reconnects are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Resource and output file transfers, and their URLs' secrets.
+    pub staging: Arc<crate::staging::Transfers>,
 }
 
 /// A request to stop a running task.
@@ -352,10 +355,19 @@ impl Supervisor {
     /// Records a checked task ACTIVE and queues it.
     async fn admit(&self, spec: TaskSpec, mut checked: CheckedTask) -> Result<TaskInfo, Error> {
         let creds = spec.container.as_ref().and_then(|c| c.credentials.clone());
+        let staging = spec.staging.clone();
         let task_scope = matches!(spec.user, UserIdentity::Auto { scope: AutoUserScope::Task, .. });
         let mut new = TaskInfo::new(spec, SystemTime::now());
         new.run_as = Some(checked.run_as.clone());
         let mut info = self.shared.store.insert(new).await?;
+        // The URLs' queries, which the record is written without (kept once
+        // the record is new: a duplicate never replaces another task's).
+        let secrets = self.shared.settings.staging.secrets();
+        if let Err(e) = secrets.keep(info.key(), &staging) {
+            let message = format!("cannot keep the staging URLs' SAS tokens in {}: {e}", secrets.dir().display());
+            let failure = FailureInfo::on_the_node(crate::model::FailureCode::ResourceFileDownloadFailed, message);
+            return Ok(self.complete(info, None, Some(failure)).await);
+        }
         if task_scope {
             // Successive tasks get successive uids: the task's sequence number picks it.
             checked.run_as = self
@@ -650,13 +662,20 @@ impl Supervisor {
     /// Records a completion computed outside a runner (recovery, early failure).
     async fn complete(&self, mut info: TaskInfo, exit: Option<i32>, failure: Option<FailureInfo>) -> TaskInfo {
         info.complete(exit, failure, SystemTime::now());
-        record::save_durably(self, info).await
+        let info = record::save_durably(self, info).await;
+        self.shared.settings.staging.secrets().forget(info.key());
+        info
     }
 
     /// The credentials for a task's image: its own, else the node's for that registry.
     fn credentials_for(&self, key: &TaskKey, image: &str) -> Option<Credentials> {
         let own = self.in_flight().credentials.get(key).cloned();
         own.or_else(|| self.shared.puller.configured_credentials(image))
+    }
+
+    /// How far a task's resource or output file transfers are, while they run.
+    pub fn staging_progress(&self, key: &TaskKey) -> Option<crate::staging::Progress> {
+        self.shared.settings.staging.progress(key)
     }
 
     /// How far the pull of an image under way is.

@@ -62,6 +62,7 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
         user: UserIdentity::default(),
         constraints: TaskConstraints::default(),
         required_slots: 1,
+        staging: Default::default(),
     };
     let mut info = TaskInfo::new(spec, c.created_at.unwrap_or_else(SystemTime::now));
     // The container's process user is what is known of who it ran as.
@@ -74,6 +75,7 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
 fn adopted_host_record(key: TaskKey, process: &crate::spec::HostProcess) -> TaskInfo {
     let spec = TaskSpec {
         required_slots: u32::from(key.kind() == crate::model::TaskKind::Task),
+        staging: Default::default(),
         key,
         command_line: shell_words::join(&process.args),
         container: None,
@@ -178,6 +180,8 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
             continue;
         }
         let phase = match host {
+            // Its process exited and was recorded; its uploads resume.
+            _ if info.uploads.is_some() => Some(Phase::Upload),
             // A host task that may have started: its shim, or its exit record,
             // or neither (HostProcessLost), is what the runner finds.
             true if info.ever_started => Some(Phase::Wait),
@@ -259,6 +263,7 @@ async fn record_lost_task_dirs(sup: &Supervisor) -> Result<usize, Error> {
             user: UserIdentity::default(),
             constraints: TaskConstraints::default(),
             required_slots: 1,
+            staging: Default::default(),
         };
         let mut info = sup.shared.store.insert(TaskInfo::new(spec, SystemTime::now())).await?;
         let failure = FailureInfo::new(

@@ -6,7 +6,7 @@
 use super::failure::Failure;
 use super::outcome::{completion, StopReason};
 use super::prepare::{prepare, Prepared};
-use super::record::{fail, final_stats, save, save_durably};
+use super::record::{fail, final_stats, save};
 use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::containerd::{ExitStatus, RuntimeError, TaskStatus};
@@ -22,6 +22,8 @@ pub(super) enum Phase {
     Prepare,
     Start,
     Wait,
+    /// The process exited and its output files are uploading.
+    Upload,
 }
 
 pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch::Receiver<Option<Stop>>) {
@@ -50,7 +52,7 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
                 return;
             }
         },
-        Phase::Start | Phase::Wait => None,
+        Phase::Start | Phase::Wait | Phase::Upload => None,
     };
     let stop_settings = checked.as_ref().map_or_else(|| sup.stop_settings(&info), |c| c.stop());
     let info = match phase {
@@ -65,6 +67,7 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
                 Err(done) => Some(done),
             }
         }
+        Phase::Upload => Some(super::outputs::upload(sup, info).await),
         Phase::Wait if host => Some(super::host_task::wait(sup, info, stop_settings, &mut stop).await),
         Phase::Start => {
             let cid = info.container_id();
@@ -84,6 +87,7 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
         }
     };
     if let Some(info) = info {
+        sup.shared.settings.staging.secrets().forget(key);
         let cid = info.container_id();
         if host {
             if let Err(e) = sup.shared.settings.host.remove(&cid).await {
@@ -203,7 +207,7 @@ async fn finish(
             }
             info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));
             info.stats = final_stats(&sup.shared.settings.metrics, &info, &cgroups_path);
-            save_durably(sup, info).await
+            super::outputs::finish(sup, info).await
         }
         Err(e) => {
             if let Some(c) = info.container.as_mut() {

@@ -92,6 +92,8 @@ impl TaskArgs {
                 retention_time: self.retention.and_then(|d| d.try_into().ok()),
             }),
             required_slots: self.slots,
+            resource_files: vec![],
+            output_files: vec![],
         })
     }
 }

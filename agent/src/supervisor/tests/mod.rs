@@ -222,6 +222,9 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         rerun_start_task_after_reboot: true,
         boot_id: "boot".into(),
         metrics: crate::metrics::Metrics::new(),
+        staging: Arc::new(
+            crate::staging::Transfers::new(Default::default(), tmp.path().join("secrets")).expect("transfers"),
+        ),
     };
     let mut settings = settings;
     adjust(&mut settings);

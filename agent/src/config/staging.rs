@@ -1,0 +1,82 @@
+//! `[staging]`: resource and output file transfers.
+
+use super::{absolute, invalid, ConfigError};
+use crate::staging::Limits;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStaging {
+    max_bytes_per_task: Option<u64>,
+    max_concurrent_transfers: Option<usize>,
+    timeout_seconds: Option<u64>,
+    stall_timeout_seconds: Option<u64>,
+    retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    secrets_dir: Option<PathBuf>,
+}
+
+/// The validated `[staging]` table.
+#[derive(Debug, Clone)]
+pub struct StagingConfig {
+    pub limits: Limits,
+    /// Where the queries (SAS tokens) of staging URLs are kept, root-only.
+    pub secrets_dir: PathBuf,
+}
+
+pub(super) fn staging(r: RawStaging) -> Result<StagingConfig, ConfigError> {
+    let d = Limits::default();
+    let positive = |key: &'static str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let limits = Limits {
+        max_bytes_per_task: positive("staging.max_bytes_per_task", r.max_bytes_per_task, d.max_bytes_per_task)?,
+        max_concurrent_transfers: match r.max_concurrent_transfers {
+            Some(0) => return Err(invalid("staging.max_concurrent_transfers", "must be at least 1")),
+            v => v.unwrap_or(d.max_concurrent_transfers),
+        },
+        timeout: Duration::from_secs(positive("staging.timeout_seconds", r.timeout_seconds, d.timeout.as_secs())?),
+        stall_timeout: Duration::from_secs(positive(
+            "staging.stall_timeout_seconds",
+            r.stall_timeout_seconds,
+            d.stall_timeout.as_secs(),
+        )?),
+        retries: r.retries.unwrap_or(d.retries),
+        retry_backoff: r.retry_backoff_ms.map_or(d.retry_backoff, Duration::from_millis),
+    };
+    let secrets_dir = absolute("staging.secrets_dir", r.secrets_dir, "/run/berth/staging-secrets")?;
+    Ok(StagingConfig { limits, secrets_dir })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn staging_keys_have_defaults_and_are_checked() {
+        let c = Config::parse("", "h").unwrap();
+        assert_eq!(c.staging.limits.max_concurrent_transfers, 8);
+        assert_eq!(c.staging.secrets_dir, std::path::Path::new("/run/berth/staging-secrets"));
+        let c = Config::parse(
+            "[staging]\nmax_bytes_per_task = 100\nmax_concurrent_transfers = 2\ntimeout_seconds = 5\n\
+             stall_timeout_seconds = 3\nretries = 0\nretry_backoff_ms = 10\nsecrets_dir = \"/tmp/s\"",
+            "h",
+        )
+        .unwrap();
+        let l = &c.staging.limits;
+        assert_eq!((l.max_bytes_per_task, l.max_concurrent_transfers, l.retries), (100, 2, 0));
+        assert_eq!((l.timeout.as_secs(), l.stall_timeout.as_secs(), l.retry_backoff.as_millis()), (5, 3, 10));
+        for (text, key) in [
+            ("[staging]\nmax_concurrent_transfers = 0", "staging.max_concurrent_transfers"),
+            ("[staging]\nstall_timeout_seconds = 0", "staging.stall_timeout_seconds"),
+            ("[staging]\nsecrets_dir = \"rel\"", "staging.secrets_dir"),
+            ("[staging]\nretry = 1", "retry"),
+        ] {
+            let e = Config::parse(text, "h").unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+}

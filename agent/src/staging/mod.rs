@@ -1,0 +1,155 @@
+//! Data staging: resource files downloaded into a task's working directory
+//! before it runs, output files uploaded after it exits (Batch's
+//! `resourceFiles` and `outputFiles`), over plain HTTP(S) and the Blob
+//! service's REST API with SAS URLs.
+//!
+//! - `http`: one request with retries, backoff, a timeout and a stall
+//!   timeout; an answer's status picks the failure's category (4xx: the
+//!   task's, 5xx and network errors: the node's).
+//! - `blobs`: listing a container's blobs (`storage_container_url`).
+//! - `fs`: creating files in a task's directory without following a link a
+//!   task planted, and reading only what the task's identity could read.
+//! - `download`, `upload`: the two directions; `pattern`: Batch's
+//!   `filePattern` rules; `secrets`: the URLs' queries, kept out of the
+//!   state database.
+//!
+//! No message here holds a URL's query: URLs are shown redacted.
+
+mod blobs;
+mod download;
+mod fs;
+mod http;
+pub mod pattern;
+pub mod secrets;
+mod upload;
+
+pub use download::download;
+pub use upload::{plan, upload, Planned, UploadLog};
+
+use crate::model::TaskKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// The `[staging]` settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes a task may download, all resource files together.
+    pub max_bytes_per_task: u64,
+    /// Transfers (downloads and uploads) under way on the node at once.
+    pub max_concurrent_transfers: usize,
+    /// One file's transfer, at most (all its attempts).
+    pub timeout: Duration,
+    /// A transfer that moves no byte for this long is abandoned (and retried).
+    pub stall_timeout: Duration,
+    /// Attempts after the first, for network errors, 5xx, 408 and 429.
+    pub retries: u32,
+    /// The first retry's wait; doubled each time, at most 30 s.
+    pub retry_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes_per_task: 50 << 30,
+            max_concurrent_transfers: 8,
+            timeout: Duration::from_secs(3600),
+            stall_timeout: Duration::from_secs(60),
+            retries: 4,
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why staging failed: the task's fault (a 4xx, a bad URL, a blob name that
+/// leaves the directory) or the node's (5xx, the network, the disk).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StagingError {
+    #[error("{0}")]
+    User(String),
+    #[error("{0}")]
+    Server(String),
+}
+
+impl StagingError {
+    pub fn is_server(&self) -> bool {
+        matches!(self, StagingError::Server(_))
+    }
+}
+
+/// How far a task's transfers are (TaskInfo's `staging_progress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub upload: bool,
+    pub files_done: u32,
+    pub files_total: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// The node's transfer client: one HTTP client and the node-wide cap.
+pub struct Transfers {
+    client: reqwest::Client,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    secrets: secrets::Secrets,
+    progress: Arc<Mutex<HashMap<TaskKey, watch::Receiver<Progress>>>>,
+}
+
+/// A task's progress while its transfers run; unlisted when dropped.
+pub struct Tracked {
+    pub tx: ProgressTx,
+    key: TaskKey,
+    map: Arc<Mutex<HashMap<TaskKey, watch::Receiver<Progress>>>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
+
+impl Transfers {
+    pub fn new(limits: Limits, secrets_dir: std::path::PathBuf) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| format!("cannot build the transfer client: {e}"))?;
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent_transfers.max(1)));
+        let progress = Arc::default();
+        Ok(Self { client, limits, permits, secrets: secrets::Secrets::new(secrets_dir), progress })
+    }
+
+    /// Starts publishing a task's progress (downloads, or uploads).
+    pub fn track(&self, key: &TaskKey, upload: bool) -> Tracked {
+        let (tx, rx) = watch::channel(Progress { upload, ..Progress::default() });
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), rx);
+        Tracked { tx, key: key.clone(), map: self.progress.clone() }
+    }
+
+    /// A task's progress, while its transfers run.
+    pub fn progress(&self, key: &TaskKey) -> Option<Progress> {
+        let map = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).map(|rx| rx.borrow().clone())
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Where the URLs' queries of tasks in flight are kept.
+    pub fn secrets(&self) -> &secrets::Secrets {
+        &self.secrets
+    }
+}
+
+impl std::fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfers").field("limits", &self.limits).field("secrets_dir", &self.secrets.dir()).finish()
+    }
+}
+
+/// Publishes progress to whoever watches (GetTask).
+pub type ProgressTx = watch::Sender<Progress>;

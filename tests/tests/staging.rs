@@ -1,0 +1,331 @@
+//! Data staging against a real agent, containerd and Azurite: resource files
+//! downloaded before the task runs, output files uploaded after it exits,
+//! their failures, their secrets, and an agent SIGKILLed in the middle of
+//! either (a test server of the test's own on 127.0.0.1 holds a request open).
+
+use berth_tests::blob::{container_name, http_file, output, Answer, BlobStore, Sink, EARLIER, LATER};
+use berth_tests::v1 as pb;
+use berth_tests::{failure_code, host_task, task, Agent, AgentOptions};
+use pb::OutputFileUploadCondition as Cond;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// The pool auto-user's uid (the default identity).
+const POOL_UID: u32 = 20000;
+
+/// Nothing the agent wrote holds a SAS signature: its log, its state
+/// database (with its WAL), and what the API shows.
+fn assert_no_secret(agent: &Agent, shown: &str, secrets: &[&str]) {
+    let mut files = vec![agent.log()];
+    for e in std::fs::read_dir(agent.state_dir()).unwrap().flatten() {
+        if e.path().is_file() {
+            files.push(String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned());
+        }
+    }
+    files.push(shown.to_owned());
+    for s in secrets {
+        for f in &files {
+            assert!(!f.contains(s), "a secret ({s}) leaked into the agent's log, database or TaskInfo");
+        }
+    }
+}
+
+fn sig_of(sas: &str) -> String {
+    sas.split('&').find_map(|p| p.strip_prefix("sig=")).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn resource_files_are_downloaded_before_the_task_runs() {
+    let store = BlobStore::from_env();
+    let con = container_name("resources");
+    store.create_container(&con).await;
+    store.put(&con, "tool.sh", b"#!/bin/sh\necho tool ran\n").await;
+    store.put(&con, "data/one.txt", b"one\n").await;
+    store.put(&con, "data/sub/two.txt", b"two\n").await;
+    store.put(&con, "other/three.txt", b"three\n").await;
+    let sas = store.sas("rl", LATER);
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task(
+        "stage",
+        "in",
+        "/bin/sh -c 'in/tool.sh; stat -c \"%a %u\" in/tool.sh; cat inputs/data/one.txt inputs/data/sub/two.txt; \
+         ls inputs'",
+    );
+    spec.resource_files = vec![
+        http_file(&store.blob_url(&con, "tool.sh", &sas), "in/tool.sh", "0750"),
+        pb::ResourceFile {
+            storage_container_url: store.container_url(&con, &sas),
+            blob_prefix: "data/".into(),
+            file_path: "inputs".into(),
+            ..Default::default()
+        },
+    ];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    let out = c.read("stage", "in", "stdout.txt").await.unwrap();
+    assert_eq!(out, format!("tool ran\n750 {POOL_UID}\none\ntwo\ndata\n"));
+    // The files belong to the task's identity, directories made on the way too.
+    let sub = agent.task_path("stage", "in", "wd/inputs/data/sub");
+    assert_eq!(std::fs::metadata(&sub).unwrap().uid(), POOL_UID);
+    assert_eq!(std::fs::metadata(sub.join("two.txt")).unwrap().uid(), POOL_UID);
+    // TaskInfo shows the URLs without their query; nothing stored has it.
+    let shown = format!("{:?}", done.spec);
+    assert!(shown.contains("tool.sh?<redacted>"), "{shown}");
+    assert_no_secret(&agent, &shown, &[&sig_of(&sas)]);
+}
+
+#[tokio::test]
+async fn bad_resource_files_are_refused_or_fail_the_task_without_running_it() {
+    let store = BlobStore::from_env();
+    let con = container_name("bad-resources");
+    store.create_container(&con).await;
+    store.put(&con, "a.txt", b"a").await;
+    let agent = Agent::start(AgentOptions {
+        staging_extra: "max_bytes_per_task = 4\nretries = 2".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = agent.client().await;
+    let ok_sas = store.sas("rl", LATER);
+
+    // Unsafe paths and bad URLs: INVALID_ARGUMENT, no record, no directory.
+    for (i, rf) in [
+        http_file(&store.blob_url(&con, "a.txt", &ok_sas), "../escape", ""),
+        http_file(&store.blob_url(&con, "a.txt", &ok_sas), "/etc/passwd", ""),
+        http_file("ftp://127.0.0.1/a", "a", ""),
+        http_file(&store.blob_url(&con, "a.txt", &ok_sas), "a", "4755"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut spec = task("badres", &format!("refused{i}"), "true");
+        spec.resource_files = vec![rf];
+        let e = c.run(spec).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("resource_files") && !e.message().contains(&sig_of(&ok_sas)), "{}", e.message());
+        assert_eq!(c.get("badres", &format!("refused{i}")).await.unwrap_err().code(), Code::NotFound);
+        assert!(!agent.task_path("badres", &format!("refused{i}"), "").exists());
+    }
+
+    // Refusals by the store are the task's: it completes without running.
+    let expired = store.sas("rl", EARLIER);
+    let runs = [
+        ("expired", http_file(&store.blob_url(&con, "a.txt", &expired), "a.txt", ""), "403"),
+        ("missing", http_file(&store.blob_url(&con, "nope.txt", &ok_sas), "a.txt", ""), "404"),
+    ];
+    for (id, rf, status) in runs {
+        let mut spec = task("badres", id, "/bin/sh -c 'echo ran > ran.txt'");
+        spec.resource_files = vec![rf];
+        let done = c.run_done(spec).await;
+        let f = done.failure_info.clone().unwrap();
+        assert_eq!(
+            (f.code.as_str(), f.category),
+            ("ResourceFileDownloadFailed", pb::FailureCategory::UserError as i32)
+        );
+        assert!(f.message.contains(status) && f.message.contains("<redacted>"), "{}", f.message);
+        assert_eq!(done.exit_code, None, "the task did not run");
+        assert!(!agent.task_path("badres", id, "wd/ran.txt").exists());
+        assert!(!agent.task_path("badres", id, "wd/a.txt").exists(), "no partial file left");
+        assert_no_secret(&agent, &format!("{done:?}"), &[&sig_of(&expired), &sig_of(&ok_sas)]);
+    }
+
+    // More than max_bytes_per_task (4): the task's fault, nothing kept.
+    store.put(&con, "big.bin", b"0123456789").await;
+    let mut spec = task("badres", "toobig", "true");
+    spec.resource_files = vec![http_file(&store.blob_url(&con, "big.bin", &ok_sas), "big.bin", "")];
+    let done = c.run_done(spec).await;
+    let f = done.failure_info.unwrap();
+    assert!(f.message.contains("max_bytes_per_task"), "{}", f.message);
+    assert!(!agent.task_path("badres", "toobig", "wd/big.bin").exists());
+
+    // A server that keeps failing: the node's fault, after every retry.
+    let sink = Sink::start(20).await;
+    sink.plan("/flaky", &[Answer::Unavailable]);
+    let mut spec = task("badres", "flaky", "true");
+    spec.resource_files = vec![http_file(&sink.url("/flaky"), "f", "")];
+    let done = c.run_done(spec).await;
+    let f = done.failure_info.unwrap();
+    assert_eq!((f.code.as_str(), f.category), ("ResourceFileDownloadFailed", pb::FailureCategory::ServerError as i32));
+    assert!(f.message.contains("503") && f.message.contains("3 attempts"), "{}", f.message);
+    assert_eq!(sink.count("GET", "/flaky"), 3, "the first attempt and two retries");
+}
+
+#[tokio::test]
+async fn output_files_are_uploaded_as_their_patterns_and_conditions_say() {
+    let store = BlobStore::from_env();
+    let con = container_name("outputs");
+    store.create_container(&con).await;
+    let sas = store.sas("rwlc", LATER);
+    let url = store.container_url(&con, &sas);
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task(
+        "out",
+        "ok",
+        "/bin/sh -c 'mkdir -p res/sub && echo a > res/a.txt && echo b > res/sub/b.txt && echo h > res/.h.txt && \
+         echo log > res/run.log && echo said-hello'",
+    );
+    let mut with_type = output("../stdout.txt", &url, "logs/stdout.txt", Cond::TaskCompletion);
+    with_type.destination.as_mut().unwrap().container.as_mut().unwrap().upload_headers =
+        vec![pb::HttpHeader { name: "Content-Type".into(), value: "text/plain; charset=utf-8".into() }];
+    spec.output_files = vec![
+        output("res/**/*.txt", &url, "run1", Cond::TaskSuccess),
+        output("$AZ_BATCH_TASK_WORKING_DIR/res/*.log", &url, "", Cond::TaskCompletion),
+        output("res/a.txt", &url, "failed-only.txt", Cond::TaskFailure),
+        with_type,
+    ];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(store.list(&con).await, ["logs/stdout.txt", "run.log", "run1/a.txt", "run1/sub/b.txt"]);
+    let (body, ct) = store.get(&con, "logs/stdout.txt").await.unwrap();
+    assert_eq!((body.as_slice(), ct.as_str()), (&b"said-hello\n"[..], "text/plain; charset=utf-8"));
+    assert_eq!(store.get(&con, "run1/sub/b.txt").await.unwrap().0, b"b\n");
+    let log = std::fs::read_to_string(agent.task_path("out", "ok", "fileuploadout.txt")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("Uploaded")).count(), 4, "{log}");
+    assert!(log.contains("?<redacted>"), "{log}");
+    assert!(!agent.task_path("out", "ok", "fileuploaderr.txt").exists());
+    assert_no_secret(&agent, &format!("{done:?}{log}"), &[&sig_of(&sas)]);
+
+    // A failing task uploads what asks for failure, keeps its exit code.
+    let mut spec = task("out", "fails", "/bin/sh -c 'echo a > a.txt; exit 3'");
+    spec.output_files = vec![
+        output("a.txt", &url, "fails/a.txt", Cond::TaskFailure),
+        output("a.txt", &url, "fails/never.txt", Cond::TaskSuccess),
+    ];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(3), "FailureExitCode"));
+    assert!(store.get(&con, "fails/a.txt").await.is_some());
+    assert!(store.get(&con, "fails/never.txt").await.is_none());
+
+    // No match is no failure (as Batch): the log says so.
+    let mut spec = task("out", "nomatch", "true");
+    spec.output_files = vec![output("*.nothing", &url, "", Cond::TaskCompletion)];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""));
+    let log = std::fs::read_to_string(agent.task_path("out", "nomatch", "fileuploadout.txt")).unwrap();
+    assert!(log.contains("no file matched"), "{log}");
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_file_upload_failed_and_keeps_the_exit_code() {
+    let store = BlobStore::from_env();
+    let con = container_name("upload-fails");
+    store.create_container(&con).await;
+    let read_only = store.sas("rl", LATER);
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("upfail", "t", "/bin/sh -c 'echo x > x.txt; ln -s /etc/shadow shadow.txt; exit 0'");
+    spec.output_files = vec![
+        output("x.txt", &store.container_url(&con, &read_only), "", Cond::TaskCompletion),
+        output("/etc/*", &store.container_url(&con, &read_only), "", Cond::TaskCompletion),
+    ];
+    let done = c.run_done(spec).await;
+    assert_eq!(done.exit_code, Some(0), "the exit code stays the process's");
+    let f = done.failure_info.clone().unwrap();
+    assert_eq!((f.code.as_str(), f.category), ("FileUploadFailed", pb::FailureCategory::UserError as i32));
+    assert_eq!(done.result, pb::TaskResult::Failure as i32);
+    let err = std::fs::read_to_string(agent.task_path("upfail", "t", "fileuploaderr.txt")).unwrap();
+    assert!(err.contains("403") && err.contains("outside the node root"), "{err}");
+    assert!(store.list(&con).await.is_empty());
+    assert_no_secret(&agent, &format!("{done:?}{err}"), &[&sig_of(&read_only)]);
+}
+
+#[tokio::test]
+async fn host_tasks_stage_their_files_too() {
+    let store = BlobStore::from_env();
+    let con = container_name("host-staging");
+    store.create_container(&con).await;
+    store.put(&con, "in.txt", b"input\n").await;
+    let sas = store.sas("rwlc", LATER);
+    let agent =
+        Agent::start(AgentOptions { extra_config: "[policy]\nallow_host_tasks = true\n".into(), ..Default::default() })
+            .await;
+    let mut c = agent.client().await;
+    let mut spec = host_task("hoststage", "t", "/bin/sh -c 'tr a-z A-Z < in.txt > out.txt'");
+    spec.resource_files = vec![http_file(&store.blob_url(&con, "in.txt", &sas), "in.txt", "")];
+    spec.output_files = vec![output("out.txt", &store.container_url(&con, &sas), "result.txt", Cond::TaskSuccess)];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(store.get(&con, "result.txt").await.unwrap().0, b"INPUT\n");
+}
+
+/// Waits until the sink saw `n` requests of `method` to `path`.
+async fn wait_requests(sink: &Sink, method: &str, path: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.count(method, path) < n {
+        assert!(Instant::now() < deadline, "no {method} {path} reached the test server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_transfer_resumes_and_sends_nothing_twice() {
+    let sink = Sink::start(50).await;
+    sink.file("/in/data", b"payload\n");
+    sink.plan("/in/data", &[Answer::Hang, Answer::Serve]);
+    sink.plan("/out/con/second.txt", &[Answer::Hang, Answer::Serve]);
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+
+    // Killed while a resource file downloads: prepared again, the file complete.
+    let mut spec = task("crash", "down", "cat data");
+    spec.resource_files = vec![http_file(&sink.url("/in/data"), "data", "")];
+    c.run(spec).await.unwrap();
+    wait_requests(&sink, "GET", "/in/data", 1).await;
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let done = c.wait_done("crash", "down").await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(c.read("crash", "down", "stdout.txt").await.unwrap(), "payload\n");
+    assert_eq!(sink.count("GET", "/in/data"), 2);
+
+    // Killed while the second of two uploads hangs: the first is not sent
+    // again, the second is, and the task completes once with its exit code.
+    let mut spec = task("crash", "up", "/bin/sh -c 'echo 1 > first.txt; echo 2 > second.txt; exit 4'");
+    let dest = sink.url("/out/con");
+    spec.output_files = vec![
+        output("first.txt", &dest, "", Cond::TaskCompletion),
+        output("second.txt", &dest, "", Cond::TaskCompletion),
+    ];
+    c.run(spec).await.unwrap();
+    wait_requests(&sink, "PUT", "/out/con/second.txt", 1).await;
+    let during = c.get("crash", "up").await.unwrap();
+    assert_eq!((during.state, during.exit_code), (pb::TaskState::Running as i32, Some(4)), "{during:?}");
+    let progress = during.staging_progress.expect("upload progress while uploading");
+    assert_eq!((progress.direction.as_str(), progress.files_done, progress.files_total), ("upload", 1, 2));
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let done = c.wait_done("crash", "up").await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(4), "FailureExitCode"), "{done:?}");
+    assert_eq!(sink.count("PUT", "/out/con/first.txt"), 1, "a finished upload is not sent again");
+    assert_eq!(sink.count("PUT", "/out/con/second.txt"), 2);
+    assert_eq!(sink.body("/out/con/second.txt").unwrap(), b"2\n");
+    let events = c.inner.watch_tasks(pb::WatchTasksRequest { from_sequence: 0 }).await.unwrap().into_inner();
+    let completed = collect_completions(events, "up").await;
+    assert_eq!(completed, 1, "the completion is recorded once");
+    assert_no_secret(&agent, &format!("{done:?}"), &["SINKSECRET"]);
+    // The secrets directory is emptied as tasks complete.
+    let left: Vec<_> =
+        std::fs::read_dir(agent.dir.path().join("secrets")).map(|d| d.flatten().count()).into_iter().collect();
+    assert_eq!(left.iter().sum::<usize>(), 0);
+}
+
+/// COMPLETED events of task `crash/<id>` in the replayed log.
+async fn collect_completions(mut events: tonic::Streaming<pb::TaskEvent>, id: &str) -> usize {
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), events.message()).await {
+            Ok(Ok(Some(ev))) => {
+                let t = ev.task.unwrap();
+                if t.task_id == id && t.state == pb::TaskState::Completed as i32 {
+                    n += 1;
+                }
+            }
+            _ => return n,
+        }
+    }
+}
