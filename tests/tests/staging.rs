@@ -329,3 +329,54 @@ async fn collect_completions(mut events: tonic::Streaming<pb::TaskEvent>, id: &s
         }
     }
 }
+
+#[tokio::test]
+async fn transfers_stall_out_and_queue_behind_the_node_cap() {
+    let sink = Sink::start(20).await;
+    sink.plan("/stall", &[Answer::Hang]);
+    let agent = Agent::start(AgentOptions {
+        staging_extra: "stall_timeout_seconds = 1\nretries = 1\nmax_concurrent_transfers = 1".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = agent.client().await;
+
+    // A server that never answers: abandoned after the stall timeout, retried, then the node's fault.
+    let mut spec = task("cap", "stalls", "true");
+    spec.resource_files = vec![http_file(&sink.url("/stall"), "f", "")];
+    let done = c.run_done(spec).await;
+    let f = done.failure_info.unwrap();
+    assert_eq!((f.code.as_str(), f.category), ("ResourceFileDownloadFailed", pb::FailureCategory::ServerError as i32));
+    assert!(f.message.contains("no answer") && f.message.contains("2 attempts"), "{}", f.message);
+    assert_eq!(sink.count("GET", "/stall"), 2);
+
+    // One transfer at a time on this node: the second task's waits for the first's.
+    sink.plan("/slow-a", &[Answer::Hang]);
+    sink.plan("/slow-b", &[Answer::Hang]);
+    let agent2 = Agent::start(AgentOptions {
+        staging_extra: "stall_timeout_seconds = 600\nmax_concurrent_transfers = 1".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c2 = agent2.client().await;
+    for (id, path) in [("a", "/slow-a"), ("b", "/slow-b")] {
+        let mut spec = task("cap", id, "true");
+        spec.resource_files = vec![http_file(&sink.url(path), "f", "")];
+        c2.run(spec).await.unwrap();
+    }
+    wait_requests(&sink, "GET", "/slow-a", 1).await;
+    let b = c2.wait_state("cap", "b", pb::TaskState::Preparing, Duration::from_secs(10)).await;
+    let progress = b.staging_progress.expect("download progress while PREPARING");
+    assert_eq!((progress.direction.as_str(), progress.files_done, progress.files_total), ("download", 0, 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count("GET", "/slow-b"), 0, "the second transfer waits for the node's one slot");
+    // A terminate ends a download under way; the next transfer then starts.
+    let t = pb::TerminateTaskRequest { job_id: "cap".into(), task_id: "a".into(), ..Default::default() };
+    c2.inner.terminate_task(t).await.unwrap();
+    let a = c2.wait_done("cap", "a").await;
+    assert_eq!(failure_code(&a), "TaskTerminated");
+    wait_requests(&sink, "GET", "/slow-b", 1).await;
+    let t = pb::TerminateTaskRequest { job_id: "cap".into(), task_id: "b".into(), ..Default::default() };
+    c2.inner.terminate_task(t).await.unwrap();
+    assert_eq!(failure_code(&c2.wait_done("cap", "b").await), "TaskTerminated");
+}

@@ -95,7 +95,12 @@ async fn fetch(
     cap: u64,
     progress: &ProgressTx,
 ) -> Result<u64, Attempt> {
-    let resp = t.client.get(item.url.full()).header("x-ms-version", super::upload::BLOB_API_VERSION).send().await;
+    let req = t.client.get(item.url.full()).header("x-ms-version", super::upload::BLOB_API_VERSION);
+    // Waiting for the answer counts as a stall too.
+    let stall = t.limits.stall_timeout;
+    let resp = tokio::time::timeout(stall, req.send())
+        .await
+        .map_err(|_| Attempt::Retry(format!("{what}: no answer for {stall:?}")))?;
     let mut resp = check(what, resp.map_err(|e| network(what, e))?)?;
     if item.size.is_none() {
         if let Some(len) = resp.content_length() {
