@@ -365,8 +365,17 @@ async fn transfers_stall_out_and_queue_behind_the_node_cap() {
         c2.run(spec).await.unwrap();
     }
     wait_requests(&sink, "GET", "/slow-a", 1).await;
-    let b = c2.wait_state("cap", "b", pb::TaskState::Preparing, Duration::from_secs(10)).await;
-    let progress = b.staging_progress.expect("download progress while PREPARING");
+    // PREPARING is recorded before the download step starts: wait for its progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let progress = loop {
+        let b = c2.get("cap", "b").await.unwrap();
+        if let Some(p) = b.staging_progress {
+            assert_eq!(b.state, pb::TaskState::Preparing as i32);
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no download progress while PREPARING: {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!((progress.direction.as_str(), progress.files_done, progress.files_total), ("download", 0, 1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count("GET", "/slow-b"), 0, "the second transfer waits for the node's one slot");
