@@ -74,7 +74,7 @@ pub struct AgentOptions {
     pub registries_extra: String,
     /// Environment of the agent process.
     pub env: Vec<(String, String)>,
-    /// More keys of the `[staging]` table (`max_bytes_per_task = ...`).
+    /// More keys of the `[staging]` table (`max_task_bytes = ...`).
     pub staging_extra: String,
 }
 

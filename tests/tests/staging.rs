@@ -82,11 +82,9 @@ async fn bad_resource_files_are_refused_or_fail_the_task_without_running_it() {
     let con = container_name("bad-resources");
     store.create_container(&con).await;
     store.put(&con, "a.txt", b"a").await;
-    let agent = Agent::start(AgentOptions {
-        staging_extra: "max_bytes_per_task = 4\nretries = 2".into(),
-        ..Default::default()
-    })
-    .await;
+    let agent =
+        Agent::start(AgentOptions { staging_extra: "max_task_bytes = 4\nretries = 2".into(), ..Default::default() })
+            .await;
     let mut c = agent.client().await;
     let ok_sas = store.sas("rl", LATER);
 
@@ -114,6 +112,15 @@ async fn bad_resource_files_are_refused_or_fail_the_task_without_running_it() {
     let runs = [
         ("expired", http_file(&store.blob_url(&con, "a.txt", &expired), "a.txt", ""), "403"),
         ("missing", http_file(&store.blob_url(&con, "nope.txt", &ok_sas), "a.txt", ""), "404"),
+        // Listing needs the l permission: a read-only SAS cannot list the container.
+        (
+            "nolist",
+            pb::ResourceFile {
+                storage_container_url: store.container_url(&con, &store.sas("r", LATER)),
+                ..Default::default()
+            },
+            "403",
+        ),
     ];
     for (id, rf, status) in runs {
         let mut spec = task("badres", id, "/bin/sh -c 'echo ran > ran.txt'");
@@ -131,17 +138,27 @@ async fn bad_resource_files_are_refused_or_fail_the_task_without_running_it() {
         assert_no_secret(&agent, &format!("{done:?}"), &[&sig_of(&expired), &sig_of(&ok_sas)]);
     }
 
-    // More than max_bytes_per_task (4): the task's fault, nothing kept.
+    // More than max_task_bytes (4): the task's fault, nothing kept.
     store.put(&con, "big.bin", b"0123456789").await;
     let mut spec = task("badres", "toobig", "true");
     spec.resource_files = vec![http_file(&store.blob_url(&con, "big.bin", &ok_sas), "big.bin", "")];
     let done = c.run_done(spec).await;
     let f = done.failure_info.unwrap();
-    assert!(f.message.contains("max_bytes_per_task"), "{}", f.message);
+    assert!(f.message.contains("max_task_bytes"), "{}", f.message);
     assert!(!agent.task_path("badres", "toobig", "wd/big.bin").exists());
 
-    // A server that keeps failing: the node's fault, after every retry.
+    // A server that fails once: retried, and the task runs.
     let sink = Sink::start(20).await;
+    sink.file("/once", b"ok\n"); // under the 4-byte cap
+    sink.plan("/once", &[Answer::Unavailable, Answer::Serve]);
+    let mut spec = task("badres", "retried", "cat f");
+    spec.resource_files = vec![http_file(&sink.url("/once"), "f", "")];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(c.read("badres", "retried", "stdout.txt").await.unwrap(), "ok\n");
+    assert_eq!(sink.count("GET", "/once"), 2);
+
+    // A server that keeps failing: the node's fault, after every retry.
     sink.plan("/flaky", &[Answer::Unavailable]);
     let mut spec = task("badres", "flaky", "true");
     spec.resource_files = vec![http_file(&sink.url("/flaky"), "f", "")];
@@ -193,11 +210,13 @@ async fn output_files_are_uploaded_as_their_patterns_and_conditions_say() {
     spec.output_files = vec![
         output("a.txt", &url, "fails/a.txt", Cond::TaskFailure),
         output("a.txt", &url, "fails/never.txt", Cond::TaskSuccess),
+        output("a.txt", &url, "fails/always.txt", Cond::TaskCompletion),
     ];
     let done = c.run_done(spec).await;
     assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(3), "FailureExitCode"));
     assert!(store.get(&con, "fails/a.txt").await.is_some());
     assert!(store.get(&con, "fails/never.txt").await.is_none());
+    assert!(store.get(&con, "fails/always.txt").await.is_some());
 
     // No match is no failure (as Batch): the log says so.
     let mut spec = task("out", "nomatch", "true");
@@ -388,4 +407,37 @@ async fn transfers_stall_out_and_queue_behind_the_node_cap() {
     let t = pb::TerminateTaskRequest { job_id: "cap".into(), task_id: "b".into(), ..Default::default() };
     c2.inner.terminate_task(t).await.unwrap();
     assert_eq!(failure_code(&c2.wait_done("cap", "b").await), "TaskTerminated");
+}
+
+#[tokio::test]
+async fn berthctl_stages_files_with_docker_style_items() {
+    let store = BlobStore::from_env();
+    let con = container_name("cli-staging");
+    store.create_container(&con).await;
+    store.put(&con, "in.txt", b"from the cli\n").await;
+    let sas = store.sas("rwlc", LATER);
+    let agent = Agent::start(AgentOptions::default()).await;
+    let out = std::process::Command::new(berth_tests::binary("berthctl"))
+        .args(["--addr", &agent.addr(), "run", "--job", "cli", "--task", "stage", "--image"])
+        .arg(berth_tests::image("busybox"))
+        .args(["--command-line", "cp in.txt out.txt", "--wait"])
+        .arg("--resource-file")
+        .arg(format!("url={},path=in.txt", store.blob_url(&con, "in.txt", &sas)))
+        .arg("--output-file")
+        .arg(format!(
+            "pattern=out.txt,container={},path=cli/out.txt,condition=success,content-type=text/plain",
+            store.container_url(&con, &sas)
+        ))
+        .output()
+        .expect("run berthctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (body, ct) = store.get(&con, "cli/out.txt").await.expect("uploaded");
+    assert_eq!((body.as_slice(), ct.as_str()), (&b"from the cli\n"[..], "text/plain"));
+    let bad = std::process::Command::new(berth_tests::binary("berthctl"))
+        .args(["--addr", &agent.addr(), "run", "--job", "cli", "--task", "bad", "--image", "busybox"])
+        .args(["--resource-file", "path=x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("url=URL or container=URL"));
 }

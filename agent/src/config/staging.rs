@@ -9,9 +9,9 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStaging {
-    max_bytes_per_task: Option<u64>,
+    max_task_bytes: Option<u64>,
     max_concurrent_transfers: Option<usize>,
-    timeout_seconds: Option<u64>,
+    transfer_timeout_seconds: Option<u64>,
     stall_timeout_seconds: Option<u64>,
     retries: Option<u32>,
     retry_backoff_ms: Option<u64>,
@@ -33,12 +33,16 @@ pub(super) fn staging(r: RawStaging) -> Result<StagingConfig, ConfigError> {
         v => Ok(v.unwrap_or(default)),
     };
     let limits = Limits {
-        max_bytes_per_task: positive("staging.max_bytes_per_task", r.max_bytes_per_task, d.max_bytes_per_task)?,
+        max_task_bytes: positive("staging.max_task_bytes", r.max_task_bytes, d.max_task_bytes)?,
         max_concurrent_transfers: match r.max_concurrent_transfers {
             Some(0) => return Err(invalid("staging.max_concurrent_transfers", "must be at least 1")),
             v => v.unwrap_or(d.max_concurrent_transfers),
         },
-        timeout: Duration::from_secs(positive("staging.timeout_seconds", r.timeout_seconds, d.timeout.as_secs())?),
+        timeout: Duration::from_secs(positive(
+            "staging.transfer_timeout_seconds",
+            r.transfer_timeout_seconds,
+            d.timeout.as_secs(),
+        )?),
         stall_timeout: Duration::from_secs(positive(
             "staging.stall_timeout_seconds",
             r.stall_timeout_seconds,
@@ -61,13 +65,13 @@ mod tests {
         assert_eq!(c.staging.limits.max_concurrent_transfers, 8);
         assert_eq!(c.staging.secrets_dir, std::path::Path::new("/run/berth/staging-secrets"));
         let c = Config::parse(
-            "[staging]\nmax_bytes_per_task = 100\nmax_concurrent_transfers = 2\ntimeout_seconds = 5\n\
+            "[staging]\nmax_task_bytes = 100\nmax_concurrent_transfers = 2\ntransfer_timeout_seconds = 5\n\
              stall_timeout_seconds = 3\nretries = 0\nretry_backoff_ms = 10\nsecrets_dir = \"/tmp/s\"",
             "h",
         )
         .unwrap();
         let l = &c.staging.limits;
-        assert_eq!((l.max_bytes_per_task, l.max_concurrent_transfers, l.retries), (100, 2, 0));
+        assert_eq!((l.max_task_bytes, l.max_concurrent_transfers, l.retries), (100, 2, 0));
         assert_eq!((l.timeout.as_secs(), l.stall_timeout.as_secs(), l.retry_backoff.as_millis()), (5, 3, 10));
         for (text, key) in [
             ("[staging]\nmax_concurrent_transfers = 0", "staging.max_concurrent_transfers"),

@@ -55,11 +55,11 @@ pub async fn download(
     progress: &ProgressTx,
 ) -> Result<(), StagingError> {
     let items = expand(t, files).await?;
-    let cap = t.limits.max_bytes_per_task;
+    let cap = t.limits.max_task_bytes;
     let known: u64 = items.iter().filter_map(|i| i.size).sum();
     if known > cap {
         return Err(StagingError::User(format!(
-            "the resource files are {known} bytes; this node takes at most {cap} per task ([staging] max_bytes_per_task)"
+            "the resource files are {known} bytes; this node takes at most {cap} per task ([staging] max_task_bytes)"
         )));
     }
     let total = u32::try_from(items.len()).unwrap_or(u32::MAX);
@@ -116,7 +116,7 @@ async fn fetch(
                 n += c.len() as u64;
                 if before + n > cap {
                     break Err(Attempt::Fatal(StagingError::User(format!(
-                        "{what}: the resource files pass {cap} bytes ([staging] max_bytes_per_task)"
+                        "{what}: the resource files pass {cap} bytes ([staging] max_task_bytes)"
                     ))));
                 }
                 if let Err(e) = out.file.write_all(&c) {

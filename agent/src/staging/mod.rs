@@ -36,7 +36,7 @@ use tokio::sync::{watch, Semaphore};
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Bytes a task may download, all resource files together.
-    pub max_bytes_per_task: u64,
+    pub max_task_bytes: u64,
     /// Transfers (downloads and uploads) under way on the node at once.
     pub max_concurrent_transfers: usize,
     /// One file's transfer, at most (all its attempts).
@@ -52,7 +52,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_bytes_per_task: 50 << 30,
+            max_task_bytes: 50 << 30,
             max_concurrent_transfers: 8,
             timeout: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(60),

@@ -8,6 +8,7 @@
 
 mod output;
 mod progress;
+mod staging_args;
 mod task_args;
 
 use berth_proto::v1 as pb;

@@ -57,6 +57,14 @@ pub(crate) struct TaskArgs {
     /// A CDI device for the task (vendor.com/class=name); repeatable.
     #[arg(long, value_name = "NAME", requires = "image")]
     device: Vec<String>,
+    /// Downloaded before the task runs; repeatable: `url=URL,path=PATH[,mode=0755]`
+    /// or `container=URL[,prefix=P][,path=DIR]` (a comma in a URL as %2C).
+    #[arg(long = "resource-file", value_name = "ITEMS", value_parser = super::staging_args::resource_file)]
+    resource_file: Vec<pb::ResourceFile>,
+    /// Uploaded after the task exits; repeatable:
+    /// `pattern=P,container=URL[,path=P][,condition=success|failure|completion][,content-type=T]`.
+    #[arg(long = "output-file", value_name = "ITEMS", value_parser = super::staging_args::output_file)]
+    output_file: Vec<pb::OutputFile>,
 }
 
 impl TaskArgs {
@@ -92,8 +100,8 @@ impl TaskArgs {
                 retention_time: self.retention.and_then(|d| d.try_into().ok()),
             }),
             required_slots: self.slots,
-            resource_files: vec![],
-            output_files: vec![],
+            resource_files: self.resource_file,
+            output_files: self.output_file,
         })
     }
 }
