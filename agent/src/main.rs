@@ -145,6 +145,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             cfg.staging.limits.clone(),
             cfg.staging.secrets_dir.clone(),
         )?),
+        app_packages: cfg.staging.app_packages.clone(),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");
@@ -175,6 +176,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     // the API serves: no task is accepted past them while recovery runs.
     sup.load_lifecycle().await.map_err(|e| format!("cannot read the node's lifecycle state: {e}"))?;
     tokio::spawn(recover(sup.clone(), opened.fresh));
+    tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.install_config_packages().await }
+    });
     tokio::spawn(sweep_retention(sup.clone(), cfg.retention_sweep));
     tokio::spawn({
         let (sup, gc) = (sup.clone(), cfg.image_gc.clone());

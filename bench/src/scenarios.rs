@@ -31,6 +31,7 @@ pub(crate) fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb
         job_preparation: None,
         resource_files: vec![],
         output_files: vec![],
+        application_packages: vec![],
     }
 }
 

@@ -135,6 +135,9 @@ pub enum Answer {
     Hang,
     /// 503.
     Unavailable,
+    /// 200 with the head and the first half of the stored body, then
+    /// nothing (the connection stays open).
+    Truncated,
 }
 
 /// A bounded HTTP/1.1 server on 127.0.0.1: per path, a list of answers (the
@@ -240,6 +243,14 @@ impl Sink {
                 let _ = conn.read(&mut chunk).await;
                 return;
             }
+            Answer::Truncated => {
+                let data = self.state.lock().unwrap().bodies.get(&path).cloned().unwrap_or_default();
+                let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", data.len()).into_bytes();
+                r.extend_from_slice(&data[..data.len() / 2]);
+                let _ = conn.write_all(&r).await;
+                let _ = conn.read(&mut chunk).await;
+                return;
+            }
             Answer::Unavailable => {
                 "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
             }
@@ -287,5 +298,22 @@ pub fn output(
             }),
         }),
         upload_options: Some(pb::OutputFileUploadOptions { upload_condition: condition as i32 }),
+    }
+}
+
+/// Nothing the agent wrote holds a SAS signature: its log, its state
+/// database (with its WAL), and what the API shows.
+pub fn assert_no_secret(agent: &crate::Agent, shown: &str, secrets: &[&str]) {
+    let mut files = vec![agent.log()];
+    for e in std::fs::read_dir(agent.state_dir()).unwrap().flatten() {
+        if e.path().is_file() {
+            files.push(String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned());
+        }
+    }
+    files.push(shown.to_owned());
+    for s in secrets {
+        for f in &files {
+            assert!(!f.contains(s), "a secret ({s}) leaked into the agent's log, database or TaskInfo");
+        }
     }
 }

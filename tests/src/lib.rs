@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 pub use berth_proto::v1;
 
+pub mod archive;
 pub mod blob;
 
 /// A variable set by `scripts/test`; panics with a clear message when missing,
@@ -367,6 +368,7 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
         job_preparation: None,
         resource_files: vec![],
         output_files: vec![],
+        application_packages: vec![],
     }
 }
 

@@ -3,7 +3,7 @@
 //! their failures, their secrets, and an agent SIGKILLed in the middle of
 //! either (a test server of the test's own on 127.0.0.1 holds a request open).
 
-use berth_tests::blob::{container_name, http_file, output, Answer, BlobStore, Sink, EARLIER, LATER};
+use berth_tests::blob::{assert_no_secret, container_name, http_file, output, Answer, BlobStore, Sink, EARLIER, LATER};
 use berth_tests::v1 as pb;
 use berth_tests::{failure_code, host_task, task, Agent, AgentOptions};
 use pb::OutputFileUploadCondition as Cond;
@@ -13,23 +13,6 @@ use tonic::Code;
 
 /// The pool auto-user's uid (the default identity).
 const POOL_UID: u32 = 20000;
-
-/// Nothing the agent wrote holds a SAS signature: its log, its state
-/// database (with its WAL), and what the API shows.
-fn assert_no_secret(agent: &Agent, shown: &str, secrets: &[&str]) {
-    let mut files = vec![agent.log()];
-    for e in std::fs::read_dir(agent.state_dir()).unwrap().flatten() {
-        if e.path().is_file() {
-            files.push(String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned());
-        }
-    }
-    files.push(shown.to_owned());
-    for s in secrets {
-        for f in &files {
-            assert!(!f.contains(s), "a secret ({s}) leaked into the agent's log, database or TaskInfo");
-        }
-    }
-}
 
 fn sig_of(sas: &str) -> String {
     sas.split('&').find_map(|p| p.strip_prefix("sig=")).unwrap().to_owned()

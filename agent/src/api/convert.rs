@@ -188,7 +188,12 @@ fn decode_spec(t: pb::TaskSpec, key: TaskKey) -> Result<TaskSpec, crate::supervi
             retention_time: duration("constraints.retention_time", constraints.retention_time).map_err(decode)?,
         },
         required_slots: t.required_slots.max(1),
-        staging: super::staging::decode(t.resource_files, t.output_files).map_err(decode)?,
+        staging: {
+            let mut s = super::staging::decode(t.resource_files, t.output_files).map_err(decode)?;
+            s.application_packages =
+                super::staging::packages("application_packages", t.application_packages).map_err(decode)?;
+            s
+        },
     })
 }
 
@@ -271,6 +276,7 @@ pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
         job_preparation: None,
         resource_files,
         output_files,
+        application_packages: super::staging::encode_packages(&s.staging.application_packages),
     }
 }
 
@@ -461,6 +467,7 @@ pub(super) fn node_info(s: &NodeStatus) -> pb::NodeInfo {
         cpu_used_percent: s.usage.cpu_used_percent,
         memory_used_bytes: s.usage.memory_used_bytes,
         memory_available_bytes: s.usage.memory_available_bytes,
+        application_packages: s.packages.iter().map(super::staging::package_info).collect(),
         load_average_1m: s.usage.load[0],
         load_average_5m: s.usage.load[1],
         load_average_15m: s.usage.load[2],
@@ -503,6 +510,7 @@ mod tests {
             job_preparation: None,
             resource_files: vec![],
             output_files: vec![],
+            application_packages: vec![],
         }
     }
 

@@ -38,6 +38,8 @@ fn code_of(e: &Error) -> Code {
         Error::NotAccepting { .. } | Error::Precondition { .. } => Code::FailedPrecondition,
         Error::JobNotFound { .. } => Code::NotFound,
         Error::Recovering => Code::Unavailable,
+        Error::Package(crate::staging::StagingError::User(_)) => Code::FailedPrecondition,
+        Error::Package(crate::staging::StagingError::Server(_)) => Code::Unavailable,
         Error::Layout(LayoutError::UnsafePath { .. } | LayoutError::NotAFile { .. }) => Code::InvalidArgument,
         Error::Layout(LayoutError::NoSuchFile { .. }) => Code::NotFound,
         Error::Layout(_) | Error::Store(_) => Code::Internal,

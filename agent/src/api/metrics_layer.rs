@@ -13,8 +13,9 @@ use std::task::{Context, Poll};
 
 /// Method names a label may take; any other path counts as `other`, so a
 /// client cannot grow the label set.
-const METHODS: [&str; 19] = [
+const METHODS: [&str; 20] = [
     "GetNode",
+    "ConfigureApplicationPackages",
     "RunTask",
     "ExplainTask",
     "GetTask",

@@ -117,6 +117,17 @@ impl NodeAgent for Api {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn configure_application_packages(
+        &self,
+        req: Request<pb::ConfigureApplicationPackagesRequest>,
+    ) -> Result<Response<pb::ConfigureApplicationPackagesResponse>, Status> {
+        let packages = staging::packages("packages", req.into_inner().packages)?;
+        let installed = self.sup.configure_application_packages(packages).await?;
+        Ok(Response::new(pb::ConfigureApplicationPackagesResponse {
+            packages: installed.iter().map(staging::package_info).collect(),
+        }))
+    }
+
     async fn configure_job(&self, req: Request<pb::ConfigureJobRequest>) -> Result<Response<pb::JobInfo>, Status> {
         let r = req.into_inner();
         let job = crate::model::JobId::new(r.job_id).map_err(crate::supervisor::Error::from)?;

@@ -4,8 +4,8 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    file_mode, relative_path, OutputFile, ResourceFile, ResourceSource, SecretUrl, Staging, UploadCondition,
-    MAX_OUTPUT_FILES, MAX_RESOURCE_FILES,
+    check_packages, file_mode, relative_path, AppPackage, OutputFile, PackageId, ResourceFile, ResourceSource,
+    SecretUrl, Staging, UploadCondition, MAX_OUTPUT_FILES, MAX_RESOURCE_FILES,
 };
 use berth_proto::v1 as pb;
 
@@ -33,7 +33,38 @@ pub(super) fn decode(resources: Vec<pb::ResourceFile>, outputs: Vec<pb::OutputFi
         .enumerate()
         .map(|(i, o)| output(o).map_err(|e| DecodeError::new("output_files", format!("[{i}]: {e}"))))
         .collect::<Result<_, _>>()?;
-    Ok(Staging { resource_files, output_files })
+    Ok(Staging { resource_files, output_files, application_packages: vec![] })
+}
+
+/// Application package references (a task's, or the node's).
+pub(super) fn packages(
+    field: &'static str,
+    refs: Vec<pb::ApplicationPackageReference>,
+) -> Result<Vec<AppPackage>, DecodeError> {
+    let packages = refs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let id = PackageId::new(&r.application_id, &r.version).map_err(|e| format!("[{i}]: {e}"))?;
+            let url = url("url", &r.url).map_err(|e| format!("[{i}]: {e}"))?;
+            Ok(AppPackage { id, url })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| DecodeError::new(field, e))?;
+    check_packages(&packages).map_err(|e| DecodeError::new(field, e))?;
+    Ok(packages)
+}
+
+/// For TaskInfo.spec: URLs without their queries.
+pub(super) fn encode_packages(packages: &[AppPackage]) -> Vec<pb::ApplicationPackageReference> {
+    packages
+        .iter()
+        .map(|p| pb::ApplicationPackageReference {
+            application_id: p.id.application_id.clone(),
+            version: p.id.version.clone(),
+            url: p.url.redacted(),
+        })
+        .collect()
 }
 
 fn url(field: &str, s: &str) -> Result<SecretUrl, String> {
@@ -148,6 +179,18 @@ pub(super) fn encode(s: &Staging) -> (Vec<pb::ResourceFile>, Vec<pb::OutputFile>
         })
         .collect();
     (resources, outputs)
+}
+
+/// A package on the node, for GetNode and ConfigureApplicationPackages.
+pub(super) fn package_info(p: &crate::supervisor::PackageStatus) -> pb::ApplicationPackageInfo {
+    pb::ApplicationPackageInfo {
+        application_id: p.id.application_id.clone(),
+        version: p.id.version.clone(),
+        path: p.path.display().to_string(),
+        node_level: p.node_level,
+        task_references: p.task_references,
+        environment_variables: p.id.env_names(),
+    }
 }
 
 /// A task's transfers under way, for TaskInfo.

@@ -1,6 +1,7 @@
 //! `[staging]`: resource and output file transfers.
 
 use super::{absolute, invalid, ConfigError};
+use crate::model::{check_packages, AppPackage, PackageId, SecretUrl};
 use crate::staging::Limits;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -16,6 +17,16 @@ pub(super) struct RawStaging {
     retries: Option<u32>,
     retry_backoff_ms: Option<u64>,
     secrets_dir: Option<PathBuf>,
+    #[serde(default)]
+    application_packages: Vec<RawPackage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    application_id: String,
+    version: String,
+    url: String,
 }
 
 /// The validated `[staging]` table.
@@ -24,6 +35,8 @@ pub struct StagingConfig {
     pub limits: Limits,
     /// Where the queries (SAS tokens) of staging URLs are kept, root-only.
     pub secrets_dir: PathBuf,
+    /// The node's application packages (`[[staging.application_packages]]`).
+    pub app_packages: Vec<AppPackage>,
 }
 
 pub(super) fn staging(r: RawStaging) -> Result<StagingConfig, ConfigError> {
@@ -52,7 +65,19 @@ pub(super) fn staging(r: RawStaging) -> Result<StagingConfig, ConfigError> {
         retry_backoff: r.retry_backoff_ms.map_or(d.retry_backoff, Duration::from_millis),
     };
     let secrets_dir = absolute("staging.secrets_dir", r.secrets_dir, "/run/berth/staging-secrets")?;
-    Ok(StagingConfig { limits, secrets_dir })
+    let key = "staging.application_packages";
+    let app_packages = r
+        .application_packages
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = PackageId::new(&p.application_id, &p.version).map_err(|e| invalid(key, &format!("[{i}]: {e}")))?;
+            let url = SecretUrl::parse(&p.url).map_err(|e| invalid(key, &format!("[{i}]: url {e}")))?;
+            Ok(AppPackage { id, url })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    check_packages(&app_packages).map_err(|e| invalid(key, &e))?;
+    Ok(StagingConfig { limits, secrets_dir, app_packages })
 }
 
 #[cfg(test)]
@@ -78,9 +103,31 @@ mod tests {
             ("[staging]\nstall_timeout_seconds = 0", "staging.stall_timeout_seconds"),
             ("[staging]\nsecrets_dir = \"rel\"", "staging.secrets_dir"),
             ("[staging]\nretry = 1", "retry"),
+            (
+                "[[staging.application_packages]]\napplication_id = \"a/b\"\nversion = \"1\"\nurl = \"http://h/p.zip\"",
+                "staging.application_packages",
+            ),
+            (
+                "[[staging.application_packages]]\napplication_id = \"a\"\nversion = \"1\"\nurl = \"ftp://h/p?sig=S\"",
+                "staging.application_packages",
+            ),
         ] {
             let e = Config::parse(text, "h").unwrap_err().to_string();
-            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(key) && !e.contains("sig=S"), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn node_packages_from_the_config_file() {
+        let c = Config::parse(
+            "[[staging.application_packages]]\napplication_id = \"tool\"\nversion = \"2.0\"\n\
+             url = \"http://127.0.0.1:9/tool.tar.gz?sig=S\"",
+            "h",
+        )
+        .unwrap();
+        let p = &c.staging.app_packages[0];
+        assert_eq!(p.id.to_string(), "tool/2.0");
+        assert_eq!(p.url.query(), Some("sig=S"));
+        assert!(!format!("{c:?}").contains("sig=S"));
     }
 }

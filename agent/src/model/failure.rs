@@ -76,6 +76,7 @@ failure_codes! {
     AgentInternalError => ServerError,
     ResourceFileDownloadFailed => UserError,
     FileUploadFailed => UserError,
+    ApplicationPackageFailed => UserError,
     // Recorded by agents before host tasks existed; kept so their records read back.
     HostTaskNotSupported => UserError,
 }
@@ -89,7 +90,12 @@ impl FailureCode {
     /// URL) is the task's, a server or network failure the node's. Their
     /// `category()` is the task's; [`FailureInfo::on_the_node`] makes the other.
     pub const fn either_side(self) -> bool {
-        matches!(self, FailureCode::ResourceFileDownloadFailed | FailureCode::FileUploadFailed)
+        matches!(
+            self,
+            FailureCode::ResourceFileDownloadFailed
+                | FailureCode::FileUploadFailed
+                | FailureCode::ApplicationPackageFailed
+        )
     }
 }
 
@@ -210,6 +216,7 @@ mod tests {
         (FailureCode::AgentInternalError, "AgentInternalError", S),
         (FailureCode::ResourceFileDownloadFailed, "ResourceFileDownloadFailed", U),
         (FailureCode::FileUploadFailed, "FileUploadFailed", U),
+        (FailureCode::ApplicationPackageFailed, "ApplicationPackageFailed", U),
         (FailureCode::HostTaskNotSupported, "HostTaskNotSupported", U),
     ];
 
@@ -231,7 +238,14 @@ mod tests {
     #[test]
     fn only_transfer_codes_can_be_the_nodes_or_the_tasks() {
         let either: Vec<_> = FailureCode::ALL.iter().filter(|c| c.either_side()).collect();
-        assert_eq!(either, [&FailureCode::ResourceFileDownloadFailed, &FailureCode::FileUploadFailed]);
+        assert_eq!(
+            either,
+            [
+                &FailureCode::ResourceFileDownloadFailed,
+                &FailureCode::FileUploadFailed,
+                &FailureCode::ApplicationPackageFailed
+            ]
+        );
         let node = FailureInfo::on_the_node(FailureCode::FileUploadFailed, "HTTP 503");
         assert_eq!(node.category, S);
         assert_eq!(FailureInfo::new(FailureCode::FileUploadFailed, "HTTP 403").category, U);

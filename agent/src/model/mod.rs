@@ -10,6 +10,7 @@ mod ids;
 mod image;
 mod lifecycle;
 mod node;
+mod packages;
 mod staging;
 mod task;
 
@@ -20,6 +21,7 @@ pub use ids::{IdError, JobId, TaskId, TaskKey, TaskKind, JOB_PREPARATION, JOB_RE
 pub use image::{chain_id, normalize, ImageConfig, ImageError, Platform};
 pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInputs};
 pub use node::NodeFacts;
+pub use packages::{check_packages, AppPackage, PackageId, MAX_APP_PACKAGES};
 pub use staging::{
     file_mode, relative_path, OutputFile, ResourceFile, ResourceSource, SecretUrl, Staging, UploadCondition,
     MAX_OUTPUT_FILES, MAX_RESOURCE_FILES,

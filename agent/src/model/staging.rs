@@ -175,25 +175,30 @@ pub struct Staging {
     pub resource_files: Vec<ResourceFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_files: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub application_packages: Vec<super::AppPackage>,
 }
 
 impl Staging {
     pub fn is_empty(&self) -> bool {
-        self.resource_files.is_empty() && self.output_files.is_empty()
+        self.resource_files.is_empty() && self.output_files.is_empty() && self.application_packages.is_empty()
     }
 
     fn urls(&self) -> impl Iterator<Item = &SecretUrl> {
         let res = self.resource_files.iter().map(|r| match &r.source {
             ResourceSource::Http(u) | ResourceSource::Container { url: u, .. } => u,
         });
-        res.chain(self.output_files.iter().map(|o| &o.container_url))
+        // Packages last: the order of records written before they existed.
+        let out = res.chain(self.output_files.iter().map(|o| &o.container_url));
+        out.chain(self.application_packages.iter().map(|p| &p.url))
     }
 
     fn urls_mut(&mut self) -> impl Iterator<Item = &mut SecretUrl> {
         let res = self.resource_files.iter_mut().map(|r| match &mut r.source {
             ResourceSource::Http(u) | ResourceSource::Container { url: u, .. } => u,
         });
-        res.chain(self.output_files.iter_mut().map(|o| &mut o.container_url))
+        let out = res.chain(self.output_files.iter_mut().map(|o| &mut o.container_url));
+        out.chain(self.application_packages.iter_mut().map(|p| &mut p.url))
     }
 
     /// Every URL's query, in order: what the secrets directory keeps.
@@ -299,6 +304,10 @@ mod tests {
                 headers: vec![],
                 condition: UploadCondition::TaskSuccess,
             }],
+            application_packages: vec![super::super::AppPackage {
+                id: super::super::PackageId::new("app", "1.0").unwrap(),
+                url: SecretUrl::parse("http://h/app.zip?sig=3").unwrap(),
+            }],
         };
         let queries = s.queries();
         let mut stored: Staging = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -306,7 +315,7 @@ mod tests {
         stored.set_queries(queries);
         assert_eq!(stored, s);
         assert!(!stored.lost_queries());
-        s.set_queries(vec![None, None]);
+        s.set_queries(vec![None, None, None]);
         assert!(!s.has_queries() && s.lost_queries());
         let plain = SecretUrl::parse("http://h/no-query").unwrap();
         let back: SecretUrl = serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 
 use super::SpecError;
 use crate::layout::{Layout, TaskPaths};
-use crate::model::{NodeFacts, TaskKey, TaskKind};
+use crate::model::{NodeFacts, PackageId, TaskKey, TaskKind};
 use std::collections::BTreeMap;
 
 /// Prefix reserved for the variables the agent sets.
@@ -40,7 +40,8 @@ pub(super) fn check_task_env(env: &BTreeMap<String, String>) -> Result<(), SpecE
 }
 
 /// The `AZ_BATCH_*` variables of a task (SEMANTICS.md, "Node layout and
-/// environment variables"). The start task has no job or task id; the job
+/// environment variables"), with one per application package it gets
+/// (the node's and its own). The start task has no job or task id; the job
 /// preparation directory is named to the tasks of a job that has one (and to
 /// the preparation task itself), not to its release task.
 pub fn batch_vars(
@@ -49,6 +50,7 @@ pub fn batch_vars(
     key: &TaskKey,
     paths: &TaskPaths,
     job_prep: bool,
+    packages: &[PackageId],
 ) -> Vec<(String, String)> {
     let p = |path: &std::path::Path| path.display().to_string();
     let kind = key.kind();
@@ -78,6 +80,10 @@ pub fn batch_vars(
     vars.push(("AZ_BATCH_TASK_DIR".into(), p(&paths.task_dir)));
     vars.push(("AZ_BATCH_TASK_WORKING_DIR".into(), p(&paths.working_dir)));
     vars.push(("AZ_BATCH_CERTIFICATES_DIR".into(), p(&paths.certs_dir)));
+    for pkg in packages {
+        let dir = p(&layout.applications().join(pkg.rel_dir()));
+        vars.extend(pkg.env_names().into_iter().map(|name| (name, dir.clone())));
+    }
     vars
 }
 

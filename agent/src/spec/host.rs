@@ -5,7 +5,7 @@
 
 use super::{command, env, SpecError};
 use crate::layout::Layout;
-use crate::model::{NodeFacts, RunAs, TaskSpec};
+use crate::model::{NodeFacts, PackageId, RunAs, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 /// Everything needed to start a host task's process.
@@ -32,6 +32,7 @@ pub fn host_process(
     node: &NodeFacts,
     layout: &Layout,
     job_prep: bool,
+    packages: &[PackageId],
 ) -> Result<HostProcess, SpecError> {
     if task.command_line.trim().is_empty() {
         return Err(SpecError::NoCommand);
@@ -40,7 +41,7 @@ pub fn host_process(
     let paths = layout.task(&task.key);
     let base = [("HOME".to_string(), paths.working_dir.display().to_string())];
     let task_env: Vec<(String, String)> = task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let batch = env::batch_vars(node, layout, &task.key, &paths, job_prep);
+    let batch = env::batch_vars(node, layout, &task.key, &paths, job_prep, packages);
     let env = env::merge(&[], &[&base, &task_env, &batch]);
     let (uid, gid, groups) =
         if run_as.admin { (0, 0, vec![0]) } else { (run_as.uid, run_as.gid, run_as.groups.clone()) };
@@ -103,9 +104,15 @@ mod tests {
     #[test]
     fn task_rules_without_a_shell() {
         let l = Layout::new("/r");
-        let p =
-            host_process(&task(TaskKey::new("j", "t").unwrap(), "/bin/sh -c 'echo $A'"), &user(), &node(), &l, true)
-                .unwrap();
+        let p = host_process(
+            &task(TaskKey::new("j", "t").unwrap(), "/bin/sh -c 'echo $A'"),
+            &user(),
+            &node(),
+            &l,
+            true,
+            &[],
+        )
+        .unwrap();
         assert_eq!(p.args, ["/bin/sh", "-c", "echo $A"]);
         assert_eq!(p.cwd, "/r/workitems/j/job-1/t/wd");
         assert_eq!((p.uid, p.gid, p.groups.clone(), p.no_new_privileges), (1100, 1100, vec![1100, 1200], true));
@@ -122,7 +129,7 @@ mod tests {
     fn start_task_has_no_task_id() {
         let l = Layout::new("/r");
         let admin = RunAs { admin: true, ..user() };
-        let p = host_process(&task(TaskKey::start_task(), "mount-things"), &admin, &node(), &l, false).unwrap();
+        let p = host_process(&task(TaskKey::start_task(), "mount-things"), &admin, &node(), &l, false, &[]).unwrap();
         assert_eq!(var(&p, "AZ_BATCH_TASK_ID"), None);
         assert_eq!(var(&p, "AZ_BATCH_JOB_ID"), None);
         assert_eq!(var(&p, "AZ_BATCH_TASK_WORKING_DIR"), Some("/r/startup/wd"));
@@ -135,20 +142,22 @@ mod tests {
     fn release_task_is_not_told_the_prep_dir() {
         let l = Layout::new("/r");
         let job = crate::model::JobId::new("j").unwrap();
-        let p = host_process(&task(TaskKey::job_release(&job), "cleanup"), &user(), &node(), &l, true).unwrap();
+        let p = host_process(&task(TaskKey::job_release(&job), "cleanup"), &user(), &node(), &l, true, &[]).unwrap();
         assert_eq!(var(&p, "AZ_BATCH_JOB_PREP_DIR"), None);
         assert_eq!(var(&p, "AZ_BATCH_TASK_ID"), Some("jobrelease"));
-        let prep = host_process(&task(TaskKey::job_preparation(&job), "stage"), &user(), &node(), &l, true).unwrap();
+        let prep =
+            host_process(&task(TaskKey::job_preparation(&job), "stage"), &user(), &node(), &l, true, &[]).unwrap();
         assert_eq!(var(&prep, "AZ_BATCH_JOB_PREP_WORKING_DIR"), Some("/r/workitems/j/job-1/jobpreparation/wd"));
     }
 
     #[test]
     fn a_command_line_is_required() {
         let l = Layout::new("/r");
-        let err = host_process(&task(TaskKey::new("j", "t").unwrap(), "  "), &user(), &node(), &l, false).unwrap_err();
-        assert!(matches!(err, SpecError::NoCommand));
         let err =
-            host_process(&task(TaskKey::new("j", "t").unwrap(), "'open"), &user(), &node(), &l, false).unwrap_err();
+            host_process(&task(TaskKey::new("j", "t").unwrap(), "  "), &user(), &node(), &l, false, &[]).unwrap_err();
+        assert!(matches!(err, SpecError::NoCommand));
+        let err = host_process(&task(TaskKey::new("j", "t").unwrap(), "'open"), &user(), &node(), &l, false, &[])
+            .unwrap_err();
         assert!(matches!(err, SpecError::CommandLine { .. }));
     }
 }

@@ -103,6 +103,8 @@ pub struct SpecInputs<'a> {
     pub cgroups_path: &'a str,
     /// The task's job has a preparation task (`AZ_BATCH_JOB_PREP_DIR` is set).
     pub job_prep: bool,
+    /// The application packages it gets (installed under `applications/`).
+    pub packages: &'a [crate::model::PackageId],
 }
 
 /// Builds the spec of a container task.
@@ -115,7 +117,7 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         args.splice(0..0, [INIT_PATH.to_string(), "--".into()]);
     }
 
-    let batch = env::batch_vars(i.node, i.layout, key, &paths, i.job_prep);
+    let batch = env::batch_vars(i.node, i.layout, key, &paths, i.job_prep, i.packages);
     let task_env: Vec<(String, String)> = i.task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let env = env::merge(&i.image.env, &[&i.lookups.env_files, &o.env, &task_env, &batch]);
 
@@ -167,6 +169,8 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     // Tasks write the node root: no set-uid binary or device node planted
     // there is honoured, in this task or any other.
     mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw", "nosuid", "nodev"])?);
+    // Application packages are shared: no task, not even an admin one, may change them.
+    mounts.push(bind(i.layout.applications().display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev"])?);
     for f in &i.node.network_files {
         mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"])?);
     }

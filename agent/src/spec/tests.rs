@@ -5,7 +5,7 @@ use super::*;
 use crate::model::{ContainerSettings, RunAs, TaskConstraints, TaskKey, UserIdentity};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn node() -> NodeFacts {
     NodeFacts {
@@ -83,6 +83,7 @@ fn build_with(
         layout: &layout,
         cgroups_path: "/berth/c1",
         job_prep: false,
+        packages: &[],
     })
 }
 
@@ -238,6 +239,7 @@ fn no_command_is_an_error() {
         layout: &layout,
         cgroups_path: "/b/c",
         job_prep: false,
+        packages: &[],
     })
     .unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));
@@ -386,7 +388,7 @@ fn binds_are_nosuid_and_nodev() {
     let spec = build_with(&t, &image(), &plain(), &policy, &lookups).unwrap();
     let binds: Vec<&Mount> =
         spec.mounts().as_ref().unwrap().iter().filter(|m| m.typ().as_deref() == Some("bind")).collect();
-    assert_eq!(binds.len(), 5, "node root, resolv.conf, hosts, -v, init");
+    assert_eq!(binds.len(), 6, "node root, applications, resolv.conf, hosts, -v, init");
     for m in binds {
         let opts = m.options().clone().unwrap_or_default();
         for want in ["nosuid", "nodev"] {
@@ -416,5 +418,37 @@ fn no_working_directory_under_proc() {
     for flag in ["-w /proc/self/fd/8", "--workdir=/proc", "-w /proc/1/root"] {
         let err = check_task(&task("", flag, WorkingDirMode::TaskWorkingDir)).unwrap_err().to_string();
         assert!(err.contains("run option -") && err.contains("under /proc"), "{flag}: {err}");
+    }
+}
+
+#[test]
+fn application_packages_are_read_only_and_announced() {
+    let t = task("", "", WorkingDirMode::TaskWorkingDir);
+    let ro = check_task(&t).unwrap();
+    let layout = Layout::new("/var/lib/berth/node");
+    let packages = [crate::model::PackageId::new("Blender", "2.79").unwrap()];
+    let spec = build(SpecInputs {
+        task: &t,
+        run_options: &ro,
+        run_as: &root(),
+        policy: &Policy::default(),
+        lookups: &Lookups::default(),
+        image: &image(),
+        node: &node(),
+        layout: &layout,
+        cgroups_path: "/berth/c1",
+        job_prep: false,
+        packages: &packages,
+    })
+    .unwrap();
+    let mounts = spec.mounts().as_ref().unwrap();
+    let root = mounts.iter().position(|m| m.destination() == Path::new("/var/lib/berth/node")).unwrap();
+    let apps = mounts.iter().position(|m| m.destination() == Path::new("/var/lib/berth/node/applications")).unwrap();
+    assert!(apps > root, "mounted over the node root's bind");
+    let opts = mounts[apps].options().clone().unwrap();
+    assert!(opts.iter().any(|o| o == "ro") && !opts.iter().any(|o| o == "rw"), "{opts:?}");
+    let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+    for name in ["AZ_BATCH_APP_PACKAGE_Blender_2_79", "AZ_BATCH_APP_PACKAGE_blender_2_79"] {
+        assert!(env.contains(&format!("{name}=/var/lib/berth/node/applications/Blender/2.79")), "{name}: {env:?}");
     }
 }

@@ -77,7 +77,7 @@ pub(super) async fn list(t: &Transfers, container: &SecretUrl, prefix: &str) -> 
             }
         }
         let page = retrying(t, &what, || {
-            let req = t.client.get(url.clone()).header("x-ms-version", super::upload::BLOB_API_VERSION);
+            let req = t.client.get(url.clone()).header("x-ms-version", super::http::BLOB_API_VERSION);
             let what = what.as_str();
             async move {
                 let mut resp = check(what, req.send().await.map_err(|e| network(what, e))?)?;

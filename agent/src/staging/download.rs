@@ -4,7 +4,7 @@
 //! into place when complete. A retried file starts again from its first byte.
 
 use super::fs::{open_dir, NewFile};
-use super::http::{check, chunk, network, retrying, Attempt};
+use super::http::{get, retrying, stream_body, Attempt};
 use super::{blobs, ProgressTx, StagingError, Transfers};
 use crate::model::{relative_path, ResourceFile, ResourceSource, SecretUrl};
 use std::io::Write;
@@ -95,13 +95,7 @@ async fn fetch(
     cap: u64,
     progress: &ProgressTx,
 ) -> Result<u64, Attempt> {
-    let req = t.client.get(item.url.full()).header("x-ms-version", super::upload::BLOB_API_VERSION);
-    // Waiting for the answer counts as a stall too.
-    let stall = t.limits.stall_timeout;
-    let resp = tokio::time::timeout(stall, req.send())
-        .await
-        .map_err(|_| Attempt::Retry(format!("{what}: no answer for {stall:?}")))?;
-    let mut resp = check(what, resp.map_err(|e| network(what, e))?)?;
+    let mut resp = get(t, what, item.url.full()).await?;
     if item.size.is_none() {
         if let Some(len) = resp.content_length() {
             progress.send_modify(|p| p.bytes_total += len);
@@ -109,27 +103,21 @@ async fn fetch(
     }
     let mut out = NewFile::create(dir, &item.rel, owner)
         .map_err(|e| Attempt::Fatal(StagingError::User(format!("{what}: {e}"))))?;
-    let mut n = 0u64;
-    let result = loop {
-        match chunk(what, &mut resp, t.limits.stall_timeout).await {
-            Ok(Some(c)) => {
-                n += c.len() as u64;
-                if before + n > cap {
-                    break Err(Attempt::Fatal(StagingError::User(format!(
-                        "{what}: the resource files pass {cap} bytes ([staging] max_task_bytes)"
-                    ))));
-                }
-                if let Err(e) = out.file.write_all(&c) {
-                    break Err(Attempt::Fatal(StagingError::Server(format!("{what}: cannot write: {e}"))));
-                }
-                progress.send_modify(|p| p.bytes_done = before + n);
-            }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+    let too_big =
+        || StagingError::User(format!("{what}: the resource files pass {cap} bytes ([staging] max_task_bytes)"));
+    let file = &mut out.file;
+    let result = stream_body(
+        t,
+        what,
+        &mut resp,
+        cap.saturating_sub(before),
+        too_big,
+        |c| file.write_all(c),
+        |n| progress.send_modify(|p| p.bytes_done = before + n),
+    )
+    .await;
     match result {
-        Ok(()) => {
+        Ok(n) => {
             out.commit(item.mode).map_err(|e| Attempt::Fatal(StagingError::User(format!("{what}: {e}"))))?;
             Ok(n)
         }

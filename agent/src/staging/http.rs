@@ -6,6 +6,9 @@ use super::{StagingError, Transfers};
 use std::future::Future;
 use std::time::Duration;
 
+/// The Blob service version the agent speaks (`Put Blob` up to 5,000 MiB).
+pub(super) const BLOB_API_VERSION: &str = "2019-12-12";
+
 /// How one attempt ended, when it did not succeed.
 pub(super) enum Attempt {
     /// May pass: try again while retries are left (a node-side failure at the end).
@@ -90,4 +93,39 @@ pub(super) async fn chunk(
         Ok(Err(e)) => Err(network(what, e)),
         Err(_) => Err(Attempt::Retry(format!("{what}: no data for {stall:?}"))),
     }
+}
+
+/// Sends a GET (Blob API version set), waiting at most the stall timeout for
+/// the answer's head; returns it if it is a success.
+pub(super) async fn get(t: &Transfers, what: &str, url: url::Url) -> Result<reqwest::Response, Attempt> {
+    let req = t.client.get(url).header("x-ms-version", BLOB_API_VERSION);
+    let stall = t.limits.stall_timeout;
+    let resp = tokio::time::timeout(stall, req.send())
+        .await
+        .map_err(|_| Attempt::Retry(format!("{what}: no answer for {stall:?}")))?;
+    check(what, resp.map_err(|e| network(what, e))?)
+}
+
+/// Streams a body into `sink`, chunk by chunk, never holding it whole.
+/// `room` is how many bytes may still come (past it: `too_big`, fatal);
+/// `seen` gets the bytes so far after each chunk. Returns the body's size.
+pub(super) async fn stream_body(
+    t: &Transfers,
+    what: &str,
+    resp: &mut reqwest::Response,
+    room: u64,
+    too_big: impl Fn() -> StagingError,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    mut seen: impl FnMut(u64),
+) -> Result<u64, Attempt> {
+    let mut n = 0u64;
+    while let Some(c) = chunk(what, resp, t.limits.stall_timeout).await? {
+        n += c.len() as u64;
+        if n > room {
+            return Err(Attempt::Fatal(too_big()));
+        }
+        sink(&c).map_err(|e| Attempt::Fatal(StagingError::Server(format!("{what}: cannot write: {e}"))))?;
+        seen(n);
+    }
+    Ok(n)
 }

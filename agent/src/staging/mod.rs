@@ -9,6 +9,7 @@
 //! - `blobs`: listing a container's blobs (`storage_container_url`).
 //! - `fs`: creating files in a task's directory without following a link a
 //!   task planted, and reading only what the task's identity could read.
+//! - `packages`, `unpack`: application packages, installed once per node.
 //! - `download`, `upload`: the two directions; `pattern`: Batch's
 //!   `filePattern` rules; `secrets`: the URLs' queries, kept out of the
 //!   state database.
@@ -19,11 +20,14 @@ mod blobs;
 mod download;
 mod fs;
 mod http;
+mod packages;
 pub mod pattern;
 pub mod secrets;
+mod unpack;
 mod upload;
 
 pub use download::download;
+pub use packages::Packages;
 pub use upload::{plan, upload, Planned, UploadLog};
 
 use crate::model::TaskKey;

@@ -93,6 +93,7 @@ mod tests {
                 file_mode: 0o644,
             }],
             output_files: vec![],
+            application_packages: vec![],
         };
         Secrets::new(d.path().join("s")).keep(&key, &staging).unwrap();
         let meta = std::fs::metadata(d.path().join("s")).unwrap();

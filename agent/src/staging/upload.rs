@@ -6,7 +6,7 @@
 //! agent crash none is sent twice and none is skipped.
 
 use super::fs::{open_dir, open_log, open_output, own_like_dir};
-use super::http::{check, network, retrying, Attempt};
+use super::http::{check, network, retrying, Attempt, BLOB_API_VERSION};
 use super::pattern::{expand, find};
 use super::{StagingError, Transfers};
 use crate::model::{OutputFile, RunAs, SecretUrl};
@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The Blob service version the agent speaks (`Put Blob` up to 5,000 MiB).
-pub(super) const BLOB_API_VERSION: &str = "2019-12-12";
 /// The largest file one `Put Blob` takes at that version.
 const MAX_PUT_BLOB: u64 = 5000 << 20;
 

@@ -45,6 +45,8 @@ pub enum Error {
     NotAccepting { state: crate::model::NodeState, reason: String },
     #[error("{reason}")]
     Precondition { reason: String },
+    #[error(transparent)]
+    Package(crate::staging::StagingError),
     #[error("job {job} is not known on this node")]
     JobNotFound { job: crate::model::JobId },
 }

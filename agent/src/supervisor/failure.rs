@@ -47,6 +47,8 @@ pub(crate) enum Failure {
     ContainerGone(RuntimeError),
     /// A resource file could not be downloaded.
     Download(crate::staging::StagingError),
+    /// An application package could not be installed.
+    Package(crate::staging::StagingError),
     /// A blocking job of the agent failed (a panic): a bug.
     Internal(String),
 }
@@ -110,6 +112,10 @@ impl From<Failure> for FailureInfo {
                 FailureInfo::on_the_node(C::ResourceFileDownloadFailed, e.to_string())
             }
             Failure::Download(e) => new(C::ResourceFileDownloadFailed, e.to_string()),
+            Failure::Package(e) if e.is_server() => {
+                FailureInfo::on_the_node(C::ApplicationPackageFailed, e.to_string())
+            }
+            Failure::Package(e) => new(C::ApplicationPackageFailed, e.to_string()),
             Failure::Output { task_dir, error } => {
                 let code = if crate::safefs::is_unsafe(&error) { C::UnsafeTaskFile } else { C::ContainerCreateFailed };
                 let dir = task_dir.display();

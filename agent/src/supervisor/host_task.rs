@@ -23,7 +23,8 @@ pub(super) async fn start(
     let Ready { mut info, run_as, job_prep } = ready;
     let sh = &sup.shared;
     let key = info.key().clone();
-    let process = match crate::spec::host_process(&info.spec, &run_as, &sh.node, &sh.layout, job_prep) {
+    let packages: Vec<_> = sup.task_packages(&info.spec).into_iter().map(|p| p.id).collect();
+    let process = match crate::spec::host_process(&info.spec, &run_as, &sh.node, &sh.layout, job_prep, &packages) {
         Ok(p) => p,
         Err(e) => return fail(sup, info, FailureInfo::new(FailureCode::CommandLineInvalid, e.to_string())).await,
     };

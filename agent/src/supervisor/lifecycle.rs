@@ -93,6 +93,7 @@ impl Supervisor {
         let enabled: Option<bool> = self.shared.store.setting(SCHEDULING).await?;
         let start: Option<StartTaskConfig> = self.shared.store.setting(START_TASK).await?;
         let jobs = self.read_jobs().await?;
+        self.load_packages().await?;
         let record = match start {
             Some(_) => self.shared.store.get(&TaskKey::start_task()).await?,
             None => None,

@@ -16,6 +16,7 @@ mod lookups;
 mod node_usage;
 mod outcome;
 mod outputs;
+mod packages;
 mod prepare;
 mod record;
 mod recovery;
@@ -33,6 +34,7 @@ pub use jobs::JobStatus;
 pub use lifecycle::{boot_id, NodeStateView};
 pub use node_usage::NodeUsage;
 pub use outcome::StopReason;
+pub use packages::PackageStatus;
 pub use recovery::Report as RecoveryReport;
 pub use stop::StopSettings;
 
@@ -92,6 +94,8 @@ pub struct Settings {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Resource and output file transfers, and their URLs' secrets.
     pub staging: Arc<crate::staging::Transfers>,
+    /// The node's application packages from the config file.
+    pub app_packages: Vec<crate::model::AppPackage>,
 }
 
 /// A request to stop a running task.
@@ -176,6 +180,8 @@ struct Shared {
     link: Link,
     /// The node's state as published, and what it is computed from.
     status: StatusParts,
+    /// Application packages: installed, the node's set (its own locks).
+    packages: packages::NodePackages,
 }
 
 /// containerd as the supervisor sees it.
@@ -222,6 +228,7 @@ pub struct NodeStatus {
     pub cdi_specs: Vec<crate::devices::SpecStatus>,
     pub state: NodeStateView,
     pub usage: NodeUsage,
+    pub packages: Vec<PackageStatus>,
 }
 
 #[derive(Clone)]
@@ -239,6 +246,7 @@ impl Supervisor {
         puller: Arc<dyn Pull>,
     ) -> Self {
         let sched = Sched { slots: Slots::new(settings.task_slots), stops: HashMap::new(), recovered: false };
+        let (layout_applications, app_packages) = (layout.applications(), settings.app_packages.clone());
         let exits = broadcast::channel(1024).0;
         let containerd = tokio_watch::channel(None).0;
         let shared = Shared {
@@ -255,6 +263,7 @@ impl Supervisor {
             life: Mutex::default(),
             admission: Default::default(),
             link: Link { exits, version: containerd, ever_up: Default::default() },
+            packages: packages::NodePackages::new(layout_applications, app_packages),
             status: StatusParts {
                 view: tokio_watch::channel(NodeStateView {
                     state: crate::model::NodeState::Starting,
@@ -517,8 +526,13 @@ impl Supervisor {
             let mut last = self.shared.status.cpu_sample.lock().unwrap_or_else(|p| p.into_inner());
             node_usage::usage(&mut last)
         };
+        let packages = self.application_packages().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot count the application packages' references");
+            Vec::new()
+        });
         NodeStatus {
             usage,
+            packages,
             node: self.shared.node.clone(),
             slots_total: total,
             slots_free: free,

@@ -33,7 +33,7 @@ fn environment(sup: &Supervisor, info: &TaskInfo) -> BTreeMap<String, String> {
     let sh = &sup.shared;
     let paths = sh.layout.task(info.key());
     let mut env: BTreeMap<String, String> = info.spec.environment.clone();
-    env.extend(crate::spec::batch_vars(&sh.node, &sh.layout, info.key(), &paths, false));
+    env.extend(crate::spec::batch_vars(&sh.node, &sh.layout, info.key(), &paths, false, &[]));
     env
 }
 

@@ -162,6 +162,13 @@ enum Cmd {
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
     },
+    /// Set the node's application packages (every task gets them); none:
+    /// the node has none. Packages nothing references any more are removed.
+    AppPackages {
+        /// `id=ID,version=V,url=URL`; repeatable.
+        #[arg(long = "app-package", value_name = "ITEMS", value_parser = staging_args::app_package)]
+        app_package: Vec<pb::ApplicationPackageReference>,
+    },
     /// Set a job's preparation and/or release task on the node.
     ConfigureJob {
         #[arg(long)]
@@ -386,6 +393,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let task = simple_spec(command_line, image, &who, parse_env(&env)?);
             let req = pb::ConfigureStartTaskRequest { task: Some(task), wait_for_success };
             print_task(out, client.configure_start_task(req).await.map_err(st)?.get_ref());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::AppPackages { app_package } => {
+            let req = pb::ConfigureApplicationPackagesRequest { packages: app_package };
+            let r = client.configure_application_packages(req).await.map_err(st)?.into_inner();
+            let list = output::packages_json(&r.packages);
+            match out {
+                Output::Json => println!("{list}"),
+                Output::Text => {
+                    for p in &r.packages {
+                        let level = if p.node_level { "node" } else { "tasks" };
+                        println!(
+                            "{}/{}  {}  {level}  {} task(s)",
+                            p.application_id, p.version, p.path, p.task_references
+                        );
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::ConfigureJob { job, prep_command_line, prep_image, release_command_line, release_image, who } => {

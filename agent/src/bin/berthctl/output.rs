@@ -175,7 +175,20 @@ pub(crate) fn node_json(n: &pb::NodeInfo) -> Value {
         "scheduling_enabled": n.scheduling_enabled,
         "start_task": n.start_task.as_ref().map(task_json),
         "start_task_wait_for_success": n.start_task_wait_for_success,
+        "application_packages": packages_json(&n.application_packages),
     })
+}
+
+pub(crate) fn packages_json(p: &[pb::ApplicationPackageInfo]) -> Value {
+    p.iter()
+        .map(|p| {
+            json!({
+                "application_id": p.application_id, "version": p.version, "path": p.path,
+                "node_level": p.node_level, "task_references": p.task_references,
+                "environment_variables": p.environment_variables,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn task_human(t: &pb::TaskInfo) -> String {

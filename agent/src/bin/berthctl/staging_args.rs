@@ -1,4 +1,4 @@
-//! `--resource-file` and `--output-file`: comma-separated `key=value` items,
+//! `--resource-file`, `--output-file` and `--app-package`: comma-separated `key=value` items,
 //! like docker's `--mount`. Each item splits at its first `=`; a comma inside
 //! a URL is written percent-encoded (`%2C`).
 
@@ -71,9 +71,31 @@ pub(crate) fn output_file(s: &str) -> Result<pb::OutputFile, String> {
     })
 }
 
+/// `id=ID,version=V,url=URL`.
+pub(crate) fn app_package(s: &str) -> Result<pb::ApplicationPackageReference, String> {
+    let mut m = items("--app-package", s, &["id", "version", "url"])?;
+    let mut take = |k: &str| m.remove(k).unwrap_or_default();
+    let (application_id, version, url) = (take("id"), take("version"), take("url"));
+    if application_id.is_empty() || version.is_empty() || url.is_empty() {
+        return Err("--app-package: id=ID, version=V and url=URL are required".into());
+    }
+    Ok(pb::ApplicationPackageReference { application_id, version, url })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_packages_parse_with_all_three_keys() {
+        let p = app_package("id=blender,version=2.79,url=http://h/b.zip?sig=a%2Cb").unwrap();
+        assert_eq!(
+            (p.application_id.as_str(), p.version.as_str(), p.url.as_str()),
+            ("blender", "2.79", "http://h/b.zip?sig=a%2Cb")
+        );
+        assert!(app_package("id=a,url=u").unwrap_err().contains("required"));
+        assert!(app_package("id=a,version=1,url=u,path=x").unwrap_err().contains("unknown key"));
+    }
 
     #[test]
     fn resource_files_parse_like_docker_mounts() {

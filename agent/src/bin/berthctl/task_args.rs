@@ -65,6 +65,9 @@ pub(crate) struct TaskArgs {
     /// `pattern=P,container=URL[,path=P][,condition=success|failure|completion][,content-type=T]`.
     #[arg(long = "output-file", value_name = "ITEMS", value_parser = super::staging_args::output_file)]
     output_file: Vec<pb::OutputFile>,
+    /// An application package for this task; repeatable: `id=ID,version=V,url=URL`.
+    #[arg(long = "app-package", value_name = "ITEMS", value_parser = super::staging_args::app_package)]
+    app_package: Vec<pb::ApplicationPackageReference>,
 }
 
 impl TaskArgs {
@@ -102,6 +105,7 @@ impl TaskArgs {
             required_slots: self.slots,
             resource_files: self.resource_file,
             output_files: self.output_file,
+            application_packages: self.app_package,
         })
     }
 }

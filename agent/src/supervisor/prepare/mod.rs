@@ -10,6 +10,7 @@
 //! | `record_preparing` | records PREPARING with the resolved identity |
 //! | `dirs::make` | checks free space, makes the task's directories |
 //! | `gates::job_preparation` | waits for the job's preparation task |
+//! | `packages::install` | installs the node's and the task's application packages |
 //! | `resources::download` | downloads the resource files into the working directory |
 //! | `image::ensure` | pulls (as the pull policy says) and resolves the image |
 //! | `devices::hold` | waits for and holds the GPUs the task asked for |
@@ -22,6 +23,7 @@ mod devices;
 mod dirs;
 mod gates;
 mod image;
+mod packages;
 mod resources;
 pub(in crate::supervisor) mod spec;
 
@@ -97,6 +99,7 @@ async fn steps(sup: &Supervisor, t: &mut Task<'_>) -> Result<Next, Failure> {
     record_preparing(sup, t).await;
     dirs::make(sup, t).await?;
     gates::job_preparation(sup, t).await?;
+    packages::install(sup, t).await?;
     resources::download(sup, t).await?;
     if t.checked.image.is_none() {
         return Ok(Next::Host);

@@ -53,6 +53,7 @@ pub(in crate::supervisor) fn oci_spec(
 ) -> Result<Spec, Failure> {
     let sh = &sup.shared;
     let cgroups_path = cgroups_path(&sh.settings.namespace, &info.container_id());
+    let packages: Vec<_> = sup.task_packages(&info.spec).into_iter().map(|p| p.id).collect();
     let inputs = crate::spec::SpecInputs {
         task: &info.spec,
         run_options: &checked.run_options,
@@ -64,6 +65,7 @@ pub(in crate::supervisor) fn oci_spec(
         layout: &sh.layout,
         cgroups_path: &cgroups_path,
         job_prep,
+        packages: &packages,
     };
     let mut spec = crate::spec::build(inputs).map_err(Failure::Spec)?;
     if let Some(reg) = &sh.settings.devices {

@@ -225,6 +225,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         staging: Arc::new(
             crate::staging::Transfers::new(Default::default(), tmp.path().join("secrets")).expect("transfers"),
         ),
+        app_packages: vec![],
     };
     let mut settings = settings;
     adjust(&mut settings);
