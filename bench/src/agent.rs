@@ -17,6 +17,8 @@ pub(crate) struct Settings<'a> {
     pub namespace: &'a str,
     pub registry: &'a str,
     pub slots: u32,
+    /// More TOML for the config file.
+    pub extra: &'a str,
 }
 
 impl Agent {
@@ -28,12 +30,13 @@ impl Agent {
              [api]\nlisten = \"unix://{d}/agent.sock\"\n\
              [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n\
              [registries]\ninsecure = [\"{reg}\"]\n\
-             [tasks]\nterminate_grace_seconds = 1\n",
+             [tasks]\nterminate_grace_seconds = 1\n{extra}",
             d = dir.display(),
             ns = s.namespace,
             slots = s.slots,
             sock = s.containerd,
             reg = s.registry,
+            extra = s.extra,
         );
         std::fs::write(dir.join("agent.toml"), cfg).expect("write config");
         Agent { dir: dir.to_owned(), binary: binary.to_owned(), child: None }

@@ -7,6 +7,7 @@ mod agent;
 mod ctr;
 mod report;
 mod scenarios;
+mod transfer;
 mod watch;
 
 use clap::Parser;
@@ -62,6 +63,7 @@ async fn main() {
         namespace: ns,
         registry: &a.registry,
         slots,
+        extra: "",
     };
     let mut rows = Vec::new();
 
@@ -98,6 +100,19 @@ async fn main() {
     }
     rows.extend(scenarios::density_and_recovery(&mut second, &a.image, n_dense).await);
     second.stop(nix::sys::signal::Signal::SIGTERM);
+
+    // Data staging: a fresh agent, so its peak RSS is the transfers'.
+    let (mib, runs) = if a.quick { (16, 3) } else { (512, 5) };
+    eprintln!("berth-bench: transfers ({runs} × {mib} MiB each way)");
+    let extra = format!(
+        "[policy]\nallow_host_tasks = true\n[staging]\nsecrets_dir = \"{}/secrets\"\n",
+        a.dir.join("agent-staging").display()
+    );
+    let s = agent::Settings { extra: &extra, ..settings("bench-staging", 1) };
+    let mut third = agent::Agent::new(&a.agent, &a.dir.join("agent-staging"), &s);
+    let c = third.start().await;
+    rows.extend(transfer::transfers(c, &third, &a.dir.join("transfer"), mib << 20, runs).await);
+    third.stop(nix::sys::signal::Signal::SIGTERM);
 
     print!("{}", report::markdown(&rows));
 }

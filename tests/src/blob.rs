@@ -48,6 +48,19 @@ impl BlobStore {
         format!("sv={version}&ss=b&srt=sco&sp={perms}&se={}&sig={sig}", url_encode(expiry))
     }
 
+    /// A service SAS for one container (`sr=c`) with permissions `perms`
+    /// (in the order `racwdl`), valid until `expiry`: what Batch hands out
+    /// for a job's container.
+    pub fn container_sas(&self, container: &str, perms: &str, expiry: &str) -> String {
+        let version = "2019-12-12";
+        let resource = format!("/blob/{}/{container}", self.account);
+        let to_sign = format!("{perms}\n\n{expiry}\n{resource}\n\n\n\n{version}\nc\n\n\n\n\n\n");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("hmac key");
+        mac.update(to_sign.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        format!("sv={version}&sr=c&sp={perms}&se={}&sig={}", url_encode(expiry), url_encode(&sig))
+    }
+
     /// A full-rights SAS, valid for the run.
     pub fn admin_sas(&self) -> String {
         self.sas("rwdlac", LATER)
@@ -138,6 +151,9 @@ pub enum Answer {
     /// 200 with the head and the first half of the stored body, then
     /// nothing (the connection stays open).
     Truncated,
+    /// A PUT whose body is read up to its half, then no more (the
+    /// connection stays open, the sender blocks).
+    StallBody,
 }
 
 /// A bounded HTTP/1.1 server on 127.0.0.1: per path, a list of answers (the
@@ -153,6 +169,8 @@ struct SinkState {
     plans: HashMap<String, Vec<Answer>>,
     seen: Vec<(String, String)>,
     bodies: HashMap<String, Vec<u8>>,
+    /// Bytes of the PUT bodies stalled half-way, per path.
+    stalled: HashMap<String, usize>,
 }
 
 impl Sink {
@@ -185,6 +203,11 @@ impl Sink {
     /// How many requests of `method` reached `path`.
     pub fn count(&self, method: &str, path: &str) -> usize {
         self.state.lock().unwrap().seen.iter().filter(|(m, p)| m == method && p == path).count()
+    }
+
+    /// Whether a PUT to `path` was stalled half-way, its first half received.
+    pub fn stalled(&self, path: &str) -> bool {
+        self.state.lock().unwrap().stalled.contains_key(path)
     }
 
     /// The body last PUT to `path`.
@@ -220,6 +243,27 @@ impl Sink {
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
             .unwrap_or(0);
         let mut body = buf[head_end..].to_vec();
+        let stall = method == "PUT" && {
+            let st = self.state.lock().unwrap();
+            let n = st.seen.iter().filter(|(_, p)| *p == path).count();
+            st.plans.get(&path).is_some_and(|plan| plan[n.min(plan.len() - 1)] == Answer::StallBody)
+        };
+        if stall {
+            while body.len() < len / 2 {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+            {
+                let mut st = self.state.lock().unwrap();
+                st.seen.push((method.clone(), path.clone()));
+                st.stalled.insert(path.clone(), body.len());
+            }
+            // Held (reading nothing) until the sender goes away, at most a minute.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            return;
+        }
         while body.len() < len.min(64 << 20) {
             match conn.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
@@ -242,6 +286,9 @@ impl Sink {
                 // Held open until the client goes away (bounded by the test's life).
                 let _ = conn.read(&mut chunk).await;
                 return;
+            }
+            Answer::StallBody => {
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
             }
             Answer::Truncated => {
                 let data = self.state.lock().unwrap().bodies.get(&path).cloned().unwrap_or_default();

@@ -424,3 +424,68 @@ async fn berthctl_stages_files_with_docker_style_items() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("url=URL or container=URL"));
 }
+
+#[tokio::test]
+async fn an_agent_killed_half_way_through_a_64_mib_upload_sends_it_again_whole() {
+    let sink = Sink::start(20).await;
+    sink.plan("/big/con/big.bin", &[Answer::StallBody, Answer::Serve]);
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("crash", "big", "dd if=/dev/urandom of=big.bin bs=1048576 count=64");
+    spec.output_files = vec![output("big.bin", &sink.url("/big/con"), "", Cond::TaskSuccess)];
+    c.run(spec).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.stalled("/big/con/big.bin") {
+        assert!(Instant::now() < deadline, "the upload never reached half-way");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = c.get("crash", "big").await.unwrap();
+    assert_eq!((during.state, during.exit_code), (pb::TaskState::Running as i32, Some(0)), "{during:?}");
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let done = c.wait_done("crash", "big").await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(sink.count("PUT", "/big/con/big.bin"), 2);
+    let sent = sink.body("/big/con/big.bin").expect("the whole file, sent again");
+    let file = std::fs::read(agent.task_path("crash", "big", "wd/big.bin")).unwrap();
+    assert_eq!(sent.len(), 64 << 20);
+    assert!(sent == file, "the blob is the task's file, byte for byte");
+}
+
+#[tokio::test]
+async fn container_sas_tokens_read_list_and_write_only_their_container() {
+    let store = BlobStore::from_env();
+    let (con, other) = (container_name("csas-in"), container_name("csas-other"));
+    store.create_container(&con).await;
+    store.create_container(&other).await;
+    store.put(&con, "data/a.txt", b"a\n").await;
+    store.put(&other, "b.txt", b"b\n").await;
+    let read = store.container_sas(&con, "rl", LATER);
+    let write = store.container_sas(&con, "cw", LATER);
+    let agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut spec = task("csas", "ok", "/bin/sh -c 'cat in/data/a.txt > copy.txt'");
+    spec.resource_files = vec![pb::ResourceFile {
+        storage_container_url: store.container_url(&con, &read),
+        file_path: "in".into(),
+        ..Default::default()
+    }];
+    spec.output_files = vec![output("copy.txt", &store.container_url(&con, &write), "out/copy.txt", Cond::TaskSuccess)];
+    let done = c.run_done(spec).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(store.get(&con, "out/copy.txt").await.expect("uploaded").0, b"a\n");
+    // The same token on another container: the blob service's 403, the task's fault.
+    let mut spec = task("csas", "other", "true");
+    spec.resource_files = vec![http_file(&store.blob_url(&other, "b.txt", &read), "b.txt", "")];
+    let done = c.run_done(spec).await;
+    let f = done.failure_info.clone().unwrap_or_default();
+    assert_eq!((f.code.as_str(), f.category), ("ResourceFileDownloadFailed", pb::FailureCategory::UserError as i32));
+    assert!(f.message.contains("HTTP 403"), "{f:?}");
+    // A read-only token cannot upload.
+    let mut spec = task("csas", "readonly", "/bin/sh -c 'echo x > x.txt'");
+    spec.output_files = vec![output("x.txt", &store.container_url(&con, &read), "", Cond::TaskCompletion)];
+    let done = c.run_done(spec).await;
+    assert_eq!(failure_code(&done), "FileUploadFailed", "{done:?}");
+    assert_no_secret(&agent, &format!("{done:?}"), &[&sig_of(&read), &sig_of(&write)]);
+}

@@ -10,6 +10,9 @@ use crate::model::{relative_path, ResourceFile, ResourceSource, SecretUrl};
 use std::io::Write;
 use std::path::Path;
 
+/// Bytes gathered before a write to the file.
+pub(super) const WRITE_BUFFER: usize = 1 << 20;
+
 /// One file to fetch.
 struct Item {
     url: SecretUrl,
@@ -105,7 +108,8 @@ async fn fetch(
         .map_err(|e| Attempt::Fatal(StagingError::User(format!("{what}: {e}"))))?;
     let too_big =
         || StagingError::User(format!("{what}: the resource files pass {cap} bytes ([staging] max_task_bytes)"));
-    let file = &mut out.file;
+    // Written in large pieces: the answer comes in chunks of a few KiB.
+    let mut file = std::io::BufWriter::with_capacity(WRITE_BUFFER, &mut out.file);
     let result = stream_body(
         t,
         what,
@@ -115,7 +119,12 @@ async fn fetch(
         |c| file.write_all(c),
         |n| progress.send_modify(|p| p.bytes_done = before + n),
     )
-    .await;
+    .await
+    .and_then(|n| {
+        file.flush().map_err(|e| Attempt::Fatal(StagingError::Server(format!("{what}: cannot write: {e}"))))?;
+        Ok(n)
+    });
+    drop(file);
     match result {
         Ok(n) => {
             out.commit(item.mode).map_err(|e| Attempt::Fatal(StagingError::User(format!("{what}: {e}"))))?;

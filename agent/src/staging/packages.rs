@@ -128,11 +128,14 @@ impl Packages {
             let what = &what;
             retrying(t, what, || async move {
                 let mut resp = get(t, what, p.url.full()).await?;
-                let mut f = std::fs::File::create(archive)
+                let f = std::fs::File::create(archive)
                     .map_err(|e| super::http::Attempt::Fatal(server("cannot write the archive", e)))?;
+                let mut f = std::io::BufWriter::with_capacity(super::download::WRITE_BUFFER, f);
                 let too_big =
                     || StagingError::User(format!("{what}: the archive passes {cap} bytes ([staging] max_task_bytes)"));
-                stream_body(t, what, &mut resp, cap, too_big, |c| f.write_all(c), |_| {}).await
+                let n = stream_body(t, what, &mut resp, cap, too_big, |c| f.write_all(c), |_| {}).await?;
+                f.flush().map_err(|e| super::http::Attempt::Fatal(server("cannot write the archive", e)))?;
+                Ok(n)
             })
             .await?
         };

@@ -81,7 +81,9 @@ pub async fn upload(t: &Transfers, root: &Path, p: &Planned, who: &RunAs) -> Res
         for (name, value) in &p.headers {
             req = req.header(name.as_str(), value.as_str());
         }
-        let body = reqwest::Body::from(tokio::fs::File::from_std(file));
+        // Read in large pieces (reqwest's own file body reads 4 KiB at a time).
+        let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
+        let body = reqwest::Body::wrap_stream(stream);
         let resp = req.body(body).send().await.map_err(|e| network(&what, e))?;
         check(&what, resp)?;
         Ok(len)
