@@ -94,6 +94,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     layout.create_node_dirs().map_err(|e| e.to_string())?;
     let opened = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
     let containerd = Arc::new(Containerd::new(&cfg.containerd_socket, &cfg.namespace, &cfg.snapshotter, &cfg.runtime));
+    let mut staging_cas = Vec::new();
+    for f in &cfg.staging.ca_files {
+        staging_cas.push(std::fs::read(f).map_err(|e| format!("staging.ca_files: cannot read {}: {e}", f.display()))?);
+    }
     let mut ca_pems = Vec::new();
     for f in &cfg.registries.ca_files {
         ca_pems.push(std::fs::read(f).map_err(|e| format!("registries.ca_files: cannot read {}: {e}", f.display()))?);
@@ -144,6 +148,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         staging: Arc::new(berth_agent::staging::Transfers::new(
             cfg.staging.limits.clone(),
             cfg.staging.secrets_dir.clone(),
+            &staging_cas,
         )?),
         app_packages: cfg.staging.app_packages.clone(),
     };

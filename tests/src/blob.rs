@@ -162,6 +162,7 @@ pub enum Answer {
 pub struct Sink {
     state: Arc<Mutex<SinkState>>,
     pub port: u16,
+    scheme: &'static str,
 }
 
 #[derive(Default)]
@@ -178,13 +179,47 @@ impl Sink {
     pub async fn start(max_requests: usize) -> Sink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let port = listener.local_addr().unwrap().port();
-        let sink = Sink { state: Arc::default(), port };
+        let sink = Sink { state: Arc::default(), port, scheme: "http" };
         let s = sink.clone();
         tokio::spawn(async move {
             for _ in 0..max_requests {
                 let Ok((conn, _)) = listener.accept().await else { return };
                 let s = s.clone();
                 tokio::spawn(async move { s.serve(conn).await });
+            }
+        });
+        sink
+    }
+
+    /// The same server over TLS, with this certificate chain and key (PEM).
+    pub async fn start_tls(max_requests: usize, cert_pem: &str, key_pem: &str) -> Sink {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let port = listener.local_addr().unwrap().port();
+        let sink = Sink { state: Arc::default(), port, scheme: "https" };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            for _ in 0..max_requests {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let (s, acceptor) = (s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends here.
+                    if let Ok(tls) = acceptor.accept(conn).await {
+                        s.serve(tls).await
+                    }
+                });
             }
         });
         sink
@@ -216,10 +251,10 @@ impl Sink {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}?sig=SINKSECRET", self.port)
+        format!("{}://127.0.0.1:{}{path}?sig=SINKSECRET", self.scheme, self.port)
     }
 
-    async fn serve(&self, mut conn: tokio::net::TcpStream) {
+    async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut conn: S) {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         let head_end = loop {
@@ -363,4 +398,22 @@ pub fn assert_no_secret(agent: &crate::Agent, shown: &str, secrets: &[&str]) {
             assert!(!f.contains(s), "a secret ({s}) leaked into the agent's log, database or TaskInfo");
         }
     }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it signed: PEM of the
+/// CA, of the certificate and of its key.
+pub fn test_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "berth staging test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = p.self_signed(&ca_key).unwrap();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }

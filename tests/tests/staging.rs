@@ -489,3 +489,36 @@ async fn container_sas_tokens_read_list_and_write_only_their_container() {
     assert_eq!(failure_code(&done), "FileUploadFailed", "{done:?}");
     assert_no_secret(&agent, &format!("{done:?}"), &[&sig_of(&read), &sig_of(&write)]);
 }
+
+#[tokio::test]
+async fn https_urls_need_the_servers_ca_in_staging_ca_files() {
+    let (ca, cert, key) = berth_tests::blob::test_tls();
+    let sink = Sink::start_tls(20, &cert, &key).await;
+    sink.file("/in/a.txt", b"over tls\n");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let spec = || {
+        let mut spec = task("tls", "stage", "/bin/sh -c 'cat a.txt; cp a.txt b.txt'");
+        spec.resource_files = vec![http_file(&sink.url("/in/a.txt"), "a.txt", "")];
+        spec.output_files = vec![output("b.txt", &sink.url("/out/con"), "", Cond::TaskSuccess)];
+        spec
+    };
+    let staging_extra = format!("ca_files = [\"{}\"]\n", ca_file.display());
+    let agent = Agent::start(AgentOptions { staging_extra, ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let done = c.run_done(spec()).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(c.read("tls", "stage", "stdout.txt").await.unwrap(), "over tls\n");
+    assert_eq!(sink.body("/out/con/b.txt").unwrap(), b"over tls\n");
+    drop(c);
+    drop(agent);
+    // Without the CA the server is not trusted: the node's failure (its configuration).
+    let agent = Agent::start(AgentOptions { staging_extra: "retries = 0\n".into(), ..AgentOptions::default() }).await;
+    let mut c = agent.client().await;
+    let done = c.run_done(spec()).await;
+    let f = done.failure_info.clone().unwrap_or_default();
+    assert_eq!((f.code.as_str(), f.category), ("ResourceFileDownloadFailed", pb::FailureCategory::ServerError as i32));
+    assert_eq!(done.exit_code, None, "{done:?}");
+    assert_no_secret(&agent, &format!("{done:?}"), &["SINKSECRET"]);
+}

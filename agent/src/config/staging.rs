@@ -18,6 +18,8 @@ pub(super) struct RawStaging {
     retry_backoff_ms: Option<u64>,
     secrets_dir: Option<PathBuf>,
     #[serde(default)]
+    ca_files: Vec<PathBuf>,
+    #[serde(default)]
     application_packages: Vec<RawPackage>,
 }
 
@@ -35,6 +37,8 @@ pub struct StagingConfig {
     pub limits: Limits,
     /// Where the queries (SAS tokens) of staging URLs are kept, root-only.
     pub secrets_dir: PathBuf,
+    /// PEM files of CAs trusted for https transfers besides the system's.
+    pub ca_files: Vec<PathBuf>,
     /// The node's application packages (`[[staging.application_packages]]`).
     pub app_packages: Vec<AppPackage>,
 }
@@ -77,7 +81,12 @@ pub(super) fn staging(r: RawStaging) -> Result<StagingConfig, ConfigError> {
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     check_packages(&app_packages).map_err(|e| invalid(key, &e))?;
-    Ok(StagingConfig { limits, secrets_dir, app_packages })
+    for f in &r.ca_files {
+        if !f.is_absolute() {
+            return Err(invalid("staging.ca_files", &format!("{} is not an absolute path", f.display())));
+        }
+    }
+    Ok(StagingConfig { limits, secrets_dir, ca_files: r.ca_files, app_packages })
 }
 
 #[cfg(test)]
@@ -103,6 +112,7 @@ mod tests {
             ("[staging]\nstall_timeout_seconds = 0", "staging.stall_timeout_seconds"),
             ("[staging]\nsecrets_dir = \"rel\"", "staging.secrets_dir"),
             ("[staging]\nretry = 1", "retry"),
+            ("[staging]\nca_files = [\"rel.pem\"]", "staging.ca_files"),
             (
                 "[[staging.application_packages]]\napplication_id = \"a/b\"\nversion = \"1\"\nurl = \"http://h/p.zip\"",
                 "staging.application_packages",

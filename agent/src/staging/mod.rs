@@ -94,7 +94,9 @@ pub struct Progress {
 
 /// The node's transfer client: one HTTP client and the node-wide cap.
 pub struct Transfers {
-    client: reqwest::Client,
+    /// An error on a node that cannot build a TLS client (no CA
+    /// certificates): the transfers' error, not the agent's start.
+    client: Result<reqwest::Client, String>,
     limits: Limits,
     permits: Arc<Semaphore>,
     secrets: secrets::Secrets,
@@ -115,12 +117,26 @@ impl Drop for Tracked {
 }
 
 impl Transfers {
-    pub fn new(limits: Limits, secrets_dir: std::path::PathBuf) -> Result<Self, String> {
+    /// `ca_pems`: PEM bundles trusted besides the system's roots (`[staging] ca_files`).
+    pub fn new(limits: Limits, secrets_dir: std::path::PathBuf, ca_pems: &[Vec<u8>]) -> Result<Self, String> {
+        let mut certs = Vec::new();
+        for (i, pem) in ca_pems.iter().enumerate() {
+            let bundle = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("staging.ca_files[{i}]: not PEM certificates: {e}"))?;
+            if bundle.is_empty() {
+                return Err(format!("staging.ca_files[{i}]: holds no PEM certificate"));
+            }
+            certs.extend(bundle);
+        }
         let client = reqwest::Client::builder()
+            .tls_certs_merge(certs)
             .connect_timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
-            .map_err(|e| format!("cannot build the transfer client: {e}"))?;
+            .map_err(|e| format!("cannot build the transfer client: {e}"));
+        if let Err(e) = &client {
+            tracing::warn!(error = %e, "resource and output file transfers will fail");
+        }
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_transfers.max(1)));
         let progress = Arc::default();
         Ok(Self { client, limits, permits, secrets: secrets::Secrets::new(secrets_dir), progress })
@@ -137,6 +153,11 @@ impl Transfers {
     pub fn progress(&self, key: &TaskKey) -> Option<Progress> {
         let map = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(key).map(|rx| rx.borrow().clone())
+    }
+
+    /// The HTTP client, or why there is none.
+    fn http(&self) -> Result<&reqwest::Client, StagingError> {
+        self.client.as_ref().map_err(|e| StagingError::Server(e.clone()))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -157,3 +178,16 @@ impl std::fmt::Debug for Transfers {
 
 /// Publishes progress to whoever watches (GetTask).
 pub type ProgressTx = watch::Sender<Progress>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_cas_must_be_pem_certificates() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Transfers::new(Limits::default(), d.path().join("s"), &[b"not a certificate".to_vec()]).unwrap_err();
+        assert!(e.contains("staging.ca_files[0]"), "{e}");
+        assert!(Transfers::new(Limits::default(), d.path().join("s"), &[]).is_ok());
+    }
+}

@@ -73,7 +73,8 @@ pub async fn upload(t: &Transfers, root: &Path, p: &Planned, who: &RunAs) -> Res
             return Err(Attempt::Fatal(StagingError::User(format!("{what}: {len} bytes; at most {MAX_PUT_BLOB}"))));
         }
         let mut req = t
-            .client
+            .http()
+            .map_err(Attempt::Fatal)?
             .put(p.dest.full())
             .header("x-ms-blob-type", "BlockBlob")
             .header("x-ms-version", BLOB_API_VERSION)

@@ -223,7 +223,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         boot_id: "boot".into(),
         metrics: crate::metrics::Metrics::new(),
         staging: Arc::new(
-            crate::staging::Transfers::new(Default::default(), tmp.path().join("secrets")).expect("transfers"),
+            crate::staging::Transfers::new(Default::default(), tmp.path().join("secrets"), &[]).expect("transfers"),
         ),
         app_packages: vec![],
     };
