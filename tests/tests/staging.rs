@@ -522,3 +522,43 @@ async fn https_urls_need_the_servers_ca_in_staging_ca_files() {
     assert_eq!(done.exit_code, None, "{done:?}");
     assert_no_secret(&agent, &format!("{done:?}"), &["SINKSECRET"]);
 }
+
+#[tokio::test]
+async fn a_jobs_stored_preparation_and_release_tasks_keep_their_sas_across_a_restart() {
+    let store = BlobStore::from_env();
+    let con = container_name("stored-sas");
+    store.create_container(&con).await;
+    store.put(&con, "prep.txt", b"prep input\n").await;
+    store.put(&con, "release.txt", b"release input\n").await;
+    let sas = store.sas("r", LATER);
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    let mut c = agent.client().await;
+    let mut prep = task("", "", "cat prep.txt");
+    prep.resource_files = vec![http_file(&store.blob_url(&con, "prep.txt", &sas), "prep.txt", "")];
+    let mut release = task("", "", "cat release.txt");
+    release.resource_files = vec![http_file(&store.blob_url(&con, "release.txt", &sas), "release.txt", "")];
+    let req = pb::ConfigureJobRequest { job_id: "stored".into(), preparation: Some(prep), release: Some(release) };
+    c.inner.configure_job(req).await.unwrap();
+    // The job's configuration is stored without the queries; the agent starts again.
+    agent.stop_with(nix::sys::signal::Signal::SIGTERM);
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let done = c.run_done(task("stored", "t", "true")).await;
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(c.read("stored", "jobpreparation", "stdout.txt").await.unwrap(), "prep input\n");
+    let r = c.inner.release_job(pb::ReleaseJobRequest { job_id: "stored".into(), terminate_tasks: false }).await;
+    assert!(r.unwrap().into_inner().released);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        if let Ok(t) = c.get("stored", "jobrelease").await {
+            if t.state == pb::TaskState::Completed as i32 {
+                break t;
+            }
+        }
+        assert!(Instant::now() < deadline, "the release task did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
+    assert_eq!(c.read("stored", "jobrelease", "stdout.txt").await.unwrap(), "release input\n");
+    assert_no_secret(&agent, &format!("{done:?}"), &[&sig_of(&sas)]);
+}

@@ -21,23 +21,17 @@ pub struct Packages {
     dir: PathBuf,
     /// One lock per package being installed or removed.
     locks: Mutex<HashMap<PackageId, Arc<tokio::sync::Mutex<()>>>>,
-    /// Archives downloaded since start (for the metrics and tests).
-    downloads: std::sync::atomic::AtomicU64,
 }
 
 impl Packages {
     /// The packages under `dir` (the node's `applications/`).
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, locks: Mutex::default(), downloads: Default::default() }
+        Self { dir, locks: Mutex::default() }
     }
 
     /// Where a package is unpacked.
     pub fn path(&self, id: &PackageId) -> PathBuf {
         self.dir.join(id.rel_dir())
-    }
-
-    pub fn downloads(&self) -> u64 {
-        self.downloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The package's lock: held while it is installed or removed.
@@ -139,7 +133,6 @@ impl Packages {
             })
             .await?
         };
-        self.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (archive2, staged2) = (archive.to_owned(), staged.to_owned());
         let unpacked = tokio::task::spawn_blocking(move || {
             std::fs::create_dir(&staged2).map_err(|e| UnpackError::Io(e.to_string()))?;

@@ -55,7 +55,23 @@ impl Supervisor {
             .collect())
     }
 
+    /// Keeps the staging URLs' queries of a stored task spec (a job's
+    /// preparation or release task, the start task) under its task's key,
+    /// where that task's preparation looks for them.
+    pub(super) fn keep_queries(&self, spec: &crate::model::TaskSpec) -> Result<(), Error> {
+        let secrets = self.shared.settings.staging.secrets();
+        secrets.keep(&spec.key, &spec.staging).map_err(|e| Error::Precondition {
+            reason: format!("cannot keep the staging URLs' SAS tokens in {}: {e}", secrets.dir().display()),
+        })
+    }
+
     async fn save_job(&self, job: &JobId, config: JobConfig) -> Result<(), Error> {
+        // The record is written without the staging URLs' queries: they are
+        // kept for the tasks to come (a preparation task first run after an
+        // agent restart finds them).
+        for spec in [&config.preparation, &config.release].into_iter().flatten() {
+            self.keep_queries(spec)?;
+        }
         self.shared.store.put_setting(&format!("{JOB_PREFIX}{job}"), Some(&config)).await?;
         self.life().jobs.insert(job.clone(), config);
         Ok(())

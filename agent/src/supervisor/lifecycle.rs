@@ -322,6 +322,7 @@ impl Supervisor {
         }
         let config =
             StartTaskConfig { spec: spec.clone(), wait_for_success, boot_id: self.shared.settings.boot_id.clone() };
+        self.keep_queries(&spec)?;
         self.shared.store.put_setting(START_TASK, Some(&config)).await?;
         {
             let mut life = self.life();

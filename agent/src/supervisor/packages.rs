@@ -155,11 +155,6 @@ impl Supervisor {
             })
             .collect())
     }
-
-    /// Archives downloaded since the agent started.
-    pub fn package_downloads(&self) -> u64 {
-        self.shared.packages.installed.downloads()
-    }
 }
 
 #[cfg(test)]
