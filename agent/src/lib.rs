@@ -11,6 +11,7 @@ pub mod images;
 pub mod layout;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod node;
 pub mod registry;
 pub mod safefs;

@@ -151,6 +151,9 @@ async fn run(cfg: Config) -> Result<(), String> {
             &staging_cas,
         )?),
         app_packages: cfg.staging.app_packages.clone(),
+        network: Arc::new(
+            berth_agent::network::Networks::new(cfg.network.clone()).map_err(|e| format!("[network]: {e}"))?,
+        ),
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");

@@ -21,6 +21,9 @@ pub(crate) struct Settings<'a> {
     pub extra: &'a str,
 }
 
+/// A bridge and subnet per agent (`bb<N>`, `10.203.<N>.0/24`).
+static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Agent {
     /// Writes the config in `dir` (node root, state, socket all under it).
     pub(crate) fn new(binary: &Path, dir: &Path, s: &Settings<'_>) -> Agent {
@@ -30,7 +33,13 @@ impl Agent {
              [api]\nlisten = \"unix://{d}/agent.sock\"\n\
              [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n\
              [registries]\ninsecure = [\"{reg}\"]\n\
-             [tasks]\nterminate_grace_seconds = 1\n{extra}",
+             [tasks]\nterminate_grace_seconds = 1\n\
+             [network]\nrun_dir = \"{netns}\"\nbridge = \"bb{n}\"\nsubnet = \"10.203.{n}.0/24\"\n{extra}",
+            // Under the test environment's shared mount (seen by its containerd).
+            netns = std::path::Path::new(&std::env::var("BERTH_TEST_NETNS_DIR").unwrap_or_else(|_| "/run/berth".into()))
+                .join(format!("bench-{}", s.namespace))
+                .display(),
+            n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250,
             d = dir.display(),
             ns = s.namespace,
             slots = s.slots,

@@ -71,25 +71,51 @@ pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str,
     run(c, spec("lat", "warm-up", image, "/bin/true")).await;
     w.wait_all(&["lat/warm-up".to_string()], |s| s.completed.is_some()).await;
     ctr.run(image, "bench-lat-warm-up");
-    let (mut running, mut done) = (Vec::new(), Vec::new());
+    run(c, host_network(spec("lat", "warm-up-host", image, "/bin/true"))).await;
+    w.wait_all(&["lat/warm-up-host".to_string()], |s| s.completed.is_some()).await;
+    // Bridge (the default network) and host tasks in turn, so both see the same machine.
+    let (mut running, mut done, mut host_running) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        let key = format!("lat/t{i}");
-        let start = Instant::now();
-        run(c, spec("lat", &format!("t{i}"), image, "/bin/true")).await;
-        w.wait_all(std::slice::from_ref(&key), |s| s.completed.is_some()).await;
-        let seen = w.get(&key);
-        assert_eq!(seen.exit_code, Some(0), "{key} failed");
-        running.push(seen.running.unwrap_or(start) - start);
-        done.push(seen.completed.unwrap_or(start) - start);
+        for host in [false, true] {
+            let task = if host { format!("h{i}") } else { format!("t{i}") };
+            let key = format!("lat/{task}");
+            let start = Instant::now();
+            let s = spec("lat", &task, image, "/bin/true");
+            run(c, if host { host_network(s) } else { s }).await;
+            w.wait_all(std::slice::from_ref(&key), |s| s.completed.is_some()).await;
+            let seen = w.get(&key);
+            assert_eq!(seen.exit_code, Some(0), "{key} failed");
+            if host {
+                host_running.push(seen.running.unwrap_or(start) - start);
+            } else {
+                running.push(seen.running.unwrap_or(start) - start);
+                done.push(seen.completed.unwrap_or(start) - start);
+            }
+        }
     }
     let mut base: Vec<Duration> = (0..n).map(|i| ctr.run(image, &format!("bench-lat-{i}"))).collect();
     let (b50, b99) = (quantile(&mut base, 0.5), quantile(&mut base, 0.99));
+    let (h50, h99) = (quantile(&mut host_running, 0.5), quantile(&mut host_running, 0.99));
+    let r50 = quantile(&mut running, 0.5);
     vec![
         Row::new("latency p50: RunTask → COMPLETED (ms)", quantile(&mut done, 0.5), Some(b50), "≤ 0.8× ctr run"),
         Row::new("latency p99: RunTask → COMPLETED (ms)", quantile(&mut done, 0.99), Some(b99), ""),
-        Row::new("latency p50: RunTask → RUNNING (ms)", quantile(&mut running, 0.5), None, ""),
-        Row::new("latency p99: RunTask → RUNNING (ms)", quantile(&mut running, 0.99), None, ""),
+        Row::new("latency p50: RunTask → RUNNING, bridge vs --network host (ms)", r50, Some(h50), "≤ host + 20 ms"),
+        Row::new(
+            "latency p99: RunTask → RUNNING, bridge vs --network host (ms)",
+            quantile(&mut running, 0.99),
+            Some(h99),
+            "",
+        ),
+        Row::new("latency p50: bridge network set-up, added (ms)", r50 - h50, None, "≤ 20"),
     ]
+}
+
+fn host_network(mut s: pb::TaskSpec) -> pb::TaskSpec {
+    if let Some(c) = s.container.as_mut() {
+        c.run_options = "--network host".into();
+    }
+    s
 }
 
 /// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),

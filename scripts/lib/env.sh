@@ -79,6 +79,11 @@ berth_env_up() {
     # so that its mount namespace has it too.
     { mkdir -p "$dir/smallfs" && mount -n -t tmpfs -o size=16m,mode=755 berth-smallfs "$dir/smallfs"; } ||
         { _berth_fail "$dir" "mounting the small test file system failed"; return 1; }
+    # Network namespaces the agents make (bind mounts of nsfs files) must be
+    # seen in containerd's mount namespace: they are made under DIR/netns,
+    # a shared mount made before containerd's namespace is (a slave of it).
+    { mkdir -p "$dir/netns" && mount -n --bind "$dir/netns" "$dir/netns" && mount -n --make-shared "$dir/netns"; } ||
+        { _berth_fail "$dir" "making the shared mount for network namespaces failed"; return 1; }
     _berth_containerd_start "$dir" ||
         { _berth_fail "$dir" "starting containerd failed" containerd.log; return 1; }
     port=$(berth_free_port) || return 1
@@ -210,6 +215,7 @@ auth:
         BERTH_TEST_TLS_REGISTRY_LOG "$dir/reg-tls.log" \
         BERTH_TEST_OCI_LAYOUT "$dir/oci" \
         BERTH_TEST_SMALL_FS "$dir/smallfs" \
+        BERTH_TEST_NETNS_DIR "$dir/netns" \
         BERTH_TEST_LIB "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)/lib.sh" \
         BERTH_TEST_CONTAINERD_VERSION "$series" \
         BERTH_TEST_CONTAINERD_RELEASE "$release" \
@@ -275,6 +281,15 @@ berth_env_down() {
     # processes, while their shims are alive to reap them, then the daemons.
     _berth_kill_wait "${procs[@]}"
     _berth_kill_wait "${daemons[@]}"
+
+    # The test agents' bridges (bt<N>, bt<N>s, bt<N>c: tests/src/lib.rs
+    # test_network and tests/tests/network.rs;
+    # bb<N>: bench/src/agent.rs; bp<N>: proto/python/tests/conftest.py); each
+    # agent's tasks removed their own veths, rules and addresses.
+    local br
+    while read -r br; do
+        if [[ $br =~ ^(bt[0-9]+[sc]?|bb[0-9]+|bp[0-9]+)$ ]]; then ip link delete "$br" type bridge 2>/dev/null || true; fi
+    done < <(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1)
 
     # 3. Remove the containers' cgroups and their empty parents, in every
     # hierarchy (rmdir only succeeds on empty cgroups).

@@ -8,7 +8,7 @@ BERTH_PACKAGES=(
     containerd runc protobuf-compiler docker-registry skopeo umoci
     busybox-static libibverbs-dev librdmacm-dev libclang-dev clang
     apache2-utils openssl pkg-config jq curl tini gcc libc6-dev python3-venv systemd
-    systemd-container debootstrap zstd
+    systemd-container debootstrap zstd containernetworking-plugins iptables iproute2
 )
 
 # berth_install_packages: install missing Debian packages (quiet if none).

@@ -77,6 +77,9 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// More keys of the `[staging]` table (`max_task_bytes = ...`).
     pub staging_extra: String,
+    /// The `[network]` table instead of the harness's (a bridge and a /24 of
+    /// the agent's own, so agents running at once do not share addresses).
+    pub network: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -95,6 +98,7 @@ impl Default for AgentOptions {
             registries_extra: String::new(),
             env: vec![],
             staging_extra: String::new(),
+            network: None,
         }
     }
 }
@@ -131,6 +135,11 @@ impl Agent {
     pub fn node_id(&self) -> String {
         let name = self.dir.path().file_name().unwrap_or_default().to_string_lossy().to_lowercase();
         format!("test-{}", name.trim_start_matches("berth-it-"))
+    }
+    /// `[network] run_dir`: under the test environment's shared mount, so
+    /// that containerd (in a mount namespace of its own) sees the namespaces.
+    pub fn network_run_dir(&self) -> PathBuf {
+        PathBuf::from(env("BERTH_TEST_NETNS_DIR")).join(self.node_id())
     }
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
@@ -179,7 +188,16 @@ terminate_grace_seconds = {grace}
 secrets_dir = "{secrets}"
 retry_backoff_ms = 50
 {staging_extra}
+
+[network]
+run_dir = "{network_run}"
+{network}
 "#,
+            network_run = self.network_run_dir().display(),
+            network = self.opts.network.clone().unwrap_or_else(|| {
+                let (bridge, subnet) = test_network();
+                format!("bridge = \"{bridge}\"\nsubnet = \"{subnet}\"")
+            }),
             secrets = self.dir.path().join("secrets").display(),
             staging_extra = self.opts.staging_extra,
             root = self.root().display(),
@@ -317,6 +335,27 @@ impl Drop for Agent {
             eprintln!("---- agent log ({}) ----\n{}", self.log_path().display(), self.log());
         }
         kill_host_tasks(&self.namespace());
+        release_namespaces(&self.network_run_dir().join("netns"));
+    }
+}
+
+/// A bridge name and a /24 of this test process's own for the next agent
+/// (`bt<N>`, `10.201.<N>.0/24`); test binaries run one after the other, so
+/// the same names in the next one are the same networks.
+pub fn test_network() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
+    (format!("bt{n}"), format!("10.201.{n}.0/24"))
+}
+
+/// Unmounts the network namespaces an agent left (tasks still running when
+/// it was stopped), so that its directory can go.
+fn release_namespaces(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Some(run_dir) = dir.parent() {
+        let _ = std::fs::remove_dir_all(run_dir);
     }
 }
 
@@ -461,6 +500,13 @@ impl Client {
     }
 
     /// Runs a task to completion.
+    /// Terminates a task (1 s grace) and waits for it to complete.
+    pub async fn terminate(&mut self, job: &str, task: &str) -> pb::TaskInfo {
+        let req = pb::TerminateTaskRequest { job_id: job.into(), task_id: task.into(), grace_period: Some(secs(1)) };
+        self.inner.terminate_task(req).await.expect("terminate");
+        self.wait_done(job, task).await
+    }
+
     pub async fn run_done(&mut self, spec: pb::TaskSpec) -> pb::TaskInfo {
         let (job, task) = (spec.job_id.clone(), spec.task_id.clone());
         self.run(spec).await.expect("run task");

@@ -120,7 +120,7 @@ async fn policy_refusals_create_nothing() {
         ("--cap-add SYS_ADMIN", "--cap-add"),
         ("--device /dev/fuse", "--device"),
         ("--gpus all", "--gpus"),
-        ("--network bridge", "--network"),
+        ("--network container:other", "--network"),
         ("-u 4294967295", "-u"),
     ];
     for (opts, want) in cases {

@@ -286,7 +286,15 @@ async fn metrics_count_tasks_rpcs_and_start_latency_and_hold_no_secrets() {
     });
     c.run_done(secret).await;
     let _ = c.run(task("metrics", "t0", "/bin/true")).await; // ALREADY_EXISTS
-    let text = scrape(port);
+                                                             // A slot is free once the task's container and network are gone, just after COMPLETED.
+    let mut text = scrape(port);
+    for _ in 0..100 {
+        if text.contains("berth_slots_used 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(port);
+    }
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for want in [
         "berth_tasks{state=\"COMPLETED\"} 4",

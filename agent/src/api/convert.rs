@@ -329,7 +329,12 @@ pub(super) fn explanation(e: &crate::supervisor::Explanation) -> pb::TaskExplana
 }
 
 fn container_to_proto(c: &ContainerInfo) -> pb::ContainerInfo {
-    pb::ContainerInfo { container_id: c.container_id.clone(), state: c.state.clone(), error: c.error.clone() }
+    pb::ContainerInfo {
+        container_id: c.container_id.clone(),
+        state: c.state.clone(),
+        error: c.error.clone(),
+        ip_address: c.ip_address.clone(),
+    }
 }
 
 /// `TaskInfo` for the API; `paths` are the task's directory and working directory.

@@ -4,6 +4,7 @@
 //! to a default), then validated into [`Config`]. Every key has a default that
 //! serves a single node without a file and listens only locally.
 
+mod network;
 mod security;
 mod staging;
 
@@ -56,6 +57,8 @@ struct RawConfig {
     devices: RawDevices,
     #[serde(default)]
     staging: staging::RawStaging,
+    #[serde(default)]
+    network: network::RawNetwork,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -224,6 +227,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[staging]`: resource and output file transfers.
     pub staging: StagingConfig,
+    /// `[network]`: the bridge tasks are attached to, through CNI.
+    pub network: crate::network::NetworkConfig,
     /// `[devices]`: CDI spec directories, GPU classes, ...
     pub devices: crate::devices::DeviceConfig,
     pub containerd_socket: PathBuf,
@@ -418,7 +423,17 @@ impl Config {
         for p in &raw.images.prefetch {
             crate::images::normalize(p).map_err(|e| invalid("images.prefetch", &e.to_string()))?;
         }
-        let policy = security::policy(raw.policy)?;
+        let mut policy = security::policy(raw.policy)?;
+        policy.reserved_host_ports = [
+            match &listen {
+                Listen::Tcp(a) => Some(a.port()),
+                Listen::Unix(_) => None,
+            },
+            metrics_listen.map(|a: std::net::SocketAddr| a.port()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let containerd_root = absolute("containerd.root", raw.containerd.root, "/var/lib/containerd")?;
         let containerd_state = absolute("containerd.state", raw.containerd.state, "/run/containerd")?;
         let mut guarded: Vec<(PathBuf, &str)> =
@@ -438,6 +453,7 @@ impl Config {
         }
         security::check_bind_prefixes(&policy.bind_mount_prefixes, &guarded)?;
         let devices = devices(raw.devices)?;
+        let network = network::network(raw.network, &state_dir)?;
         Ok(Config {
             devices,
             identities: security::identities(raw.users, raw.auto_users)?,
@@ -460,6 +476,7 @@ impl Config {
             max_message_bytes,
             metrics_listen,
             staging: staging::staging(raw.staging)?,
+            network,
             containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
             namespace,
             snapshotter: raw.containerd.snapshotter.unwrap_or_else(|| "overlayfs".into()),

@@ -43,6 +43,7 @@ pub(super) struct RawPolicy {
     init_binary: Option<PathBuf>,
     allow_host_tasks: Option<bool>,
     allow_unconfined_seccomp: Option<bool>,
+    allow_host_network: Option<bool>,
 }
 
 /// Ids above this hit known runtime bugs (and `-1` as u32 means "unset" to some).
@@ -195,6 +196,8 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
         init_binary,
         allow_host_tasks: raw.allow_host_tasks.unwrap_or(false),
         allow_unconfined_seccomp: raw.allow_unconfined_seccomp.unwrap_or(false),
+        allow_host_network: raw.allow_host_network.unwrap_or(true),
+        reserved_host_ports: Vec::new(),
     })
 }
 

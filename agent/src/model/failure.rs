@@ -77,6 +77,7 @@ failure_codes! {
     ResourceFileDownloadFailed => UserError,
     FileUploadFailed => UserError,
     ApplicationPackageFailed => UserError,
+    NetworkSetupFailed => UserError,
     // Recorded by agents before host tasks existed; kept so their records read back.
     HostTaskNotSupported => UserError,
 }
@@ -89,12 +90,15 @@ impl FailureCode {
     /// Codes whose blame follows the cause: a transfer refused (4xx, a bad
     /// URL) is the task's, a server or network failure the node's. Their
     /// `category()` is the task's; [`FailureInfo::on_the_node`] makes the other.
+    /// A network set-up failure is the task's when it asked for a host port
+    /// another task holds, the node's otherwise.
     pub const fn either_side(self) -> bool {
         matches!(
             self,
             FailureCode::ResourceFileDownloadFailed
                 | FailureCode::FileUploadFailed
                 | FailureCode::ApplicationPackageFailed
+                | FailureCode::NetworkSetupFailed
         )
     }
 }
@@ -217,6 +221,7 @@ mod tests {
         (FailureCode::ResourceFileDownloadFailed, "ResourceFileDownloadFailed", U),
         (FailureCode::FileUploadFailed, "FileUploadFailed", U),
         (FailureCode::ApplicationPackageFailed, "ApplicationPackageFailed", U),
+        (FailureCode::NetworkSetupFailed, "NetworkSetupFailed", U),
         (FailureCode::HostTaskNotSupported, "HostTaskNotSupported", U),
     ];
 
@@ -243,7 +248,8 @@ mod tests {
             [
                 &FailureCode::ResourceFileDownloadFailed,
                 &FailureCode::FileUploadFailed,
-                &FailureCode::ApplicationPackageFailed
+                &FailureCode::ApplicationPackageFailed,
+                &FailureCode::NetworkSetupFailed
             ]
         );
         let node = FailureInfo::on_the_node(FailureCode::FileUploadFailed, "HTTP 503");

@@ -9,6 +9,7 @@ mod identity;
 mod ids;
 mod image;
 mod lifecycle;
+mod network;
 mod node;
 mod packages;
 mod staging;
@@ -20,6 +21,7 @@ pub use identity::{AutoUserScope, AutoUsers, Elevation, Identities, IdentityErro
 pub use ids::{IdError, JobId, TaskId, TaskKey, TaskKind, JOB_PREPARATION, JOB_RELEASE, NODE_JOB, START_TASK};
 pub use image::{chain_id, normalize, ImageConfig, ImageError, Platform};
 pub use lifecycle::{node_state, JobConfig, NodeState, StartTaskConfig, StateInputs};
+pub use network::{DnsSettings, NetworkMode, NetworkRequest, PortMapping, Protocol};
 pub use node::NodeFacts;
 pub use packages::{check_packages, AppPackage, PackageId, MAX_APP_PACKAGES};
 pub use staging::{

@@ -117,6 +117,9 @@ pub struct ContainerInfo {
     pub container_id: String,
     pub state: String,
     pub error: String,
+    /// A bridge task's address on the node's bridge.
+    #[serde(default)]
+    pub ip_address: String,
 }
 
 /// What a task's processes used, from its cgroup (Batch's `TaskStatistics`).

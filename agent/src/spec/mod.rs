@@ -105,6 +105,17 @@ pub struct SpecInputs<'a> {
     pub job_prep: bool,
     /// The application packages it gets (installed under `applications/`).
     pub packages: &'a [crate::model::PackageId],
+    /// Its network namespace and its `/etc/resolv.conf` and `/etc/hosts`.
+    pub network: &'a NetworkSetup,
+}
+
+/// What the agent made for a task's network (`network::Networks::setup`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkSetup {
+    /// The network namespace a bridge task joins.
+    pub netns: Option<String>,
+    /// Host files bound read-only into the container: (host path, container path).
+    pub files: Vec<(String, String)>,
 }
 
 /// Builds the spec of a container task.
@@ -171,14 +182,14 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw", "nosuid", "nodev"])?);
     // Application packages are shared: no task, not even an admin one, may change them.
     mounts.push(bind(i.layout.applications().display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev"])?);
-    for f in &i.node.network_files {
-        mounts.push(bind(f.display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"])?);
+    for (host, container) in &i.network.files {
+        mounts.push(bind_at(host, container, &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"])?);
     }
     mounts.extend(options::task_mounts(o, &i.lookups.bind_sources, init)?);
 
     let access: Vec<String> = o.devices.iter().map(|d| d.access.clone()).collect();
     let mut linux = LinuxBuilder::default()
-        .namespaces(options::namespaces(o, userns)?)
+        .namespaces(options::namespaces(o, userns, i.network.netns.as_deref())?)
         .resources(options::resources(o, &i.lookups.devices, &access)?)
         .cgroups_path(i.cgroups_path);
     // A privileged task sees /proc and /sys unmasked, as with docker.
@@ -213,10 +224,14 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
 
 /// A bind mount of a host path at the same path in the container.
 fn bind(path: String, options: &[&str]) -> Result<Mount, OciSpecError> {
+    bind_at(&path, &path, options)
+}
+
+fn bind_at(host: &str, container: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
     MountBuilder::default()
-        .destination(&path)
+        .destination(container)
         .typ("bind")
-        .source(&path)
+        .source(host)
         .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .build()
 }

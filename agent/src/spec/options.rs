@@ -2,8 +2,9 @@
 //! namespaces, cgroup resources, devices, rlimits and sysctls. Pure.
 
 use super::defaults;
-use super::run_options::{MountOpt, Namespace, Network, RunOptions};
+use super::run_options::{MountOpt, Namespace, RunOptions};
 use super::SpecError;
+use crate::model::NetworkMode;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceCgroup,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
@@ -136,7 +137,9 @@ pub(super) fn default_mounts(o: &RunOptions, user_namespace: bool) -> Result<Vec
                 opts.retain(|x| x != "gid=5");
                 out.push(mount("/dev/pts", "devpts", "devpts", opts)?);
             }
-            "/sys" if user_namespace && o.network == Network::Host => out.push(mount(
+            // A bridge task joins a network namespace the agent made (owned
+            // by the node's user namespace): sysfs cannot be mounted there either.
+            "/sys" if user_namespace && o.network.mode != NetworkMode::None => out.push(mount(
                 "/sys",
                 "bind",
                 "/sys",
@@ -199,7 +202,12 @@ pub(super) fn task_mounts(
 
 /// The default namespaces, less those shared with the host, plus a network
 /// namespace for `--network none` and a user namespace when configured.
-pub(super) fn namespaces(o: &RunOptions, user_namespace: bool) -> Result<Vec<LinuxNamespace>, OciSpecError> {
+/// `netns`: the path of the network namespace a bridge task joins.
+pub(super) fn namespaces(
+    o: &RunOptions,
+    user_namespace: bool,
+    netns: Option<&str>,
+) -> Result<Vec<LinuxNamespace>, OciSpecError> {
     let mut out: Vec<LinuxNamespace> = defaults::namespaces()?
         .into_iter()
         .filter(|n| match n.typ() {
@@ -208,8 +216,15 @@ pub(super) fn namespaces(o: &RunOptions, user_namespace: bool) -> Result<Vec<Lin
             _ => true,
         })
         .collect();
-    if o.network == Network::None {
-        out.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).build()?);
+    match (o.network.mode, netns) {
+        (NetworkMode::Host, _) => {}
+        (NetworkMode::Bridge, Some(path)) => {
+            out.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path).build()?)
+        }
+        // A new namespace with only `lo` (a bridge task's is made by the agent).
+        (NetworkMode::None | NetworkMode::Bridge, _) => {
+            out.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).build()?)
+        }
     }
     if user_namespace {
         out.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).build()?);

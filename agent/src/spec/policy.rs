@@ -30,6 +30,12 @@ pub struct Policy {
     pub allow_host_tasks: bool,
     /// `--security-opt seccomp=unconfined`.
     pub allow_unconfined_seccomp: bool,
+    /// `--network host` (Batch's container tasks have the node's network;
+    /// MPI and RDMA tasks need it).
+    pub allow_host_network: bool,
+    /// Host ports no task may publish: the agent's own API and metrics ports
+    /// (a published port takes the node's traffic to it).
+    pub reserved_host_ports: Vec<u16>,
 }
 
 impl Default for Policy {
@@ -44,6 +50,8 @@ impl Default for Policy {
             init_binary: PathBuf::from("/usr/bin/tini-static"),
             allow_host_tasks: false,
             allow_unconfined_seccomp: false,
+            allow_host_network: true,
+            reserved_host_ports: Vec::new(),
         }
     }
 }
@@ -113,6 +121,19 @@ pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs, node_root: &Path) -> 
             ));
         }
         _ => {}
+    }
+    if o.network.mode == crate::model::NetworkMode::Host && !policy.allow_host_network {
+        return Err(refused("--network", "host is refused by this node's policy (policy.allow_host_network)"));
+    }
+    for p in &o.network.publish {
+        if policy.reserved_host_ports.contains(&p.host_port) {
+            return Err(refused("--publish", format!("{p}: host port {} is the agent's own", p.host_port)));
+        }
+        // A published port takes the node's traffic to it (ssh on 22, say):
+        // below 1024, as with binding such a port, only an admin may.
+        if p.host_port < 1024 && !who.admin {
+            return Err(refused("--publish", format!("{p}: a host port below 1024 {admin_only}")));
+        }
     }
     for (flag, ns) in [("--pid", o.pid), ("--ipc", o.ipc)] {
         if ns == Namespace::Host && !policy.allow_host_namespaces {
@@ -232,6 +253,20 @@ mod tests {
         for ok in ["--rm", "--cap-drop ALL", "--network none", "--tmpfs /t", "-m 64m", "--read-only", "-u 0"] {
             check(&parse(ok).unwrap(), &p, &admin(), Path::new("/node")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn network_policy() {
+        let p = Policy { reserved_host_ports: vec![7443], ..Policy::default() };
+        let ok = |o: &str, p: &Policy, w: &RunAs| check(&parse(o).unwrap(), p, w, Path::new("/node")).is_ok();
+        assert!(ok("--network host", &p, &plain()), "host network is allowed by default (Batch's)");
+        let closed = Policy { allow_host_network: false, ..p.clone() };
+        assert_eq!(refusal("--network host", &closed, &admin()), "--network");
+        assert!(ok("--network bridge", &closed, &plain()) && ok("--network none", &closed, &plain()));
+        assert!(ok("-p 8080:80", &p, &plain()));
+        assert_eq!(refusal("-p 7443:80", &p, &admin()), "--publish", "the agent's own port");
+        assert_eq!(refusal("-p 22:22", &p, &plain()), "--publish", "below 1024 needs admin");
+        assert!(ok("-p 22:22", &p, &admin()));
     }
 
     #[test]

@@ -84,7 +84,22 @@ fn build_with(
         cgroups_path: "/berth/c1",
         job_prep: false,
         packages: &[],
+        network: &setup_for(&ro),
     })
+}
+
+/// What the supervisor passes: a bridge task's namespace, its own files
+/// unless it is a plain host-network task.
+fn setup_for(o: &RunOptions) -> NetworkSetup {
+    let netns =
+        (o.network.mode == crate::model::NetworkMode::Bridge).then(|| "/run/berth/network/netns/c1".to_string());
+    let files = if o.network.own_files() {
+        let dir = "/run/berth/network/files/c1";
+        vec![(format!("{dir}/resolv.conf"), "/etc/resolv.conf".into()), (format!("{dir}/hosts"), "/etc/hosts".into())]
+    } else {
+        node().network_files.iter().map(|f| (f.display().to_string(), f.display().to_string())).collect()
+    };
+    NetworkSetup { netns, files }
 }
 
 fn build_for(t: &TaskSpec, img: &ImageConfig) -> Spec {
@@ -240,6 +255,7 @@ fn no_command_is_an_error() {
         cgroups_path: "/b/c",
         job_prep: false,
         packages: &[],
+        network: &NetworkSetup::default(),
     })
     .unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));
@@ -318,7 +334,24 @@ fn run_options_shape_the_spec() {
     assert!(rules[0].allow());
 
     assert!(ns_types(&spec("--network none")).contains(&"Network".to_string()));
-    assert!(!ns_types(&spec("")).contains(&"Network".to_string()), "the node's network by default");
+    assert!(!ns_types(&spec("--network host")).contains(&"Network".to_string()), "the node's network");
+    let ns = spec("").linux().as_ref().unwrap().namespaces().clone().unwrap();
+    let net = ns.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network).unwrap();
+    assert_eq!(
+        net.path().as_deref(),
+        Some(Path::new("/run/berth/network/netns/c1")),
+        "a bridge task joins the agent's"
+    );
+    let bridge = spec("");
+    let resolv = mount_of(&bridge, "/etc/resolv.conf").unwrap();
+    assert_eq!(resolv.source().as_deref(), Some(Path::new("/run/berth/network/files/c1/resolv.conf")));
+    assert!(resolv.options().as_ref().unwrap().contains(&"ro".to_string()));
+    let host = spec("--network host");
+    let host = mount_of(&host, "/etc/hosts").unwrap();
+    assert_eq!(host.source().as_deref(), Some(Path::new("/etc/hosts")), "a plain host task gets the node's");
+    let with_dns = spec("--network host --dns 192.0.2.1");
+    let with_dns = mount_of(&with_dns, "/etc/resolv.conf").unwrap();
+    assert_eq!(with_dns.source().as_deref(), Some(Path::new("/run/berth/network/files/c1/resolv.conf")));
     assert!(!ns_types(&spec("--pid host")).contains(&"Pid".to_string()));
     let ipc = spec("--ipc host");
     assert!(!ns_types(&ipc).contains(&"Ipc".to_string()));
@@ -439,6 +472,7 @@ fn application_packages_are_read_only_and_announced() {
         cgroups_path: "/berth/c1",
         job_prep: false,
         packages: &packages,
+        network: &setup_for(&ro),
     })
     .unwrap();
     let mounts = spec.mounts().as_ref().unwrap();

@@ -49,6 +49,8 @@ pub(crate) enum Failure {
     Download(crate::staging::StagingError),
     /// An application package could not be installed.
     Package(crate::staging::StagingError),
+    /// The task's network could not be set up.
+    Network(crate::network::NetworkError),
     /// A blocking job of the agent failed (a panic): a bug.
     Internal(String),
 }
@@ -134,6 +136,12 @@ impl From<Failure> for FailureInfo {
             Failure::Gate(f) => f,
             Failure::Stopped { stop, while_ } => stop.reason.failure(while_),
             Failure::ContainerGone(e) => new(C::ContainerLost, format!("the task's container disappeared: {e}")),
+            Failure::Network(e @ crate::network::NetworkError::PortInUse { .. }) => {
+                new(C::NetworkSetupFailed, e.to_string())
+            }
+            Failure::Network(e) => {
+                FailureInfo::on_the_node(C::NetworkSetupFailed, format!("setting up the task's network: {e}"))
+            }
             Failure::Internal(m) => new(C::AgentInternalError, m),
         }
     }
@@ -163,6 +171,19 @@ mod tests {
             (Failure::Refused(Refusal::Devices("x".into())), ("DeviceInjectionFailed", U)),
             (Failure::Refused(Refusal::RunOption(SpecError::NoCommand)), ("RunOptionInvalid", U)),
             (Failure::DiskFull("x".into()), ("DiskFull", S)),
+            (
+                Failure::Network(crate::network::NetworkError::PortInUse {
+                    port: crate::model::PortMapping {
+                        host_ip: None,
+                        host_port: 8080,
+                        container_port: 80,
+                        protocol: crate::model::Protocol::Tcp,
+                    },
+                    by: "c".into(),
+                }),
+                ("NetworkSetupFailed", U),
+            ),
+            (Failure::Network(crate::network::NetworkError::NoAddress), ("NetworkSetupFailed", S)),
             (Failure::TaskDir(create(enospc)), ("DiskFull", S)),
             (
                 Failure::TaskDir(create(io::Error::from(io::ErrorKind::PermissionDenied))),

@@ -96,6 +96,8 @@ pub struct Settings {
     pub staging: Arc<crate::staging::Transfers>,
     /// The node's application packages from the config file.
     pub app_packages: Vec<crate::model::AppPackage>,
+    /// Bridge networks of tasks (CNI).
+    pub network: Arc<dyn crate::network::TaskNetworks>,
 }
 
 /// A request to stop a running task.

@@ -20,8 +20,9 @@
 //! Containers with this node's labels but no record are removed, unless the
 //! state database was lost (`rebuild`): then they are adopted (a record is made
 //! from their labels and spec) and task directories without a record become
-//! COMPLETED with `TaskRecordLost`. Snapshots and leases of interrupted work are
-//! removed last.
+//! COMPLETED with `TaskRecordLost`. Network attachments (CNI) of containers
+//! that do not go on are deleted: their addresses, rules and namespaces are
+//! released. Snapshots and leases of interrupted work are removed last.
 
 use super::runner::Phase;
 use super::{Error, Supervisor};
@@ -43,6 +44,8 @@ pub struct Report {
     pub adopted: usize,
     pub removed_containers: usize,
     pub records_lost: usize,
+    /// Network attachments of containers that were gone (CNI DEL done).
+    pub networks_removed: usize,
 }
 
 /// A record for a container found without one (the database was lost).
@@ -110,6 +113,10 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
     let labelled = sup.shared.runtime.list_labelled(&node_id).await?;
     let mut records = sup.shared.store.list(None, None).await?;
     let known: HashSet<String> = records.iter().map(TaskInfo::container_id).collect();
+    // Network attachments made before this start; those of containers that
+    // go on (re-attached, or already being handled) are kept below.
+    let attached = sup.shared.settings.network.attachments();
+    let mut networks_in_use: HashSet<String> = HashSet::new();
 
     for c in labelled.iter().filter(|c| !known.contains(&c.id)) {
         let key = TaskKey::new(&c.job, &c.task).ok();
@@ -167,6 +174,7 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
         let key = info.key().clone();
         let cid = info.container_id();
         if sup.sched().stops.contains_key(&key) {
+            networks_in_use.insert(cid);
             continue; // already being handled (recovery is retried after a failure)
         }
         let host = info.spec.container.is_none();
@@ -196,6 +204,7 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
         tracing::info!(job_id = %key.job, task_id = %key.task, state = info.state.as_str(), ?phase, "recovering task");
         match (phase, info.state) {
             (Some(phase), _) => {
+                networks_in_use.insert(cid.clone());
                 let slots = info.spec.required_slots;
                 let stop = {
                     let mut sched = sup.sched();
@@ -233,6 +242,14 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
             continue;
         }
         sup.enqueue(info.key().clone(), info.spec.required_slots);
+    }
+
+    for cid in attached.iter().filter(|c| !networks_in_use.contains(*c)) {
+        tracing::info!(container_id = %cid, "removing the network of a container that is gone");
+        match sup.shared.settings.network.detach(cid).await {
+            Ok(()) => report.networks_removed += 1,
+            Err(e) => tracing::warn!(container_id = %cid, error = %e, "cannot remove a leftover task network"),
+        }
     }
 
     if rebuild {

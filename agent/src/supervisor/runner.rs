@@ -95,7 +95,14 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
             }
             return;
         }
-        if let Err(e) = sup.shared.runtime.remove(&cid).await {
+        let removed = sup.shared.runtime.remove(&cid).await;
+        // The process is gone: its network goes too (CNI DEL), even if the
+        // container could not be removed yet.
+        if let Err(e) = sup.shared.settings.network.detach(&cid).await {
+            tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e,
+                "cannot remove the task's network; the agent tries again when it starts");
+        }
+        if let Err(e) = removed {
             tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
             return;
         }

@@ -8,6 +8,7 @@ The binaries come from $BERTH_BIN_DIR (default /work/main/target/debug).
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -52,6 +53,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_NETWORKS = itertools.count()
+
+
 class Agent:
     """A berth-agent process with its own temp dir; restartable on the same state."""
 
@@ -65,6 +69,7 @@ class Agent:
         self.dir = Path(tempfile.mkdtemp(prefix="berth-py-"))
         # Unique per agent: containerd namespace and node id.
         self.node_id = f"test-py-{secrets.token_hex(4)}"
+        self.network_index = next(_NETWORKS) % 250
         self.listen = listen
         self.api_extra = api_extra
         self.task_slots = task_slots
@@ -123,6 +128,13 @@ ca_files = ["{env('BERTH_TEST_TLS_CA')}"]
 
 [tasks]
 terminate_grace_seconds = 2
+
+# A bridge and a /24 per agent, its namespaces under the test environment's
+# shared mount (which the test containerd sees).
+[network]
+run_dir = "{env('BERTH_TEST_NETNS_DIR')}/{self.node_id}"
+bridge = "bp{self.network_index}"
+subnet = "10.204.{self.network_index}.0/24"
 """
         path = self.dir / "agent.toml"
         path.write_text(cfg)

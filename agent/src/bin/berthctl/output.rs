@@ -30,7 +30,7 @@ pub(crate) fn task_json(t: &pb::TaskInfo) -> Value {
             "message": f.message,
         })),
         "container_info": t.container_info.as_ref().map(|c| json!({
-            "container_id": c.container_id, "state": c.state, "error": c.error,
+            "container_id": c.container_id, "state": c.state, "error": c.error, "ip_address": c.ip_address,
         })),
         "created_at": ts(&t.created_at),
         "started_at": ts(&t.started_at),

@@ -10,12 +10,14 @@
 //! Parsing is pure and checks each value; [`super::policy`] then decides what the
 //! node allows.
 
+mod network;
 mod values;
 
 pub(super) use values::id_number;
 
 use super::env::check_name;
 use super::SpecError;
+use crate::model::NetworkMode;
 use oci_spec::runtime::{Capability, PosixRlimitType};
 
 /// A user or group given by number or by name (resolved in the image).
@@ -84,15 +86,6 @@ pub enum Seccomp {
     Profile(String),
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Network {
-    /// The node's network, as Batch container tasks have it (MPI, RDMA).
-    #[default]
-    Host,
-    /// A network namespace with only a loopback device.
-    None,
-}
-
 /// cgroup limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -134,7 +127,8 @@ pub struct RunOptions {
     pub resources: Resources,
     pub ipc: Namespace,
     pub pid: Namespace,
-    pub network: Network,
+    /// `--network`, `-p`, `--dns*`, `--add-host`.
+    pub network: crate::model::NetworkRequest,
     pub sysctls: Vec<(String, String)>,
     pub init: bool,
     pub stop_signal: Option<i32>,
@@ -177,6 +171,11 @@ enum Flag {
     PidsLimit,
     Ipc,
     Network,
+    Publish,
+    Dns,
+    DnsSearch,
+    DnsOption,
+    AddHost,
     Pid,
     Sysctl,
     Init,
@@ -216,6 +215,11 @@ impl Flag {
             "--pids-limit" => Flag::PidsLimit,
             "--ipc" => Flag::Ipc,
             "--network" | "--net" => Flag::Network,
+            "-p" | "--publish" => Flag::Publish,
+            "--dns" => Flag::Dns,
+            "--dns-search" => Flag::DnsSearch,
+            "--dns-option" | "--dns-opt" => Flag::DnsOption,
+            "--add-host" => Flag::AddHost,
             "--pid" => Flag::Pid,
             "--sysctl" => Flag::Sysctl,
             "--init" => Flag::Init,
@@ -375,16 +379,26 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
                 _ => return Err(format!("{value:?}: only host is supported")),
             }
         }
-        Flag::Network => {
-            out.network = match value {
-                "host" => Network::Host,
-                "none" => Network::None,
-                _ => {
-                    return Err(format!(
-                        "{value:?}: only host (the default: tasks share the node's network) and none are supported"
-                    ))
-                }
+        Flag::Network => out.network.mode = network::mode(value)?,
+        Flag::Publish => {
+            let m = network::publish(value, out.network.publish.len())?;
+            if let Some(other) = out.network.publish.iter().find(|o| o.collides(&m)) {
+                return Err(format!("{m} and {other} publish the same host port"));
             }
+            out.network.publish.push(m);
+        }
+        Flag::Dns => {
+            let ip = network::dns_server(value, out.network.dns.servers.len())?;
+            out.network.dns.servers.push(ip);
+        }
+        Flag::DnsSearch => {
+            let d = network::dns_search(value, out.network.dns.search.len())?;
+            out.network.dns.search.push(d);
+        }
+        Flag::DnsOption => out.network.dns.options.push(network::dns_option(value)?),
+        Flag::AddHost => {
+            let h = network::add_host(value, out.network.extra_hosts.len())?;
+            out.network.extra_hosts.push(h);
         }
         Flag::Sysctl => out.sysctls.push(
             value
@@ -606,6 +620,9 @@ fn check_combinations(o: &RunOptions) -> Result<(), SpecError> {
     if o.ipc == Namespace::Host && o.sysctls.iter().any(|(k, _)| !k.starts_with("net.")) {
         return Err(bad("--sysctl", "IPC sysctls cannot be set with --ipc host (they would change the node's)"));
     }
+    if !o.network.publish.is_empty() && o.network.mode != NetworkMode::Bridge {
+        return Err(bad("--publish", format!("needs --network bridge (this task's is {})", o.network.mode.as_str())));
+    }
     for m in &o.mounts {
         if reserved_target(m.target()) {
             return Err(bad(
@@ -615,7 +632,7 @@ fn check_combinations(o: &RunOptions) -> Result<(), SpecError> {
         }
     }
     for (k, v) in &o.sysctls {
-        values::sysctl(&format!("{k}={v}"), o.network == Network::None).map_err(|e| bad("--sysctl", e))?;
+        values::sysctl(&format!("{k}={v}"), o.network.mode != NetworkMode::Host).map_err(|e| bad("--sysctl", e))?;
     }
     let mut targets: Vec<&str> = o.mounts.iter().map(MountOpt::target).collect();
     targets.sort_unstable();

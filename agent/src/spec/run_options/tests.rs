@@ -61,6 +61,11 @@ fn every_flag_in_both_forms() {
         ("--pids-limit", "", "100"),
         ("--ipc", "", "host"),
         ("--network", "", "none"),
+        ("--publish", "-p", "127.0.0.1:8080:80/udp"),
+        ("--dns", "", "192.0.2.1"),
+        ("--dns-search", "", "example.test"),
+        ("--dns-option", "", "ndots:2"),
+        ("--add-host", "", "db:10.0.0.1"),
         ("--pid", "", "host"),
         ("--sysctl", "", "kernel.shmmax=1000000"),
         ("--stop-signal", "", "SIGUSR1"),
@@ -118,7 +123,7 @@ fn values_land_where_they_belong() {
         ]
     );
     assert_eq!(o.devices, [DeviceOpt { host: "/dev/fuse".into(), container: "/dev/f".into(), access: "rw".into() }]);
-    assert_eq!(o.network, Network::None);
+    assert_eq!(o.network.mode, NetworkMode::None);
     assert_eq!(o.labels, [("a".into(), "b".into()), ("c".into(), String::new())]);
     assert_eq!(ok("--pids-limit -1").resources.pids_limit, None);
     assert_eq!(ok("--memory 64m --memory-swap -1").resources.memory_swap, Some(-1));
@@ -180,10 +185,13 @@ fn refuses_by_name() {
         ("--cpuset-cpus x", "--cpuset-cpus"),
         ("--pids-limit -5", "--pids-limit"),
         ("--ipc container:x", "--ipc"),
-        ("--network bridge", "--network"),
+        ("--network container:x", "--network"),
+        ("--network host -p 80:80", "--publish"),
+        ("--network none -p 80:80", "--publish"),
+        ("-p 80:80 -p 80:81", "-p"),
+        ("--network host --sysctl net.ipv4.ip_forward=1", "--sysctl"),
         ("--pid container:x", "--pid"),
         ("--sysctl kernel.panic=1", "--sysctl"),
-        ("--sysctl net.ipv4.ip_forward=1", "--sysctl"),
         ("--stop-signal SIGNOPE", "--stop-signal"),
         ("--stop-timeout -1", "--stop-timeout"),
         ("-l berth.task-id=x", "-l"),
@@ -278,4 +286,21 @@ fn fuzz_never_panics() {
             assert!(matches!(e, SpecError::RunOption { .. }), "{text:?}: {e:?}");
         }
     }
+}
+
+#[test]
+fn network_flags_land_in_the_request() {
+    let o = ok("-p 8080:80 -p 127.0.0.1:5353:53/udp --dns 192.0.2.1 --dns 192.0.2.2 --dns-search a.test \
+                --dns-opt ndots:2 --add-host db:10.0.0.1 --add-host=cache=10.0.0.2 --sysctl net.ipv4.ip_forward=1");
+    let n = &o.network;
+    assert_eq!(n.mode, NetworkMode::Bridge);
+    assert_eq!(n.publish.len(), 2);
+    assert_eq!(n.publish[1].to_string(), "127.0.0.1:5353:53/udp");
+    assert_eq!(n.dns.servers.len(), 2);
+    assert_eq!(
+        (n.dns.search.as_slice(), n.dns.options.as_slice()),
+        (&["a.test".to_string()][..], &["ndots:2".to_string()][..])
+    );
+    assert_eq!(n.extra_hosts.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(), ["db", "cache"]);
+    assert_eq!(ok("--network host --dns 192.0.2.1").network.mode, NetworkMode::Host);
 }

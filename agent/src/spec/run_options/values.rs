@@ -166,7 +166,7 @@ pub(super) fn sysctl(text: &str, own_network: bool) -> Result<(String, String), 
             Ok((k.to_owned(), v.to_owned()))
         } else {
             Err(format!(
-                "{k} would change the node's network settings (the task shares the node's network; use --network none)"
+                "{k} would change the node's network settings (the task shares the node's network: --network host)"
             ))
         };
     }

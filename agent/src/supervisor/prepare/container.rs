@@ -15,7 +15,11 @@ use std::path::PathBuf;
 pub(super) async fn record_attempt(sup: &Supervisor, t: &mut Task<'_>) -> Result<(), Failure> {
     let sh = &sup.shared;
     if t.info.attempt > 0 {
-        let _ = sh.runtime.remove(&t.info.container_id()).await;
+        let old = t.info.container_id();
+        let _ = sh.runtime.remove(&old).await;
+        if let Err(e) = sh.settings.network.detach(&old).await {
+            tracing::warn!(container_id = %old, error = %e, "cannot remove an earlier attempt's network");
+        }
     }
     t.info.attempt += 1;
     sh.store.amend(t.info.clone()).await.map(drop).map_err(|e| Failure::Store(e.to_string()))
@@ -58,7 +62,12 @@ pub(super) async fn create(
     let created = sh.runtime.create(req).await;
     drop(output);
     created.map_err(Failure::Create)?;
-    t.info.container = Some(ContainerInfo { container_id: cid, state: "created".into(), error: String::new() });
+    t.info.container = Some(ContainerInfo {
+        container_id: cid,
+        state: "created".into(),
+        error: String::new(),
+        ip_address: t.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    });
     // Written with the next record change (the "may have started" mark, just
     // before Start): recovery finds the container by its id anyway, so one
     // synchronous write fewer on every task's critical path.

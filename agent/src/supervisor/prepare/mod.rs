@@ -15,6 +15,7 @@
 //! | `image::ensure` | pulls (as the pull policy says) and resolves the image |
 //! | `devices::hold` | waits for and holds the GPUs the task asked for |
 //! | `container::record_attempt` | records the new container id |
+//! | `network::attach` | a bridge task's namespace on the node's bridge (CNI), its resolv.conf and hosts |
 //! | `spec::build` | host lookups, then the OCI spec (pure) with CDI devices |
 //! | `container::create` | opens the output files, creates the container |
 
@@ -23,6 +24,7 @@ mod devices;
 mod dirs;
 mod gates;
 mod image;
+mod network;
 mod packages;
 mod resources;
 pub(in crate::supervisor) mod spec;
@@ -43,6 +45,8 @@ pub(super) struct Task<'a> {
     pub stop: &'a watch::Receiver<Option<Stop>>,
     /// The task's job has a preparation task.
     pub job_prep: bool,
+    /// A bridge task's address, once its network is attached.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Task<'_> {
@@ -82,7 +86,7 @@ pub(super) async fn prepare(
     checked: Arc<CheckedTask>,
     stop: &watch::Receiver<Option<Stop>>,
 ) -> Result<Prepared, TaskInfo> {
-    let mut t = Task { info, checked, stop, job_prep: false };
+    let mut t = Task { info, checked, stop, job_prep: false, ip: None };
     match steps(sup, &mut t).await {
         Ok(Next::Container) => Ok(Prepared::Container(t.info)),
         Ok(Next::Host) => {
@@ -110,6 +114,7 @@ async fn steps(sup: &Supervisor, t: &mut Task<'_>) -> Result<Next, Failure> {
     let lookups = spec::look_up(sup, t, &image).await?;
     let devices = devices::hold(sup, t).await?;
     container::record_attempt(sup, t).await?;
+    network::attach(sup, t).await?;
     let oci = spec::build(sup, t, &image, &lookups, &devices)?;
     t.check_stop(" before it started")?;
     container::create(sup, t, image, oci).await?;

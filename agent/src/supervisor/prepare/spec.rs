@@ -66,6 +66,7 @@ pub(in crate::supervisor) fn oci_spec(
         cgroups_path: &cgroups_path,
         job_prep,
         packages: &packages,
+        network: &super::network::setup(sup, &info.container_id(), &checked.run_options.network),
     };
     let mut spec = crate::spec::build(inputs).map_err(Failure::Spec)?;
     if let Some(reg) = &sh.settings.devices {

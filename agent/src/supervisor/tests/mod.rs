@@ -136,6 +136,47 @@ impl Runtime for Fake {
 }
 
 /// A puller that "pulls" the images it lists and fails the others.
+/// Task networks without namespaces or plugins: attachments are a set.
+#[derive(Debug, Default)]
+pub(super) struct FakeNetworks {
+    dir: std::path::PathBuf,
+    pub(super) attached: Mutex<std::collections::BTreeSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl crate::network::TaskNetworks for FakeNetworks {
+    fn paths(&self, cid: &str) -> crate::network::Paths {
+        crate::network::Paths {
+            netns: self.dir.join("netns").join(cid),
+            resolv_conf: self.dir.join(cid).join("resolv.conf"),
+            hosts: self.dir.join(cid).join("hosts"),
+        }
+    }
+    fn attachments(&self) -> Vec<String> {
+        self.attached.lock().unwrap().iter().cloned().collect()
+    }
+    async fn attach(
+        &self,
+        cid: &str,
+        _ports: &[crate::model::PortMapping],
+    ) -> Result<std::net::Ipv4Addr, crate::network::NetworkError> {
+        self.attached.lock().unwrap().insert(cid.to_owned());
+        Ok(std::net::Ipv4Addr::new(10, 88, 0, 2))
+    }
+    async fn detach(&self, cid: &str) -> Result<(), crate::network::NetworkError> {
+        self.attached.lock().unwrap().remove(cid);
+        let _ = std::fs::remove_dir_all(self.dir.join(cid));
+        Ok(())
+    }
+    fn write_files(&self, cid: &str, resolv_conf: &str, hosts: &str) -> Result<(), crate::network::NetworkError> {
+        let p = self.paths(cid);
+        std::fs::create_dir_all(self.dir.join(cid)).unwrap();
+        std::fs::write(p.resolv_conf, resolv_conf).unwrap();
+        std::fs::write(p.hosts, hosts).unwrap();
+        Ok(())
+    }
+}
+
 struct FakePuller {
     pulled: Mutex<Vec<String>>,
     available: Vec<String>,
@@ -226,6 +267,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
             crate::staging::Transfers::new(Default::default(), tmp.path().join("secrets"), &[]).expect("transfers"),
         ),
         app_packages: vec![],
+        network: Arc::new(FakeNetworks { dir: tmp.path().join("network"), ..Default::default() }),
     };
     let mut settings = settings;
     adjust(&mut settings);

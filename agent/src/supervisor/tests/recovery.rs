@@ -31,6 +31,33 @@ async fn orphan_containers_are_removed_when_the_database_is_intact() {
 }
 
 #[tokio::test]
+async fn networks_of_containers_that_are_gone_are_removed_and_running_ones_kept() {
+    let fake = Fake::new(true);
+    let running = TaskKey::new("job", "running").unwrap();
+    let store = Store::in_memory().unwrap();
+    let mut info = TaskInfo::new(spec("running"), std::time::SystemTime::now());
+    info.state = TaskState::Running;
+    info.ever_started = true;
+    info.attempt = 1;
+    store.insert(info).await.unwrap();
+    fake.st().labelled.push(labelled(&running));
+    fake.st().tasks.insert(running.container_id(), TaskStatus::Running);
+    let nets = Arc::new(FakeNetworks::default());
+    for cid in [running.container_id(), "berth-gone".to_string()] {
+        nets.attached.lock().unwrap().insert(cid);
+    }
+    let n = nets.clone();
+    let e = build_env(1, fake, store, move |s| s.network = n);
+    let report = e.sup.recover(false).await.unwrap();
+    assert_eq!(report.networks_removed, 1);
+    assert_eq!(
+        crate::network::TaskNetworks::attachments(&*nets),
+        [running.container_id()],
+        "the re-attached task keeps its network"
+    );
+}
+
+#[tokio::test]
 async fn rebuild_adopts_containers_and_records_lost_task_dirs() {
     let fake = Fake::new(true);
     let running = TaskKey::new("job", "running").unwrap();

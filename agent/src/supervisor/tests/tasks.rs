@@ -251,3 +251,35 @@ async fn exit_is_collected_from_events_when_wait_never_returns() {
     let done = until_state(&e.sup, &key, TaskState::Completed).await;
     assert_eq!(done.exit_code, Some(5));
 }
+
+#[tokio::test]
+async fn a_bridge_tasks_network_lives_as_long_as_its_container() {
+    let e = env(2).await;
+    let nets = e.sup.shared.settings.network.clone();
+    let key = e.sup.run_task(spec("net"), None).await.unwrap().key().clone();
+    let cid = key.container_id();
+    let running = until_state(&e.sup, &key, TaskState::Running).await;
+    assert_eq!(running.container.unwrap().ip_address, "10.88.0.2", "the address is in TaskInfo");
+    assert_eq!(nets.attachments(), std::slice::from_ref(&cid));
+    let hosts = std::fs::read_to_string(nets.paths(&cid).hosts).unwrap();
+    assert!(hosts.contains("10.88.0.2\th\n"), "its name and address: {hosts}");
+
+    // On the node's network: nothing attached, no address, the node's files.
+    let mut s = spec("host");
+    s.container.as_mut().unwrap().run_options = "--network host".into();
+    let host = e.sup.run_task(s, None).await.unwrap().key().clone();
+    let h = until_state(&e.sup, &host, TaskState::Running).await;
+    assert!(h.container.unwrap().ip_address.is_empty());
+    assert_eq!(nets.attachments(), std::slice::from_ref(&cid));
+
+    e.fake.exit(&cid, 0);
+    until_state(&e.sup, &key, TaskState::Completed).await;
+    for _ in 0..200 {
+        if nets.attachments().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(nets.attachments().is_empty(), "detached once the container is gone");
+    assert!(!nets.paths(&cid).hosts.exists());
+}
