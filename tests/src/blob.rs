@@ -148,6 +148,8 @@ pub enum Answer {
     Hang,
     /// 503.
     Unavailable,
+    /// 500.
+    InternalError,
     /// 200 with the head and the first half of the stored body, then
     /// nothing (the connection stays open).
     Truncated,
@@ -332,6 +334,9 @@ impl Sink {
                 let _ = conn.write_all(&r).await;
                 let _ = conn.read(&mut chunk).await;
                 return;
+            }
+            Answer::InternalError => {
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
             }
             Answer::Unavailable => {
                 "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()

@@ -130,16 +130,16 @@ async fn bad_resource_files_are_refused_or_fail_the_task_without_running_it() {
     assert!(f.message.contains("max_task_bytes"), "{}", f.message);
     assert!(!agent.task_path("badres", "toobig", "wd/big.bin").exists());
 
-    // A server that fails once: retried, and the task runs.
+    // A server that fails once (500, then 503): retried, and the task runs.
     let sink = Sink::start(20).await;
     sink.file("/once", b"ok\n"); // under the 4-byte cap
-    sink.plan("/once", &[Answer::Unavailable, Answer::Serve]);
+    sink.plan("/once", &[Answer::InternalError, Answer::Unavailable, Answer::Serve]);
     let mut spec = task("badres", "retried", "cat f");
     spec.resource_files = vec![http_file(&sink.url("/once"), "f", "")];
     let done = c.run_done(spec).await;
     assert_eq!((done.exit_code, failure_code(&done).as_str()), (Some(0), ""), "{done:?}");
     assert_eq!(c.read("badres", "retried", "stdout.txt").await.unwrap(), "ok\n");
-    assert_eq!(sink.count("GET", "/once"), 2);
+    assert_eq!(sink.count("GET", "/once"), 3, "two failures, then the file");
 
     // A server that keeps failing: the node's fault, after every retry.
     sink.plan("/flaky", &[Answer::Unavailable]);
