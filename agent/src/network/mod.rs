@@ -333,14 +333,7 @@ impl Networks {
         };
         // Recorded first: a crash from here on leaves something recovery deletes.
         self.write(&a)?;
-        let ns = paths.netns.clone();
-        tokio::task::spawn_blocking(move || netns::create(&ns))
-            .await
-            .map_err(|e| NetworkError::Io {
-                what: "making the network namespace".into(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(io(format!("making the network namespace {}", paths.netns.display())))?;
+        on_namespace(&paths.netns, "making the network namespace", netns::create).await?;
         let netns = paths.netns.to_string_lossy().into_owned();
         let lo = json!({"cniVersion": "1.0.0", "name": "berth-loopback", "plugins": [{"type": "loopback"}]});
         let bin = &self.cfg.cni_bin_dir;
@@ -378,14 +371,7 @@ impl Networks {
             };
         }
         self.lock_ports().remove(cid);
-        let ns = paths.netns.clone();
-        tokio::task::spawn_blocking(move || netns::remove(&ns))
-            .await
-            .map_err(|e| NetworkError::Io {
-                what: "removing the network namespace".into(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(io(format!("removing {}", paths.netns.display())))?;
+        on_namespace(&paths.netns, "removing the network namespace", netns::remove).await?;
         if let Some(dir) = paths.hosts.parent() {
             match std::fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -411,6 +397,13 @@ impl Networks {
         }
         Ok(())
     }
+}
+
+/// Runs a (blocking) namespace operation on `path` off the async threads.
+async fn on_namespace(path: &Path, what: &str, op: fn(&Path) -> std::io::Result<()>) -> Result<(), NetworkError> {
+    let p = path.to_owned();
+    let done = tokio::task::spawn_blocking(move || op(&p)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    done.map_err(io(format!("{what} {}", path.display())))
 }
 
 /// The node's resolv.conf as a task on its own network should see it: the
