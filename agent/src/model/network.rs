@@ -2,6 +2,7 @@
 //! DNS settings and extra `/etc/hosts` entries. Parsed in `spec`, carried out
 //! by `network`.
 
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// `--network`.
@@ -27,7 +28,8 @@ impl NetworkMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -43,7 +45,7 @@ impl Protocol {
 }
 
 /// `-p [HOSTIP:]HOSTPORT:PORT[/tcp|udp]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     /// None: every address of the node.
     pub host_ip: Option<IpAddr>,

@@ -114,41 +114,9 @@ struct Attachment {
     list: Value,
     runtime: Value,
     #[serde(default)]
-    ports: Vec<Port>,
+    ports: Vec<PortMapping>,
     /// The final ADD result; None while (or if) the ADD did not finish.
     result: Option<Value>,
-}
-
-/// A published port, as recorded.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Port {
-    host_ip: Option<std::net::IpAddr>,
-    host_port: u16,
-    container_port: u16,
-    udp: bool,
-}
-
-impl From<&PortMapping> for Port {
-    fn from(p: &PortMapping) -> Self {
-        Port {
-            host_ip: p.host_ip,
-            host_port: p.host_port,
-            container_port: p.container_port,
-            udp: p.protocol == crate::model::Protocol::Udp,
-        }
-    }
-}
-
-impl From<Port> for PortMapping {
-    fn from(p: Port) -> Self {
-        use crate::model::Protocol;
-        PortMapping {
-            host_ip: p.host_ip,
-            host_port: p.host_port,
-            container_port: p.container_port,
-            protocol: if p.udp { Protocol::Udp } else { Protocol::Tcp },
-        }
-    }
 }
 
 /// What a task's spec needs of its network.
@@ -218,11 +186,8 @@ impl Networks {
             None => cfg.own_list(),
         };
         let n = Networks { cfg, list, ports: Mutex::new(HashMap::new()) };
-        let recorded: HashMap<String, Vec<PortMapping>> = n
-            .attachments()
-            .into_iter()
-            .filter_map(|cid| n.read(&cid).map(|a| (cid, a.ports.into_iter().map(PortMapping::from).collect())))
-            .collect();
+        let recorded: HashMap<String, Vec<PortMapping>> =
+            n.attachments().into_iter().filter_map(|cid| n.read(&cid).map(|a| (cid, a.ports))).collect();
         *n.lock_ports() = recorded;
         Ok(n)
     }
@@ -328,7 +293,7 @@ impl Networks {
             netns: paths.netns.clone(),
             list: self.list.clone(),
             runtime: cni::runtime_config(ports),
-            ports: ports.iter().map(Port::from).collect(),
+            ports: ports.to_vec(),
             result: None,
         };
         // Recorded first: a crash from here on leaves something recovery deletes.
@@ -511,7 +476,7 @@ mod tests {
         let mut c = NetworkConfig::defaults(&dir.path().join("state"));
         c.cni_bin_dir = fake_plugins(dir.path());
         c.run_dir = dir.path().join("run");
-        let n = Networks::new(c).unwrap();
+        let n = Networks::new(c.clone()).unwrap();
         let ip = n.attach("c1", &[]).await.unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 88, 0, 9));
         assert_eq!(n.attachments(), ["c1"]);
@@ -537,6 +502,14 @@ mod tests {
              firewall DEL \nportmap DEL \nbridge DEL \n"
         );
         assert_eq!(log, want, "the retried DEL is given no namespace (it is gone); the third finds nothing");
+
+        // Published ports are recorded: an agent started anew still holds them.
+        let p =
+            PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: crate::model::Protocol::Udp };
+        n.attach("c2", &[p]).await.unwrap();
+        let again = Networks::new(c).unwrap();
+        assert_eq!(again.lock_ports().get("c2").map(Vec::as_slice), Some(&[p][..]));
+        again.detach("c2").await.unwrap();
     }
 
     #[tokio::test]
