@@ -23,6 +23,7 @@ pub(crate) fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb
             registry: None,
             pull_policy: pb::PullPolicy::Missing as i32,
             devices: vec![],
+            ..Default::default()
         }),
         environment: Default::default(),
         user: None,

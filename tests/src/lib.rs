@@ -28,6 +28,16 @@ pub const MORE_BATCH_VARS_SCRIPT: &str = "echo $AZ_BATCH_ACCOUNT_URL; echo $AZ_B
      echo $AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES; echo $AZ_BATCH_CERTIFICATES_DIR; \
      stat -c '%u %a' $AZ_BATCH_CERTIFICATES_DIR; touch $AZ_BATCH_CERTIFICATES_DIR/own && echo writable";
 
+/// The `AZ_BATCH_*` lines of `env`'s output, as a map.
+pub fn batch_vars_of(env_output: &str) -> std::collections::BTreeMap<String, String> {
+    env_output
+        .lines()
+        .filter(|l| l.starts_with("AZ_BATCH_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the integration tests through scripts/test, which starts containerd and the registries")
@@ -318,6 +328,35 @@ run_dir = "{network_run}"
         )
     }
 
+    /// Every `AZ_BATCH_*` variable a task `job`/`task` of this agent gets (no
+    /// job preparation task, no application package, the whole node root):
+    /// Batch's table of node-side variables, but the multi-instance ones.
+    pub fn batch_vars(&self, job: &str, task: &str) -> std::collections::BTreeMap<String, String> {
+        let root = self.root();
+        let dir = |p: PathBuf| p.display().to_string().trim_end_matches('/').to_string();
+        [
+            ("ACCOUNT_NAME", "berth".to_string()),
+            ("ACCOUNT_URL", ACCOUNT_URL.into()),
+            ("CERTIFICATES_DIR", dir(self.task_path(job, task, "certs"))),
+            ("JOB_ID", job.into()),
+            ("NODE_ID", self.node_id()),
+            ("NODE_IS_DEDICATED", "true".into()),
+            ("NODE_MOUNTS_DIR", dir(root.join("fsmounts"))),
+            ("NODE_ROOT_DIR", dir(root.clone())),
+            ("NODE_SHARED_DIR", dir(root.join("shared"))),
+            ("NODE_STARTUP_DIR", dir(root.join("startup"))),
+            ("NODE_STARTUP_WORKING_DIR", dir(root.join("startup/wd"))),
+            ("POOL_ID", "test-pool".into()),
+            ("TASK_DIR", dir(self.task_path(job, task, ""))),
+            ("TASK_ID", task.into()),
+            ("TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES", (self.opts.min_free_mb << 20).to_string()),
+            ("TASK_WORKING_DIR", dir(self.task_path(job, task, "wd"))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("AZ_BATCH_{k}"), v))
+        .collect()
+    }
+
     pub fn task_path(&self, job: &str, task: &str, rel: &str) -> PathBuf {
         self.root().join("workitems").join(job).join("job-1").join(task).join(rel)
     }
@@ -399,6 +438,7 @@ pub fn task(job: &str, task: &str, command_line: &str) -> pb::TaskSpec {
             registry: None,
             pull_policy: pb::PullPolicy::Missing as i32,
             devices: vec![],
+            ..Default::default()
         }),
         environment: HashMap::new(),
         user: None,

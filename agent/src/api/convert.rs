@@ -3,9 +3,9 @@
 
 use super::error::DecodeError;
 use crate::model::{
-    AutoUserScope, ContainerInfo, ContainerSettings, Credentials, Elevation, FailureCategory, FailureInfo, NodeState,
-    PullPolicy, TaskConstraints, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec, TaskState, UserIdentity,
-    WorkingDirMode,
+    AutoUserScope, ContainerInfo, ContainerSettings, Credentials, Elevation, FailureCategory, FailureInfo, HostMount,
+    HostMountSource, NodeState, PullPolicy, TaskConstraints, TaskInfo, TaskKey, TaskKind, TaskResult, TaskSpec,
+    TaskState, UserIdentity, WorkingDirMode,
 };
 use crate::store::TaskEvent;
 use crate::supervisor::NodeStatus;
@@ -83,6 +83,50 @@ pub(super) fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
         Ok(pb::WorkingDirectory::ImageDefault) => Ok(WorkingDirMode::ImageDefault),
         Err(_) => Err(DecodeError::new("container.working_directory", format!("unknown value {v}"))),
     }
+}
+
+/// `containerHostBatchBindMounts`: unset (None) unless `set`; each source once.
+fn host_mounts(set: bool, list: Vec<pb::HostMount>) -> Result<Option<Vec<HostMount>>, DecodeError> {
+    const FIELD: &str = "container.host_mounts";
+    if !set {
+        if !list.is_empty() {
+            return Err(DecodeError::new(FIELD, "entries given without host_mounts_set (set it to use the list)"));
+        }
+        return Ok(None);
+    }
+    let mut out: Vec<HostMount> = Vec::with_capacity(list.len());
+    for m in list {
+        let source = match pb::HostMountSource::try_from(m.source) {
+            Ok(pb::HostMountSource::Shared) => HostMountSource::Shared,
+            Ok(pb::HostMountSource::Startup) => HostMountSource::Startup,
+            Ok(pb::HostMountSource::VfsMounts) => HostMountSource::VfsMounts,
+            Ok(pb::HostMountSource::Task) => HostMountSource::Task,
+            Ok(pb::HostMountSource::JobPrep) => HostMountSource::JobPrep,
+            Ok(pb::HostMountSource::Applications) => HostMountSource::Applications,
+            Ok(pb::HostMountSource::Unspecified) => {
+                return Err(DecodeError::new(FIELD, "an entry has no source"));
+            }
+            Err(_) => return Err(DecodeError::new(FIELD, format!("unknown source {}", m.source))),
+        };
+        if out.iter().any(|o| o.source == source) {
+            return Err(DecodeError::new(FIELD, format!("{} is listed twice", source.as_str())));
+        }
+        out.push(HostMount { source, read_only: m.read_only });
+    }
+    Ok(Some(out))
+}
+
+fn host_mounts_to_proto(list: Option<&Vec<HostMount>>) -> (bool, Vec<pb::HostMount>) {
+    let Some(list) = list else { return (false, Vec::new()) };
+    let source = |s: HostMountSource| match s {
+        HostMountSource::Shared => pb::HostMountSource::Shared,
+        HostMountSource::Startup => pb::HostMountSource::Startup,
+        HostMountSource::VfsMounts => pb::HostMountSource::VfsMounts,
+        HostMountSource::Task => pb::HostMountSource::Task,
+        HostMountSource::JobPrep => pb::HostMountSource::JobPrep,
+        HostMountSource::Applications => pb::HostMountSource::Applications,
+    };
+    (true, list.iter().map(|m| pb::HostMount { source: source(m.source) as i32, read_only: m.read_only }).collect())
 }
 
 pub(super) fn pull_policy(v: i32) -> Result<PullPolicy, DecodeError> {
@@ -171,6 +215,7 @@ fn decode_spec(t: pb::TaskSpec, key: TaskKey) -> Result<TaskSpec, crate::supervi
             working_directory: working_dir(c.working_directory).map_err(decode)?,
             pull_policy: pull_policy(c.pull_policy).map_err(decode)?,
             credentials: credentials(c.registry).map_err(decode)?,
+            host_mounts: host_mounts(c.host_mounts_set, c.host_mounts).map_err(decode)?,
             devices: c.devices,
         }),
         None => None,
@@ -250,21 +295,26 @@ pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
         job_id: s.key.job.to_string(),
         task_id: s.key.task.to_string(),
         command_line: s.command_line.clone(),
-        container: s.container.as_ref().map(|c| pb::ContainerSettings {
-            image: c.image.clone(),
-            run_options: c.run_options.clone(),
-            working_directory: match c.working_directory {
-                WorkingDirMode::TaskWorkingDir => pb::WorkingDirectory::TaskWorkingDir,
-                WorkingDirMode::ImageDefault => pb::WorkingDirectory::ImageDefault,
-            } as i32,
-            // Credentials are never echoed back.
-            registry: None,
-            devices: c.devices.clone(),
-            pull_policy: match c.pull_policy {
-                PullPolicy::Missing => pb::PullPolicy::Missing,
-                PullPolicy::Always => pb::PullPolicy::Always,
-                PullPolicy::Never => pb::PullPolicy::Never,
-            } as i32,
+        container: s.container.as_ref().map(|c| {
+            let (host_mounts_set, host_mounts) = host_mounts_to_proto(c.host_mounts.as_ref());
+            pb::ContainerSettings {
+                host_mounts_set,
+                host_mounts,
+                image: c.image.clone(),
+                run_options: c.run_options.clone(),
+                working_directory: match c.working_directory {
+                    WorkingDirMode::TaskWorkingDir => pb::WorkingDirectory::TaskWorkingDir,
+                    WorkingDirMode::ImageDefault => pb::WorkingDirectory::ImageDefault,
+                } as i32,
+                // Credentials are never echoed back.
+                registry: None,
+                devices: c.devices.clone(),
+                pull_policy: match c.pull_policy {
+                    PullPolicy::Missing => pb::PullPolicy::Missing,
+                    PullPolicy::Always => pb::PullPolicy::Always,
+                    PullPolicy::Never => pb::PullPolicy::Never,
+                } as i32,
+            }
         }),
         environment: s.environment.clone().into_iter().collect(),
         user: Some(identity_to_proto(&s.user)),
@@ -504,6 +554,8 @@ mod tests {
                 }),
                 pull_policy: pb::PullPolicy::Always as i32,
                 devices: vec!["nvidia.com/gpu=0".into()],
+                host_mounts: vec![],
+                host_mounts_set: false,
             }),
             environment: HashMap::from([("A".to_string(), "1".to_string())]),
             user: Some(pb::UserIdentity { user_name: "alice".into(), auto_user: None }),
@@ -568,6 +620,41 @@ mod tests {
         assert!(task_spec(p).is_err());
         assert!(task_state(42).is_err());
         assert_eq!(task_state(0).unwrap(), None);
+    }
+
+    #[test]
+    fn host_mounts_unset_empty_and_listed() {
+        let with = |set: bool, list: Vec<pb::HostMount>| {
+            let mut p = proto_spec();
+            let c = p.container.as_mut().unwrap();
+            (c.host_mounts_set, c.host_mounts) = (set, list);
+            task_spec(p).map(|(s, _)| s.container.unwrap().host_mounts)
+        };
+        let entry = |s: pb::HostMountSource, ro: bool| pb::HostMount { source: s as i32, read_only: ro };
+        assert_eq!(with(false, vec![]).unwrap(), None, "unset: the whole root");
+        assert_eq!(with(true, vec![]).unwrap(), Some(vec![]), "set and empty: nothing");
+        let list = vec![entry(pb::HostMountSource::Task, true), entry(pb::HostMountSource::VfsMounts, false)];
+        let got = with(true, list.clone()).unwrap().unwrap();
+        assert_eq!(
+            got,
+            [
+                HostMount { source: HostMountSource::Task, read_only: true },
+                HostMount { source: HostMountSource::VfsMounts, read_only: false }
+            ]
+        );
+        let mut p = proto_spec();
+        let c = p.container.as_mut().unwrap();
+        (c.host_mounts_set, c.host_mounts) = (true, list);
+        let back = spec_to_proto(&task_spec(p).unwrap().0).container.unwrap();
+        assert!(back.host_mounts_set);
+        assert_eq!(back.host_mounts.len(), 2);
+        assert!(!spec_to_proto(&task_spec(proto_spec()).unwrap().0).container.unwrap().host_mounts_set);
+        let err = |r: Result<_, crate::supervisor::Error>| r.unwrap_err().to_string();
+        assert!(err(with(false, vec![entry(pb::HostMountSource::Task, false)])).contains("host_mounts_set"));
+        assert!(err(with(true, vec![entry(pb::HostMountSource::Unspecified, false)])).contains("no source"));
+        assert!(err(with(true, vec![pb::HostMount { source: 42, read_only: false }])).contains("unknown source 42"));
+        let twice = vec![entry(pb::HostMountSource::Shared, false), entry(pb::HostMountSource::Shared, true)];
+        assert!(err(with(true, twice)).contains("Shared is listed twice"));
     }
 
     #[test]

@@ -44,6 +44,64 @@ pub struct ContainerSettings {
     /// CDI devices asked for by name (`vendor.com/class=name`).
     #[serde(default)]
     pub devices: Vec<String>,
+    /// Batch's `containerHostBatchBindMounts`. None: the whole node root,
+    /// read-write; a list (maybe empty): exactly those directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mounts: Option<Vec<HostMount>>,
+}
+
+impl ContainerSettings {
+    /// Whether the container gets `source` (every source when no list is given).
+    pub fn mounts(&self, source: HostMountSource) -> bool {
+        self.host_mounts.as_ref().is_none_or(|list| list.iter().any(|m| m.source == source))
+    }
+}
+
+/// A node directory bound into a container at its host path (Batch's
+/// `ContainerHostBatchBindMountEntry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMount {
+    pub source: HostMountSource,
+    pub read_only: bool,
+}
+
+/// Batch's `ContainerHostDataPath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HostMountSource {
+    /// `shared/` (`AZ_BATCH_NODE_SHARED_DIR`).
+    Shared,
+    /// `startup/` (`AZ_BATCH_NODE_STARTUP_DIR`).
+    Startup,
+    /// `fsmounts/` (`AZ_BATCH_NODE_MOUNTS_DIR`).
+    VfsMounts,
+    /// The task's own directory (`AZ_BATCH_TASK_DIR`).
+    Task,
+    /// The job preparation task's directory (`AZ_BATCH_JOB_PREP_DIR`).
+    JobPrep,
+    /// `applications/` (`AZ_BATCH_APP_PACKAGE_*`), always read-only.
+    Applications,
+}
+
+impl HostMountSource {
+    pub const ALL: [Self; 6] =
+        [Self::Shared, Self::Startup, Self::VfsMounts, Self::Task, Self::JobPrep, Self::Applications];
+
+    /// Batch's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "Shared",
+            Self::Startup => "Startup",
+            Self::VfsMounts => "VfsMounts",
+            Self::Task => "Task",
+            Self::JobPrep => "JobPrep",
+            Self::Applications => "Applications",
+        }
+    }
+
+    /// Batch's spelling, any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str().eq_ignore_ascii_case(s))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

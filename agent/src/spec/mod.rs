@@ -15,6 +15,7 @@ mod command;
 mod defaults;
 mod env;
 mod host;
+mod host_mounts;
 mod options;
 mod policy;
 mod run_options;
@@ -128,7 +129,8 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         args.splice(0..0, [INIT_PATH.to_string(), "--".into()]);
     }
 
-    let batch = env::batch_vars(i.node, i.layout, key, &paths, i.job_prep, i.packages);
+    let mut batch = env::batch_vars(i.node, i.layout, key, &paths, i.job_prep, i.packages);
+    host_mounts::visible_vars(i.task.container.as_ref(), &mut batch);
     let task_env: Vec<(String, String)> = i.task.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let env = env::merge(&i.image.env, &[&i.lookups.env_files, &o.env, &task_env, &batch]);
 
@@ -178,10 +180,12 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     let init = o.init.then_some(&i.policy.init_binary);
     let mut mounts = options::default_mounts(o, userns)?;
     // Tasks write the node root: no set-uid binary or device node planted
-    // there is honoured, in this task or any other.
-    mounts.push(bind(i.layout.root().display().to_string(), &["rbind", "rprivate", "rw", "nosuid", "nodev"])?);
-    // Application packages are shared: no task, not even an admin one, may change them.
-    mounts.push(bind(i.layout.applications().display().to_string(), &["rbind", "rprivate", "ro", "nosuid", "nodev"])?);
+    // there is honoured, in this task or any other. Application packages are
+    // shared: no task, not even an admin one, may change them.
+    for b in host_mounts::node_binds(i.task.container.as_ref(), i.layout, &paths, i.job_prep) {
+        let mode = if b.read_only { "ro" } else { "rw" };
+        mounts.push(bind(b.path.display().to_string(), &["rbind", "rprivate", mode, "nosuid", "nodev"])?);
+    }
     for (host, container) in &i.network.files {
         mounts.push(bind_at(host, container, &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"])?);
     }

@@ -36,6 +36,7 @@ fn task(command_line: &str, run_options: &str, wd: WorkingDirMode) -> TaskSpec {
             pull_policy: Default::default(),
             credentials: None,
             devices: vec![],
+            host_mounts: None,
         }),
         environment: BTreeMap::from([("MY_VAR".to_string(), "mine".to_string())]),
         user: UserIdentity::default(),

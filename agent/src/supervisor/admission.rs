@@ -8,7 +8,7 @@ use super::gpus::Want;
 use super::stop::StopSettings;
 use super::{Error, Supervisor};
 use crate::devices::Registry;
-use crate::model::{RunAs, TaskKind, TaskSpec};
+use crate::model::{HostMountSource, RunAs, TaskKind, TaskSpec, WorkingDirMode};
 use crate::spec::{Policy, RunOptions, SpecError};
 
 /// A task as admission left it.
@@ -132,6 +132,16 @@ pub(crate) fn check(
             None
         }
     };
+    if let Some(c) = spec.container.as_ref().filter(|c| !c.mounts(HostMountSource::Task)) {
+        if c.working_directory != WorkingDirMode::ImageDefault {
+            return Err(Refusal::Invalid {
+                field: "container.working_directory",
+                reason: "the task directory is not among container.host_mounts, so the task cannot start in its \
+                         working directory: use IMAGE_DEFAULT, or list Task"
+                    .into(),
+            });
+        }
+    }
     let run_options = crate::spec::check_task(spec)?;
     let run_as = run_as?;
     crate::spec::check_policy(&run_options, policy, &run_as, node_root)?;
@@ -231,7 +241,7 @@ pub(in crate::supervisor) fn devices_for(
 #[cfg(test)]
 pub(in crate::supervisor) mod tests {
     use super::*;
-    use crate::model::{ContainerSettings, PullPolicy, TaskConstraints, TaskKey, UserIdentity, WorkingDirMode};
+    use crate::model::{ContainerSettings, PullPolicy, TaskConstraints, TaskKey, UserIdentity};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -246,6 +256,7 @@ pub(in crate::supervisor) mod tests {
                 pull_policy: PullPolicy::Missing,
                 credentials: None,
                 devices: vec![],
+                host_mounts: None,
             }),
             environment: BTreeMap::new(),
             user: UserIdentity::default(),
@@ -300,6 +311,25 @@ pub(in crate::supervisor) mod tests {
         let e = check(&spec(None, ""), Ok(who(false)), &Policy { allow_host_tasks: false, ..policy() }, root, None, 4)
             .unwrap_err();
         assert!(matches!(e, Refusal::Invalid { field: "container", .. }), "{e:?}");
+    }
+
+    #[test]
+    fn without_the_task_directory_the_working_directory_is_the_images() {
+        use crate::model::{HostMount, HostMountSource as S};
+        let root: &std::path::Path = "/mnt/batch".as_ref();
+        let with = |list: Vec<HostMount>, wd: WorkingDirMode| {
+            let mut s = spec(Some("busybox"), "");
+            let c = s.container.as_mut().unwrap();
+            (c.host_mounts, c.working_directory) = (Some(list), wd);
+            check(&s, Ok(who(false)), &policy(), root, None, 4).map(|_| ())
+        };
+        let shared = HostMount { source: S::Shared, read_only: false };
+        let e = with(vec![shared], WorkingDirMode::TaskWorkingDir).unwrap_err();
+        assert!(matches!(e, Refusal::Invalid { field: "container.working_directory", .. }), "{e:?}");
+        assert!(with(vec![], WorkingDirMode::TaskWorkingDir).is_err(), "an empty list has no task directory either");
+        assert!(with(vec![shared], WorkingDirMode::ImageDefault).is_ok());
+        assert!(with(vec![], WorkingDirMode::ImageDefault).is_ok());
+        assert!(with(vec![HostMount { source: S::Task, read_only: true }], WorkingDirMode::TaskWorkingDir).is_ok());
     }
 
     /// A spec with a bad run option and an unknown user is refused for the

@@ -60,6 +60,7 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
             pull_policy: Default::default(),
             credentials: None,
             devices: vec![],
+            host_mounts: None,
         }),
         environment: Default::default(),
         user: UserIdentity::default(),

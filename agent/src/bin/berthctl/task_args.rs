@@ -68,6 +68,34 @@ pub(crate) struct TaskArgs {
     /// An application package for this task; repeatable: `id=ID,version=V,url=URL`.
     #[arg(long = "app-package", value_name = "ITEMS", value_parser = super::staging_args::app_package)]
     app_package: Vec<pb::ApplicationPackageReference>,
+    /// A node directory for the container, instead of the whole node root;
+    /// repeatable: Shared, Startup, VfsMounts, Task, JobPrep or Applications,
+    /// with `:ro` for read-only.
+    #[arg(long = "host-mount", value_name = "SOURCE[:ro]", value_parser = host_mount, requires = "image")]
+    host_mount: Vec<pb::HostMount>,
+    /// No node directory at all (an empty host_mounts list).
+    #[arg(long, requires = "image", conflicts_with = "host_mount")]
+    no_host_mounts: bool,
+}
+
+/// `SOURCE[:ro]` (or `:rw`), Batch's names in any case.
+fn host_mount(s: &str) -> Result<pb::HostMount, String> {
+    let (name, mode) = s.split_once(':').unwrap_or((s, "rw"));
+    let read_only = match mode {
+        "ro" => true,
+        "rw" => false,
+        other => return Err(format!("{other:?}: the mode is ro or rw")),
+    };
+    let source = match name.to_ascii_lowercase().as_str() {
+        "shared" => pb::HostMountSource::Shared,
+        "startup" => pb::HostMountSource::Startup,
+        "vfsmounts" => pb::HostMountSource::VfsMounts,
+        "task" => pb::HostMountSource::Task,
+        "jobprep" => pb::HostMountSource::JobPrep,
+        "applications" => pb::HostMountSource::Applications,
+        _ => return Err(format!("{name:?}: one of Shared, Startup, VfsMounts, Task, JobPrep, Applications")),
+    };
+    Ok(pb::HostMount { source: source as i32, read_only })
 }
 
 impl TaskArgs {
@@ -89,6 +117,8 @@ impl TaskArgs {
                 Pull::Never => pb::PullPolicy::Never,
             } as i32,
             devices: self.device,
+            host_mounts_set: self.no_host_mounts || !self.host_mount.is_empty(),
+            host_mounts: self.host_mount,
         });
         Ok(pb::TaskSpec {
             job_id: self.id.job,
