@@ -143,6 +143,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             std::env::current_exe().map_err(|e| format!("cannot find the agent's own executable: {e}"))?,
         ),
         rerun_start_task_after_reboot: cfg.rerun_start_task_after_reboot,
+        requeue_after_reboot: cfg.requeue_after_reboot,
         boot_id: berth_agent::supervisor::boot_id(),
         metrics: metrics.clone(),
         staging: Arc::new(berth_agent::staging::Transfers::new(

@@ -179,7 +179,7 @@ async fn terminate_and_wall_clock_kill_the_whole_process_tree() {
     assert!(procs_with("7104").is_empty(), "a background process outlived its task");
 
     let mut spec = host_task("tree", "wall", "/bin/sh -c 'sleep 7105 & sleep 7106'");
-    spec.constraints = Some(pb::TaskConstraints { max_wall_clock_time: Some(secs(1)), retention_time: None });
+    spec.constraints = Some(pb::TaskConstraints { max_wall_clock_time: Some(secs(1)), ..Default::default() });
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "MaxWallClockTimeExpiry", "{done:?}");
     assert!(procs_with("7105").is_empty() && procs_with("7106").is_empty());

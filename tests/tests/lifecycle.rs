@@ -25,7 +25,7 @@ async fn wall_clock_expiry_stops_the_task() {
     let agent = Agent::start(AgentOptions { terminate_grace_seconds: 1, ..Default::default() }).await;
     let mut c = agent.client().await;
     let mut spec = task("wcjob", "long", "/bin/sleep 300");
-    spec.constraints = Some(pb::TaskConstraints { max_wall_clock_time: Some(secs(2)), retention_time: None });
+    spec.constraints = Some(pb::TaskConstraints { max_wall_clock_time: Some(secs(2)), ..Default::default() });
     let done = c.run_done(spec).await;
     assert_eq!(failure_code(&done), "MaxWallClockTimeExpiry", "{done:?}");
     let ran = done.completed_at.unwrap().seconds - done.started_at.unwrap().seconds;

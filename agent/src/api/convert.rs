@@ -85,6 +85,17 @@ pub(super) fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
     }
 }
 
+/// `max_task_retry_count`: 0 or more, or -1 for no limit.
+fn retry_count(n: i32) -> Result<i32, DecodeError> {
+    if n < -1 {
+        return Err(DecodeError::new(
+            "constraints.max_task_retry_count",
+            format!("{n}: give 0 or more retries, or -1 for no limit"),
+        ));
+    }
+    Ok(n)
+}
+
 /// `containerHostBatchBindMounts`: unset (None) unless `set`; each source once.
 fn host_mounts(set: bool, list: Vec<pb::HostMount>) -> Result<Option<Vec<HostMount>>, DecodeError> {
     const FIELD: &str = "container.host_mounts";
@@ -231,6 +242,7 @@ fn decode_spec(t: pb::TaskSpec, key: TaskKey) -> Result<TaskSpec, crate::supervi
             max_wall_clock_time: duration("constraints.max_wall_clock_time", constraints.max_wall_clock_time)
                 .map_err(decode)?,
             retention_time: duration("constraints.retention_time", constraints.retention_time).map_err(decode)?,
+            max_task_retry_count: retry_count(constraints.max_task_retry_count).map_err(decode)?,
         },
         required_slots: t.required_slots.max(1),
         staging: {
@@ -321,6 +333,7 @@ pub(super) fn spec_to_proto(s: &TaskSpec) -> pb::TaskSpec {
         constraints: Some(pb::TaskConstraints {
             max_wall_clock_time: s.constraints.max_wall_clock_time.map(proto_duration),
             retention_time: Some(proto_duration(s.constraints.retention())),
+            max_task_retry_count: s.constraints.max_task_retry_count,
         }),
         required_slots: s.required_slots,
         job_preparation: None,
@@ -418,6 +431,15 @@ pub(super) fn task_info(t: &TaskInfo, task_dir: String, working_dir: String) -> 
         }),
         kind: kind_to_proto(t.key().kind()) as i32,
         stats: t.stats.as_ref().map(stats_to_proto),
+        retry_count: t.retry_count,
+        requeue_count: t.requeue_count,
+        last_retry_at: t.last_retry_at.map(timestamp),
+        last_requeue_at: t.last_requeue_at.map(timestamp),
+        previous_attempt: t.previous_attempt.as_ref().map(|a| pb::AttemptResult {
+            exit_code: a.exit_code,
+            failure_info: a.failure.as_ref().map(failure_to_proto),
+            ended_at: Some(timestamp(a.ended_at)),
+        }),
     }
 }
 
@@ -562,6 +584,7 @@ mod tests {
             constraints: Some(pb::TaskConstraints {
                 max_wall_clock_time: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
                 retention_time: None,
+                max_task_retry_count: 2,
             }),
             required_slots: 0,
             job_preparation: None,
@@ -593,6 +616,7 @@ mod tests {
         assert!(identity(Some(pb::UserIdentity { user_name: String::new(), auto_user: Some(bad) })).is_err());
         assert_eq!(spec.constraints.max_wall_clock_time, Some(Duration::from_secs(5)));
         assert_eq!(spec.required_slots, 1, "0 slots means 1");
+        assert_eq!(spec.constraints.max_task_retry_count, 2);
         let c = spec.container.as_ref().unwrap();
         assert_eq!(c.pull_policy, PullPolicy::Always);
         assert!(matches!(&c.credentials, Some(Credentials::Basic { username, .. }) if username == "u"));
@@ -615,6 +639,12 @@ mod tests {
         let mut p = proto_spec();
         p.constraints.as_mut().unwrap().retention_time = Some(prost_types::Duration { seconds: i64::MAX, nanos: 0 });
         assert!(task_spec(p).unwrap_err().to_string().contains("retention_time"));
+        let mut p = proto_spec();
+        p.constraints.as_mut().unwrap().max_task_retry_count = -2;
+        assert!(task_spec(p).unwrap_err().to_string().contains("max_task_retry_count"));
+        let mut p = proto_spec();
+        p.constraints.as_mut().unwrap().max_task_retry_count = -1;
+        assert_eq!(task_spec(p).unwrap().0.constraints.max_task_retry_count, -1, "no limit");
         let mut p = proto_spec();
         p.task_id = "../x".into();
         assert!(task_spec(p).is_err());

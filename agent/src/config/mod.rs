@@ -170,6 +170,7 @@ struct RawTasks {
     retention_sweep_seconds: Option<u64>,
     history_limit: Option<usize>,
     event_log_keep: Option<u64>,
+    requeue_after_reboot: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -243,6 +244,9 @@ pub struct Config {
     pub history_limit: usize,
     /// Events kept in the log `WatchTasks` replays from.
     pub event_log_keep: u64,
+    /// `[tasks] requeue_after_reboot`: tasks that ran when the machine
+    /// rebooted are queued again (else they end `ContainerLost`).
+    pub requeue_after_reboot: bool,
     pub log_format: LogFormat,
     pub registries: RegistryConfig,
     /// `[images] prefetch`: pulled at start-up, never garbage-collected.
@@ -485,6 +489,7 @@ impl Config {
             retention_sweep: Duration::from_secs(raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1)),
             min_free_bytes: raw.node.min_free_mb.unwrap_or(64) * 1024 * 1024,
             history_limit: raw.tasks.history_limit.unwrap_or(10_000),
+            requeue_after_reboot: raw.tasks.requeue_after_reboot.unwrap_or(true),
             event_log_keep: raw.tasks.event_log_keep.unwrap_or(100_000).max(1),
             log_format,
             rerun_start_task_after_reboot: raw.node.rerun_start_task_after_reboot.unwrap_or(true),
@@ -628,6 +633,7 @@ mod tests {
             [tasks]
             terminate_grace_seconds = 3
             history_limit = 5
+            requeue_after_reboot = false
             event_log_keep = 50
             [log]
             format = "json"
@@ -650,6 +656,7 @@ mod tests {
         assert_eq!(c.namespace, "b2");
         assert_eq!(c.terminate_grace, Duration::from_secs(3));
         assert_eq!((c.history_limit, c.event_log_keep), (5, 50));
+        assert!(!c.requeue_after_reboot);
         assert_eq!(c.min_free_bytes, 64 << 20);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.account_url, None);

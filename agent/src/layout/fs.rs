@@ -189,6 +189,36 @@ impl Layout {
         Ok(paths)
     }
 
+    /// Keeps a retried attempt's output: `stdout.txt` and `stderr.txt` become
+    /// `stdout.<n>.txt` and `stderr.<n>.txt` (renamed in the task directory,
+    /// opened without following a link: a link a task put there is renamed
+    /// itself, never followed). A name already taken is left as it is, so a
+    /// second call after a crash changes nothing; a file already gone is skipped.
+    pub fn keep_attempt_output(&self, key: &TaskKey, n: u32) -> std::io::Result<()> {
+        let opened = dir_beneath(self.root(), &job_rel(key), None)
+            .and_then(|(job, _)| open_beneath(&job, Path::new(dir_name(key))));
+        let task = match opened {
+            Ok(task) => task,
+            // The attempt failed before the directory was made: nothing to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in ["stdout", "stderr"] {
+            let (from, to) = (format!("{name}.txt"), format!("{name}.{n}.txt"));
+            match nix::fcntl::renameat2(
+                &task,
+                from.as_str(),
+                &task,
+                to.as_str(),
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) | Err(Errno::EEXIST | Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the task's `stdout.txt` and `stderr.txt` for appending, for a
     /// process started as root on the host (a host task's shim). The task's
     /// identity owns its directory, so by now either file may have been

@@ -29,6 +29,6 @@ pub use staging::{
     MAX_OUTPUT_FILES, MAX_RESOURCE_FILES,
 };
 pub use task::{
-    ContainerInfo, ContainerSettings, HostMount, HostMountSource, PullPolicy, TaskConstraints, TaskInfo, TaskResult,
-    TaskSpec, TaskState, TaskStats, Uploads, WorkingDirMode, DEFAULT_RETENTION,
+    AttemptResult, ContainerInfo, ContainerSettings, HostMount, HostMountSource, PullPolicy, TaskConstraints, TaskInfo,
+    TaskResult, TaskSpec, TaskState, TaskStats, Uploads, WorkingDirMode, DEFAULT_RETENTION,
 };

@@ -108,6 +108,9 @@ impl HostMountSource {
 pub struct TaskConstraints {
     pub max_wall_clock_time: Option<Duration>,
     pub retention_time: Option<Duration>,
+    /// Batch's `maxTaskRetryCount`: 0 never, -1 without limit.
+    #[serde(default)]
+    pub max_task_retry_count: i32,
 }
 
 impl TaskConstraints {
@@ -228,6 +231,27 @@ pub struct TaskInfo {
     /// code and failure are recorded): the uploads already done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads: Option<Uploads>,
+    /// Attempts that ended and were retried.
+    #[serde(default)]
+    pub retry_count: u32,
+    /// Times it was queued again because the node rebooted while it ran.
+    #[serde(default)]
+    pub requeue_count: u32,
+    #[serde(default)]
+    pub last_retry_at: Option<SystemTime>,
+    #[serde(default)]
+    pub last_requeue_at: Option<SystemTime>,
+    /// How the attempt before this one ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_attempt: Option<AttemptResult>,
+}
+
+/// How one attempt of a retried task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    pub exit_code: Option<i32>,
+    pub failure: Option<FailureInfo>,
+    pub ended_at: SystemTime,
 }
 
 /// The output files uploaded so far, by `<output index>:<blob name>`.
@@ -255,6 +279,11 @@ impl TaskInfo {
             held_gpus: Vec::new(),
             stats: None,
             uploads: None,
+            retry_count: 0,
+            requeue_count: 0,
+            last_retry_at: None,
+            last_requeue_at: None,
+            previous_attempt: None,
         }
     }
 

@@ -96,6 +96,9 @@ async fn finish(
             let cgroups_path = sup.shared.settings.host.cgroups_path(&id);
             let oom = code != 0 && super::cgroup::oom_killed(&cgroups_path).await;
             let (code, failure) = completion(code as u32, reason, oom);
+            if let Some(failure) = failure.clone().filter(|f| super::retry::applies(&info, Some(f))) {
+                return super::retry::record(sup, info, Some(code), failure).await;
+            }
             tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "host task completed");
             // The shim's clock reading has milliseconds: never before the start.
             let at = ExitRecord { code: None, exited_at_ms, start_error: None }.exited_at();

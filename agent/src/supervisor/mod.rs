@@ -20,6 +20,7 @@ mod packages;
 mod prepare;
 mod record;
 mod recovery;
+mod retry;
 mod runner;
 mod slots;
 mod stop;
@@ -88,6 +89,8 @@ pub struct Settings {
     pub host: crate::host::HostRuntime,
     /// Run the start task again when the agent starts in a new boot.
     pub rerun_start_task_after_reboot: bool,
+    /// Queue again the tasks that ran when the machine rebooted (else they end `ContainerLost`).
+    pub requeue_after_reboot: bool,
     /// This boot of the machine (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
     /// Where task starts, completions and reconnects are counted.

@@ -34,7 +34,12 @@ pub(in crate::supervisor) async fn save_durably(sup: &Supervisor, info: TaskInfo
 }
 
 /// Fails the task during preparation: records it completed, removes leftovers.
+/// A failure that may pass, of a task with retries left, is recorded as a
+/// retry instead (see `retry`).
 pub(in crate::supervisor) async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInfo {
+    if super::retry::applies(&info, Some(&failure)) {
+        return super::retry::record(sup, info, None, failure).await;
+    }
     let key = info.key().clone();
     tracing::warn!(job_id = %key.job, task_id = %key.task, code = %failure.code, message = %failure.message, "task failed before running");
     sup.complete(info, None, Some(failure)).await

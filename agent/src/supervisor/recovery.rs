@@ -46,6 +46,8 @@ pub struct Report {
     pub records_lost: usize,
     /// Network attachments of containers that were gone (CNI DEL done).
     pub networks_removed: usize,
+    /// Tasks that ran when the machine rebooted, queued again (also counted in `requeued`).
+    pub requeued_after_reboot: usize,
 }
 
 /// A record for a container found without one (the database was lost).
@@ -71,6 +73,9 @@ fn adopted_record(c: &LabelledContainer, key: TaskKey) -> TaskInfo {
     let mut info = TaskInfo::new(spec, c.created_at.unwrap_or_else(SystemTime::now));
     // The container's process user is what is known of who it ran as.
     info.run_as = Some(RunAs { uid: c.uid, gid: c.gid, groups: vec![], admin: c.uid == 0 });
+    // It may have run: a stopped one's exit is collected, never taken for a
+    // retry's leftover (a created one is started, as before).
+    info.ever_started = true;
     info
 }
 
@@ -108,8 +113,35 @@ async fn remove_orphan(sup: &Supervisor, c: &LabelledContainer) {
     }
 }
 
+/// The store setting that holds the boot the agent last recovered in.
+const LAST_BOOT: &str = "last_boot_id";
+
+/// A task that ran when the machine went down, queued again (`[tasks]
+/// requeue_after_reboot`): not started, its earlier attempt's files gone with
+/// the boot (a host task's shim state is removed here, a container's by the
+/// next attempt).
+async fn requeue_after_reboot(sup: &Supervisor, mut info: TaskInfo) -> Result<TaskInfo, Error> {
+    let key = info.key().clone();
+    tracing::warn!(job_id = %key.job, task_id = %key.task, "the node rebooted while the task ran; it is queued again");
+    if info.spec.container.is_none() {
+        let _ = sup.shared.settings.host.remove(&info.container_id()).await;
+    }
+    info.requeue_count += 1;
+    info.last_requeue_at = Some(SystemTime::now());
+    info.state = TaskState::Active;
+    info.ever_started = false;
+    info.started_at = None;
+    info.stats = None;
+    info.held_gpus.clear();
+    Ok(sup.shared.store.update(info).await?)
+}
+
 pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, Error> {
     let mut report = Report::default();
+    let boot = sup.shared.settings.boot_id.clone();
+    let last_boot: Option<String> = sup.shared.store.setting(LAST_BOOT).await?;
+    let rebooted = !boot.is_empty() && last_boot.as_ref().is_some_and(|b| *b != boot);
+    let requeue_lost = rebooted && sup.shared.settings.requeue_after_reboot;
     let node_id = sup.shared.node.node_id.clone();
     let labelled = sup.shared.runtime.list_labelled(&node_id).await?;
     let mut records = sup.shared.store.list(None, None).await?;
@@ -191,11 +223,15 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
         let phase = match host {
             // Its process exited and was recorded; its uploads resume.
             _ if info.uploads.is_some() => Some(Phase::Upload),
+            // No host process outlives the machine.
+            true if info.ever_started && requeue_lost => None,
             // A host task that may have started: its shim, or its exit record,
             // or neither (HostProcessLost), is what the runner finds.
             true if info.ever_started => Some(Phase::Wait),
             true => None,
             false => match sup.shared.runtime.status(&cid).await {
+                // The attempt before a retry (recorded, not yet removed).
+                Ok(TaskStatus::Stopped(_)) if !info.ever_started => None,
                 Ok(TaskStatus::Running | TaskStatus::Other | TaskStatus::Stopped(_)) => Some(Phase::Wait),
                 Ok(TaskStatus::Created) => Some(Phase::Start),
                 Err(e) if e.is_not_found() => None,
@@ -220,6 +256,10 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
                 report.reattached += 1;
             }
             (None, TaskState::Active | TaskState::Preparing) if !info.ever_started => requeue.push(info),
+            (None, _) if requeue_lost => {
+                requeue.push(requeue_after_reboot(sup, info).await?);
+                report.requeued_after_reboot += 1;
+            }
             (None, _) => {
                 let failure = FailureInfo::new(
                     FailureCode::ContainerLost,
@@ -255,6 +295,9 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
 
     if rebuild {
         report.records_lost = record_lost_task_dirs(sup).await?;
+    }
+    if last_boot.as_deref() != Some(boot.as_str()) {
+        sup.shared.store.put_setting(LAST_BOOT, Some(&boot)).await?;
     }
     let keep: Vec<String> = sup.shared.runtime.list_labelled(&node_id).await?.into_iter().map(|c| c.id).collect();
     for what in sup.shared.runtime.remove_leftovers(&node_id, &keep).await? {

@@ -27,15 +27,35 @@ pub(super) enum Phase {
 }
 
 pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop: watch::Receiver<Option<Stop>>) {
+    let mut phase = phase;
+    // An attempt that is retried ends with the task not completed: the next
+    // one is prepared from scratch, in the same slots.
+    while let Some(info) = attempt(sup, key, phase, &mut stop).await {
+        if info.state == TaskState::Completed {
+            return;
+        }
+        sup.shared.gpu_holds.release(key);
+        phase = Phase::Prepare;
+    }
+}
+
+/// One attempt, from `phase` to its end and the removal of its container;
+/// None when there was nothing to do.
+async fn attempt(
+    sup: &Supervisor,
+    key: &TaskKey,
+    phase: Phase,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Option<TaskInfo> {
     let info = match sup.get_task(key).await {
         Ok(i) => i,
         Err(e) => {
             tracing::error!(job_id = %key.job, task_id = %key.task, error = %e, "task record unreadable");
-            return;
+            return None;
         }
     };
     if info.state == TaskState::Completed {
-        return;
+        return None;
     }
     // A task re-attached after a restart still holds its GPUs.
     if phase != Phase::Prepare && !info.held_gpus.is_empty() {
@@ -47,31 +67,28 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
     let checked = match phase {
         Phase::Prepare => match sup.checked_for(&info) {
             Ok(c) => Some(c),
-            Err(refusal) => {
-                fail(sup, info, Failure::from(refusal).into()).await;
-                return;
-            }
+            Err(refusal) => return Some(fail(sup, info, Failure::from(refusal).into()).await),
         },
         Phase::Start | Phase::Wait | Phase::Upload => None,
     };
     let stop_settings = checked.as_ref().map_or_else(|| sup.stop_settings(&info), |c| c.stop());
     let info = match phase {
         Phase::Prepare => {
-            let Some(checked) = checked else { return };
-            match prepare(sup, info, checked, &stop).await {
+            let checked = checked?;
+            match prepare(sup, info, checked, stop).await {
                 Ok(Prepared::Container(info)) => {
                     let cid = info.container_id();
-                    start(sup, info, &cid, stop_settings, &mut stop).await
+                    start(sup, info, &cid, stop_settings, stop).await
                 }
-                Ok(Prepared::Host(h)) => Some(super::host_task::start(sup, h, stop_settings, &mut stop).await),
+                Ok(Prepared::Host(h)) => Some(super::host_task::start(sup, h, stop_settings, stop).await),
                 Err(done) => Some(done),
             }
         }
         Phase::Upload => Some(super::outputs::upload(sup, info).await),
-        Phase::Wait if host => Some(super::host_task::wait(sup, info, stop_settings, &mut stop).await),
+        Phase::Wait if host => Some(super::host_task::wait(sup, info, stop_settings, stop).await),
         Phase::Start => {
             let cid = info.container_id();
-            start(sup, info, &cid, stop_settings, &mut stop).await
+            start(sup, info, &cid, stop_settings, stop).await
         }
         Phase::Wait => {
             // It runs (or ran while the agent was away): the record says so before the exit.
@@ -83,17 +100,21 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
                 info = save(sup, info).await;
             }
             let cid = info.container_id();
-            Some(wait(sup, info, &cid, stop_settings, &mut stop).await)
+            Some(wait(sup, info, &cid, stop_settings, stop).await)
         }
     };
-    if let Some(info) = info {
-        sup.shared.settings.staging.secrets().forget(key);
+    let info = info?;
+    let retried = info.state != TaskState::Completed;
+    {
+        if !retried {
+            sup.shared.settings.staging.secrets().forget(key);
+        }
         let cid = info.container_id();
         if host {
             if let Err(e) = sup.shared.settings.host.remove(&cid).await {
                 tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot remove the host task's files");
             }
-            return;
+            return Some(info);
         }
         let removed = sup.shared.runtime.remove(&cid).await;
         // The process is gone: its network goes too (CNI DEL), even if the
@@ -104,13 +125,18 @@ pub(super) async fn run(sup: &Supervisor, key: &TaskKey, phase: Phase, mut stop:
         }
         if let Err(e) = removed {
             tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
-            return;
+            return Some(info);
+        }
+        if retried {
+            // The next attempt records its own container.
+            return Some(info);
         }
         let mut info = info;
         if let Some(c) = info.container.as_mut() {
             c.state = "deleted".into();
         }
-        let _ = sup.shared.store.amend(info).await;
+        let _ = sup.shared.store.amend(info.clone()).await;
+        Some(info)
     }
 }
 
@@ -208,10 +234,13 @@ async fn finish(
             let cgroups_path = super::prepare::spec::cgroups_path(&sup.shared.settings.namespace, &info.container_id());
             let oom = status.code != 0 && super::cgroup::oom_killed(&cgroups_path).await;
             let (code, failure) = completion(status.code, reason, oom);
-            tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "task completed");
             if let Some(c) = info.container.as_mut() {
                 c.state = "stopped".into();
             }
+            if let Some(failure) = failure.clone().filter(|f| super::retry::applies(&info, Some(f))) {
+                return super::retry::record(sup, info, Some(code), failure).await;
+            }
+            tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "task completed");
             info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));
             info.stats = final_stats(&sup.shared.settings.metrics, &info, &cgroups_path);
             super::outputs::finish(sup, info).await

@@ -40,6 +40,15 @@ pub(crate) fn task_json(t: &pb::TaskInfo) -> Value {
         "working_dir": t.working_dir,
         "kind": pb::TaskKind::try_from(t.kind).map(|k| k.as_str_name().trim_start_matches("TASK_KIND_")).unwrap_or("TASK"),
         "stats": t.stats.as_ref().map(stats_json),
+        "retry_count": t.retry_count,
+        "requeue_count": t.requeue_count,
+        "last_retry_at": ts(&t.last_retry_at),
+        "last_requeue_at": ts(&t.last_requeue_at),
+        "previous_attempt": t.previous_attempt.as_ref().map(|a| json!({
+            "exit_code": a.exit_code,
+            "failure_code": a.failure_info.as_ref().map(|f| &f.code),
+            "ended_at": ts(&a.ended_at),
+        })),
     })
 }
 

@@ -45,6 +45,9 @@ pub(crate) struct TaskArgs {
     retention: Option<Duration>,
     #[arg(long, default_value_t = 1)]
     slots: u32,
+    /// Run the task again after a failed attempt, up to N times (-1: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    max_retries: i32,
     /// When to pull the image.
     #[arg(long, value_enum, default_value_t = Pull::Missing)]
     pull: Pull,
@@ -131,6 +134,7 @@ impl TaskArgs {
             constraints: Some(pb::TaskConstraints {
                 max_wall_clock_time: self.max_wall_clock.and_then(|d| d.try_into().ok()),
                 retention_time: self.retention.and_then(|d| d.try_into().ok()),
+                max_task_retry_count: self.max_retries,
             }),
             required_slots: self.slots,
             resource_files: self.resource_file,

@@ -9,8 +9,15 @@ pub(super) async fn make(sup: &Supervisor, t: &mut Task<'_>) -> Result<(), Failu
     let sh = &sup.shared;
     let owner = Some(t.checked.run_as.dir_owner(sh.settings.policy.user_namespaces));
     let (layout, key, min_free) = (sh.layout.clone(), t.info.key().clone(), sh.settings.min_free_bytes);
+    // A retry keeps what the attempt before it wrote (see `retry`).
+    let previous = t.info.retry_count.checked_sub(1);
     tokio::task::spawn_blocking(move || {
         enough_space(layout.root(), crate::supervisor::disk_space(layout.root()).map(|(free, _)| free), min_free)?;
+        if let Some(n) = previous {
+            layout.keep_attempt_output(&key, n).map_err(|source| {
+                Failure::TaskDir(crate::layout::LayoutError::Create { path: layout.task(&key).task_dir, source })
+            })?;
+        }
         layout.create_task_dirs(&key, owner).map(drop).map_err(Failure::TaskDir)
     })
     .await

@@ -261,6 +261,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         policy: Default::default(),
         host: crate::host::HostRuntime::new(&tmp.path().join("state"), "berth-test", "/nonexistent".into()),
         rerun_start_task_after_reboot: true,
+        requeue_after_reboot: true,
         boot_id: "boot".into(),
         metrics: crate::metrics::Metrics::new(),
         staging: Arc::new(
@@ -316,4 +317,5 @@ async fn until_state(sup: &Supervisor, key: &TaskKey, state: TaskState) -> TaskI
 
 mod lifecycle;
 mod recovery;
+mod retries;
 mod tasks;
