@@ -65,6 +65,12 @@ async fn gpus_by_default_by_count_and_by_name() {
     let done = c.run_done(with_options(task("gpu", "one", PROBE), "--gpus 1")).await;
     assert_eq!(done.exit_code, Some(0), "{done:?}");
     assert_eq!(lines(c.read("gpu", "one", "stdout.txt").await.unwrap())[0], "nvidia0 nvidiactl");
+    // --runtime nvidia, as the NVIDIA images' docs write it: every GPU, through CDI.
+    let done = c.run_done(with_options(task("gpu", "runtime", PROBE), "--runtime nvidia")).await;
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(lines(c.read("gpu", "runtime", "stdout.txt").await.unwrap())[0], "nvidia0 nvidia1 nvidiactl");
+    let done = c.run_done(with_options(task("gpu", "runtime1", PROBE), "--runtime nvidia --gpus 1")).await;
+    assert_eq!(lines(c.read("gpu", "runtime1", "stdout.txt").await.unwrap())[0], "nvidia0 nvidiactl", "{done:?}");
     // By name.
     let mut spec = task("gpu", "named", PROBE);
     spec.container.as_mut().unwrap().devices = vec!["nvidia.com/gpu=1".into()];

@@ -44,6 +44,7 @@ pub(super) struct RawPolicy {
     allow_host_tasks: Option<bool>,
     allow_unconfined_seccomp: Option<bool>,
     allow_host_network: Option<bool>,
+    allow_oom_kill_disable: Option<bool>,
 }
 
 /// Ids above this hit known runtime bugs (and `-1` as u32 means "unset" to some).
@@ -198,6 +199,7 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, ConfigError> {
         allow_unconfined_seccomp: raw.allow_unconfined_seccomp.unwrap_or(false),
         allow_host_network: raw.allow_host_network.unwrap_or(true),
         reserved_host_ports: Vec::new(),
+        allow_oom_kill_disable: raw.allow_oom_kill_disable.unwrap_or(false),
     })
 }
 

@@ -166,7 +166,7 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
                 .ok_or_else(|| SpecError::Seccomp { reason: format!("the profile {path} was not read") })?,
         ),
     };
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(user.build()?)
         .args(args)
@@ -176,6 +176,7 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .rlimits(options::rlimits(o)?)
         .no_new_privileges(!o.allow_new_privileges)
         .build()?;
+    process.set_oom_score_adj(o.oom_score_adj);
 
     let init = o.init.then_some(&i.policy.init_binary);
     let mut mounts = options::default_mounts(o, userns)?;
@@ -205,8 +206,13 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     if !i.lookups.devices.is_empty() {
         linux = linux.devices(i.lookups.devices.clone());
     }
-    if !o.sysctls.is_empty() {
-        linux = linux.sysctl(o.sysctls.iter().cloned().collect::<HashMap<_, _>>());
+    let mut sysctls: HashMap<String, String> = o.sysctls.iter().cloned().collect();
+    // Also as the UTS namespace's sysctl: runc before 1.2 ignores `domainname`.
+    if let (Some(d), run_options::Namespace::Private) = (&o.domainname, o.uts) {
+        sysctls.insert("kernel.domainname".into(), d.clone());
+    }
+    if !sysctls.is_empty() {
+        linux = linux.sysctl(sysctls);
     }
     if userns {
         let (uids, gids) = options::id_mappings(i.run_as.uid, i.run_as.gid, &i.run_as.groups)?;
@@ -216,14 +222,23 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
         linux = linux.seccomp(s);
     }
 
-    Ok(SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2-dev")
-        .hostname(o.hostname.clone().unwrap_or_else(|| i.node.hostname.clone()))
         .root(RootBuilder::default().path("rootfs").readonly(o.read_only).build()?)
         .process(process)
         .mounts(mounts)
         .linux(linux.build()?)
-        .build()?)
+        .build()?;
+    // With the node's UTS namespace (`--uts host`) the names are the node's:
+    // runc refuses to set them there.
+    if o.uts == run_options::Namespace::Private {
+        spec.set_hostname(Some(o.hostname.clone().unwrap_or_else(|| i.node.hostname.clone())));
+        spec.set_domainname(o.domainname.clone());
+    } else {
+        spec.set_hostname(None);
+        spec.set_domainname(None);
+    }
+    Ok(spec)
 }
 
 /// A bind mount of a host path at the same path in the container.

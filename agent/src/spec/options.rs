@@ -6,10 +6,10 @@ use super::run_options::{MountOpt, Namespace, RunOptions};
 use super::SpecError;
 use crate::model::NetworkMode;
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceCgroup,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    Capability, LinuxBlockIoBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
 };
 use oci_spec::OciSpecError;
 use std::collections::HashSet;
@@ -213,6 +213,8 @@ pub(super) fn namespaces(
         .filter(|n| match n.typ() {
             LinuxNamespaceType::Pid => o.pid == Namespace::Private,
             LinuxNamespaceType::Ipc => o.ipc == Namespace::Private,
+            LinuxNamespaceType::Uts => o.uts == Namespace::Private,
+            LinuxNamespaceType::Cgroup => o.cgroupns == Namespace::Private,
             _ => true,
         })
         .collect();
@@ -274,15 +276,37 @@ pub(super) fn resources(
     }
     let r = &o.resources;
     let mut b = LinuxResourcesBuilder::default().devices(rules);
-    if let Some(limit) = r.memory {
-        // Memory plus swap; unset means as much swap as memory (docker's default).
-        let swap = r.memory_swap.unwrap_or(limit.saturating_mul(2));
-        b = b.memory(LinuxMemoryBuilder::default().limit(limit).swap(swap).build()?);
+    if r.memory.is_some() || r.memory_reservation.is_some() || o.oom_kill_disable {
+        let mut m = LinuxMemoryBuilder::default();
+        if let Some(limit) = r.memory {
+            // Memory plus swap; unset means as much swap as memory (docker's default).
+            let swap = r.memory_swap.unwrap_or(limit.saturating_mul(2));
+            m = m.limit(limit).swap(swap);
+        }
+        if let Some(soft) = r.memory_reservation {
+            m = m.reservation(soft);
+        }
+        if o.oom_kill_disable {
+            m = m.disable_oom_killer(true);
+        }
+        b = b.memory(m.build()?);
     }
-    if r.cpu_quota.is_some() || r.cpu_shares.is_some() || r.cpuset_cpus.is_some() {
+    if r.cpu_quota.is_some()
+        || r.cpu_period.is_some()
+        || r.cpu_shares.is_some()
+        || r.cpuset_cpus.is_some()
+        || r.cpuset_mems.is_some()
+    {
         let mut c = LinuxCpuBuilder::default();
         if let Some(q) = r.cpu_quota {
-            c = c.quota(q).period(100_000u64);
+            c = c.quota(q);
+        }
+        // `--cpus` is a quota per 100 ms, as is a `--cpu-quota` without a period.
+        if r.cpu_quota.is_some() || r.cpu_period.is_some() {
+            c = c.period(r.cpu_period.unwrap_or(100_000));
+        }
+        if let Some(mems) = &r.cpuset_mems {
+            c = c.mems(mems.clone());
         }
         if let Some(s) = r.cpu_shares {
             c = c.shares(s);
@@ -294,6 +318,9 @@ pub(super) fn resources(
     }
     if let Some(limit) = r.pids_limit {
         b = b.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+    }
+    if let Some(w) = r.blkio_weight {
+        b = b.block_io(LinuxBlockIoBuilder::default().weight(w).build()?);
     }
     b.build()
 }

@@ -36,6 +36,8 @@ pub struct Policy {
     /// Host ports no task may publish: the agent's own API and metrics ports
     /// (a published port takes the node's traffic to it).
     pub reserved_host_ports: Vec<u16>,
+    /// `--oom-kill-disable`.
+    pub allow_oom_kill_disable: bool,
 }
 
 impl Default for Policy {
@@ -52,6 +54,7 @@ impl Default for Policy {
             allow_unconfined_seccomp: false,
             allow_host_network: true,
             reserved_host_ports: Vec::new(),
+            allow_oom_kill_disable: false,
         }
     }
 }
@@ -135,7 +138,14 @@ pub fn check(o: &RunOptions, policy: &Policy, who: &RunAs, node_root: &Path) -> 
             return Err(refused("--publish", format!("{p}: a host port below 1024 {admin_only}")));
         }
     }
-    for (flag, ns) in [("--pid", o.pid), ("--ipc", o.ipc)] {
+    if o.oom_kill_disable && !policy.allow_oom_kill_disable {
+        return Err(refused("--oom-kill-disable", "refused by this node's policy (policy.allow_oom_kill_disable)"));
+    }
+    // A process the OOM killer spares takes the node's memory from the others.
+    if o.oom_score_adj.is_some_and(|n| n < 0) && !who.admin {
+        return Err(refused("--oom-score-adj", format!("below 0 {admin_only}")));
+    }
+    for (flag, ns) in [("--pid", o.pid), ("--ipc", o.ipc), ("--uts", o.uts), ("--cgroupns", o.cgroupns)] {
         if ns == Namespace::Host && !policy.allow_host_namespaces {
             return Err(refused(
                 flag,
@@ -253,6 +263,22 @@ mod tests {
         for ok in ["--rm", "--cap-drop ALL", "--network none", "--tmpfs /t", "-m 64m", "--read-only", "-u 0"] {
             check(&parse(ok).unwrap(), &p, &admin(), Path::new("/node")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn oom_and_namespace_flags_follow_the_policy() {
+        let p = Policy::default();
+        let ok = |o: &str, p: &Policy, w: &RunAs| check(&parse(o).unwrap(), p, w, Path::new("/node")).is_ok();
+        assert_eq!(refusal("-m 64m --oom-kill-disable", &p, &admin()), "--oom-kill-disable");
+        let open = Policy { allow_oom_kill_disable: true, allow_host_namespaces: true, ..Policy::default() };
+        assert!(ok("-m 64m --oom-kill-disable", &open, &plain()));
+        assert_eq!(refusal("--oom-score-adj -500", &p, &plain()), "--oom-score-adj", "below 0: admin only");
+        assert!(ok("--oom-score-adj -500", &p, &admin()) && ok("--oom-score-adj 500", &p, &plain()));
+        for (opts, flag) in [("--uts host", "--uts"), ("--cgroupns host", "--cgroupns")] {
+            assert_eq!(refusal(opts, &p, &admin()), flag);
+            assert!(ok(opts, &open, &plain()));
+        }
+        assert!(ok("--uts private --cgroupns private", &p, &plain()));
     }
 
     #[test]

@@ -236,7 +236,7 @@ fn check_task_refusals() {
     t.environment.insert("AZ_BATCH_TASK_ID".into(), "x".into());
     assert!(matches!(check_task(&t), Err(SpecError::EnvName { .. })));
     t.environment.clear();
-    t.container.as_mut().unwrap().run_options = "--detach".into();
+    t.container.as_mut().unwrap().run_options = "--restart always".into();
     assert!(matches!(check_task(&t), Err(SpecError::RunOption { .. })));
 }
 
@@ -269,6 +269,58 @@ fn ns_types(spec: &Spec) -> Vec<String> {
 
 fn mount_of<'s>(spec: &'s Spec, dest: &str) -> Option<&'s Mount> {
     spec.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some(dest))
+}
+
+#[test]
+fn resource_oom_and_namespace_flags_shape_the_spec() {
+    let t = task(
+        "/bin/true",
+        "-m 1g --memory-reservation 256m --cpu-quota 20000 --cpu-period 50000 --cpuset-mems 0 --blkio-weight 300 \
+         --oom-score-adj 200 --oom-kill-disable --domainname example.test",
+        WorkingDirMode::TaskWorkingDir,
+    );
+    let spec = build_for(&t, &image());
+    let v = serde_json::to_value(&spec).unwrap();
+    let r = &v["linux"]["resources"];
+    assert_eq!(r["memory"]["limit"], 1 << 30);
+    assert_eq!(r["memory"]["reservation"], 256 << 20);
+    assert_eq!(r["memory"]["disableOOMKiller"], true);
+    assert_eq!(
+        (&r["cpu"]["quota"], &r["cpu"]["period"], &r["cpu"]["mems"]),
+        (&20_000.into(), &50_000.into(), &"0".into())
+    );
+    assert_eq!(r["blockIO"]["weight"], 300);
+    assert_eq!(v["process"]["oomScoreAdj"], 200);
+    assert_eq!((&v["hostname"], &v["domainname"]), (&"host-1".into(), &"example.test".into()));
+    assert_eq!(v["linux"]["sysctl"]["kernel.domainname"], "example.test", "for runc before 1.2 too");
+    assert!(ns_types(&spec).contains(&"Uts".to_string()) && ns_types(&spec).contains(&"Cgroup".to_string()));
+
+    // A quota without a period is per 100 ms, as --cpus.
+    let v = serde_json::to_value(build_for(
+        &task("/bin/true", "--cpu-quota 30000", WorkingDirMode::TaskWorkingDir),
+        &image(),
+    ))
+    .unwrap();
+    assert_eq!(
+        (&v["linux"]["resources"]["cpu"]["quota"], &v["linux"]["resources"]["cpu"]["period"]),
+        (&30_000.into(), &100_000.into())
+    );
+    // A soft limit alone is a soft limit alone.
+    let v = serde_json::to_value(build_for(
+        &task("/bin/true", "--memory-reservation 64m", WorkingDirMode::TaskWorkingDir),
+        &image(),
+    ))
+    .unwrap();
+    assert_eq!(v["linux"]["resources"]["memory"], serde_json::json!({"reservation": 64 << 20}));
+
+    // The node's UTS and cgroup namespaces: no names of the task's own.
+    let open = Policy { allow_host_namespaces: true, ..Policy::default() };
+    let t = task("/bin/true", "--uts host --cgroupns host", WorkingDirMode::TaskWorkingDir);
+    let spec = build_with(&t, &image(), &root(), &open, &Lookups::default()).unwrap();
+    let types = ns_types(&spec);
+    assert!(!types.contains(&"Uts".to_string()) && !types.contains(&"Cgroup".to_string()), "{types:?}");
+    assert!(types.contains(&"Pid".to_string()));
+    assert_eq!((spec.hostname(), spec.domainname()), (&None, &None));
 }
 
 #[test]

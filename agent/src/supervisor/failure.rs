@@ -51,6 +51,8 @@ pub(crate) enum Failure {
     Package(crate::staging::StagingError),
     /// The task's network could not be set up.
     Network(crate::network::NetworkError),
+    /// `--platform` names one this node cannot run.
+    Platform(String),
     /// A blocking job of the agent failed (a panic): a bug.
     Internal(String),
 }
@@ -110,6 +112,7 @@ impl From<Failure> for FailureInfo {
                 new(code, e.to_string())
             }
             Failure::Devices(m) => new(C::DeviceInjectionFailed, m),
+            Failure::Platform(m) => new(C::ImagePlatformMismatch, m),
             Failure::Download(e) if e.is_server() => {
                 FailureInfo::on_the_node(C::ResourceFileDownloadFailed, e.to_string())
             }

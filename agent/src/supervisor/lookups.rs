@@ -34,6 +34,14 @@ fn host_side(o: &RunOptions, policy: &Policy) -> Result<Lookups, SpecError> {
     for d in &o.devices {
         l.devices.push(device(&d.host, &d.container, policy)?);
     }
+    // runc has nothing to write on cgroup v2 (no memory.oom_control): the
+    // flag would be silently dropped.
+    if o.oom_kill_disable && Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return Err(refused(
+            "--oom-kill-disable",
+            "this node uses cgroup v2, which has no switch to turn the OOM killer off".into(),
+        ));
+    }
     if o.init && !policy.init_binary.is_file() {
         return Err(refused("--init", format!("{} is not installed on this node", policy.init_binary.display())));
     }

@@ -129,3 +129,38 @@ def _wait_running(client: berth_client.Client, job: str, task: str) -> None:
     while client.get_task(job, task).state != pb.RUNNING:
         assert time.monotonic() < deadline, f"{job}/{task} not RUNNING"
         time.sleep(0.05)
+
+
+def test_retries_and_host_mounts_through_the_helpers(client: berth_client.Client) -> None:
+    task = unique("retry")
+    count = "$AZ_BATCH_TASK_WORKING_DIR/n"
+    client.run_task(
+        "py",
+        task,
+        f"/bin/sh -c 'echo x >> {count}; [ $(wc -l < {count}) -ge 2 ]'",
+        image=image("busybox"),
+        max_task_retry_count=3,
+    )
+    done = client.wait("py", task, timeout=90)
+    assert (done.exit_code, done.retry_count) == (0, 1), done
+    assert done.previous_attempt.exit_code == 1
+    assert done.spec.constraints.max_task_retry_count == 3
+
+    task = unique("mounts")
+    client.run_task(
+        "py",
+        task,
+        "/bin/sh -c 'test -n \"$AZ_BATCH_NODE_SHARED_DIR\" || echo no-shared; touch $AZ_BATCH_TASK_DIR/x 2>&1'",
+        image=image("busybox"),
+        host_mounts=["Task:ro"],
+    )
+    done = client.wait("py", task, timeout=90)
+    out = client.read_file("py", task, "stdout.txt").decode()
+    assert "no-shared" in out and "Read-only file system" in out, out
+    assert done.spec.container.host_mounts_set
+    try:
+        client.run_task("py", unique("bad"), "/bin/true", image=image("busybox"), host_mounts=["Everything"])
+    except ValueError as e:
+        assert "Everything" in str(e)
+    else:
+        raise AssertionError("an unknown source was accepted")

@@ -4,8 +4,8 @@
 //! it maps to in the OCI spec and what is refused and why.
 //!
 //! Forms accepted, as docker's flag parser does: `--flag value`, `--flag=value`,
-//! `-f value`, `-f=value`, `-fvalue`. (Every supported short flag takes a value,
-//! so there are no short-flag clusters to accept.)
+//! `-f value`, `-f=value`, `-fvalue`, and clusters of the boolean short flags
+//! (`-it`, `-dit`).
 //!
 //! Parsing is pure and checks each value; [`super::policy`] then decides what the
 //! node allows.
@@ -97,6 +97,17 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     pub cpuset_cpus: Option<String>,
     pub pids_limit: Option<i64>,
+    /// `--memory-reservation`: the soft limit.
+    pub memory_reservation: Option<i64>,
+    /// `--cpu-period` in microseconds (with `--cpu-quota`).
+    pub cpu_period: Option<u64>,
+    /// `--cpus` was given (neither `--cpu-quota` nor `--cpu-period` may join it).
+    pub cpus_flag: bool,
+    /// `--cpu-quota` was given.
+    pub quota_flag: bool,
+    pub cpuset_mems: Option<String>,
+    /// `--blkio-weight`, 10..=1000.
+    pub blkio_weight: Option<u16>,
 }
 
 /// Run options after parsing.
@@ -136,6 +147,21 @@ pub struct RunOptions {
     pub labels: Vec<(String, String)>,
     /// `--gpus`: mapped to CDI device names of the node's GPU classes.
     pub gpus: Option<crate::devices::gpus::GpuRequest>,
+    /// `--oom-score-adj`, -1000..=1000 (below 0: admin identities only).
+    pub oom_score_adj: Option<i32>,
+    /// `--oom-kill-disable` (policy `allow_oom_kill_disable`, with `--memory`, cgroup v1).
+    pub oom_kill_disable: bool,
+    /// `--cgroupns`: a cgroup namespace of its own (the default) or the node's.
+    pub cgroupns: Namespace,
+    /// `--uts`: a UTS namespace of its own (the default) or the node's.
+    pub uts: Namespace,
+    pub domainname: Option<String>,
+    /// `--platform`: the image index entry to run (it must be one the node runs).
+    pub platform: Option<crate::model::Platform>,
+    /// `--pull`: wins over the container settings' pull policy.
+    pub pull: Option<crate::model::PullPolicy>,
+    /// `--name`: kept as the container's `berth.name` label.
+    pub name: Option<String>,
 }
 
 /// Longest `--stop-timeout` accepted, in seconds.
@@ -182,6 +208,24 @@ enum Flag {
     StopSignal,
     StopTimeout,
     Label,
+    MemoryReservation,
+    CpuQuota,
+    CpuPeriod,
+    CpusetMems,
+    BlkioWeight,
+    OomScoreAdj,
+    OomKillDisable,
+    Cgroupns,
+    Uts,
+    Domainname,
+    Platform,
+    Pull,
+    Name,
+    Tty,
+    Interactive,
+    Detach,
+    Runtime,
+    Expose,
 }
 
 impl Flag {
@@ -226,15 +270,73 @@ impl Flag {
             "--stop-signal" => Flag::StopSignal,
             "--stop-timeout" => Flag::StopTimeout,
             "-l" | "--label" => Flag::Label,
+            "--memory-reservation" => Flag::MemoryReservation,
+            "--cpu-quota" => Flag::CpuQuota,
+            "--cpu-period" => Flag::CpuPeriod,
+            "--cpuset-mems" => Flag::CpusetMems,
+            "--blkio-weight" => Flag::BlkioWeight,
+            "--oom-score-adj" => Flag::OomScoreAdj,
+            "--oom-kill-disable" => Flag::OomKillDisable,
+            "--cgroupns" => Flag::Cgroupns,
+            "--uts" => Flag::Uts,
+            "--domainname" => Flag::Domainname,
+            "--platform" => Flag::Platform,
+            "--pull" => Flag::Pull,
+            "--name" => Flag::Name,
+            "-t" | "--tty" => Flag::Tty,
+            "-i" | "--interactive" => Flag::Interactive,
+            "-d" | "--detach" => Flag::Detach,
+            "--runtime" => Flag::Runtime,
+            "--expose" => Flag::Expose,
             _ => return None,
         })
     }
 
     /// Boolean flags take no value, or `=true`/`=false` inline (docker's rule).
     fn boolean(self) -> bool {
-        matches!(self, Flag::Rm | Flag::Privileged | Flag::ReadOnly | Flag::Init)
+        matches!(
+            self,
+            Flag::Rm
+                | Flag::Privileged
+                | Flag::ReadOnly
+                | Flag::Init
+                | Flag::OomKillDisable
+                | Flag::Tty
+                | Flag::Interactive
+                | Flag::Detach
+        )
     }
 }
+
+/// Common `docker create` flags refused by name, with the reason.
+fn refused_flag(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "--restart" => "a batch task runs once; to run it again after a failure use constraints.max_task_retry_count",
+        "--health-cmd"
+        | "--health-interval"
+        | "--health-retries"
+        | "--health-start-period"
+        | "--health-start-interval"
+        | "--health-timeout"
+        | "--no-healthcheck" => "health checks are not run: a batch task's health is its exit code",
+        "--log-driver" | "--log-opt" => {
+            "stdout.txt and stderr.txt in the task directory are written by containerd's shim straight from the \
+             task; the agent neither rotates nor caps them (the node's min_free_mb keeps the disk from filling)"
+        }
+        "--userns" => "user namespaces are the node's choice (policy.user_namespaces)",
+        "--cgroup-parent" => "every task's cgroup is the agent's (berth/<container id>)",
+        "--volumes-from" | "--link" => "tasks do not share containers; use shared/ or the network",
+        "--cidfile" => "the container id is in TaskInfo.container_info.container_id",
+        "--kernel-memory" => "kernel memory limits are gone from the kernel (cgroup v2) and deprecated in docker",
+        "-a" | "--attach" | "--sig-proxy" | "--detach-keys" => {
+            "no one attaches to a batch task: its output is in stdout.txt and stderr.txt"
+        }
+        _ => return None,
+    })
+}
+
+/// The boolean short flags that may be clustered (`-it`).
+const CLUSTERABLE: &str = "itd";
 
 fn bad(flag: &str, reason: impl Into<String>) -> SpecError {
     SpecError::RunOption { flag: flag.to_owned(), reason: reason.into() }
@@ -270,7 +372,19 @@ pub(super) fn parse(text: &str) -> Result<RunOptions, SpecError> {
         if arg.contains('\0') {
             return Err(bad("run_options", "contains NUL"));
         }
+        // `-it`, `-dit`: each a boolean short flag.
+        if arg.len() > 2 && !arg.starts_with("--") && arg[1..].chars().all(|c| CLUSTERABLE.contains(c)) {
+            for c in arg[1..].chars() {
+                let name = format!("-{c}");
+                let flag = Flag::lookup(&name).ok_or_else(|| bad(&name, "unknown or unsupported run option"))?;
+                apply(&mut out, flag, "true").map_err(|reason| bad(&name, reason))?;
+            }
+            continue;
+        }
         let (name, inline) = split_flag(arg);
+        if let Some(reason) = refused_flag(name) {
+            return Err(bad(name, reason));
+        }
         let flag = Flag::lookup(name).ok_or_else(|| bad(name, "unknown or unsupported run option"))?;
         let value = match (flag.boolean(), inline) {
             (true, None) => "true".to_owned(),
@@ -292,6 +406,11 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         Flag::Privileged => out.privileged = boolean(value)?,
         Flag::ReadOnly => out.read_only = boolean(value)?,
         Flag::Init => out.init = boolean(value)?,
+        Flag::OomKillDisable => out.oom_kill_disable = boolean(value)?,
+        // A batch task has no terminal, no one attached, and is always detached.
+        Flag::Tty | Flag::Interactive | Flag::Detach => {
+            boolean(value)?;
+        }
         Flag::Workdir => {
             let dir = container_path(value)?;
             if under_proc(&dir) {
@@ -333,6 +452,7 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         Flag::Volume => out.mounts.push(volume(value)?),
         Flag::Mount => out.mounts.push(mount(value)?),
         Flag::Device => out.devices.push(device(value)?),
+        // After `--runtime nvidia` too: the named GPUs, not all.
         Flag::Gpus => out.gpus = Some(crate::devices::gpus::parse(value)?),
         Flag::ShmSize => out.shm_size = Some(positive(size(value)?)?),
         Flag::Ulimit => {
@@ -348,7 +468,77 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
                 v => Some(memory(v)?),
             };
         }
-        Flag::Cpus => out.resources.cpu_quota = Some(cpus_quota(value)?),
+        Flag::Cpus => {
+            out.resources.cpu_quota = Some(cpus_quota(value)?);
+            out.resources.cpus_flag = true;
+        }
+        Flag::CpuQuota => {
+            let n: i64 = integer(value)?;
+            out.resources.quota_flag = true;
+            out.resources.cpu_quota = match n {
+                -1 | 0 => None,
+                n if n >= 1000 => Some(n),
+                n => return Err(format!("{n}: a quota is at least 1000 microseconds (-1 or 0: none)")),
+            };
+        }
+        Flag::CpuPeriod => {
+            let n: u64 = integer(value)?;
+            if n != 0 && !(1000..=1_000_000).contains(&n) {
+                return Err(format!("{n}: a period is 1000 to 1000000 microseconds (0: the default)"));
+            }
+            out.resources.cpu_period = (n != 0).then_some(n);
+        }
+        Flag::CpusetMems => out.resources.cpuset_mems = Some(cpuset(value)?),
+        Flag::MemoryReservation => out.resources.memory_reservation = Some(memory(value)?),
+        Flag::BlkioWeight => {
+            let n: u16 = integer(value)?;
+            if n != 0 && !(10..=1000).contains(&n) {
+                return Err(format!("{n}: a weight is 10 to 1000 (0: unset)"));
+            }
+            out.resources.blkio_weight = (n != 0).then_some(n);
+        }
+        Flag::OomScoreAdj => {
+            let n: i32 = integer(value)?;
+            if !(-1000..=1000).contains(&n) {
+                return Err(format!("{n} is not from -1000 to 1000"));
+            }
+            out.oom_score_adj = Some(n);
+        }
+        Flag::Cgroupns => out.cgroupns = private_or_host(value)?,
+        Flag::Uts => {
+            out.uts = match value {
+                "host" => Namespace::Host,
+                // docker's default, written out.
+                "" | "private" => Namespace::Private,
+                _ => return Err(format!("{value:?}: host (or private, the default)")),
+            }
+        }
+        Flag::Domainname => out.domainname = Some(hostname(value)?),
+        Flag::Platform => out.platform = Some(platform(value)?),
+        Flag::Pull => {
+            use crate::model::PullPolicy as P;
+            out.pull = Some(match value {
+                "missing" => P::Missing,
+                "always" => P::Always,
+                "never" => P::Never,
+                _ => return Err(format!("{value:?}: always, missing or never")),
+            });
+        }
+        Flag::Name => out.name = Some(container_name(value)?),
+        Flag::Runtime => match value {
+            // containerd's runc shim is what every task runs with.
+            "runc" | "io.containerd.runc.v2" => {}
+            // The NVIDIA images' docs say `--runtime nvidia`: the node's GPUs through CDI.
+            "nvidia" => {
+                if out.gpus.is_none() {
+                    out.gpus = Some(crate::devices::gpus::parse("all")?);
+                }
+            }
+            _ => return Err(format!("{value:?}: tasks run with runc (nvidia: the GPUs through CDI, as --gpus all)")),
+        },
+        Flag::Expose => {
+            expose(value)?;
+        }
         Flag::CpuShares => {
             let n: u64 = integer(value)?;
             if n != 0 && !(2..=262_144).contains(&n) {
@@ -424,6 +614,58 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn private_or_host(value: &str) -> Result<Namespace, String> {
+    match value {
+        "private" => Ok(Namespace::Private),
+        "host" => Ok(Namespace::Host),
+        _ => Err(format!("{value:?}: private or host")),
+    }
+}
+
+/// `--platform os/arch[/variant]`, Go's names (`x86_64` and `aarch64` taken as docker takes them).
+fn platform(value: &str) -> Result<crate::model::Platform, String> {
+    let parts: Vec<&str> = value.split('/').collect();
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] if ok(os) && ok(arch) => (*os, *arch, None),
+        [os, arch, v] if ok(os) && ok(arch) && ok(v) => (*os, *arch, Some(*v)),
+        _ => return Err(format!("{value:?} is not os/arch[/variant] (e.g. linux/amd64)")),
+    };
+    let (arch, variant) = match (arch.to_ascii_lowercase().as_str(), variant) {
+        ("x86_64" | "x86-64", v) => ("amd64".to_string(), v.map(str::to_owned)),
+        ("aarch64", None) => ("arm64".to_string(), Some("v8".to_string())),
+        ("arm64", None) => ("arm64".to_string(), Some("v8".to_string())),
+        (a, v) => (a.to_owned(), v.map(str::to_owned)),
+    };
+    Ok(crate::model::Platform { os: os.to_ascii_lowercase(), architecture: arch, variant })
+}
+
+/// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters.
+fn container_name(value: &str) -> Result<String, String> {
+    let name = value.strip_prefix('/').unwrap_or(value);
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 128 || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(format!("{value:?} is not a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128)"));
+    }
+    Ok(name.to_owned())
+}
+
+/// `--expose PORT[-PORT][/tcp|udp]`: checked, then nothing (docker records it in
+/// the image metadata only; publishing is `-p`).
+fn expose(value: &str) -> Result<(), String> {
+    let (ports, proto) = value.split_once('/').unwrap_or((value, "tcp"));
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(format!("{value:?}: the protocol is tcp, udp or sctp"));
+    }
+    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(lo), port(hi)) {
+        (Some(a), Some(b)) if a <= b => Ok(()),
+        _ => Err(format!("{value:?} is not PORT[-PORT][/tcp|udp]")),
+    }
 }
 
 fn positive(n: u64) -> Result<u64, String> {
@@ -613,6 +855,23 @@ fn check_combinations(o: &RunOptions) -> Result<(), SpecError> {
             }
             _ => {}
         }
+    }
+    if r.cpus_flag && (r.quota_flag || r.cpu_period.is_some()) {
+        return Err(bad("--cpus", "cannot be combined with --cpu-quota or --cpu-period (as with docker)"));
+    }
+    if let (Some(reservation), Some(limit)) = (r.memory_reservation, r.memory) {
+        if reservation > limit {
+            return Err(bad("--memory-reservation", "must be at most --memory"));
+        }
+    }
+    if o.oom_kill_disable && r.memory.is_none() {
+        return Err(bad(
+            "--oom-kill-disable",
+            "needs --memory (without a limit the task could take the node's memory)",
+        ));
+    }
+    if o.uts == Namespace::Host && (o.hostname.is_some() || o.domainname.is_some()) {
+        return Err(bad("--uts", "host shares the node's host name: --hostname and --domainname cannot be set"));
     }
     if o.shm_size.is_some() && o.ipc == Namespace::Host {
         return Err(bad("--shm-size", "cannot be set with --ipc host"));

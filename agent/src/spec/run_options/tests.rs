@@ -72,6 +72,19 @@ fn every_flag_in_both_forms() {
         ("--stop-timeout", "", "30"),
         ("--label", "-l", "team=hpc"),
         ("--gpus", "", "device=0,1"),
+        ("--memory-reservation", "", "64m"),
+        ("--cpu-quota", "", "50000"),
+        ("--cpu-period", "", "50000"),
+        ("--cpuset-mems", "", "0"),
+        ("--blkio-weight", "", "500"),
+        ("--oom-score-adj", "", "500"),
+        ("--cgroupns", "", "host"),
+        ("--uts", "", "host"),
+        ("--domainname", "", "example.test"),
+        ("--platform", "", "linux/amd64"),
+        ("--pull", "", "always"),
+        ("--name", "", "web-1"),
+        ("--runtime", "", "nvidia"),
     ];
     for (long, short, value) in flags {
         let spaced = ok(&format!("{long} '{value}'"));
@@ -81,6 +94,12 @@ fn every_flag_in_both_forms() {
             assert_eq!(ok(&format!("{short} '{value}'")), spaced, "{short}");
             assert_eq!(ok(&format!("{short}'{value}'")), spaced, "{short} attached");
         }
+    }
+    // Accepted and without effect: a batch task has no terminal, no one attached.
+    for flag in
+        ["-t", "--tty", "-i", "--interactive", "-d", "--detach", "-it", "-dit", "--expose 8080/udp", "--runtime runc"]
+    {
+        assert_eq!(ok(flag), RunOptions::default(), "{flag}");
     }
     for flag in ["--privileged", "--read-only", "--init", "--rm"] {
         assert_ne!(ok(flag), RunOptions::default(), "{flag}");
@@ -136,6 +155,26 @@ fn values_land_where_they_belong() {
     assert_eq!(ok("--security-opt seccomp=unconfined").seccomp, Seccomp::Unconfined);
     assert_eq!(ok("--security-opt seccomp=/p/x.json").seccomp, Seccomp::Profile("/p/x.json".into()));
     assert_eq!(ok("--rm").seccomp, Seccomp::Default);
+
+    let o = ok("-m 1g --memory-reservation 256m --cpu-quota 20000 --cpu-period 50000 --cpuset-mems 0-1 \
+                --blkio-weight 300 --oom-score-adj -5 --oom-kill-disable --cgroupns host --uts host \
+                --platform linux/x86_64 --pull never --name /job_1.a --runtime nvidia");
+    let r = &o.resources;
+    assert_eq!((r.memory_reservation, r.cpu_quota, r.cpu_period), (Some(256 << 20), Some(20_000), Some(50_000)));
+    assert_eq!((r.cpuset_mems.as_deref(), r.blkio_weight), (Some("0-1"), Some(300)));
+    assert_eq!((o.oom_score_adj, o.oom_kill_disable), (Some(-5), true));
+    assert_eq!((o.cgroupns, o.uts), (Namespace::Host, Namespace::Host));
+    let p = o.platform.unwrap();
+    assert_eq!((p.os.as_str(), p.architecture.as_str(), p.variant), ("linux", "amd64", None));
+    assert_eq!(ok("--platform linux/aarch64").platform.unwrap().variant.as_deref(), Some("v8"));
+    assert_eq!(o.pull, Some(crate::model::PullPolicy::Never));
+    assert_eq!(o.name.as_deref(), Some("job_1.a"), "docker's leading / is dropped");
+    assert_eq!(o.gpus, Some(crate::devices::gpus::parse("all").unwrap()), "--runtime nvidia is --gpus all");
+    let named = ok("--runtime nvidia --gpus 1").gpus;
+    assert_eq!(named, Some(crate::devices::gpus::parse("1").unwrap()), "--gpus says which, in either order");
+    assert_eq!(ok("--gpus 1 --runtime nvidia").gpus, named);
+    assert_eq!(ok("--cpu-quota -1").resources.cpu_quota, None, "-1: no quota");
+    assert_eq!(ok("--blkio-weight 0").resources.blkio_weight, None);
 }
 
 #[test]
@@ -143,8 +182,43 @@ fn refuses_by_name() {
     let cases = [
         ("--rm --bogus=1", "--bogus"),
         ("-x", "-x"),
-        ("-it", "-i"),
-        ("--detach", "--detach"),
+        ("-ix", "-i"),
+        ("-itx", "-i"),
+        ("--detach=maybe", "--detach"),
+        ("--restart always", "--restart"),
+        ("--restart=on-failure:3", "--restart"),
+        ("--health-cmd 'curl x'", "--health-cmd"),
+        ("--health-interval 5s", "--health-interval"),
+        ("--no-healthcheck", "--no-healthcheck"),
+        ("--log-driver none", "--log-driver"),
+        ("--log-opt max-size=10m", "--log-opt"),
+        ("--userns host", "--userns"),
+        ("--memory-reservation 1m", "--memory-reservation"),
+        ("--memory 64m --memory-reservation 128m", "--memory-reservation"),
+        ("--cpu-quota 999", "--cpu-quota"),
+        ("--cpu-period 999", "--cpu-period"),
+        ("--cpu-period 1000001", "--cpu-period"),
+        ("--cpus 1 --cpu-quota 50000", "--cpus"),
+        ("--cpus 1 --cpu-period 50000", "--cpus"),
+        ("--cpuset-mems 1-0", "--cpuset-mems"),
+        ("--blkio-weight 5", "--blkio-weight"),
+        ("--oom-score-adj 1001", "--oom-score-adj"),
+        ("--oom-score-adj -1001", "--oom-score-adj"),
+        ("--oom-kill-disable", "--oom-kill-disable"),
+        ("--cgroupns container:x", "--cgroupns"),
+        ("--uts container:x", "--uts"),
+        ("--uts host --hostname h", "--uts"),
+        ("--uts host --domainname d", "--uts"),
+        ("--domainname bad_name", "--domainname"),
+        ("--platform linux", "--platform"),
+        ("--platform linux/amd64/v2/x", "--platform"),
+        ("--pull sometimes", "--pull"),
+        ("--name -x", "--name"),
+        ("--name 'a b'", "--name"),
+        ("--runtime kata", "--runtime"),
+        ("--expose 0", "--expose"),
+        ("--expose 90-80", "--expose"),
+        ("--expose 80/icmp", "--expose"),
         ("--workdir", "--workdir"),
         ("--workdir relative", "--workdir"),
         ("--rm=maybe", "--rm"),

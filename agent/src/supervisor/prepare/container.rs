@@ -25,9 +25,15 @@ pub(super) async fn record_attempt(sup: &Supervisor, t: &mut Task<'_>) -> Result
     sh.store.amend(t.info.clone()).await.map(drop).map_err(|e| Failure::Store(e.to_string()))
 }
 
-/// The labels of a task's container: the task's own (`--label`), then berth's.
-fn labels(own: &[(String, String)], key: &TaskKey, node_id: &str) -> HashMap<String, String> {
+/// Where `--name` is kept (berth names the container itself).
+pub(super) const LABEL_NAME: &str = "berth.name";
+
+/// The labels of a task's container: the task's own (`--label`, `--name`), then berth's.
+fn labels(own: &[(String, String)], name: Option<&str>, key: &TaskKey, node_id: &str) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = own.iter().cloned().collect();
+    if let Some(name) = name {
+        labels.insert(LABEL_NAME.to_string(), name.to_owned());
+    }
     labels.extend([
         (LABEL_JOB.to_string(), key.job.to_string()),
         (LABEL_TASK.to_string(), key.task.to_string()),
@@ -46,7 +52,8 @@ pub(super) async fn create(
     let sh = &sup.shared;
     let key = t.info.key().clone();
     let cid = t.info.container_id();
-    let labels = labels(&t.checked.run_options.labels, &key, &sh.node.node_id);
+    let o = &t.checked.run_options;
+    let labels = labels(&o.labels, o.name.as_deref(), &key, &sh.node.node_id);
     // containerd's shim (root on the host) opens the output files by the
     // paths it is given, and the task's identity owns their directory: it
     // could have swapped them for links to host files by now. The shim is
@@ -82,11 +89,13 @@ mod tests {
     fn berths_labels_win_over_the_tasks() {
         let key = TaskKey::new("job", "t1").unwrap();
         let own = vec![("team".to_owned(), "a".to_owned()), (LABEL_JOB.to_owned(), "forged".to_owned())];
-        let l = labels(&own, &key, "node-1");
+        let l = labels(&own, None, &key, "node-1");
         assert_eq!(l["team"], "a");
         assert_eq!(l[LABEL_JOB], "job");
         assert_eq!(l[LABEL_TASK], "t1");
         assert_eq!(l[LABEL_NODE], "node-1");
         assert_eq!(l.len(), 5);
+        let named = labels(&own, Some("web-1"), &key, "node-1");
+        assert_eq!((named[LABEL_NAME].as_str(), named.len()), ("web-1", 6), "--name is kept as a label");
     }
 }

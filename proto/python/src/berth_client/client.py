@@ -77,6 +77,22 @@ _PULL_POLICY = {
     "always": pb.ALWAYS,
     "never": pb.NEVER,
 }
+_HOST_MOUNT = {
+    "shared": pb.HOST_MOUNT_SOURCE_SHARED,
+    "startup": pb.HOST_MOUNT_SOURCE_STARTUP,
+    "vfsmounts": pb.HOST_MOUNT_SOURCE_VFS_MOUNTS,
+    "task": pb.HOST_MOUNT_SOURCE_TASK,
+    "jobprep": pb.HOST_MOUNT_SOURCE_JOB_PREP,
+    "applications": pb.HOST_MOUNT_SOURCE_APPLICATIONS,
+}
+
+
+def _host_mount(entry: str) -> "pb.HostMount":
+    """``SOURCE[:ro]``, Batch's names in any case (``Task``, ``Shared:ro``)."""
+    name, _, mode = entry.partition(":")
+    if mode not in ("", "ro", "rw") or name.lower() not in _HOST_MOUNT:
+        raise ValueError(f"{entry!r}: one of Shared, Startup, VfsMounts, Task, JobPrep, Applications, with :ro or :rw")
+    return pb.HostMount(source=_HOST_MOUNT[name.lower()], read_only=mode == "ro")
 
 
 def _pem(value: Optional[Pem]) -> Optional[bytes]:
@@ -252,12 +268,18 @@ class Client:
         max_wall_clock: Optional[Seconds] = None,
         retention: Optional[Seconds] = None,
         required_slots: int = 0,
+        max_task_retry_count: int = 0,
+        host_mounts: Optional[Sequence[str]] = None,
         timeout: Optional[float] = None,
     ) -> pb.TaskInfo:
         """RunTask: the task is accepted (ACTIVE) or refused with an error.
 
         Without ``image`` it is a host task. ``workdir`` "task" is the task's
         working directory (AZ_BATCH_TASK_WORKING_DIR), "image" the image's WORKDIR.
+        ``max_task_retry_count``: how many times a failed attempt runs again
+        (-1: no limit). ``host_mounts``: the node directories the container
+        gets instead of the whole node root (``["Task", "Shared:ro"]``; ``[]``:
+        none; None: the whole root).
         """
         spec = pb.TaskSpec(
             job_id=job_id,
@@ -275,8 +297,14 @@ class Client:
             if registry_username is not None or registry_password is not None:
                 spec.container.registry.username = registry_username or ""
                 spec.container.registry.password = registry_password or ""
+            if host_mounts is not None:
+                spec.container.host_mounts_set = True
+                spec.container.host_mounts.extend(_host_mount(m) for m in host_mounts)
         elif run_options:
             raise ValueError("run_options need an image")
+        elif host_mounts is not None:
+            raise ValueError("host_mounts need an image")
+        spec.constraints.max_task_retry_count = max_task_retry_count
         if user_name is not None:
             spec.user.user_name = user_name
         wall = _duration(max_wall_clock)
