@@ -15,6 +15,7 @@ pub use berth_proto::v1;
 
 pub mod archive;
 pub mod blob;
+pub mod token;
 
 /// A variable set by `scripts/test`; panics with a clear message when missing,
 /// so a run outside the test environment fails instead of passing vacuously.
@@ -90,6 +91,8 @@ pub struct AgentOptions {
     /// The `[network]` table instead of the harness's (a bridge and a /24 of
     /// the agent's own, so agents running at once do not share addresses).
     pub network: Option<String>,
+    /// More `[registries] insecure` hosts (plain HTTP), besides the plain test registry.
+    pub insecure: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -109,6 +112,7 @@ impl Default for AgentOptions {
             env: vec![],
             staging_extra: String::new(),
             network: None,
+            insecure: vec![],
         }
     }
 }
@@ -187,7 +191,7 @@ socket = "{sock}"
 namespace = "{ns}"
 
 [registries]
-insecure = ["{registry}"]
+insecure = ["{registry}"{more_insecure}]
 ca_files = ["{ca}"]
 {registries_extra}
 
@@ -209,6 +213,7 @@ run_dir = "{network_run}"
                 format!("bridge = \"{bridge}\"\nsubnet = \"{subnet}\"")
             }),
             secrets = self.dir.path().join("secrets").display(),
+            more_insecure = self.opts.insecure.iter().map(|h| format!(", \"{h}\"")).collect::<String>(),
             staging_extra = self.opts.staging_extra,
             root = self.root().display(),
             state = self.state_dir().display(),

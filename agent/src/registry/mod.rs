@@ -14,13 +14,24 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::time::Duration;
 
+mod identity;
+
 pub use crate::model::Credentials;
 
-fn auth(c: &Credentials) -> RegistryAuth {
-    match c {
-        Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
-        Credentials::Token(t) => RegistryAuth::Bearer(t.clone()),
-    }
+/// What `oci-client` is given: basic credentials (it exchanges them at the
+/// token service itself), or the bearer token an identity token was
+/// exchanged for (`identity`).
+async fn auth_for(
+    registry: &Registry,
+    reference: &Reference,
+    creds: Option<&Credentials>,
+    scrub: &Scrub,
+) -> Result<RegistryAuth, RegistryError> {
+    Ok(match creds {
+        None => RegistryAuth::Anonymous,
+        Some(Credentials::Basic { username, password }) => RegistryAuth::Basic(username.clone(), password.clone()),
+        Some(Credentials::Token(t)) => RegistryAuth::Bearer(registry.access_token(reference, t, scrub).await?),
+    })
 }
 
 /// The names Docker Hub goes by in registry settings (`docker login` writes
@@ -131,6 +142,8 @@ pub struct Registry {
     http: Result<reqwest::Client, String>,
     /// Registries whose token service was found safe for basic credentials.
     checked_realms: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Access tokens identity tokens were exchanged for, until they expire.
+    exchanged: identity::Exchanged,
 }
 
 /// What must never appear in a message: the secret, and the forms it takes
@@ -234,6 +247,7 @@ impl Registry {
             api_credentials: Default::default(),
             http,
             checked_realms: Default::default(),
+            exchanged: Default::default(),
         }
     }
 
@@ -262,18 +276,24 @@ impl Registry {
         let res = self.http(registry)?.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
         let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
         if let Some(realm) = challenge.and_then(bearer_realm) {
-            let realm = realm.to_ascii_lowercase();
-            if let Some(rest) = realm.strip_prefix("http://") {
-                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                if !self.settings.insecure.iter().any(|h| h == host) {
-                    return Err(RegistryError::InsecureRealm {
-                        registry: registry.to_owned(),
-                        realm: format!("http://{host}"),
-                    });
-                }
-            }
+            self.safe_realm(registry, &realm)?;
         }
         self.checked_realms.lock().unwrap_or_else(|p| p.into_inner()).insert(registry.to_owned());
+        Ok(())
+    }
+
+    /// A token service that secrets may be sent to: HTTPS, or a host listed as insecure.
+    fn safe_realm(&self, registry: &str, realm: &str) -> Result<(), RegistryError> {
+        let realm = realm.to_ascii_lowercase();
+        if let Some(rest) = realm.strip_prefix("http://") {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if !self.settings.insecure.iter().any(|h| h == host) {
+                return Err(RegistryError::InsecureRealm {
+                    registry: registry.to_owned(),
+                    realm: format!("http://{host}"),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -391,7 +411,7 @@ impl Registry {
         }
         // The token (the challenge, the token service) as oci-client gets it
         // for the blobs that follow.
-        let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
+        let auth = auth_for(self, reference, creds, &scrub).await?;
         let client = self.client(creds);
         client.store_auth_if_needed(&registry, &auth).await;
         let token = client
@@ -465,10 +485,20 @@ impl Registry {
         digest: &str,
         creds: Option<&Credentials>,
     ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, RegistryError> {
-        // Blob pulls reuse the token the manifest pull obtained for this repository.
-        let auth = creds.map(auth).unwrap_or(RegistryAuth::Anonymous);
+        // Blob pulls reuse the token the manifest pull obtained for this
+        // repository (oci-client asks for a new one once it has expired).
+        let scrub = Scrub::new(creds);
+        let auth = auth_for(self, reference, creds, &scrub).await?;
         let client = self.client(creds);
         client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
+        if let RegistryAuth::Bearer(_) = &auth {
+            // The exchanged token for this repository, as the cache's entry
+            // (the client's stored auth is the first one it was given).
+            client
+                .auth(reference, &auth, oci_client::RegistryOperation::Pull)
+                .await
+                .map_err(|e| self.map_err(reference, "blob", e, creds))?;
+        }
         let what = format!("blob {digest}");
         let sized =
             client.pull_blob_stream(reference, digest).await.map_err(|e| self.map_err(reference, &what, e, creds))?;
@@ -478,6 +508,11 @@ impl Registry {
 
 /// The realm of a `Bearer` challenge (`Bearer realm="https://auth/token",service=...`).
 fn bearer_realm(challenge: &str) -> Option<String> {
+    bearer_param(challenge, "realm")
+}
+
+/// A parameter of a `Bearer` challenge.
+fn bearer_param(challenge: &str, name: &str) -> Option<String> {
     let rest = challenge.trim_start();
     let (scheme, params) = rest.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -485,7 +520,7 @@ fn bearer_realm(challenge: &str) -> Option<String> {
     }
     params.split(',').find_map(|p| {
         let (k, v) = p.trim().split_once('=')?;
-        k.trim().eq_ignore_ascii_case("realm").then(|| v.trim().trim_matches('"').to_owned())
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"').to_owned())
     })
 }
 
@@ -597,5 +632,8 @@ mod tests {
         );
         assert_eq!(bearer_realm(r#"Basic realm="berth-test""#), None);
         assert_eq!(bearer_realm("bearer service=x, realm=\"http://10.0.0.1/t\"").as_deref(), Some("http://10.0.0.1/t"));
+        let c = r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#;
+        assert_eq!(bearer_param(c, "service").as_deref(), Some("registry.example"));
+        assert_eq!(bearer_param(c, "error"), None);
     }
 }
