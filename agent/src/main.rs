@@ -125,6 +125,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         platform.clone(),
         pull_settings,
     ));
+    let networks =
+        Arc::new(berth_agent::network::Networks::new(cfg.network.clone()).map_err(|e| format!("[network]: {e}"))?);
+    // Masquerading and forwarding for the bridge: without them bridge tasks
+    // would start without a way out.
+    networks.prepare_node().await.map_err(|e| format!("[network]: the bridge's node-wide rules: {e}"))?;
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         task_slots: cfg.task_slots,
@@ -152,9 +157,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             &staging_cas,
         )?),
         app_packages: cfg.staging.app_packages.clone(),
-        network: Arc::new(
-            berth_agent::network::Networks::new(cfg.network.clone()).map_err(|e| format!("[network]: {e}"))?,
-        ),
+        network: networks,
     };
     tracing::info!(node_id = %node.node_id, root = %cfg.root_dir.display(), slots = cfg.task_slots,
         containerd = %cfg.containerd_socket.display(), namespace = %cfg.namespace, "berth-agent starting");

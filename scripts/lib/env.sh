@@ -290,6 +290,7 @@ berth_env_down() {
     while read -r br; do
         if [[ $br =~ ^(bt[0-9]+[sc]?|bb[0-9]+|bp[0-9]+)$ ]]; then ip link delete "$br" type bridge 2>/dev/null || true; fi
     done < <(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1)
+    _berth_test_iptables_clean
 
     # 3. Remove the containers' cgroups and their empty parents, in every
     # hierarchy (rmdir only succeeds on empty cgroups).
@@ -331,4 +332,31 @@ berth_env_down() {
         berth_log "ERROR: $dir is not an (empty) berth test environment; not removing it"
         return 1
     }
+}
+
+# _berth_test_iptables_clean: the iptables rules of the test agents' networks:
+# each agent's node-wide masquerade chain and forward rules (berth's
+# network/node_rules.rs, for the bridges above), and what tasks still running
+# when the environment went down kept (the plugins' per-container rules for
+# the test subnets, 10.200.0.0/13), whose DEL never ran.
+_berth_test_iptables_clean() {
+    command -v iptables >/dev/null || return 0
+    local rule chain table
+    local bridges='(bt[0-9]+[sc]?|bb[0-9]+|bp[0-9]+)'
+    while IFS= read -r rule; do
+        eval "iptables -w ${rule/-A /-D }" 2>/dev/null || true
+    done < <(iptables -w -S FORWARD 2>/dev/null | grep -E -- "--comment \"?berth $bridges\"? " || true)
+    # Each jump goes, then the chain it jumped to (only those: another
+    # tool's chains are not touched).
+    while IFS= read -r rule; do
+        chain=${rule##* }
+        eval "iptables -w -t nat ${rule/-A /-D }" 2>/dev/null || true
+        iptables -w -t nat -F "$chain" 2>/dev/null && iptables -w -t nat -X "$chain" 2>/dev/null || true
+    done < <(iptables -w -t nat -S POSTROUTING 2>/dev/null |
+        grep -E -- "-j BERTH-MASQ-$bridges\$|^-A POSTROUTING -s 10\.20[0-7]\.[0-9]+\.[0-9]+/32 .*-j CNI-[0-9a-f]{24}\$" || true)
+    for table in filter; do
+        while IFS= read -r rule; do
+            eval "iptables -w -t $table ${rule/-A /-D }" 2>/dev/null || true
+        done < <(iptables -w -t $table -S CNI-FORWARD 2>/dev/null | grep -E -- '^-A CNI-FORWARD (-s|-d) 10\.20[0-7]\.' || true)
+    done
 }

@@ -1,9 +1,11 @@
 //! Task networks through CNI. A bridge task gets a network namespace of its
-//! own (`netns`), attached to the node's bridge by the standard plugins
-//! (`bridge` with `host-local` addresses, `portmap`, `firewall`; Debian's
-//! `containernetworking-plugins`) as a CNI configuration list (`cni`) says:
-//! the agent's own, from `[network] subnet`, `bridge` and `mtu`, or the first
-//! `*.conflist` of `[network] cni_conf_dir`.
+//! own (`netns`, its loopback up), attached to the node's bridge by the
+//! standard plugins (Debian's `containernetworking-plugins`) as a CNI
+//! configuration list (`cni`) says: the agent's own, from `[network]
+//! subnet`, `bridge` and `mtu` (`bridge` with `host-local` addresses, and
+//! `portmap` for a task that publishes ports; masquerading and forwarding
+//! are node-wide rules the agent makes when it starts, `node_rules`), or the
+//! first `*.conflist` of `[network] cni_conf_dir`, used as it is.
 //!
 //! Every attachment is recorded before its ADD (`<state>/network/attachments`),
 //! with the list it was made with, the runtime config and then the result, so
@@ -14,6 +16,7 @@
 mod cni;
 mod files;
 mod netns;
+mod node_rules;
 
 pub use cni::CniError;
 pub use files::{hosts, resolv_conf};
@@ -70,7 +73,8 @@ impl NetworkConfig {
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    // Node-wide, made once (node_rules).
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "mtu": self.mtu,
                     "ipam": {
@@ -80,8 +84,8 @@ impl NetworkConfig {
                         "dataDir": self.state_dir.join("ipam"),
                     },
                 },
+                // Left out for a task that publishes no port (`list_for`).
                 {"type": "portmap", "capabilities": {"portMappings": true}},
-                {"type": "firewall"},
             ],
         })
     }
@@ -167,6 +171,8 @@ pub struct Networks {
     cfg: NetworkConfig,
     /// The configuration list new attachments are made with.
     list: Value,
+    /// It is the agent's own (not an operator's).
+    own: bool,
     /// Published host ports by container id.
     ports: Mutex<HashMap<String, Vec<PortMapping>>>,
 }
@@ -185,11 +191,33 @@ impl Networks {
             Some(dir) => read_conf_dir(dir)?,
             None => cfg.own_list(),
         };
-        let n = Networks { cfg, list, ports: Mutex::new(HashMap::new()) };
+        let own = cfg.cni_conf_dir.is_none();
+        let n = Networks { cfg, list, own, ports: Mutex::new(HashMap::new()) };
         let recorded: HashMap<String, Vec<PortMapping>> =
             n.attachments().into_iter().filter_map(|cid| n.read(&cid).map(|a| (cid, a.ports))).collect();
         *n.lock_ports() = recorded;
         Ok(n)
+    }
+
+    /// The node-wide rules of the agent's own network (`node_rules`); an
+    /// operator's list needs none. Called once when the agent starts.
+    pub async fn prepare_node(&self) -> Result<(), NetworkError> {
+        if !self.own {
+            return Ok(());
+        }
+        node_rules::ensure(&self.cfg.bridge, &self.cfg.subnet.to_string()).await
+    }
+
+    /// The list a task is attached with: the agent's own without `portmap`
+    /// when it publishes no port (one plugin run less on its way to RUNNING).
+    fn list_for(&self, ports: &[PortMapping]) -> Value {
+        let mut list = self.list.clone();
+        if self.own && ports.is_empty() {
+            if let Some(plugins) = list.get_mut("plugins").and_then(Value::as_array_mut) {
+                plugins.retain(|p| p["type"] != "portmap");
+            }
+        }
+        list
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -291,19 +319,17 @@ impl Networks {
         let mut a = Attachment {
             container_id: cid.to_owned(),
             netns: paths.netns.clone(),
-            list: self.list.clone(),
+            list: self.list_for(ports),
             runtime: cni::runtime_config(ports),
             ports: ports.to_vec(),
             result: None,
         };
         // Recorded first: a crash from here on leaves something recovery deletes.
         self.write(&a)?;
+        // With its loopback up (no `loopback` plugin run).
         on_namespace(&paths.netns, "making the network namespace", netns::create).await?;
         let netns = paths.netns.to_string_lossy().into_owned();
-        let lo = json!({"cniVersion": "1.0.0", "name": "berth-loopback", "plugins": [{"type": "loopback"}]});
         let bin = &self.cfg.cni_bin_dir;
-        cni::add_list(&lo, &json!({}), cni::Call { container_id: cid, netns: &netns, ifname: "lo", bin_dir: bin })
-            .await?;
         let call = cni::Call { container_id: cid, netns: &netns, ifname: IFNAME, bin_dir: bin };
         let result = cni::add_list(&a.list, &a.runtime, call).await?;
         let ip = cni::first_ipv4(&result);
@@ -425,7 +451,30 @@ mod tests {
         assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], "10.9.0.0/24");
         assert_eq!(b["ipam"]["dataDir"], "/var/lib/berth/state/network/ipam");
         let types: Vec<&str> = l["plugins"].as_array().unwrap().iter().filter_map(|p| p["type"].as_str()).collect();
-        assert_eq!(types, ["bridge", "portmap", "firewall"]);
+        assert_eq!(types, ["bridge", "portmap"]);
+        assert_eq!(b["ipMasq"], false, "masquerading is node-wide (node_rules)");
+    }
+
+    #[test]
+    fn portmap_runs_only_for_a_task_that_publishes_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Networks::new(NetworkConfig::defaults(dir.path())).unwrap();
+        let types = |l: Value| -> Vec<String> {
+            l["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(types(n.list_for(&[])), ["bridge"]);
+        let p =
+            PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: crate::model::Protocol::Tcp };
+        assert_eq!(types(n.list_for(&[p])), ["bridge", "portmap"]);
+        // An operator's list is used as it is.
+        let mut c = NetworkConfig::defaults(dir.path());
+        c.cni_conf_dir = Some(dir.path().to_owned());
+        std::fs::write(
+            dir.path().join("a.conflist"),
+            r#"{"cniVersion": "1.0.0", "name": "mine", "plugins": [{"type": "bridge"}, {"type": "portmap"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(types(Networks::new(c).unwrap().list_for(&[])), ["bridge", "portmap"]);
     }
 
     #[test]
@@ -451,7 +500,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        for name in ["loopback", "bridge", "portmap", "firewall"] {
+        for name in ["bridge", "portmap"] {
             let p = bin.join(name);
             let body = format!(
                 "#!/bin/sh\ncat >/dev/null\necho \"{name} $CNI_COMMAND $CNI_NETNS\" >> {d}/log\n\
@@ -496,11 +545,7 @@ mod tests {
 
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
         let nsp = ns.display();
-        let want = format!(
-            "loopback ADD {nsp}\nbridge ADD {nsp}\nportmap ADD {nsp}\nfirewall ADD {nsp}\n\
-             firewall DEL {nsp}\nportmap DEL {nsp}\nbridge DEL {nsp}\n\
-             firewall DEL \nportmap DEL \nbridge DEL \n"
-        );
+        let want = format!("bridge ADD {nsp}\nbridge DEL {nsp}\nbridge DEL \n");
         assert_eq!(log, want, "the retried DEL is given no namespace (it is gone); the third finds nothing");
 
         // Published ports are recorded: an agent started anew still holds them.

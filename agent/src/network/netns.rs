@@ -1,5 +1,5 @@
 //! Named network namespaces: a namespace made with `unshare(CLONE_NEWNET)`
-//! on a thread of its own, kept alive by a bind mount of that thread's
+//! on a thread of its own (its loopback set up there), kept alive by a bind mount of that thread's
 //! `ns/net` on a file (as `ip netns add` does), so that it outlives the
 //! thread and the agent; containerd's runc joins it by that path.
 
@@ -20,6 +20,8 @@ pub(super) fn create(path: &Path) -> io::Result<()> {
     // only this, and ends, keeps every other thread in the node's.
     let made = std::thread::spawn(move || -> io::Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        // Its loopback up, as CNI's `loopback` plugin would.
+        crate::sys::net::loopback_up()?;
         mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(io::Error::from)
     })
@@ -66,6 +68,12 @@ mod tests {
         let p = dir.path().join("ns/n1");
         create(&p).unwrap();
         assert!(exists(&p), "an nsfs mount");
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", p.display()))
+            .args(["ip", "-o", "link", "show", "lo"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(",UP"), "lo is up: {out:?}");
         let own = std::fs::read_link("/proc/self/ns/net").unwrap();
         assert_ne!(
             std::fs::metadata(&p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap(),
