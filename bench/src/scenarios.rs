@@ -192,7 +192,7 @@ pub(crate) async fn density_and_recovery(agent: &mut Agent, image: &str, n: usiz
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let recovered = start.elapsed();
-    let list = c.list_tasks(pb::ListTasksRequest { job_id: "dense".into(), state: 0 }).await.expect("list");
+    let list = c.list_tasks(pb::ListTasksRequest { job_id: "dense".into(), ..Default::default() }).await.expect("list");
     let still_running = list.into_inner().tasks.iter().filter(|t| t.state == pb::TaskState::Running as i32).count();
     for i in 0..n {
         let req = pb::TerminateTaskRequest { job_id: "dense".into(), task_id: format!("t{i}"), grace_period: None };

@@ -85,6 +85,31 @@ pub(super) fn working_dir(v: i32) -> Result<WorkingDirMode, DecodeError> {
     }
 }
 
+/// Tasks per `ListTasks` answer when the request names no page size, and the most it may.
+pub(super) const DEFAULT_PAGE_SIZE: u32 = 1000;
+pub(super) const MAX_PAGE_SIZE: u32 = 10_000;
+
+pub(super) fn page_size(n: u32) -> usize {
+    let n = if n == 0 { DEFAULT_PAGE_SIZE } else { n.min(MAX_PAGE_SIZE) };
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// A page token: where the previous page ended (`a<sequence>`), opaque to clients.
+pub(super) fn next_page_token(last: u64) -> String {
+    format!("a{last}")
+}
+
+/// The sequence a page token continues after; empty: from the first task.
+pub(super) fn page_token(token: &str) -> Result<u64, crate::supervisor::Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.strip_prefix('a').and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| crate::supervisor::Error::Invalid {
+        field: "page_token",
+        reason: "is not a next_page_token of this agent".into(),
+    })
+}
+
 /// `max_task_retry_count`: 0 or more, or -1 for no limit.
 fn retry_count(n: i32) -> Result<i32, DecodeError> {
     if n < -1 {
@@ -650,6 +675,16 @@ mod tests {
         assert!(task_spec(p).is_err());
         assert!(task_state(42).is_err());
         assert_eq!(task_state(0).unwrap(), None);
+    }
+
+    #[test]
+    fn page_sizes_and_tokens() {
+        assert_eq!((page_size(0), page_size(5), page_size(u32::MAX)), (1000, 5, 10_000));
+        assert_eq!(page_token(&next_page_token(42)).unwrap(), 42);
+        assert_eq!(page_token("").unwrap(), 0);
+        for bad in ["42", "a", "ax", "b7", "a-1"] {
+            assert!(page_token(bad).unwrap_err().to_string().contains("page_token"), "{bad}");
+        }
     }
 
     #[test]

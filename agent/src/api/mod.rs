@@ -180,8 +180,12 @@ impl NodeAgent for Api {
         let r = req.into_inner();
         let state = convert::task_state(r.state)?;
         let job = (!r.job_id.is_empty()).then_some(r.job_id);
-        let tasks = self.sup.list_tasks(job, state).await?;
-        Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(|t| self.info(t)).collect() }))
+        let after = convert::page_token(&r.page_token)?;
+        let (tasks, last) = self.sup.list_tasks(job, state, after, convert::page_size(r.page_size)).await?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.iter().map(|t| self.info(t)).collect(),
+            next_page_token: last.map(convert::next_page_token).unwrap_or_default(),
+        }))
     }
 
     type WatchTasksStream = EventStream;

@@ -84,6 +84,8 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
                  WHERE e.job_id = tasks.job_id AND e.task_id = tasks.task_id), 0);",
         )?;
     }
+    // ListTasks pages walk the acceptance order.
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_seq);")?;
     Ok(())
 }
 
@@ -233,6 +235,45 @@ impl Store {
                 out.push(serde_json::from_str(&r?)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// One page of [`Store::list`]: at most `limit` tasks accepted after the
+    /// one whose acceptance sequence is `after` (0: from the first), and
+    /// the last one's sequence when more follow.
+    pub async fn list_page(
+        &self,
+        job: Option<String>,
+        state: Option<TaskState>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<TaskInfo>, Option<u64>), StoreError> {
+        self.blocking(move |inner| {
+            let conn = inner.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT t.record, t.created_seq FROM tasks t
+                 WHERE (?1 IS NULL OR t.job_id = ?1) AND (?2 IS NULL OR t.state = ?2) AND t.created_seq > ?3
+                 ORDER BY t.created_seq LIMIT ?4",
+            )?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let one_more = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+            let rows = stmt.query_map(params![job, state.map(|s| s.as_str()), after, one_more], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            let mut out = Vec::new();
+            let mut last = 0u64;
+            let mut more = false;
+            for r in rows {
+                let (record, seq) = r?;
+                if out.len() == limit {
+                    more = true;
+                    break;
+                }
+                out.push(serde_json::from_str(&record)?);
+                last = u64::try_from(seq).unwrap_or(0);
+            }
+            Ok((out, more.then_some(last)))
         })
         .await
     }
@@ -473,6 +514,33 @@ mod tests {
         s.delete(&a.spec.key).await.unwrap();
         assert!(s.get(&a.spec.key).await.unwrap().is_none());
         assert!(matches!(s.update(a2).await, Err(StoreError::Missing { .. })));
+    }
+
+    #[tokio::test]
+    async fn pages_walk_the_acceptance_order_with_filters() {
+        let s = Store::in_memory().unwrap();
+        for i in 0..7 {
+            s.insert(task(if i % 2 == 0 { "even" } else { "odd" }, &format!("t{i}"))).await.unwrap();
+        }
+        // A change of state after acceptance does not move a task in the order.
+        let mut t1 = s.get(&TaskKey::new("odd", "t1").unwrap()).await.unwrap().unwrap();
+        t1.state = TaskState::Running;
+        s.update(t1).await.unwrap();
+        let ids = |v: &[TaskInfo]| v.iter().map(|t| t.key().task.to_string()).collect::<Vec<_>>();
+        let (p1, next) = s.list_page(None, None, 0, 3).await.unwrap();
+        assert_eq!(ids(&p1), ["t0", "t1", "t2"]);
+        let (p2, next) = s.list_page(None, None, next.unwrap(), 3).await.unwrap();
+        assert_eq!(ids(&p2), ["t3", "t4", "t5"]);
+        let (p3, next) = s.list_page(None, None, next.unwrap(), 3).await.unwrap();
+        assert_eq!((ids(&p3), next), (vec!["t6".to_string()], None), "the last page says so");
+        let (exact, next) = s.list_page(None, None, 0, 7).await.unwrap();
+        assert_eq!((exact.len(), next), (7, None), "a page that ends with the last task is the last");
+        let (even, _) = s.list_page(Some("even".into()), None, 0, 10).await.unwrap();
+        assert_eq!(ids(&even), ["t0", "t2", "t4", "t6"]);
+        let (active, next) = s.list_page(None, Some(TaskState::Active), 0, 2).await.unwrap();
+        assert_eq!(ids(&active), ["t0", "t2"]);
+        let (active, _) = s.list_page(None, Some(TaskState::Active), next.unwrap(), 10).await.unwrap();
+        assert_eq!(ids(&active), ["t3", "t4", "t5", "t6"]);
     }
 
     #[tokio::test]

@@ -441,8 +441,16 @@ impl Supervisor {
         self.shared.store.get(key).await?.ok_or_else(|| Error::NotFound { key: key.clone() })
     }
 
-    pub async fn list_tasks(&self, job: Option<String>, state: Option<TaskState>) -> Result<Vec<TaskInfo>, Error> {
-        Ok(self.shared.store.list(job, state).await?)
+    /// A page of tasks in acceptance order, after the one accepted at
+    /// sequence `after`; the page's last sequence when more follow.
+    pub async fn list_tasks(
+        &self,
+        job: Option<String>,
+        state: Option<TaskState>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<TaskInfo>, Option<u64>), Error> {
+        Ok(self.shared.store.list_page(job, state, after, limit).await?)
     }
 
     /// Stops a task. A task still waiting for a slot completes at once; a

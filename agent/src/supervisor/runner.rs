@@ -105,39 +105,37 @@ async fn attempt(
     };
     let info = info?;
     let retried = info.state != TaskState::Completed;
-    {
-        if !retried {
-            sup.shared.settings.staging.secrets().forget(key);
-        }
-        let cid = info.container_id();
-        if host {
-            if let Err(e) = sup.shared.settings.host.remove(&cid).await {
-                tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot remove the host task's files");
-            }
-            return Some(info);
-        }
-        let removed = sup.shared.runtime.remove(&cid).await;
-        // The process is gone: its network goes too (CNI DEL), even if the
-        // container could not be removed yet.
-        if let Err(e) = sup.shared.settings.network.detach(&cid).await {
-            tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e,
-                "cannot remove the task's network; the agent tries again when it starts");
-        }
-        if let Err(e) = removed {
-            tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
-            return Some(info);
-        }
-        if retried {
-            // The next attempt records its own container.
-            return Some(info);
-        }
-        let mut info = info;
-        if let Some(c) = info.container.as_mut() {
-            c.state = "deleted".into();
-        }
-        let _ = sup.shared.store.amend(info.clone()).await;
-        Some(info)
+    if !retried {
+        sup.shared.settings.staging.secrets().forget(key);
     }
+    let cid = info.container_id();
+    if host {
+        if let Err(e) = sup.shared.settings.host.remove(&cid).await {
+            tracing::warn!(job_id = %key.job, task_id = %key.task, error = %e, "cannot remove the host task's files");
+        }
+        return Some(info);
+    }
+    let removed = sup.shared.runtime.remove(&cid).await;
+    // The process is gone: its network goes too (CNI DEL), even if the
+    // container could not be removed yet.
+    if let Err(e) = sup.shared.settings.network.detach(&cid).await {
+        tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e,
+            "cannot remove the task's network; the agent tries again when it starts");
+    }
+    if let Err(e) = removed {
+        tracing::warn!(job_id = %key.job, task_id = %key.task, container_id = %cid, error = %e, "cannot remove container");
+        return Some(info);
+    }
+    if retried {
+        // The next attempt records its own container.
+        return Some(info);
+    }
+    let mut info = info;
+    if let Some(c) = info.container.as_mut() {
+        c.state = "deleted".into();
+    }
+    let _ = sup.shared.store.amend(info.clone()).await;
+    Some(info)
 }
 
 /// Starts a created container and waits for it. Returns the completed record,

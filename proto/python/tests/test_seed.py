@@ -113,6 +113,14 @@ def test_node_and_list(client: berth_client.Client, agent: Agent) -> None:
     assert client.list_tasks("py-list") == []
 
 
+def test_list_tasks_follows_the_pages(client: berth_client.Client) -> None:
+    tasks = [unique(f"page{i}") for i in range(5)]
+    for t in tasks:
+        client.run_task("py-pages", t, "/bin/true", image=image("busybox"))
+    # Two per page: three pages, followed to the end, in acceptance order.
+    assert [t.task_id for t in client.list_tasks("py-pages", page_size=2)] == tasks
+
+
 def test_terminate_a_running_task(client: berth_client.Client) -> None:
     task = unique("term")
     client.run_task("py", task, "/bin/sleep 60", image=image("busybox"))

@@ -223,6 +223,9 @@ enum Cmd {
         /// ACTIVE, PREPARING, RUNNING or COMPLETED.
         #[arg(long)]
         state: Option<String>,
+        /// Tasks per ListTasks call (0: the agent's default); every page is fetched.
+        #[arg(long, default_value_t = 0)]
+        page_size: u32,
     },
     /// Follow task state changes.
     Watch {
@@ -341,6 +344,26 @@ async fn wait_for(
     Err("the agent closed the event stream".into())
 }
 
+/// Every task of `ListTasks`, page by page.
+async fn all_tasks(
+    client: &mut NodeAgentClient<Channel>,
+    job_id: String,
+    state: pb::TaskState,
+    page_size: u32,
+) -> Result<Vec<pb::TaskInfo>, String> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::ListTasksRequest { job_id: job_id.clone(), state: state as i32, page_size, page_token };
+        let page = client.list_tasks(req).await.map_err(|s| status_msg(&s))?.into_inner();
+        out.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let tls = if cli.addr.starts_with("https://") {
@@ -451,8 +474,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let mut shown = 0u64;
             loop {
                 let node = client.get_node(pb::GetNodeRequest {}).await.map_err(st)?.into_inner();
-                let req = pb::ListTasksRequest { job_id: String::new(), state: pb::TaskState::Running as i32 };
-                let tasks = client.list_tasks(req).await.map_err(st)?.into_inner().tasks;
+                let tasks = all_tasks(&mut client, String::new(), pb::TaskState::Running, 0).await?;
                 if tty {
                     print!("\x1b[H\x1b[2J");
                 }
@@ -487,15 +509,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 tokio::time::sleep(interval).await;
             }
         }
-        Cmd::List { job, state } => {
+        Cmd::List { job, state, page_size } => {
             let state = match state {
                 None => pb::TaskState::Unspecified,
                 Some(s) => {
                     pb::TaskState::from_str_name(&s.to_uppercase()).ok_or_else(|| format!("unknown state {s:?}"))?
                 }
             };
-            let req = pb::ListTasksRequest { job_id: job.unwrap_or_default(), state: state as i32 };
-            let tasks = client.list_tasks(req).await.map_err(st)?.into_inner().tasks;
+            let tasks = all_tasks(&mut client, job.unwrap_or_default(), state, page_size).await?;
             match out {
                 Output::Json => println!("{}", serde_json::Value::Array(tasks.iter().map(output::task_json).collect())),
                 Output::Text => println!("{}", output::table(&tasks)),

@@ -333,11 +333,27 @@ class Client:
         return self._unary(self.stub.GetTask, pb.GetTaskRequest(job_id=job_id, task_id=task_id), pb.TaskInfo, timeout)
 
     def list_tasks(
-        self, job_id: str = "", state: "pb.TaskState" = pb.TASK_STATE_UNSPECIFIED, timeout: Optional[float] = None
+        self,
+        job_id: str = "",
+        state: "pb.TaskState" = pb.TASK_STATE_UNSPECIFIED,
+        timeout: Optional[float] = None,
+        page_size: int = 0,
     ) -> List[pb.TaskInfo]:
-        """ListTasks: every task (or a job's, or those in a state), in acceptance order."""
-        r = self._unary(self.stub.ListTasks, pb.ListTasksRequest(job_id=job_id, state=state), pb.ListTasksResponse, timeout)
-        return list(r.tasks)
+        """ListTasks: every task (or a job's, or those in a state), in acceptance order.
+
+        Follows the agent's pages (``next_page_token``, ``page_size`` tasks
+        each; 0: the agent's default) until the last one; ``timeout`` applies
+        to each page's call.
+        """
+        out: List[pb.TaskInfo] = []
+        token = ""
+        while True:
+            req = pb.ListTasksRequest(job_id=job_id, state=state, page_token=token, page_size=page_size)
+            r = self._unary(self.stub.ListTasks, req, pb.ListTasksResponse, timeout)
+            out.extend(r.tasks)
+            if not r.next_page_token:
+                return out
+            token = r.next_page_token
 
     def wait(self, job_id: str, task_id: str, timeout: Optional[float] = None, poll: float = 0.1) -> pb.TaskInfo:
         """Waits until the task is COMPLETED and returns it.
