@@ -5,7 +5,7 @@
 
 use super::outcome::completion;
 use super::prepare::Ready;
-use super::record::{fail, final_stats, save};
+use super::record::{fail, final_stats, save, save_durably};
 use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::host::{ExitRecord, HostError};
@@ -97,7 +97,7 @@ async fn finish(
             let oom = code != 0 && super::cgroup::oom_killed(&cgroups_path).await;
             let (code, failure) = completion(code as u32, reason, oom);
             if let Some(failure) = failure.clone().filter(|f| super::retry::applies(&info, Some(f))) {
-                return super::retry::record(sup, info, Some(code), failure).await;
+                return save_durably(sup, super::retry::next_attempt(info, Some(code), failure)).await;
             }
             tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "host task completed");
             // The shim's clock reading has milliseconds: never before the start.

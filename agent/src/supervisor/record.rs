@@ -38,7 +38,7 @@ pub(in crate::supervisor) async fn save_durably(sup: &Supervisor, info: TaskInfo
 /// retry instead (see `retry`).
 pub(in crate::supervisor) async fn fail(sup: &Supervisor, info: TaskInfo, failure: FailureInfo) -> TaskInfo {
     if super::retry::applies(&info, Some(&failure)) {
-        return super::retry::record(sup, info, None, failure).await;
+        return save_durably(sup, super::retry::next_attempt(info, None, failure)).await;
     }
     let key = info.key().clone();
     tracing::warn!(job_id = %key.job, task_id = %key.task, code = %failure.code, message = %failure.message, "task failed before running");

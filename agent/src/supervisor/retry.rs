@@ -10,12 +10,11 @@
 //! ones; the working directory stays as the previous attempt left it. Output
 //! files are uploaded once, after the last attempt.
 //!
+//! Pure: `applies` decides, `next_attempt` makes the record the caller saves.
 //! The retry is recorded (PREPARING, not started) before the previous
 //! attempt's container is removed: recovery takes a stopped container of a
 //! task that is not started for a leftover and queues the task again.
 
-use super::record::save_durably;
-use super::Supervisor;
 use crate::model::{AttemptResult, FailureCategory, FailureCode, FailureInfo, TaskInfo, TaskState};
 use std::time::SystemTime;
 
@@ -51,9 +50,10 @@ fn may_pass(f: &FailureInfo) -> bool {
     }
 }
 
-/// Records the end of an attempt that is retried: the task is PREPARING
-/// again, not started, with the attempt's outcome in `previous_attempt`.
-pub(super) async fn record(sup: &Supervisor, mut info: TaskInfo, exit: Option<i32>, failure: FailureInfo) -> TaskInfo {
+/// The record of a task whose attempt ended with `failure` and is retried
+/// (the caller saves it durably): PREPARING again, not started, with the
+/// attempt's outcome in `previous_attempt`.
+pub(super) fn next_attempt(mut info: TaskInfo, exit: Option<i32>, failure: FailureInfo) -> TaskInfo {
     let now = SystemTime::now();
     let key = info.key().clone();
     tracing::warn!(job_id = %key.job, task_id = %key.task, code = %failure.code, message = %failure.message,
@@ -66,7 +66,7 @@ pub(super) async fn record(sup: &Supervisor, mut info: TaskInfo, exit: Option<i3
     info.started_at = None;
     info.stats = None;
     info.held_gpus.clear();
-    save_durably(sup, info).await
+    info
 }
 
 #[cfg(test)]
@@ -96,6 +96,18 @@ mod tests {
         assert!(!applies(&info(2, 2), Some(&exit)), "2 retries: 3 attempts");
         assert!(applies(&info(-1, 1000), Some(&exit)));
         assert!(!applies(&info(-1, 0), None), "a success is not retried");
+    }
+
+    #[test]
+    fn the_next_attempt_is_not_started_and_remembers_the_last() {
+        let mut i = info(3, 1);
+        (i.state, i.ever_started, i.started_at) = (TaskState::Running, true, Some(SystemTime::now()));
+        i.held_gpus = vec!["nvidia.com/gpu=0".into()];
+        let n = next_attempt(i, Some(2), f(FailureCode::FailureExitCode));
+        assert_eq!((n.state, n.ever_started, n.started_at, n.retry_count), (TaskState::Preparing, false, None, 2));
+        assert!(n.held_gpus.is_empty() && n.last_retry_at.is_some() && n.exit_code.is_none());
+        let prev = n.previous_attempt.unwrap();
+        assert_eq!((prev.exit_code, prev.failure.unwrap().code), (Some(2), FailureCode::FailureExitCode));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::failure::Failure;
 use super::outcome::{completion, StopReason};
 use super::prepare::{prepare, Prepared};
-use super::record::{fail, final_stats, save};
+use super::record::{fail, final_stats, save, save_durably};
 use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::containerd::{ExitStatus, RuntimeError, TaskStatus};
@@ -236,7 +236,7 @@ async fn finish(
                 c.state = "stopped".into();
             }
             if let Some(failure) = failure.clone().filter(|f| super::retry::applies(&info, Some(f))) {
-                return super::retry::record(sup, info, Some(code), failure).await;
+                return save_durably(sup, super::retry::next_attempt(info, Some(code), failure)).await;
             }
             tracing::info!(job_id = %key.job, task_id = %key.task, exit_code = code, "task completed");
             info.complete(Some(code), failure, status.exited_at.unwrap_or_else(SystemTime::now));

@@ -10,7 +10,9 @@
 //! Parsing is pure and checks each value; [`super::policy`] then decides what the
 //! node allows.
 
+mod mounts;
 mod network;
+mod refused;
 mod values;
 
 pub(super) use values::id_number;
@@ -308,36 +310,6 @@ impl Flag {
     }
 }
 
-/// Common `docker create` flags refused by name, with the reason.
-fn refused_flag(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "--restart" => "a batch task runs once; to run it again after a failure use constraints.max_task_retry_count",
-        "--health-cmd"
-        | "--health-interval"
-        | "--health-retries"
-        | "--health-start-period"
-        | "--health-start-interval"
-        | "--health-timeout"
-        | "--no-healthcheck" => "health checks are not run: a batch task's health is its exit code",
-        "--log-driver" | "--log-opt" => {
-            "stdout.txt and stderr.txt in the task directory are written by containerd's shim straight from the \
-             task; the agent neither rotates nor caps them (the node's min_free_mb keeps the disk from filling)"
-        }
-        "--userns" => "user namespaces are the node's choice (policy.user_namespaces)",
-        "--cgroup-parent" => "every task's cgroup is the agent's (berth/<container id>)",
-        "--volumes-from" | "--link" => "tasks do not share containers; use shared/ or the network",
-        "--cidfile" => "the container id is in TaskInfo.container_info.container_id",
-        "--kernel-memory" => "kernel memory limits are gone from the kernel (cgroup v2) and deprecated in docker",
-        "-a" | "--attach" | "--sig-proxy" | "--detach-keys" => {
-            "no one attaches to a batch task: its output is in stdout.txt and stderr.txt"
-        }
-        _ => return None,
-    })
-}
-
-/// The boolean short flags that may be clustered (`-it`).
-const CLUSTERABLE: &str = "itd";
-
 fn bad(flag: &str, reason: impl Into<String>) -> SpecError {
     SpecError::RunOption { flag: flag.to_owned(), reason: reason.into() }
 }
@@ -373,7 +345,7 @@ pub(super) fn parse(text: &str) -> Result<RunOptions, SpecError> {
             return Err(bad("run_options", "contains NUL"));
         }
         // `-it`, `-dit`: each a boolean short flag.
-        if arg.len() > 2 && !arg.starts_with("--") && arg[1..].chars().all(|c| CLUSTERABLE.contains(c)) {
+        if arg.len() > 2 && !arg.starts_with("--") && arg[1..].chars().all(|c| refused::CLUSTERABLE.contains(c)) {
             for c in arg[1..].chars() {
                 let name = format!("-{c}");
                 let flag = Flag::lookup(&name).ok_or_else(|| bad(&name, "unknown or unsupported run option"))?;
@@ -382,7 +354,7 @@ pub(super) fn parse(text: &str) -> Result<RunOptions, SpecError> {
             continue;
         }
         let (name, inline) = split_flag(arg);
-        if let Some(reason) = refused_flag(name) {
+        if let Some(reason) = refused::reason(name) {
             return Err(bad(name, reason));
         }
         let flag = Flag::lookup(name).ok_or_else(|| bad(name, "unknown or unsupported run option"))?;
@@ -449,9 +421,9 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
             let (target, opts) = value.split_once(':').unwrap_or((value, ""));
             out.mounts.push(MountOpt::Tmpfs { target: container_path(target)?, options: tmpfs_options(opts)? });
         }
-        Flag::Volume => out.mounts.push(volume(value)?),
-        Flag::Mount => out.mounts.push(mount(value)?),
-        Flag::Device => out.devices.push(device(value)?),
+        Flag::Volume => out.mounts.push(mounts::volume(value)?),
+        Flag::Mount => out.mounts.push(mounts::mount(value)?),
+        Flag::Device => out.devices.push(mounts::device(value)?),
         // After `--runtime nvidia` too: the named GPUs, not all.
         Flag::Gpus => out.gpus = Some(crate::devices::gpus::parse(value)?),
         Flag::ShmSize => out.shm_size = Some(positive(size(value)?)?),
@@ -616,58 +588,6 @@ fn apply(out: &mut RunOptions, flag: Flag, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn private_or_host(value: &str) -> Result<Namespace, String> {
-    match value {
-        "private" => Ok(Namespace::Private),
-        "host" => Ok(Namespace::Host),
-        _ => Err(format!("{value:?}: private or host")),
-    }
-}
-
-/// `--platform os/arch[/variant]`, Go's names (`x86_64` and `aarch64` taken as docker takes them).
-fn platform(value: &str) -> Result<crate::model::Platform, String> {
-    let parts: Vec<&str> = value.split('/').collect();
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    let (os, arch, variant) = match parts.as_slice() {
-        [os, arch] if ok(os) && ok(arch) => (*os, *arch, None),
-        [os, arch, v] if ok(os) && ok(arch) && ok(v) => (*os, *arch, Some(*v)),
-        _ => return Err(format!("{value:?} is not os/arch[/variant] (e.g. linux/amd64)")),
-    };
-    let (arch, variant) = match (arch.to_ascii_lowercase().as_str(), variant) {
-        ("x86_64" | "x86-64", v) => ("amd64".to_string(), v.map(str::to_owned)),
-        ("aarch64", None) => ("arm64".to_string(), Some("v8".to_string())),
-        ("arm64", None) => ("arm64".to_string(), Some("v8".to_string())),
-        (a, v) => (a.to_owned(), v.map(str::to_owned)),
-    };
-    Ok(crate::model::Platform { os: os.to_ascii_lowercase(), architecture: arch, variant })
-}
-
-/// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters.
-fn container_name(value: &str) -> Result<String, String> {
-    let name = value.strip_prefix('/').unwrap_or(value);
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || name.len() > 128 || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-        return Err(format!("{value:?} is not a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128)"));
-    }
-    Ok(name.to_owned())
-}
-
-/// `--expose PORT[-PORT][/tcp|udp]`: checked, then nothing (docker records it in
-/// the image metadata only; publishing is `-p`).
-fn expose(value: &str) -> Result<(), String> {
-    let (ports, proto) = value.split_once('/').unwrap_or((value, "tcp"));
-    if !matches!(proto, "tcp" | "udp" | "sctp") {
-        return Err(format!("{value:?}: the protocol is tcp, udp or sctp"));
-    }
-    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
-    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
-    match (port(lo), port(hi)) {
-        (Some(a), Some(b)) if a <= b => Ok(()),
-        _ => Err(format!("{value:?} is not PORT[-PORT][/tcp|udp]")),
-    }
-}
-
 fn positive(n: u64) -> Result<u64, String> {
     if n == 0 {
         Err("must be more than 0".into())
@@ -719,105 +639,6 @@ fn security_opt(out: &mut RunOptions, value: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `-v /host:/ctr[:ro|rw][,propagation]`.
-fn volume(value: &str) -> Result<MountOpt, String> {
-    let parts: Vec<&str> = value.split(':').collect();
-    let (source, target, opts) = match parts.as_slice() {
-        [s, t] => (*s, *t, ""),
-        [s, t, o] => (*s, *t, *o),
-        _ => return Err(format!("{value:?} is not /host/path:/container/path[:ro]")),
-    };
-    if !source.starts_with('/') {
-        return Err(format!("{source:?}: named volumes are not supported; give an absolute host path"));
-    }
-    let mut readonly = false;
-    let mut propagation = None;
-    for o in opts.split(',').filter(|o| !o.is_empty()) {
-        match o {
-            "ro" => readonly = true,
-            "rw" => readonly = false,
-            "z" | "Z" => return Err("SELinux relabelling (z, Z) is not supported".into()),
-            p => propagation = Some(values::propagation(p)?),
-        }
-    }
-    Ok(MountOpt::Bind {
-        source: values::container_path(source)?,
-        target: values::container_path(target)?,
-        readonly,
-        propagation,
-    })
-}
-
-/// `--mount type=bind|tmpfs,source=..,target=..,readonly,...`.
-fn mount(value: &str) -> Result<MountOpt, String> {
-    let (mut typ, mut source, mut target, mut readonly) = (None, None, None, false);
-    let (mut propagation, mut tmpfs) = (None, Vec::new());
-    for field in value.split(',') {
-        let (k, v) = match field.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (field, None),
-        };
-        match (k, v) {
-            ("type", Some(t)) => typ = Some(t),
-            ("source" | "src", Some(s)) => source = Some(s),
-            ("target" | "destination" | "dst", Some(t)) => target = Some(t),
-            ("readonly" | "ro", None) => readonly = true,
-            ("readonly" | "ro", Some(b)) => readonly = values::boolean(b)?,
-            ("bind-propagation", Some(p)) => propagation = Some(values::propagation(p)?),
-            ("tmpfs-size", Some(s)) => tmpfs.push(format!("size={}", values::size(s)?)),
-            ("tmpfs-mode", Some(m)) => tmpfs.extend(values::tmpfs_options(&format!("mode={m}"))?),
-            _ => return Err(format!("mount field {k:?} is not supported")),
-        }
-    }
-    let target = values::container_path(target.ok_or("a mount needs target=")?)?;
-    match typ {
-        Some("bind") => {
-            let source = source.ok_or("a bind mount needs source=")?;
-            if !tmpfs.is_empty() {
-                return Err("tmpfs-* fields apply to type=tmpfs only".into());
-            }
-            Ok(MountOpt::Bind { source: values::container_path(source)?, target, readonly, propagation })
-        }
-        Some("tmpfs") => {
-            if source.is_some() || propagation.is_some() {
-                return Err("a tmpfs mount takes no source or bind-propagation".into());
-            }
-            if readonly {
-                tmpfs.push("ro".into());
-            }
-            Ok(MountOpt::Tmpfs { target, options: tmpfs })
-        }
-        Some(t) => Err(format!("type={t} is not supported (bind and tmpfs only)")),
-        None => Err("a mount needs type=bind or type=tmpfs".into()),
-    }
-}
-
-/// `--device /dev/x[:/dev/y][:rwm]`.
-fn device(value: &str) -> Result<DeviceOpt, String> {
-    let parts: Vec<&str> = value.split(':').collect();
-    let is_access = |s: &str| !s.is_empty() && s.chars().all(|c| "rwm".contains(c));
-    let (host, container, access) = match parts.as_slice() {
-        [h] => (*h, *h, "rwm"),
-        [h, a] if is_access(a) => (*h, *h, *a),
-        [h, c] => (*h, *c, "rwm"),
-        [h, c, a] if is_access(a) => (*h, *c, *a),
-        _ => return Err(format!("{value:?} is not /dev/host[:/dev/container][:rwm]")),
-    };
-    let (host, container) = (values::container_path(host)?, values::container_path(container)?);
-    // The container side too: a node made elsewhere (say in the node root's
-    // bind) would outlive the task on the host.
-    for p in [&host, &container] {
-        if !p.starts_with("/dev/")
-            || p.starts_with("/dev/shm/")
-            || p.starts_with("/dev/pts/")
-            || p.starts_with("/dev/mqueue/")
-        {
-            return Err(format!("{p:?} is not a device path under /dev"));
-        }
-    }
-    Ok(DeviceOpt { host, container, access: access.to_owned() })
 }
 
 /// Whether `path` is `/proc` or below it (after `.` and `..` are resolved

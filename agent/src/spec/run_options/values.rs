@@ -214,6 +214,58 @@ pub(super) fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
+pub(super) fn private_or_host(value: &str) -> Result<super::Namespace, String> {
+    match value {
+        "private" => Ok(super::Namespace::Private),
+        "host" => Ok(super::Namespace::Host),
+        _ => Err(format!("{value:?}: private or host")),
+    }
+}
+
+/// `--platform os/arch[/variant]`, Go's names (`x86_64` and `aarch64` taken as docker takes them).
+pub(super) fn platform(value: &str) -> Result<crate::model::Platform, String> {
+    let parts: Vec<&str> = value.split('/').collect();
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] if ok(os) && ok(arch) => (*os, *arch, None),
+        [os, arch, v] if ok(os) && ok(arch) && ok(v) => (*os, *arch, Some(*v)),
+        _ => return Err(format!("{value:?} is not os/arch[/variant] (e.g. linux/amd64)")),
+    };
+    let (arch, variant) = match (arch.to_ascii_lowercase().as_str(), variant) {
+        ("x86_64" | "x86-64", v) => ("amd64".to_string(), v.map(str::to_owned)),
+        ("aarch64", None) => ("arm64".to_string(), Some("v8".to_string())),
+        ("arm64", None) => ("arm64".to_string(), Some("v8".to_string())),
+        (a, v) => (a.to_owned(), v.map(str::to_owned)),
+    };
+    Ok(crate::model::Platform { os: os.to_ascii_lowercase(), architecture: arch, variant })
+}
+
+/// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters.
+pub(super) fn container_name(value: &str) -> Result<String, String> {
+    let name = value.strip_prefix('/').unwrap_or(value);
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 128 || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(format!("{value:?} is not a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128)"));
+    }
+    Ok(name.to_owned())
+}
+
+/// `--expose PORT[-PORT][/tcp|udp]`: checked, then nothing (docker records it in
+/// the image metadata only; publishing is `-p`).
+pub(super) fn expose(value: &str) -> Result<(), String> {
+    let (ports, proto) = value.split_once('/').unwrap_or((value, "tcp"));
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(format!("{value:?}: the protocol is tcp, udp or sctp"));
+    }
+    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(lo), port(hi)) {
+        (Some(a), Some(b)) if a <= b => Ok(()),
+        _ => Err(format!("{value:?} is not PORT[-PORT][/tcp|udp]")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
