@@ -127,9 +127,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     ));
     let networks =
         Arc::new(berth_agent::network::Networks::new(cfg.network.clone()).map_err(|e| format!("[network]: {e}"))?);
-    // Masquerading and forwarding for the bridge: without them bridge tasks
-    // would start without a way out.
-    networks.prepare_node().await.map_err(|e| format!("[network]: the bridge's node-wide rules: {e}"))?;
+    // Masquerading and forwarding for the bridge; tried again before the next
+    // bridge task when they cannot be made now (which then fails with why).
+    if let Err(e) = networks.prepare_node().await {
+        tracing::error!(error = %e, "[network]: cannot make the bridge's node-wide rules; bridge tasks fail until they can be made");
+    }
     let settings = Settings {
         namespace: cfg.namespace.clone(),
         task_slots: cfg.task_slots,

@@ -6,6 +6,7 @@
 mod agent;
 mod ctr;
 mod report;
+mod scale;
 mod scenarios;
 mod transfer;
 mod watch;
@@ -113,6 +114,14 @@ async fn main() {
     let c = third.start().await;
     rows.extend(transfer::transfers(c, &third, &a.dir.join("transfer"), mib << 20, runs).await);
     third.stop(nix::sys::signal::Signal::SIGTERM);
+
+    // Scale: one slot held, the rest queued (the default event log keeps 100,000).
+    let (queued, events) = if a.quick { (300, 2_000) } else { (10_000, 100_000) };
+    eprintln!("berth-bench: scale ({queued} queued, {events} events)");
+    let s = settings("bench-scale", 1);
+    let mut fourth = agent::Agent::new(&a.agent, &a.dir.join("agent-scale"), &s);
+    rows.extend(scale::scale(&mut fourth, &a.image, queued, events).await);
+    fourth.stop(nix::sys::signal::Signal::SIGTERM);
 
     print!("{}", report::markdown(&rows));
 }

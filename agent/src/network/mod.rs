@@ -173,6 +173,8 @@ pub struct Networks {
     list: Value,
     /// It is the agent's own (not an operator's).
     own: bool,
+    /// The node-wide rules are made (`node_rules`); held while they are being made.
+    rules_made: tokio::sync::Mutex<bool>,
     /// Published host ports by container id.
     ports: Mutex<HashMap<String, Vec<PortMapping>>>,
 }
@@ -192,7 +194,8 @@ impl Networks {
             None => cfg.own_list(),
         };
         let own = cfg.cni_conf_dir.is_none();
-        let n = Networks { cfg, list, own, ports: Mutex::new(HashMap::new()) };
+        let n =
+            Networks { cfg, list, own, rules_made: tokio::sync::Mutex::new(!own), ports: Mutex::new(HashMap::new()) };
         let recorded: HashMap<String, Vec<PortMapping>> =
             n.attachments().into_iter().filter_map(|cid| n.read(&cid).map(|a| (cid, a.ports))).collect();
         *n.lock_ports() = recorded;
@@ -200,12 +203,23 @@ impl Networks {
     }
 
     /// The node-wide rules of the agent's own network (`node_rules`); an
-    /// operator's list needs none. Called once when the agent starts.
+    /// operator's list needs none. Tried when the agent starts, and again
+    /// before the next bridge task until they are made: a node where they
+    /// cannot be made (no iptables, no CAP_NET_ADMIN) still runs host-network
+    /// tasks, and its bridge tasks fail with the reason.
     pub async fn prepare_node(&self) -> Result<(), NetworkError> {
-        if !self.own {
-            return Ok(());
+        let mut made = self.rules_made.lock().await;
+        if !*made {
+            node_rules::ensure(&self.cfg.bridge, &self.cfg.subnet.to_string()).await?;
+            *made = true;
         }
-        node_rules::ensure(&self.cfg.bridge, &self.cfg.subnet.to_string()).await
+        Ok(())
+    }
+
+    /// For tests with fake plugins: the node's iptables are left alone.
+    #[cfg(test)]
+    fn without_node_rules(self) -> Self {
+        Networks { rules_made: tokio::sync::Mutex::new(true), ..self }
     }
 
     /// The list a task is attached with: the agent's own without `portmap`
@@ -324,6 +338,7 @@ impl Networks {
             ports: ports.to_vec(),
             result: None,
         };
+        self.prepare_node().await?;
         // Recorded first: a crash from here on leaves something recovery deletes.
         self.write(&a)?;
         // With its loopback up (no `loopback` plugin run).
@@ -525,7 +540,7 @@ mod tests {
         let mut c = NetworkConfig::defaults(&dir.path().join("state"));
         c.cni_bin_dir = fake_plugins(dir.path());
         c.run_dir = dir.path().join("run");
-        let n = Networks::new(c.clone()).unwrap();
+        let n = Networks::new(c.clone()).unwrap().without_node_rules();
         let ip = n.attach("c1", &[]).await.unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 88, 0, 9));
         assert_eq!(n.attachments(), ["c1"]);
@@ -552,7 +567,7 @@ mod tests {
         let p =
             PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: crate::model::Protocol::Udp };
         n.attach("c2", &[p]).await.unwrap();
-        let again = Networks::new(c).unwrap();
+        let again = Networks::new(c).unwrap().without_node_rules();
         assert_eq!(again.lock_ports().get("c2").map(Vec::as_slice), Some(&[p][..]));
         again.detach("c2").await.unwrap();
     }
@@ -563,7 +578,7 @@ mod tests {
         let mut c = NetworkConfig::defaults(dir.path());
         c.cni_bin_dir = dir.path().join("no-plugins");
         c.run_dir = dir.path().join("run");
-        let n = Networks::new(c).unwrap();
+        let n = Networks::new(c).unwrap().without_node_rules();
         let p: PortMapping =
             PortMapping { host_ip: None, host_port: 8080, container_port: 80, protocol: crate::model::Protocol::Tcp };
         n.lock_ports().insert("c1".into(), vec![p]);
