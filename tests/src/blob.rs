@@ -257,29 +257,12 @@ impl Sink {
     }
 
     async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut conn: S) {
-        let mut buf = Vec::new();
+        let Some(h) = crate::http::read_head(&mut conn, 1 << 20).await else { return };
         let mut chunk = [0u8; 8192];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if buf.len() > 1 << 20 {
-                return;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut words = head.split_whitespace();
-        let method = words.next().unwrap_or("").to_owned();
-        let path = words.next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0);
-        let mut body = buf[head_end..].to_vec();
+        let method = h.method().to_owned();
+        let path = h.target().split('?').next().unwrap_or("").to_owned();
+        let len = h.content_length;
+        let mut body = h.rest;
         let stall = method == "PUT" && {
             let st = self.state.lock().unwrap();
             let n = st.seen.iter().filter(|(_, p)| *p == path).count();

@@ -15,6 +15,7 @@ pub use berth_proto::v1;
 
 pub mod archive;
 pub mod blob;
+mod http;
 pub mod token;
 
 /// A variable set by `scripts/test`; panics with a clear message when missing,

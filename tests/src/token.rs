@@ -235,40 +235,23 @@ fn who(head: &str, method: &str, form: &[(String, String)]) -> Who {
 }
 
 async fn serve(mut conn: tokio::net::TcpStream, signer: &Signer, issued: &Mutex<Vec<Issued>>, refused: &Mutex<usize>) {
-    let mut buf = Vec::new();
+    let Some(h) = crate::http::read_head(&mut conn, 64 << 10).await else { return };
     let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 64 << 10 {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
-        .min(64 << 10);
-    let mut body = buf[head_end..].to_vec();
+    let len = h.content_length.min(64 << 10);
+    let mut body = h.rest.clone();
     while body.len() < len {
         match conn.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    let mut words = head.split_whitespace();
-    let method = words.next().unwrap_or("").to_owned();
-    let target = words.next().unwrap_or("");
+    let head = h.text.as_str();
+    let method = h.method().to_owned();
+    let target = h.target();
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
     let form = if method == "POST" { pairs(&String::from_utf8_lossy(&body)) } else { pairs(query) };
     let asked = scopes(&form);
-    let (subject, granted, exp): (String, Vec<String>, i64) = match who(&head, &method, &form) {
+    let (subject, granted, exp): (String, Vec<String>, i64) = match who(head, &method, &form) {
         Who::Refused => {
             *refused.lock().unwrap() += 1;
             let reply = "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 27\r\n\
