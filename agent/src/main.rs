@@ -151,6 +151,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         ),
         rerun_start_task_after_reboot: cfg.rerun_start_task_after_reboot,
         requeue_after_reboot: cfg.requeue_after_reboot,
+        shim_group: cfg.shim_group,
         boot_id: berth_agent::supervisor::boot_id(),
         metrics: metrics.clone(),
         staging: Arc::new(berth_agent::staging::Transfers::new(

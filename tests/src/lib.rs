@@ -94,6 +94,8 @@ pub struct AgentOptions {
     pub network: Option<String>,
     /// More `[registries] insecure` hosts (plain HTTP), besides the plain test registry.
     pub insecure: Vec<String>,
+    /// More keys of the `[containerd]` table (`shim_group = ...`).
+    pub containerd_extra: String,
 }
 
 impl Default for AgentOptions {
@@ -114,6 +116,7 @@ impl Default for AgentOptions {
             staging_extra: String::new(),
             network: None,
             insecure: vec![],
+            containerd_extra: String::new(),
         }
     }
 }
@@ -190,6 +193,7 @@ listen = "{addr}"
 [containerd]
 socket = "{sock}"
 namespace = "{ns}"
+{containerd_extra}
 
 [registries]
 insecure = ["{registry}"{more_insecure}]
@@ -225,6 +229,7 @@ run_dir = "{network_run}"
             addr = self.opts.listen.clone().unwrap_or_else(|| self.addr()),
             api_extra = self.opts.api_extra,
             registries_extra = self.opts.registries_extra,
+            containerd_extra = self.opts.containerd_extra,
             sock = env("BERTH_TEST_CONTAINERD_SOCKET"),
             ns = self.namespace(),
             registry = env("BERTH_TEST_REGISTRY"),

@@ -159,6 +159,7 @@ struct RawContainerd {
     namespace: Option<String>,
     snapshotter: Option<String>,
     runtime: Option<String>,
+    shim_group: Option<String>,
     root: Option<PathBuf>,
     state: Option<PathBuf>,
 }
@@ -236,6 +237,8 @@ pub struct Config {
     pub namespace: String,
     pub snapshotter: String,
     pub runtime: String,
+    /// `[containerd] shim_group`: which containers share a shim process.
+    pub shim_group: crate::containerd::ShimGroup,
     pub terminate_grace: Duration,
     pub retention_sweep: Duration,
     /// A task is not started while the node root has less free space than this.
@@ -370,6 +373,19 @@ impl Config {
         {
             return Err(invalid("containerd.namespace", "must be letters, digits, '-', '_' or '.'"));
         }
+        let runtime = raw.containerd.runtime.unwrap_or_else(|| "io.containerd.runc.v2".into());
+        let shim_group = match raw.containerd.shim_group.as_deref() {
+            None => crate::containerd::ShimGroup::None,
+            Some(g) => crate::containerd::ShimGroup::parse(g).ok_or_else(|| {
+                invalid("containerd.shim_group", &format!("{g:?} is not \"none\", \"job\" or \"node\""))
+            })?,
+        };
+        if shim_group != crate::containerd::ShimGroup::None && runtime != "io.containerd.runc.v2" {
+            return Err(invalid(
+                "containerd.shim_group",
+                "shared shims are the runc shim's (runtime io.containerd.runc.v2)",
+            ));
+        }
         let log_format = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -484,7 +500,8 @@ impl Config {
             containerd_socket: absolute("containerd.socket", raw.containerd.socket, "/run/containerd/containerd.sock")?,
             namespace,
             snapshotter: raw.containerd.snapshotter.unwrap_or_else(|| "overlayfs".into()),
-            runtime: raw.containerd.runtime.unwrap_or_else(|| "io.containerd.runc.v2".into()),
+            runtime,
+            shim_group,
             terminate_grace: Duration::from_secs(raw.tasks.terminate_grace_seconds.unwrap_or(10)),
             retention_sweep: Duration::from_secs(raw.tasks.retention_sweep_seconds.unwrap_or(300).max(1)),
             min_free_bytes: raw.node.min_free_mb.unwrap_or(64) * 1024 * 1024,
@@ -611,6 +628,7 @@ mod tests {
         assert_eq!(c.namespace, "berth");
         assert!(c.rerun_start_task_after_reboot);
         assert_eq!(c.containerd_socket, PathBuf::from("/run/containerd/containerd.sock"));
+        assert_eq!(c.shim_group, crate::containerd::ShimGroup::None);
     }
 
     #[test]
@@ -630,6 +648,7 @@ mod tests {
             [containerd]
             socket = "/tmp/c.sock"
             namespace = "b2"
+            shim_group = "job"
             [tasks]
             terminate_grace_seconds = 3
             history_limit = 5
@@ -642,6 +661,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.root_dir, PathBuf::from("/srv/node"));
+        assert_eq!(c.shim_group, crate::containerd::ShimGroup::Job);
         assert_eq!(c.task_slots, 4);
         assert!(!c.rerun_start_task_after_reboot);
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
@@ -744,6 +764,8 @@ mod tests {
             ("[api]\nlisten = \"unix://rel.sock\"", "api.listen"),
             ("[containerd]\nnamespace = \"a/b\"", "containerd.namespace"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[containerd]\nshim_group = \"pod\"", "containerd.shim_group"),
+            ("[containerd]\nshim_group = \"node\"\nruntime = \"io.containerd.kata.v2\"", "runc shim"),
             ("[api]\nlisten = \"0.0.0.0:7070\"", "not a loopback address"),
             ("[api]\nlisten = \"10.0.0.5:7070\"", "api.tls_cert"),
             ("[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"", "api.tls_cert"),

@@ -58,6 +58,40 @@ pub const LABEL_NODE: &str = "berth.node-id";
 /// On leases only: the agent process that holds them.
 pub const LABEL_BOOT: &str = "berth.boot-id";
 
+/// Which containers share a shim process (`[containerd] shim_group`; the
+/// spec's annotation is `spec::SHIM_GROUP_ANNOTATION`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShimGroup {
+    /// One shim per container (containerd's default).
+    #[default]
+    None,
+    /// One shim per job: a crash of it ends the job's running tasks on the node.
+    Job,
+    /// One shim for the node: a crash of it ends every running container task.
+    Node,
+}
+
+impl ShimGroup {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "job" => Some(Self::Job),
+            "node" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
+    /// The group value of a task of `job`, None: a shim of its own. The shim's
+    /// socket is derived from containerd's address, the namespace and this.
+    pub fn group_of(self, job: &str) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::Job => Some(format!("berth-job-{job}")),
+            Self::Node => Some("berth-node".to_owned()),
+        }
+    }
+}
+
 /// A container in the runtime that carries this node's berth labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledContainer {
@@ -203,4 +237,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes this node's snapshots and leases that no container in `keep` uses
     /// (left by interrupted work); returns what was removed.
     async fn remove_leftovers(&self, node_id: &str, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShimGroup;
+
+    #[test]
+    fn shim_groups_by_setting() {
+        assert_eq!(ShimGroup::parse("none").map(|g| g.group_of("j1")), Some(None));
+        assert_eq!(ShimGroup::parse("job").and_then(|g| g.group_of("j1")).as_deref(), Some("berth-job-j1"));
+        assert_ne!(ShimGroup::Job.group_of("j1"), ShimGroup::Job.group_of("j2"), "one shim per job");
+        assert_eq!(ShimGroup::parse("node").and_then(|g| g.group_of("j1")), ShimGroup::Node.group_of("j2"));
+        assert_eq!(ShimGroup::parse("pod"), None);
+        assert_eq!(ShimGroup::default(), ShimGroup::None);
+    }
 }

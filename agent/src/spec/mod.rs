@@ -108,7 +108,15 @@ pub struct SpecInputs<'a> {
     pub packages: &'a [crate::model::PackageId],
     /// Its network namespace and its `/etc/resolv.conf` and `/etc/hosts`.
     pub network: &'a NetworkSetup,
+    /// The shim group of its container (`io.containerd.runc.v2.group`); None: a shim of its own.
+    pub shim_group: Option<&'a str>,
 }
+
+/// The annotation (also a container label) by which containerd's runc shim
+/// puts containers into one shim process: the shim's socket is derived from
+/// its value instead of the container id, so containers that share a value
+/// share a shim.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
 /// What the agent made for a task's network (`network::Networks::setup`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,6 +245,10 @@ pub fn build(i: SpecInputs<'_>) -> Result<Spec, SpecError> {
     } else {
         spec.set_hostname(None);
         spec.set_domainname(None);
+    }
+    if let Some(group) = i.shim_group {
+        let annotations = HashMap::from([(SHIM_GROUP_ANNOTATION.to_owned(), group.to_owned())]);
+        spec.set_annotations(Some(annotations));
     }
     Ok(spec)
 }

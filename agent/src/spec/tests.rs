@@ -86,6 +86,7 @@ fn build_with(
         job_prep: false,
         packages: &[],
         network: &setup_for(&ro),
+        shim_group: None,
     })
 }
 
@@ -257,6 +258,7 @@ fn no_command_is_an_error() {
         job_prep: false,
         packages: &[],
         network: &NetworkSetup::default(),
+        shim_group: None,
     })
     .unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));
@@ -526,6 +528,7 @@ fn application_packages_are_read_only_and_announced() {
         job_prep: false,
         packages: &packages,
         network: &setup_for(&ro),
+        shim_group: None,
     })
     .unwrap();
     let mounts = spec.mounts().as_ref().unwrap();
@@ -538,4 +541,31 @@ fn application_packages_are_read_only_and_announced() {
     for name in ["AZ_BATCH_APP_PACKAGE_Blender_2_79", "AZ_BATCH_APP_PACKAGE_blender_2_79"] {
         assert!(env.contains(&format!("{name}=/var/lib/berth/node/applications/Blender/2.79")), "{name}: {env:?}");
     }
+}
+
+#[test]
+fn a_shared_shim_is_asked_for_by_annotation_only_when_grouped() {
+    let t = task("", "", WorkingDirMode::TaskWorkingDir);
+    let ro = check_task(&t).unwrap();
+    let layout = Layout::new("/var/lib/berth/node");
+    let inputs = SpecInputs {
+        task: &t,
+        run_options: &ro,
+        run_as: &root(),
+        policy: &Policy::default(),
+        lookups: &Lookups::default(),
+        image: &image(),
+        node: &node(),
+        layout: &layout,
+        cgroups_path: "/berth/c1",
+        job_prep: false,
+        packages: &[],
+        network: &setup_for(&ro),
+        shim_group: Some("berth-job-j1"),
+    };
+    let grouped = build(inputs).unwrap();
+    let annotations = grouped.annotations().clone().unwrap_or_default();
+    assert_eq!(annotations.get("io.containerd.runc.v2.group").map(String::as_str), Some("berth-job-j1"));
+    let own = build(SpecInputs { shim_group: None, ..inputs }).unwrap();
+    assert_eq!(own.annotations().as_ref().map(|a| a.len()).unwrap_or(0), 0, "{:?}", own.annotations());
 }

@@ -101,6 +101,8 @@ pub struct Settings {
     pub app_packages: Vec<crate::model::AppPackage>,
     /// Bridge networks of tasks (CNI).
     pub network: Arc<dyn crate::network::TaskNetworks>,
+    /// Which containers share a containerd shim (`[containerd] shim_group`).
+    pub shim_group: crate::containerd::ShimGroup,
 }
 
 /// A request to stop a running task.

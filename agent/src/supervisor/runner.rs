@@ -11,6 +11,7 @@ use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
 use crate::containerd::{ExitStatus, RuntimeError, TaskStatus};
 use crate::model::{TaskInfo, TaskKey, TaskState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -193,20 +194,30 @@ async fn wait(
     }
     // Subscribed before Wait is called, so an exit between the two is not missed.
     let mut events = sup.shared.link.exits.subscribe();
+    let shim_lost = AtomicBool::new(false);
     let exit = async {
-        let waited = wait_with_retry(sup, cid);
+        let waited = wait_with_retry(sup, cid, &shim_lost);
         tokio::pin!(waited);
-        loop {
+        let exit = loop {
             tokio::select! {
-                r = &mut waited => return r,
+                r = &mut waited => break r,
                 ev = events.recv() => {
                     if let Ok(ev) = ev {
                         if ev.container_id == cid {
-                            return Ok(ev.status);
+                            break Ok(ev.status);
                         }
                     }
                 }
             }
+        };
+        // The exit status containerd reports for a container whose shim died
+        // is its own clean-up's SIGKILL, not the task's.
+        match exit {
+            Ok(_) if shim_lost.load(Ordering::Relaxed) => Err(RuntimeError::Failed {
+                op: "wait task",
+                message: "the container's shim died, and containerd killed what was left of it".into(),
+            }),
+            other => other,
         }
     };
     let signal = |sig: u32| {
@@ -279,10 +290,13 @@ async fn start_with_retry(sup: &Supervisor, cid: &str) -> Result<(), RuntimeErro
     }
 }
 
+/// containerd's answer to a call into a shim whose connection closed: the shim died.
+const SHIM_CLOSED: &str = "ttrpc: closed";
+
 /// `Wait` on the task, retried while containerd is unreachable (a restart), so an
 /// exit that happens meanwhile is still collected. Ends with `NotFound` when the
-/// task is gone.
-async fn wait_with_retry(sup: &Supervisor, cid: &str) -> Result<ExitStatus, RuntimeError> {
+/// task is gone. Sets `shim_lost` when the task's shim died under the wait.
+async fn wait_with_retry(sup: &Supervisor, cid: &str, shim_lost: &AtomicBool) -> Result<ExitStatus, RuntimeError> {
     let mut backoff = Duration::from_millis(100);
     // containerd answering with an error is retried a few times; it being
     // unreachable (a restart) as long as it takes.
@@ -294,6 +308,9 @@ async fn wait_with_retry(sup: &Supervisor, cid: &str) -> Result<ExitStatus, Runt
             }
             Err(e @ RuntimeError::Failed { .. }) if errors_left > 0 => {
                 errors_left -= 1;
+                if e.to_string().contains(SHIM_CLOSED) {
+                    shim_lost.store(true, Ordering::Relaxed);
+                }
                 tracing::warn!(container_id = %cid, error = %e, "wait failed; retrying");
             }
             other => return other,

@@ -53,7 +53,11 @@ pub(super) async fn create(
     let key = t.info.key().clone();
     let cid = t.info.container_id();
     let o = &t.checked.run_options;
-    let labels = labels(&o.labels, o.name.as_deref(), &key, &sh.node.node_id);
+    let mut labels = labels(&o.labels, o.name.as_deref(), &key, &sh.node.node_id);
+    // The spec's annotation makes the shim shared; the label shows it (`ctr c ls`).
+    if let Some(group) = spec.annotations().as_ref().and_then(|a| a.get(crate::spec::SHIM_GROUP_ANNOTATION)) {
+        labels.insert(crate::spec::SHIM_GROUP_ANNOTATION.to_owned(), group.clone());
+    }
     // containerd's shim (root on the host) opens the output files by the
     // paths it is given, and the task's identity owns their directory: it
     // could have swapped them for links to host files by now. The shim is

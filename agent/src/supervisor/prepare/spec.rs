@@ -54,6 +54,7 @@ pub(in crate::supervisor) fn oci_spec(
     let sh = &sup.shared;
     let cgroups_path = cgroups_path(&sh.settings.namespace, &info.container_id());
     let packages: Vec<_> = sup.task_packages(&info.spec).into_iter().map(|p| p.id).collect();
+    let shim_group = sh.settings.shim_group.group_of(info.key().job.as_str());
     let inputs = crate::spec::SpecInputs {
         task: &info.spec,
         run_options: &checked.run_options,
@@ -67,6 +68,7 @@ pub(in crate::supervisor) fn oci_spec(
         job_prep,
         packages: &packages,
         network: &super::network::setup(sup, &info.container_id(), &checked.run_options.network),
+        shim_group: shim_group.as_deref(),
     };
     let mut spec = crate::spec::build(inputs).map_err(Failure::Spec)?;
     if let Some(reg) = &sh.settings.devices {

@@ -262,6 +262,7 @@ fn build_env(slots: u32, fake: Arc<Fake>, store: Store, adjust: impl FnOnce(&mut
         host: crate::host::HostRuntime::new(&tmp.path().join("state"), "berth-test", "/nonexistent".into()),
         rerun_start_task_after_reboot: true,
         requeue_after_reboot: true,
+        shim_group: crate::containerd::ShimGroup::None,
         boot_id: "boot".into(),
         metrics: crate::metrics::Metrics::new(),
         staging: Arc::new(
