@@ -19,6 +19,8 @@ pub(crate) struct Settings<'a> {
     pub slots: u32,
     /// More TOML for the config file.
     pub extra: &'a str,
+    /// More keys of its `[containerd]` table.
+    pub containerd_extra: &'a str,
 }
 
 /// A bridge and subnet per agent (`bb<N>`, `10.203.<N>.0/24`).
@@ -31,7 +33,7 @@ impl Agent {
         let cfg = format!(
             "[node]\nroot_dir = \"{d}/node\"\nstate_dir = \"{d}/state\"\nid = \"{ns}\"\ntask_slots = {slots}\nmin_free_mb = 0\n\
              [api]\nlisten = \"unix://{d}/agent.sock\"\n\
-             [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n\
+             [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n{containerd_extra}\n\
              [registries]\ninsecure = [\"{reg}\"]\n\
              [tasks]\nterminate_grace_seconds = 1\n\
              [network]\nrun_dir = \"{netns}\"\nbridge = \"bb{n}\"\nsubnet = \"10.203.{n}.0/24\"\n{extra}",
@@ -46,6 +48,7 @@ impl Agent {
             sock = s.containerd,
             reg = s.registry,
             extra = s.extra,
+            containerd_extra = s.containerd_extra,
         );
         std::fs::write(dir.join("agent.toml"), cfg).expect("write config");
         Agent { dir: dir.to_owned(), binary: binary.to_owned(), child: None }

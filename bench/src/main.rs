@@ -65,6 +65,7 @@ async fn main() {
         registry: &a.registry,
         slots,
         extra: "",
+        containerd_extra: "",
     };
     let mut rows = Vec::new();
 
@@ -77,7 +78,8 @@ async fn main() {
     rows.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat).await);
     eprintln!("berth-bench: throughput ({n_tput} tasks)");
     let pids = scenarios::Pids { agent: first.pid(), containerd: a.containerd_pid };
-    rows.extend(scenarios::throughput(&c, &w, &ctr, &a.image, n_tput, pids).await);
+    let (tput_rows, unshared) = scenarios::throughput(&c, &w, &ctr, &a.image, n_tput, pids).await;
+    rows.extend(tput_rows);
     let (_, peak) = first.memory_kib();
     rows.push(report::Row::new("footprint: agent peak RSS, throughput (MiB)", peak as f64 / 1024.0, None, "≤ 60"));
     eprintln!("berth-bench: pulls");
@@ -90,6 +92,22 @@ async fn main() {
     };
     rows.extend(scenarios::pulls(&mut c, &w, &ctr, &images).await);
     first.stop(nix::sys::signal::Signal::SIGTERM);
+
+    // Throughput again with shared shims (`[containerd] shim_group`), against "none".
+    for group in ["job", "node"] {
+        eprintln!("berth-bench: throughput with shim_group = {group} ({n_tput} tasks)");
+        let extra = format!("shim_group = \"{group}\"");
+        let ns: &'static str = if group == "job" { "bench-shim-job" } else { "bench-shim-node" };
+        let s = agent::Settings { containerd_extra: &extra, ..settings(ns, 8) };
+        let mut grouped = agent::Agent::new(&a.agent, &a.dir.join(ns), &s);
+        let mut c = grouped.start().await;
+        let w = watch::Watcher::start(&c).await;
+        scenarios::pull(&mut c, &a.image).await;
+        let pids = scenarios::Pids { agent: grouped.pid(), containerd: a.containerd_pid };
+        let t = scenarios::berth_throughput(&c, &w, &a.image, n_tput, pids, "tput").await;
+        rows.extend(scenarios::shim_group_rows(group, &t, &unshared));
+        grouped.stop(nix::sys::signal::Signal::SIGTERM);
+    }
 
     // Density and recovery: a slot per task.
     eprintln!("berth-bench: density and recovery ({n_dense} tasks)");

@@ -121,24 +121,50 @@ fn host_network(mut s: pb::TaskSpec) -> pb::TaskSpec {
 
 /// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),
 /// against `n` `ctr run --rm` with 8 in parallel.
-pub(crate) async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, pids: Pids) -> Vec<Row> {
-    let keys: Vec<String> = (0..n).map(|i| format!("tput/t{i}")).collect();
+/// berth's side of the throughput row: `n` trivial tasks of `job`, all
+/// submitted at once, the agent's slots (8) running them.
+pub(crate) struct Tput {
+    pub per_s: f64,
+    pub failed: usize,
+    /// Per task (ms): the agent's CPU, containerd's, the whole machine's.
+    pub agent_cpu: f64,
+    pub containerd_cpu: f64,
+    pub busy: f64,
+}
+
+pub(crate) async fn berth_throughput(c: &Client, w: &Watcher, image: &str, n: usize, pids: Pids, job: &str) -> Tput {
+    let keys: Vec<String> = (0..n).map(|i| format!("{job}/t{i}")).collect();
     let (agent_cpu, containerd_cpu, busy) = (cpu_of(pids.agent), cpu_of(pids.containerd), machine_busy());
     let start = Instant::now();
     let mut submits = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (mut c, image) = (c.clone(), image.to_owned());
-        submits.spawn(async move { run(&mut c, spec("tput", &format!("t{i}"), &image, "/bin/true")).await });
+        let (mut c, image, job) = (c.clone(), image.to_owned(), job.to_owned());
+        submits.spawn(async move { run(&mut c, spec(&job, &format!("t{i}"), &image, "/bin/true")).await });
     }
     while submits.join_next().await.is_some() {}
     w.wait_all(&keys, |s| s.completed.is_some()).await;
     let elapsed = start.elapsed();
-    let failed = keys.iter().filter(|k| w.get(k).exit_code != Some(0)).count();
-    let berth = n as f64 / elapsed.as_secs_f64();
     let per_task = |d: Duration| ms(d) / n as f64;
-    let agent_cpu = per_task(cpu_of(pids.agent) - agent_cpu);
-    let berth_containerd_cpu = per_task(cpu_of(pids.containerd) - containerd_cpu);
-    let berth_busy = per_task(machine_busy() - busy);
+    Tput {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        failed: keys.iter().filter(|k| w.get(k).exit_code != Some(0)).count(),
+        agent_cpu: per_task(cpu_of(pids.agent) - agent_cpu),
+        containerd_cpu: per_task(cpu_of(pids.containerd) - containerd_cpu),
+        busy: per_task(machine_busy() - busy),
+    }
+}
+
+/// The throughput rows: berth (`shim_group = "none"`) against `ctr run`, 8 at a time.
+pub(crate) async fn throughput(
+    c: &Client,
+    w: &Watcher,
+    ctr: &Ctr,
+    image: &str,
+    n: usize,
+    pids: Pids,
+) -> (Vec<Row>, Tput) {
+    let t = berth_throughput(c, w, image, n, pids, "tput").await;
+    let per_task = |d: Duration| ms(d) / n as f64;
     let (containerd_cpu, busy, me) = (cpu_of(pids.containerd), machine_busy(), cpu_of(std::process::id()));
 
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -158,12 +184,23 @@ pub(crate) async fn throughput(c: &Client, w: &Watcher, ctr: &Ctr, image: &str, 
     let ctr_containerd_cpu = per_task(cpu_of(pids.containerd) - containerd_cpu);
     let ctr_busy = per_task(machine_busy() - busy);
     let ctr_cpu = per_task(cpu_of(std::process::id()) - me);
+    let rows = vec![
+        Row::new(&format!("throughput: {n} tasks, 8 at a time (tasks/s)"), t.per_s, Some(base), "≥ 1.5× ctr run -P 8"),
+        Row::new("throughput: failed tasks", t.failed as f64, None, "0"),
+        Row::new("throughput: containerd CPU per task (ms)", t.containerd_cpu, Some(ctr_containerd_cpu), ""),
+        Row::new("throughput: agent CPU per task (ms; baseline: the ctr processes)", t.agent_cpu, Some(ctr_cpu), ""),
+        Row::new("throughput: whole-machine CPU per task (ms)", t.busy, Some(ctr_busy), ""),
+    ];
+    (rows, t)
+}
+
+/// The throughput row again with shared shims, against `"none"` (`unshared`).
+pub(crate) fn shim_group_rows(group: &str, t: &Tput, unshared: &Tput) -> Vec<Row> {
+    let name = |what: &str| format!("throughput: shim_group = \"{group}\", {what} (baseline: \"none\")");
     vec![
-        Row::new(&format!("throughput: {n} tasks, 8 at a time (tasks/s)"), berth, Some(base), "≥ 1.5× ctr run -P 8"),
-        Row::new("throughput: failed tasks", failed as f64, None, "0"),
-        Row::new("throughput: containerd CPU per task (ms)", berth_containerd_cpu, Some(ctr_containerd_cpu), ""),
-        Row::new("throughput: agent CPU per task (ms; baseline: the ctr processes)", agent_cpu, Some(ctr_cpu), ""),
-        Row::new("throughput: whole-machine CPU per task (ms)", berth_busy, Some(ctr_busy), ""),
+        Row::new(&name("tasks/s"), t.per_s, Some(unshared.per_s), ""),
+        Row::new(&name("failed tasks"), t.failed as f64, None, "0"),
+        Row::new(&name("whole-machine CPU per task (ms)"), t.busy, Some(unshared.busy), ""),
     ]
 }
 
