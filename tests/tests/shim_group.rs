@@ -24,9 +24,11 @@ fn pids() -> Vec<String> {
         .collect()
 }
 
-/// The containerd shims serving `namespace`.
-fn shims(namespace: &str) -> Vec<i32> {
-    pids()
+/// The processes that look like containerd shims of `namespace`, sorted.
+/// Besides the shim daemons this can catch, for a moment, a shim's child
+/// between fork and exec, or a `start`/`delete` invocation of the shim binary.
+fn shim_like(namespace: &str) -> Vec<i32> {
+    let mut found: Vec<i32> = pids()
         .into_iter()
         .filter(|p| {
             let argv = cmdline(p);
@@ -34,7 +36,29 @@ fn shims(namespace: &str) -> Vec<i32> {
                 && argv.windows(2).any(|w| w[0] == "-namespace" && w[1] == namespace)
         })
         .filter_map(|p| p.parse().ok())
-        .collect()
+        .collect();
+    found.sort();
+    found
+}
+
+/// Asserts that the shims of `namespace` settle to exactly `want` (within
+/// 10 s: transient shim-like processes come and go); a leaked or a missing
+/// shim daemon stays and fails, naming each process's argv and parent.
+fn assert_shims(namespace: &str, mut want: Vec<i32>) {
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = shim_like(namespace);
+        if found == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<String> =
+                found.iter().map(|p| format!("{p} (parent {}): {:?}", parent(*p), cmdline(&p.to_string()))).collect();
+            panic!("shims of {namespace}: want {want:?}, found {seen:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The pid of the process `sleep <marker>` (a task's container init), if it runs.
@@ -76,8 +100,9 @@ async fn without_a_group_every_container_has_a_shim_of_its_own() {
     let agent = Agent::start(AgentOptions::default()).await;
     let mut c = agent.client().await;
     run_sleepers(&mut c, &[("sg0", "a", "3101"), ("sg0", "b", "3102")]).await;
-    assert_ne!(shim_of("3101"), shim_of("3102"));
-    assert_eq!(shims(&agent.namespace()).len(), 2);
+    let (a, b) = (shim_of("3101"), shim_of("3102"));
+    assert_ne!(a, b);
+    assert_shims(&agent.namespace(), vec![a, b]);
     for t in ["a", "b"] {
         c.terminate("sg0", t).await;
     }
@@ -91,11 +116,7 @@ async fn a_jobs_tasks_share_a_shim_whose_crash_ends_them_and_no_other() {
     let (shim_a, shim_b) = (shim_of("3201"), shim_of("3203"));
     assert_eq!(shim_of("3202"), shim_a, "one shim for the job's tasks");
     assert_ne!(shim_a, shim_b, "another job has its own");
-    let mut found = shims(&agent.namespace());
-    found.sort();
-    let mut want = vec![shim_a, shim_b];
-    want.sort();
-    assert_eq!(found, want);
+    assert_shims(&agent.namespace(), vec![shim_a, shim_b]);
 
     kill(Pid::from_raw(shim_a), Signal::SIGKILL).unwrap();
     for t in ["a1", "a2"] {
@@ -127,7 +148,7 @@ async fn a_node_shim_that_dies_while_the_agent_is_down_ends_its_tasks_as_lost() 
     run_sleepers(&mut c, &[("sgn1", "t", "3301"), ("sgn2", "t", "3302")]).await;
     let shim = shim_of("3301");
     assert_eq!(shim_of("3302"), shim, "one shim for the node");
-    assert_eq!(shims(&agent.namespace()), vec![shim]);
+    assert_shims(&agent.namespace(), vec![shim]);
 
     agent.stop_with(Signal::SIGKILL);
     kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();

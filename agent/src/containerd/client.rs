@@ -138,11 +138,7 @@ impl Containerd {
 
     /// Maps a gRPC status from containerd into a [`RuntimeError`].
     pub(super) fn status_error(&self, op: &'static str, what: &str, s: Status) -> RuntimeError {
-        match s.code() {
-            Code::NotFound => RuntimeError::NotFound { what: what.to_owned() },
-            _ if is_transport_failure(&s) => RuntimeError::Unavailable { message: s.message().to_owned() },
-            _ => RuntimeError::Failed { op, message: s.message().to_owned() },
-        }
+        runtime_error(op, what, s)
     }
 
     async fn create_inner(&self, req: &CreateRequest, lease: &str) -> Result<(), RuntimeError> {
@@ -207,6 +203,19 @@ fn to_system_time(ts: Option<prost_types::Timestamp>) -> Option<SystemTime> {
         return None;
     }
     Some(SystemTime::UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32))
+}
+
+/// containerd's answer to a call into a shim whose connection closed: the
+/// shim died. (containerd itself being unreachable is a transport failure.)
+const SHIM_CLOSED: &str = "ttrpc: closed";
+
+fn runtime_error(op: &'static str, what: &str, s: Status) -> RuntimeError {
+    match s.code() {
+        Code::NotFound => RuntimeError::NotFound { what: what.to_owned() },
+        _ if is_transport_failure(&s) => RuntimeError::Unavailable { message: s.message().to_owned() },
+        _ if s.message().contains(SHIM_CLOSED) => RuntimeError::ShimLost { op, message: s.message().to_owned() },
+        _ => RuntimeError::Failed { op, message: s.message().to_owned() },
+    }
 }
 
 /// Whether a status means the connection to containerd failed (it is down or
@@ -421,8 +430,24 @@ impl Runtime for Containerd {
 
 #[cfg(test)]
 mod tests {
-    use super::is_transport_failure;
+    use super::{is_transport_failure, runtime_error, RuntimeError};
     use tonic::{Code, Status};
+
+    #[test]
+    fn a_closed_shim_connection_is_a_lost_shim() {
+        // What containerd answers a Wait with when the task's shim is killed.
+        let e = runtime_error("wait task", "task t", Status::unknown("ttrpc: closed"));
+        assert!(matches!(e, RuntimeError::ShimLost { op: "wait task", .. }), "{e:?}");
+        let e = runtime_error("wait task", "task t", Status::unknown("ttrpc: closed: unavailable"));
+        assert!(matches!(e, RuntimeError::ShimLost { .. }), "{e:?}");
+        // containerd unreachable, or the task gone, stay what they were.
+        let e = runtime_error("wait task", "task t", Status::unavailable("connection refused"));
+        assert!(matches!(e, RuntimeError::Unavailable { .. }), "{e:?}");
+        let e = runtime_error("wait task", "task t", Status::not_found("no such task"));
+        assert!(matches!(e, RuntimeError::NotFound { .. }), "{e:?}");
+        let e = runtime_error("wait task", "task t", Status::unknown("OCI runtime failed"));
+        assert!(matches!(e, RuntimeError::Failed { .. }), "{e:?}");
+    }
 
     #[test]
     fn transport_failures() {

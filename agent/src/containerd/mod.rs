@@ -29,6 +29,10 @@ pub enum RuntimeError {
     Unavailable { message: String },
     #[error("{op} failed: {message}")]
     Failed { op: &'static str, message: String },
+    /// containerd's connection to the container's shim closed under the
+    /// call: the shim died (with it, every container it served).
+    #[error("{op} failed: the container's shim died ({message})")]
+    ShimLost { op: &'static str, message: String },
     #[error("image {image}: {reason}")]
     BadImage { image: String, reason: String },
     /// The image's index has no entry for the node's platform.

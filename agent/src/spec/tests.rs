@@ -64,6 +64,56 @@ fn plain() -> RunAs {
     RunAs { uid: 1000, gid: 1000, groups: vec![20000], admin: false }
 }
 
+/// Everything a spec is built from, owned, for a task: `inputs()` lends it
+/// out, and a test overrides the one input it is about.
+struct Fixture {
+    task: TaskSpec,
+    run_options: RunOptions,
+    node: NodeFacts,
+    layout: Layout,
+    network: NetworkSetup,
+    image: ImageConfig,
+    run_as: RunAs,
+    policy: Policy,
+    lookups: Lookups,
+}
+
+impl Fixture {
+    fn new(task: &TaskSpec) -> Self {
+        let run_options = check_task(task).unwrap();
+        let network = setup_for(&run_options);
+        Fixture {
+            task: task.clone(),
+            run_options,
+            node: node(),
+            layout: Layout::new("/var/lib/berth/node"),
+            network,
+            image: image(),
+            run_as: root(),
+            policy: Policy::default(),
+            lookups: Lookups::default(),
+        }
+    }
+
+    fn inputs(&self) -> SpecInputs<'_> {
+        SpecInputs {
+            task: &self.task,
+            run_options: &self.run_options,
+            run_as: &self.run_as,
+            policy: &self.policy,
+            lookups: &self.lookups,
+            image: &self.image,
+            node: &self.node,
+            layout: &self.layout,
+            cgroups_path: "/berth/c1",
+            job_prep: false,
+            packages: &[],
+            network: &self.network,
+            shim_group: None,
+        }
+    }
+}
+
 fn build_with(
     t: &TaskSpec,
     img: &ImageConfig,
@@ -71,23 +121,8 @@ fn build_with(
     policy: &Policy,
     lookups: &Lookups,
 ) -> Result<Spec, SpecError> {
-    let ro = check_task(t).unwrap();
-    let layout = Layout::new("/var/lib/berth/node");
-    build(SpecInputs {
-        task: t,
-        run_options: &ro,
-        run_as: who,
-        policy,
-        lookups,
-        image: img,
-        node: &node(),
-        layout: &layout,
-        cgroups_path: "/berth/c1",
-        job_prep: false,
-        packages: &[],
-        network: &setup_for(&ro),
-        shim_group: None,
-    })
+    let f = Fixture::new(t);
+    build(SpecInputs { run_as: who, policy, lookups, image: img, ..f.inputs() })
 }
 
 /// What the supervisor passes: a bridge task's namespace, its own files
@@ -244,23 +279,8 @@ fn check_task_refusals() {
 #[test]
 fn no_command_is_an_error() {
     let t = task("", "", WorkingDirMode::TaskWorkingDir);
-    let layout = Layout::new("/r");
-    let err = build(SpecInputs {
-        task: &t,
-        run_options: &RunOptions::default(),
-        run_as: &root(),
-        policy: &Policy::default(),
-        lookups: &Lookups::default(),
-        image: &ImageConfig::default(),
-        node: &node(),
-        layout: &layout,
-        cgroups_path: "/b/c",
-        job_prep: false,
-        packages: &[],
-        network: &NetworkSetup::default(),
-        shim_group: None,
-    })
-    .unwrap_err();
+    let f = Fixture::new(&t);
+    let err = build(SpecInputs { image: &ImageConfig::default(), ..f.inputs() }).unwrap_err();
     assert!(matches!(err, SpecError::NoCommand));
 }
 
@@ -512,25 +532,9 @@ fn no_working_directory_under_proc() {
 #[test]
 fn application_packages_are_read_only_and_announced() {
     let t = task("", "", WorkingDirMode::TaskWorkingDir);
-    let ro = check_task(&t).unwrap();
-    let layout = Layout::new("/var/lib/berth/node");
+    let f = Fixture::new(&t);
     let packages = [crate::model::PackageId::new("Blender", "2.79").unwrap()];
-    let spec = build(SpecInputs {
-        task: &t,
-        run_options: &ro,
-        run_as: &root(),
-        policy: &Policy::default(),
-        lookups: &Lookups::default(),
-        image: &image(),
-        node: &node(),
-        layout: &layout,
-        cgroups_path: "/berth/c1",
-        job_prep: false,
-        packages: &packages,
-        network: &setup_for(&ro),
-        shim_group: None,
-    })
-    .unwrap();
+    let spec = build(SpecInputs { packages: &packages, ..f.inputs() }).unwrap();
     let mounts = spec.mounts().as_ref().unwrap();
     let root = mounts.iter().position(|m| m.destination() == Path::new("/var/lib/berth/node")).unwrap();
     let apps = mounts.iter().position(|m| m.destination() == Path::new("/var/lib/berth/node/applications")).unwrap();
@@ -546,23 +550,8 @@ fn application_packages_are_read_only_and_announced() {
 #[test]
 fn a_shared_shim_is_asked_for_by_annotation_only_when_grouped() {
     let t = task("", "", WorkingDirMode::TaskWorkingDir);
-    let ro = check_task(&t).unwrap();
-    let layout = Layout::new("/var/lib/berth/node");
-    let inputs = SpecInputs {
-        task: &t,
-        run_options: &ro,
-        run_as: &root(),
-        policy: &Policy::default(),
-        lookups: &Lookups::default(),
-        image: &image(),
-        node: &node(),
-        layout: &layout,
-        cgroups_path: "/berth/c1",
-        job_prep: false,
-        packages: &[],
-        network: &setup_for(&ro),
-        shim_group: Some("berth-job-j1"),
-    };
+    let f = Fixture::new(&t);
+    let inputs = SpecInputs { shim_group: Some("berth-job-j1"), ..f.inputs() };
     let grouped = build(inputs).unwrap();
     let annotations = grouped.annotations().clone().unwrap_or_default();
     assert_eq!(annotations.get("io.containerd.runc.v2.group").map(String::as_str), Some("berth-job-j1"));

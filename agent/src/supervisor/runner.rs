@@ -9,9 +9,8 @@ use super::prepare::{prepare, Prepared};
 use super::record::{fail, final_stats, save, save_durably};
 use super::stop::{stop_requested, supervise, StopSettings};
 use super::{Stop, Supervisor};
-use crate::containerd::{ExitStatus, RuntimeError, TaskStatus};
+use crate::containerd::{ExitStatus, Runtime, RuntimeError, TaskStatus};
 use crate::model::{TaskInfo, TaskKey, TaskState};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -194,9 +193,8 @@ async fn wait(
     }
     // Subscribed before Wait is called, so an exit between the two is not missed.
     let mut events = sup.shared.link.exits.subscribe();
-    let shim_lost = AtomicBool::new(false);
     let exit = async {
-        let waited = wait_with_retry(sup, cid, &shim_lost);
+        let waited = wait_with_retry(sup, cid);
         tokio::pin!(waited);
         let exit = loop {
             tokio::select! {
@@ -210,15 +208,7 @@ async fn wait(
                 }
             }
         };
-        // The exit status containerd reports for a container whose shim died
-        // is its own clean-up's SIGKILL, not the task's.
-        match exit {
-            Ok(_) if shim_lost.load(Ordering::Relaxed) => Err(RuntimeError::Failed {
-                op: "wait task",
-                message: "the container's shim died, and containerd killed what was left of it".into(),
-            }),
-            other => other,
-        }
+        unless_shim_lost(&*rt, cid, exit).await
     };
     let signal = |sig: u32| {
         let rt = rt.clone();
@@ -290,30 +280,56 @@ async fn start_with_retry(sup: &Supervisor, cid: &str) -> Result<(), RuntimeErro
     }
 }
 
-/// containerd's answer to a call into a shim whose connection closed: the shim died.
-const SHIM_CLOSED: &str = "ttrpc: closed";
+/// The exit status containerd reports for a container whose shim died: its
+/// own clean-up's SIGKILL (128 + 9), not anything the task did.
+const CLEANUP_KILL: u32 = 137;
+
+/// A 137 whose task containerd no longer has (it cleaned up after the dead
+/// shim), or whose shim is unreachable, is the shim's death, not the task's
+/// exit. (The exit event can beat `Wait`'s error to the runner.) A task that
+/// really got a SIGKILL is still there, stopped, until the agent removes it.
+async fn unless_shim_lost(
+    rt: &dyn Runtime,
+    cid: &str,
+    exit: Result<ExitStatus, RuntimeError>,
+) -> Result<ExitStatus, RuntimeError> {
+    match exit {
+        Ok(status) if status.code == CLEANUP_KILL => match rt.status(cid).await {
+            Err(e @ RuntimeError::ShimLost { .. }) => Err(e),
+            Err(RuntimeError::NotFound { .. }) => Err(RuntimeError::ShimLost {
+                op: "wait task",
+                message: "containerd removed the task after its shim died".into(),
+            }),
+            _ => Ok(status),
+        },
+        other => other,
+    }
+}
 
 /// `Wait` on the task, retried while containerd is unreachable (a restart), so an
 /// exit that happens meanwhile is still collected. Ends with `NotFound` when the
-/// task is gone. Sets `shim_lost` when the task's shim died under the wait.
-async fn wait_with_retry(sup: &Supervisor, cid: &str, shim_lost: &AtomicBool) -> Result<ExitStatus, RuntimeError> {
+/// task is gone, and with `ShimLost` when its shim died under the wait (once
+/// containerd has cleaned up after it).
+async fn wait_with_retry(sup: &Supervisor, cid: &str) -> Result<ExitStatus, RuntimeError> {
     let mut backoff = Duration::from_millis(100);
     // containerd answering with an error is retried a few times; it being
     // unreachable (a restart) as long as it takes.
     let mut errors_left = 10;
+    let mut lost = None;
     loop {
         match sup.shared.runtime.wait(cid).await {
             Err(RuntimeError::Unavailable { message }) => {
                 tracing::warn!(container_id = %cid, error = %message, "containerd unreachable while waiting; retrying");
             }
-            Err(e @ RuntimeError::Failed { .. }) if errors_left > 0 => {
+            Err(e @ (RuntimeError::Failed { .. } | RuntimeError::ShimLost { .. })) if errors_left > 0 => {
                 errors_left -= 1;
-                if e.to_string().contains(SHIM_CLOSED) {
-                    shim_lost.store(true, Ordering::Relaxed);
-                }
                 tracing::warn!(container_id = %cid, error = %e, "wait failed; retrying");
+                if matches!(e, RuntimeError::ShimLost { .. }) {
+                    lost = Some(e);
+                }
             }
-            other => return other,
+            // What containerd answers after a shim's death is its clean-up's.
+            other => return lost.map_or(other, Err),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -48,6 +48,13 @@ impl Fake {
             events: tokio::sync::broadcast::channel(64).0,
         })
     }
+    /// What containerd does when a task's shim dies: it removes the task and
+    /// publishes the exit status of its own clean-up (SIGKILL, 137).
+    fn shim_died(&self, cid: &str) {
+        self.st().tasks.remove(cid);
+        let status = ExitStatus { code: 137, exited_at: None };
+        let _ = self.events.send(ExitEvent { container_id: cid.into(), status });
+    }
     fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap()
     }

@@ -253,6 +253,26 @@ async fn exit_is_collected_from_events_when_wait_never_returns() {
 }
 
 #[tokio::test]
+async fn a_137_from_containerds_clean_up_after_a_dead_shim_is_a_lost_container() {
+    // The exit event arrives and Wait never answers: only the task being gone
+    // tells the shim's death from a SIGKILL the task got.
+    let e = env_with(2, Fake::with(true, true), Store::in_memory().unwrap()).await;
+    let lost = e.sup.run_task(spec("lost"), None).await.unwrap().key().clone();
+    let killed = e.sup.run_task(spec("killed"), None).await.unwrap().key().clone();
+    until_state(&e.sup, &lost, TaskState::Running).await;
+    until_state(&e.sup, &killed, TaskState::Running).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.fake.shim_died(&lost.container_id());
+    e.fake.exit(&killed.container_id(), 137);
+    let done = until_state(&e.sup, &lost, TaskState::Completed).await;
+    assert_eq!(done.exit_code, None, "{done:?}");
+    assert_eq!(done.failure.as_ref().map(|f| f.code), Some(FailureCode::ContainerLost), "{done:?}");
+    assert_eq!(done.retry_count, 0);
+    let done = until_state(&e.sup, &killed, TaskState::Completed).await;
+    assert_eq!(done.exit_code, Some(137), "a real SIGKILL stays the task's exit: {done:?}");
+}
+
+#[tokio::test]
 async fn a_bridge_tasks_network_lives_as_long_as_its_container() {
     let e = env(2).await;
     let nets = e.sup.shared.settings.network.clone();
