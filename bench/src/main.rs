@@ -38,11 +38,12 @@ struct Args {
     /// The small image of the trivial tasks.
     #[arg(long)]
     image: String,
-    /// Two images of the same shape: one pulled by berth, one by ctr.
-    #[arg(long)]
-    big_berth: String,
-    #[arg(long)]
-    big_ctr: String,
+    /// Images of one shape, each with blobs of its own (repeat the flag):
+    /// berth pulls the `--big-berth` ones, ctr the `--big-ctr` ones, one of each per run.
+    #[arg(long, required = true)]
+    big_berth: Vec<String>,
+    #[arg(long, required = true)]
+    big_ctr: Vec<String>,
     /// The image 10 tasks start on at once, and the size of its blobs.
     #[arg(long)]
     shared: String,
