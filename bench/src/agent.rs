@@ -9,6 +9,8 @@ use tonic::transport::Channel;
 pub(crate) struct Agent {
     pub dir: PathBuf,
     pub binary: PathBuf,
+    /// Its containerd namespace.
+    pub namespace: String,
     child: Option<Child>,
 }
 
@@ -28,6 +30,7 @@ static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32
 
 impl Agent {
     /// Writes the config in `dir` (node root, state, socket all under it).
+    /// It logs JSON lines (the pull split is read from them).
     pub(crate) fn new(binary: &Path, dir: &Path, s: &Settings<'_>) -> Agent {
         std::fs::create_dir_all(dir).expect("agent dir");
         let cfg = format!(
@@ -36,6 +39,7 @@ impl Agent {
              [containerd]\nsocket = \"{sock}\"\nnamespace = \"{ns}\"\n{containerd_extra}\n\
              [registries]\ninsecure = [\"{reg}\"]\n\
              [tasks]\nterminate_grace_seconds = 1\n\
+             [log]\nformat = \"json\"\n\
              [network]\nrun_dir = \"{netns}\"\nbridge = \"bb{n}\"\nsubnet = \"10.203.{n}.0/24\"\n{extra}",
             // Under the test environment's shared mount (seen by its containerd).
             netns = std::path::Path::new(&std::env::var("BERTH_TEST_NETNS_DIR").unwrap_or_else(|_| "/run/berth".into()))
@@ -51,7 +55,7 @@ impl Agent {
             containerd_extra = s.containerd_extra,
         );
         std::fs::write(dir.join("agent.toml"), cfg).expect("write config");
-        Agent { dir: dir.to_owned(), binary: binary.to_owned(), child: None }
+        Agent { dir: dir.to_owned(), binary: binary.to_owned(), namespace: s.namespace.to_owned(), child: None }
     }
 
     pub(crate) fn addr(&self) -> String {

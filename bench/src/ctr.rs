@@ -29,6 +29,12 @@ impl Ctr {
         start.elapsed()
     }
 
+    /// `ctr images rm --sync`: the image and, through containerd's GC, its content and snapshots.
+    pub(crate) fn remove_image(&self, image: &str) {
+        let out = self.cmd().args(["images", "rm", "--sync", image]).output().expect("ctr images rm");
+        assert!(out.status.success(), "ctr images rm {image}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `ctr run --rm IMAGE ID /bin/true`: create, start, wait, delete.
     pub(crate) fn run(&self, image: &str, id: &str) -> Duration {
         let start = Instant::now();

@@ -5,13 +5,16 @@
 
 mod agent;
 mod ctr;
+mod pulls;
 mod report;
 mod scale;
 mod scenarios;
 mod transfer;
 mod watch;
 
+use berth_proto::v1 as pb;
 use clap::Parser;
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -44,103 +47,151 @@ struct Args {
     big_berth: Vec<String>,
     #[arg(long, required = true)]
     big_ctr: Vec<String>,
+    /// What the big images are ("8 layers, 200 MiB").
+    #[arg(long)]
+    big_label: String,
+    /// The same for the huge images (the 1 GiB, 10-layer row).
+    #[arg(long, required = true)]
+    huge_berth: Vec<String>,
+    #[arg(long, required = true)]
+    huge_ctr: Vec<String>,
+    #[arg(long)]
+    huge_label: String,
     /// The image 10 tasks start on at once, and the size of its blobs.
     #[arg(long)]
     shared: String,
     #[arg(long)]
     shared_bytes: u64,
+    /// Runs of each phase whose rows are medians (or totals, or peaks) of runs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
     /// Few tasks of each kind: keeps the script working, measures little.
     #[arg(long)]
     quick: bool,
+}
+
+fn settings<'a>(a: &'a Args, namespace: &'a str, slots: u32) -> agent::Settings<'a> {
+    agent::Settings {
+        containerd: &a.containerd,
+        namespace,
+        registry: &a.registry,
+        slots,
+        extra: "",
+        containerd_extra: "",
+    }
+}
+
+/// An agent of its own in `dir`/`name`, in namespace `name`, with the task image pulled.
+async fn agent_with_image(
+    a: &Args,
+    s: &agent::Settings<'_>,
+) -> (agent::Agent, pb::node_agent_client::NodeAgentClient<tonic::transport::Channel>) {
+    let mut agent = agent::Agent::new(&a.agent, &a.dir.join(s.namespace), s);
+    let mut c = agent.start().await;
+    pulls::pull(&mut c, &a.image).await;
+    (agent, c)
 }
 
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
     let (n_lat, n_tput, n_dense) = if a.quick { (5, 16, 8) } else { (50, 300, 100) };
+    let runs = a.runs.max(1);
     let ctr = ctr::Ctr { socket: a.containerd.clone(), namespace: "bench-ctr".into(), fifo_dir: a.fifo_dir.clone() };
     ctr.pull(&a.image);
-    let settings = |ns: &'static str, slots| agent::Settings {
-        containerd: &a.containerd,
-        namespace: ns,
-        registry: &a.registry,
-        slots,
-        extra: "",
-        containerd_extra: "",
-    };
     let mut rows = Vec::new();
 
-    // Latency, throughput, pulls: 8 slots.
-    let mut first = agent::Agent::new(&a.agent, &a.dir.join("agent-8"), &settings("bench-8", 8));
-    let mut c = first.start().await;
+    // Latency and throughput, `runs` times: one agent with 8 slots (a job per
+    // run), and two more with shared shims (`[containerd] shim_group`), whose
+    // throughput is set against the first's in the same run.
+    let (mut first, mut c) = agent_with_image(&a, &settings(&a, "bench-8", 8)).await;
     let w = watch::Watcher::start(&c).await;
-    scenarios::pull(&mut c, &a.image).await;
-    eprintln!("berth-bench: latency ({n_lat} tasks)");
-    rows.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat).await);
-    eprintln!("berth-bench: throughput ({n_tput} tasks)");
-    let pids = scenarios::Pids { agent: first.pid(), containerd: a.containerd_pid };
-    let (tput_rows, unshared) = scenarios::throughput(&c, &w, &ctr, &a.image, n_tput, pids).await;
-    rows.extend(tput_rows);
-    let (_, peak) = first.memory_kib();
-    rows.push(report::Row::new("footprint: agent peak RSS, throughput (MiB)", peak as f64 / 1024.0, None, "≤ 60"));
+    let mut grouped = Vec::new();
+    for group in ["job", "node"] {
+        let extra = format!("shim_group = \"{group}\"");
+        let ns = format!("bench-shim-{group}");
+        let (agent, c) =
+            agent_with_image(&a, &agent::Settings { containerd_extra: &extra, ..settings(&a, &ns, 8) }).await;
+        let w = watch::Watcher::start(&c).await;
+        grouped.push((group, agent, c, w));
+    }
+    let mut per_run = Vec::new();
+    for r in 0..runs {
+        let mut run = Vec::new();
+        eprintln!("berth-bench: run {}/{runs}: latency ({n_lat} tasks)", r + 1);
+        run.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat, &format!("lat{r}")).await);
+        eprintln!("berth-bench: run {}/{runs}: throughput ({n_tput} tasks, shim_group none, job, node)", r + 1);
+        let pids = scenarios::Pids { agent: first.pid(), containerd: a.containerd_pid };
+        let job = format!("tput{r}");
+        let (tput_rows, unshared) = scenarios::throughput(&c, &w, &ctr, &a.image, (n_tput, &job), pids).await;
+        run.extend(tput_rows);
+        run.push(report::Row::peak(
+            "footprint: agent peak RSS, throughput (MiB)",
+            first.memory_kib().1 as f64 / 1024.0,
+            "≤ 40",
+        ));
+        for (group, agent, c, w) in &grouped {
+            let pids = scenarios::Pids { agent: agent.pid(), containerd: a.containerd_pid };
+            let t = scenarios::berth_throughput(c, w, &a.image, n_tput, pids, &job).await;
+            run.extend(scenarios::shim_group_rows(group, &t, &unshared));
+        }
+        per_run.push(run);
+    }
+    rows.extend(report::across_runs(&per_run));
+    for (_, mut agent, _, _) in grouped {
+        agent.stop(Signal::SIGTERM);
+    }
+
+    // Pulls: each row is already `runs` pulls of fresh images.
     eprintln!("berth-bench: pulls");
-    let images = scenarios::PullImages {
-        big_berth: &a.big_berth,
-        big_ctr: &a.big_ctr,
+    let images = pulls::PullImages {
+        shapes: vec![
+            pulls::Shape { label: a.big_label.clone(), berth: &a.big_berth, ctr: &a.big_ctr },
+            pulls::Shape { label: a.huge_label.clone(), berth: &a.huge_berth, ctr: &a.huge_ctr },
+        ],
         shared: &a.shared,
         shared_bytes: a.shared_bytes,
         registry_log: &a.registry_log,
     };
-    rows.extend(scenarios::pulls(&mut c, &w, &ctr, &images).await);
-    first.stop(nix::sys::signal::Signal::SIGTERM);
+    rows.extend(pulls::pulls(&mut c, &first, &w, &ctr, &images).await);
+    first.stop(Signal::SIGTERM);
 
-    // Throughput again with shared shims (`[containerd] shim_group`), against "none".
-    for group in ["job", "node"] {
-        eprintln!("berth-bench: throughput with shim_group = {group} ({n_tput} tasks)");
-        let extra = format!("shim_group = \"{group}\"");
-        let ns: &'static str = if group == "job" { "bench-shim-job" } else { "bench-shim-node" };
-        let s = agent::Settings { containerd_extra: &extra, ..settings(ns, 8) };
-        let mut grouped = agent::Agent::new(&a.agent, &a.dir.join(ns), &s);
-        let mut c = grouped.start().await;
-        let w = watch::Watcher::start(&c).await;
-        scenarios::pull(&mut c, &a.image).await;
-        let pids = scenarios::Pids { agent: grouped.pid(), containerd: a.containerd_pid };
-        let t = scenarios::berth_throughput(&c, &w, &a.image, n_tput, pids, "tput").await;
-        rows.extend(scenarios::shim_group_rows(group, &t, &unshared));
-        grouped.stop(nix::sys::signal::Signal::SIGTERM);
+    // Density and recovery: a slot per task, a fresh agent per run (its idle RSS is the footprint row).
+    let mut per_run = Vec::new();
+    for r in 0..runs {
+        eprintln!("berth-bench: run {}/{runs}: density and recovery ({n_dense} tasks)", r + 1);
+        let ns = format!("bench-dense-{r}");
+        let (mut agent, _) = agent_with_image(&a, &settings(&a, &ns, n_dense as u32)).await;
+        agent.stop(Signal::SIGTERM);
+        per_run.push(scenarios::density_and_recovery(&mut agent, &a.image, n_dense).await);
+        agent.stop(Signal::SIGTERM);
     }
+    rows.extend(report::across_runs(&per_run));
 
-    // Density and recovery: a slot per task.
-    eprintln!("berth-bench: density and recovery ({n_dense} tasks)");
-    let mut second = agent::Agent::new(&a.agent, &a.dir.join("agent-dense"), &settings("bench-dense", n_dense as u32));
-    {
-        let mut c = second.start().await;
-        scenarios::pull(&mut c, &a.image).await;
-        second.stop(nix::sys::signal::Signal::SIGTERM);
-    }
-    rows.extend(scenarios::density_and_recovery(&mut second, &a.image, n_dense).await);
-    second.stop(nix::sys::signal::Signal::SIGTERM);
-
-    // Data staging: a fresh agent, so its peak RSS is the transfers'.
-    let (mib, runs) = if a.quick { (16, 3) } else { (512, 5) };
+    // Data staging: a fresh agent, so its peak RSS is the transfers'; the rows are medians of `runs` transfers.
+    let mib = if a.quick { 16 } else { 512 };
     eprintln!("berth-bench: transfers ({runs} × {mib} MiB each way)");
     let extra = format!(
         "[policy]\nallow_host_tasks = true\n[staging]\nsecrets_dir = \"{}/secrets\"\n",
-        a.dir.join("agent-staging").display()
+        a.dir.join("bench-staging").display()
     );
-    let s = agent::Settings { extra: &extra, ..settings("bench-staging", 1) };
-    let mut third = agent::Agent::new(&a.agent, &a.dir.join("agent-staging"), &s);
+    let s = agent::Settings { extra: &extra, ..settings(&a, "bench-staging", 1) };
+    let mut third = agent::Agent::new(&a.agent, &a.dir.join("bench-staging"), &s);
     let c = third.start().await;
     rows.extend(transfer::transfers(c, &third, &a.dir.join("transfer"), mib << 20, runs).await);
-    third.stop(nix::sys::signal::Signal::SIGTERM);
+    third.stop(Signal::SIGTERM);
 
-    // Scale: one slot held, the rest queued (the default event log keeps 100,000).
+    // Scale: one slot held, the rest queued (the default event log keeps 100,000); a fresh agent per run.
     let (queued, events) = if a.quick { (300, 2_000) } else { (10_000, 100_000) };
-    eprintln!("berth-bench: scale ({queued} queued, {events} events)");
-    let s = settings("bench-scale", 1);
-    let mut fourth = agent::Agent::new(&a.agent, &a.dir.join("agent-scale"), &s);
-    rows.extend(scale::scale(&mut fourth, &a.image, queued, events).await);
-    fourth.stop(nix::sys::signal::Signal::SIGTERM);
+    let mut per_run = Vec::new();
+    for r in 0..runs {
+        eprintln!("berth-bench: run {}/{runs}: scale ({queued} queued, {events} events)", r + 1);
+        let ns = format!("bench-scale-{r}");
+        let mut agent = agent::Agent::new(&a.agent, &a.dir.join(&ns), &settings(&a, &ns, 1));
+        per_run.push(scale::scale(&mut agent, &a.image, queued, events).await);
+        agent.stop(Signal::SIGTERM);
+    }
+    rows.extend(report::across_runs(&per_run));
 
     print!("{}", report::markdown(&rows));
 }

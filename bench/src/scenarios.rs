@@ -36,11 +36,11 @@ pub(crate) fn spec(job: &str, task: &str, image: &str, command_line: &str) -> pb
     }
 }
 
-async fn run(c: &mut Client, spec: pb::TaskSpec) {
+pub(crate) async fn run(c: &mut Client, spec: pb::TaskSpec) {
     c.run_task(pb::RunTaskRequest { task: Some(spec) }).await.expect("RunTask");
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -51,37 +51,24 @@ fn quantile(v: &mut [Duration], q: f64) -> f64 {
     ms(v[i])
 }
 
-/// Pulls `image` through the agent, to its end.
-pub(crate) async fn pull(c: &mut Client, image: &str) -> (Duration, u64) {
-    let start = Instant::now();
-    let req = pb::PullImageRequest { reference: image.into(), credentials: None };
-    let mut stream = c.pull_image(req).await.expect("PullImage").into_inner();
-    let mut fetched = 0;
-    while let Some(p) = stream.message().await.expect("pull progress") {
-        if p.done {
-            fetched = p.bytes_fetched;
-        }
-    }
-    (start.elapsed(), fetched)
-}
-
 /// Latency: sequential trivial tasks, RunTask → RUNNING and → COMPLETED (seen
 /// on WatchTasks), against sequential `ctr run --rm`.
-pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize) -> Vec<Row> {
+/// The tasks are `job`'s (one job per run).
+pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, job: &str) -> Vec<Row> {
     // One of each first: the first container of a namespace pays one-off costs.
-    run(c, spec("lat", "warm-up", image, "/bin/true")).await;
-    w.wait_all(&["lat/warm-up".to_string()], |s| s.completed.is_some()).await;
+    run(c, spec(job, "warm-up", image, "/bin/true")).await;
+    w.wait_all(&[format!("{job}/warm-up")], |s| s.completed.is_some()).await;
     ctr.run(image, "bench-lat-warm-up");
-    run(c, host_network(spec("lat", "warm-up-host", image, "/bin/true"))).await;
-    w.wait_all(&["lat/warm-up-host".to_string()], |s| s.completed.is_some()).await;
+    run(c, host_network(spec(job, "warm-up-host", image, "/bin/true"))).await;
+    w.wait_all(&[format!("{job}/warm-up-host")], |s| s.completed.is_some()).await;
     // Bridge (the default network) and host tasks in turn, so both see the same machine.
     let (mut running, mut done, mut host_running) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         for host in [false, true] {
             let task = if host { format!("h{i}") } else { format!("t{i}") };
-            let key = format!("lat/{task}");
+            let key = format!("{job}/{task}");
             let start = Instant::now();
-            let s = spec("lat", &task, image, "/bin/true");
+            let s = spec(job, &task, image, "/bin/true");
             run(c, if host { host_network(s) } else { s }).await;
             w.wait_all(std::slice::from_ref(&key), |s| s.completed.is_some()).await;
             let seen = w.get(&key);
@@ -119,8 +106,6 @@ fn host_network(mut s: pb::TaskSpec) -> pb::TaskSpec {
     s
 }
 
-/// Throughput: `n` trivial tasks submitted at once (the agent has 8 slots),
-/// against `n` `ctr run --rm` with 8 in parallel.
 /// berth's side of the throughput row: `n` trivial tasks of `job`, all
 /// submitted at once, the agent's slots (8) running them.
 pub(crate) struct Tput {
@@ -133,13 +118,14 @@ pub(crate) struct Tput {
 }
 
 pub(crate) async fn berth_throughput(c: &Client, w: &Watcher, image: &str, n: usize, pids: Pids, job: &str) -> Tput {
-    let keys: Vec<String> = (0..n).map(|i| format!("{job}/t{i}")).collect();
+    let tasks: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let keys: Vec<String> = tasks.iter().map(|t| format!("{job}/{t}")).collect();
     let (agent_cpu, containerd_cpu, busy) = (cpu_of(pids.agent), cpu_of(pids.containerd), machine_busy());
     let start = Instant::now();
     let mut submits = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (mut c, image, job) = (c.clone(), image.to_owned(), job.to_owned());
-        submits.spawn(async move { run(&mut c, spec(&job, &format!("t{i}"), &image, "/bin/true")).await });
+    for task in &tasks {
+        let (mut c, s) = (c.clone(), spec(job, task, image, "/bin/true"));
+        submits.spawn(async move { run(&mut c, s).await });
     }
     while submits.join_next().await.is_some() {}
     w.wait_all(&keys, |s| s.completed.is_some()).await;
@@ -148,13 +134,13 @@ pub(crate) async fn berth_throughput(c: &Client, w: &Watcher, image: &str, n: us
     let failed: Vec<usize> = (0..n).filter(|i| w.get(&keys[*i]).exit_code != Some(0)).collect();
     // Why each failed, on stderr: the table's count alone cannot be looked into.
     for i in failed.iter().take(5) {
-        let req = pb::GetTaskRequest { job_id: job.into(), task_id: format!("t{i}") };
+        let req = pb::GetTaskRequest { job_id: job.into(), task_id: tasks[*i].clone() };
         match c.clone().get_task(req).await {
             Ok(t) => {
                 let t = t.into_inner();
-                eprintln!("{job}/t{i} failed: exit {:?}, {:?}", t.exit_code, t.failure_info);
+                eprintln!("{} failed: exit {:?}, {:?}", keys[*i], t.exit_code, t.failure_info);
             }
-            Err(e) => eprintln!("{job}/t{i} failed; GetTask: {e}"),
+            Err(e) => eprintln!("{} failed; GetTask: {e}", keys[*i]),
         }
     }
     Tput {
@@ -166,16 +152,17 @@ pub(crate) async fn berth_throughput(c: &Client, w: &Watcher, image: &str, n: us
     }
 }
 
-/// The throughput rows: berth (`shim_group = "none"`) against `ctr run`, 8 at a time.
+/// The throughput rows: `n` trivial tasks of `job` submitted at once to berth
+/// (8 slots, `shim_group = "none"`) against `n` `ctr run --rm`, 8 at a time.
 pub(crate) async fn throughput(
     c: &Client,
     w: &Watcher,
     ctr: &Ctr,
     image: &str,
-    n: usize,
+    (n, job): (usize, &str),
     pids: Pids,
 ) -> (Vec<Row>, Tput) {
-    let t = berth_throughput(c, w, image, n, pids, "tput").await;
+    let t = berth_throughput(c, w, image, n, pids, job).await;
     let per_task = |d: Duration| ms(d) / n as f64;
     let (containerd_cpu, busy, me) = (cpu_of(pids.containerd), machine_busy(), cpu_of(std::process::id()));
 
@@ -198,7 +185,7 @@ pub(crate) async fn throughput(
     let ctr_cpu = per_task(cpu_of(std::process::id()) - me);
     let rows = vec![
         Row::new(&format!("throughput: {n} tasks, 8 at a time (tasks/s)"), t.per_s, Some(base), "≥ 1.5× ctr run -P 8"),
-        Row::new("throughput: failed tasks", t.failed as f64, None, "0"),
+        Row::count("throughput: failed tasks", t.failed as f64, None, "0"),
         Row::new("throughput: containerd CPU per task (ms)", t.containerd_cpu, Some(ctr_containerd_cpu), ""),
         Row::new("throughput: agent CPU per task (ms; baseline: the ctr processes)", t.agent_cpu, Some(ctr_cpu), ""),
         Row::new("throughput: whole-machine CPU per task (ms)", t.busy, Some(ctr_busy), ""),
@@ -211,7 +198,7 @@ pub(crate) fn shim_group_rows(group: &str, t: &Tput, unshared: &Tput) -> Vec<Row
     let name = |what: &str| format!("throughput: shim_group = \"{group}\", {what} (baseline: \"none\")");
     vec![
         Row::new(&name("tasks/s"), t.per_s, Some(unshared.per_s), ""),
-        Row::new(&name("failed tasks"), t.failed as f64, None, "0"),
+        Row::count(&name("failed tasks"), t.failed as f64, None, "0"),
         Row::new(&name("whole-machine CPU per task (ms)"), t.busy, Some(unshared.busy), ""),
     ]
 }
@@ -249,49 +236,12 @@ pub(crate) async fn density_and_recovery(agent: &mut Agent, image: &str, n: usiz
     }
     vec![
         Row::new(&format!("density: {n} sleep tasks, time to all RUNNING (ms)"), ms(all_running), None, ""),
-        Row::new(&format!("density: {n} sleep tasks, failed"), failed as f64, None, "0"),
+        Row::count(&format!("density: {n} sleep tasks, failed"), failed as f64, None, "0"),
         Row::new(&format!("density: agent RSS with {n} running (MiB)"), rss as f64 / 1024.0, None, ""),
-        Row::new("footprint: agent RSS idle (MiB)", idle as f64 / 1024.0, None, "≤ 15"),
-        Row::new("footprint: agent peak RSS, density (MiB)", peak as f64 / 1024.0, None, "≤ 60"),
+        Row::new("footprint: agent RSS idle (MiB)", idle as f64 / 1024.0, None, "≤ 12"),
+        Row::new("footprint: agent peak RSS, density (MiB)", peak as f64 / 1024.0, None, "≤ 40"),
         Row::new(&format!("recovery: restart → {n} tasks re-attached (ms)"), ms(recovered), None, "≤ 2000"),
-        Row::new("recovery: tasks still RUNNING after restart", still_running as f64, Some(n as f64), "all"),
-    ]
-}
-
-/// Pulls: a cold pull through the agent against `ctr pull` of an image of the
-/// same shape; then 10 tasks at once on a new image, bytes fetched from the
-/// registry against the image's size.
-pub(crate) async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullImages<'_>) -> Vec<Row> {
-    // Cold each time: every run pulls images whose blobs no one pulled before;
-    // who goes first alternates.
-    let (mut berth, mut base) = (Vec::new(), Vec::new());
-    for (i, (b, other)) in images.big_berth.iter().zip(images.big_ctr).enumerate() {
-        if i % 2 == 1 {
-            base.push(ms(ctr.pull(other)));
-        }
-        berth.push(ms(pull(c, b).await.0));
-        if i % 2 == 0 {
-            base.push(ms(ctr.pull(other)));
-        }
-    }
-    let before = registry_bytes(images.registry_log, images.shared);
-    let keys: Vec<String> = (0..10).map(|i| format!("shared/t{i}")).collect();
-    let mut submits = tokio::task::JoinSet::new();
-    for i in 0..10 {
-        let (mut c, image) = (c.clone(), images.shared.to_owned());
-        submits.spawn(async move { run(&mut c, spec("shared", &format!("t{i}"), &image, "/bin/true")).await });
-    }
-    while submits.join_next().await.is_some() {}
-    w.wait_all(&keys, |s| s.completed.is_some()).await;
-    let fetched = registry_bytes(images.registry_log, images.shared) - before;
-    vec![
-        Row::medians("pull: cold, 8 layers, fresh blobs each run (ms)", &berth, &base, "≤ 0.8× ctr pull"),
-        Row::new(
-            "pull: 10 tasks on a new image, bytes fetched ÷ image size",
-            fetched as f64 / images.shared_bytes as f64,
-            None,
-            "1.0",
-        ),
+        Row::count("recovery: tasks still RUNNING after restart", still_running as f64, Some(n as f64), "all"),
     ]
 }
 
@@ -300,30 +250,4 @@ pub(crate) async fn pulls(c: &mut Client, w: &Watcher, ctr: &Ctr, images: &PullI
 pub(crate) struct Pids {
     pub agent: u32,
     pub containerd: u32,
-}
-
-pub(crate) struct PullImages<'a> {
-    pub big_berth: &'a [String],
-    pub big_ctr: &'a [String],
-    pub shared: &'a str,
-    pub shared_bytes: u64,
-    pub registry_log: &'a str,
-}
-
-/// Bytes the registry sent for blob GETs of `image`'s repository (access log lines).
-fn registry_bytes(log: &str, image: &str) -> u64 {
-    let repo = image.split_once('/').map_or(image, |(_, r)| r);
-    let repo = repo.rsplit_once(':').map_or(repo, |(r, _)| r);
-    let needle = format!("\"GET /v2/{repo}/blobs/");
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| {
-            let after = l.split("HTTP/1.1\" ").nth(1)?;
-            let mut f = after.split_whitespace();
-            let status = f.next()?;
-            let bytes: u64 = f.next()?.parse().ok()?;
-            (status == "200").then_some(bytes)
-        })
-        .sum()
 }

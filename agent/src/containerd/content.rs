@@ -6,7 +6,7 @@
 //! record last.
 
 use super::client::Containerd;
-use super::{BlobRef, ImageStore, RuntimeError, LABEL_BOOT, LABEL_NODE};
+use super::{BlobRef, ImageStore, RuntimeError, UnpackTimes, LABEL_BOOT, LABEL_NODE};
 use async_trait::async_trait;
 use bytes::Bytes;
 use containerd_client::services::v1::diff_client::DiffClient;
@@ -23,7 +23,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
 
 /// Bytes sent per Write message.
@@ -212,7 +212,9 @@ impl ImageStore for Containerd {
         parent: Option<&str>,
         chain_id: &str,
         diff_id: &str,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<UnpackTimes, RuntimeError> {
+        let mut times = UnpackTimes::default();
+        let clock = Instant::now();
         let key = unique(&format!("extract-{chain_id}"));
         let prepare = PrepareSnapshotRequest {
             snapshotter: self.snapshotter().to_owned(),
@@ -227,7 +229,9 @@ impl ImageStore for Containerd {
             .map_err(|s| self.status_error("prepare snapshot", chain_id, s))?
             .into_inner()
             .mounts;
+        times.snapshots += clock.elapsed();
         let result = async {
+            let clock = Instant::now();
             let apply =
                 ApplyRequest { diff: Some(descriptor(layer)), mounts, payloads: Default::default(), sync_fs: false };
             let applied = DiffClient::new(self.channel())
@@ -238,6 +242,7 @@ impl ImageStore for Containerd {
                 .applied
                 .map(|d| d.digest)
                 .unwrap_or_default();
+            times.apply = clock.elapsed();
             if applied != diff_id {
                 return Err(RuntimeError::Failed {
                     op: "apply layer",
@@ -250,7 +255,10 @@ impl ImageStore for Containerd {
                 key: key.clone(),
                 labels: Default::default(),
             };
-            match self.snapshots().commit(self.leased(commit, lease)).await {
+            let clock = Instant::now();
+            let committed = self.snapshots().commit(self.leased(commit, lease)).await;
+            times.snapshots += clock.elapsed();
+            match committed {
                 Ok(_) => Ok(true),
                 Err(s) if s.code() == Code::AlreadyExists => Ok(false),
                 Err(s) => Err(self.status_error("commit snapshot", chain_id, s)),
@@ -261,6 +269,6 @@ impl ImageStore for Containerd {
             let rm = RemoveSnapshotRequest { snapshotter: self.snapshotter().to_owned(), key };
             let _ = self.snapshots().remove(self.request(rm)).await;
         }
-        result.map(drop)
+        result.map(|_| times)
     }
 }

@@ -152,7 +152,16 @@ pub trait ImageStore: Send + Sync + 'static {
         parent: Option<&str>,
         chain_id: &str,
         diff_id: &str,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<UnpackTimes, RuntimeError>;
+}
+
+/// Where one layer's unpack spent its time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackTimes {
+    /// containerd's `Diff.Apply`: it decompresses, hashes and writes the files.
+    pub apply: std::time::Duration,
+    /// Preparing the snapshot and committing it.
+    pub snapshots: std::time::Duration,
 }
 
 /// An image found in the runtime's image store.
