@@ -10,6 +10,7 @@ use super::{Error, Supervisor};
 use crate::devices::Registry;
 use crate::model::{HostMountSource, RunAs, TaskKind, TaskSpec, WorkingDirMode};
 use crate::spec::{Policy, RunOptions, SpecError};
+use std::sync::Arc;
 
 /// A task as admission left it.
 #[derive(Debug, Clone)]
@@ -17,7 +18,9 @@ pub struct CheckedTask {
     /// The normalised image reference (`busybox` → `docker.io/library/busybox:latest`);
     /// None for a host task.
     pub image: Option<String>,
-    pub run_options: RunOptions,
+    /// Shared by every task without run options: a queued task costs the
+    /// agent little memory (issue 23: ≤ 1 KiB per queued task).
+    pub run_options: Arc<RunOptions>,
     /// The identity it runs as. For a task-scope auto-user, the uid is picked
     /// when the task is recorded (its sequence number): see `Supervisor::admit`.
     pub run_as: RunAs,
@@ -153,7 +156,18 @@ pub(crate) fn check(
             reason: format!("{} slots requested; this node has {task_slots}", spec.required_slots),
         });
     }
-    Ok(CheckedTask { image, run_options, run_as, devices, granted })
+    Ok(CheckedTask { image, run_options: shared(run_options), run_as, devices, granted })
+}
+
+/// `o` in an `Arc`: the one shared by all tasks when it is the default (most
+/// tasks give no run options), a new one otherwise.
+fn shared(o: RunOptions) -> Arc<RunOptions> {
+    static DEFAULT: std::sync::LazyLock<Arc<RunOptions>> = std::sync::LazyLock::new(Arc::default);
+    if o == **DEFAULT {
+        DEFAULT.clone()
+    } else {
+        Arc::new(o)
+    }
 }
 
 /// The policy-gated things a task that passed the policy uses, in words.
@@ -330,6 +344,19 @@ pub(in crate::supervisor) mod tests {
         assert!(with(vec![shared], WorkingDirMode::ImageDefault).is_ok());
         assert!(with(vec![], WorkingDirMode::ImageDefault).is_ok());
         assert!(with(vec![HostMount { source: S::Task, read_only: true }], WorkingDirMode::TaskWorkingDir).is_ok());
+    }
+
+    /// What a queued task keeps in memory is small: tasks without run
+    /// options share one parsed set.
+    #[test]
+    fn tasks_without_run_options_share_one_parsed_set() {
+        let root: &std::path::Path = "/mnt/batch".as_ref();
+        let checked = |o: &str| check(&spec(Some("busybox"), o), Ok(who(false)), &policy(), root, None, 4).unwrap();
+        let (a, b, c) = (checked(""), checked(""), checked("--stop-timeout 7"));
+        assert!(Arc::ptr_eq(&a.run_options, &b.run_options));
+        assert!(!Arc::ptr_eq(&a.run_options, &c.run_options));
+        assert_eq!(c.run_options.stop_timeout, Some(7));
+        assert!(std::mem::size_of::<CheckedTask>() <= 256, "{} bytes", std::mem::size_of::<CheckedTask>());
     }
 
     /// A spec with a bad run option and an unknown user is refused for the
