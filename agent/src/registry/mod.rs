@@ -139,7 +139,9 @@ pub struct Registry {
     api_credentials: std::sync::RwLock<Vec<(String, Credentials)>>,
     /// For what `oci-client` does not bound: the token challenge is looked
     /// at before credentials go anywhere, and manifests are read with a cap.
-    http: Result<reqwest::Client, String>,
+    /// Built at the first pull: an agent that pulls nothing never loads
+    /// the TLS stack and the root certificates (issue 23, the idle footprint).
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
     /// Registries whose token service was found safe for basic credentials.
     checked_realms: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Access tokens identity tokens were exchanged for, until they expire.
@@ -228,24 +230,12 @@ fn describe(e: &(dyn std::error::Error + 'static), scrub: &Scrub) -> String {
 impl Registry {
     pub fn new(settings: RegistrySettings) -> Self {
         let config = ClientConfigParts { insecure: settings.insecure.clone(), ca_pems: settings.ca_pems.clone() };
-        let certs: Vec<reqwest::Certificate> =
-            settings.ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
-        // A node without CA certificates (no ca-certificates, no ca_files)
-        // cannot build a TLS client: that is an error of the pulls that need
-        // one, not of the agent's start.
-        let http = reqwest::Client::builder()
-            .tls_certs_merge(certs)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| describe(&e, &Scrub::new(None)));
         Self {
             config,
             clients: Default::default(),
             settings,
             api_credentials: Default::default(),
-            http,
+            http: std::sync::OnceLock::new(),
             checked_realms: Default::default(),
             exchanged: Default::default(),
         }
@@ -264,6 +254,20 @@ impl Registry {
     /// that service must be reached over HTTPS (or be listed as insecure).
     fn http(&self, registry: &str) -> Result<&reqwest::Client, RegistryError> {
         self.http
+            .get_or_init(|| {
+                let certs: Vec<reqwest::Certificate> =
+                    self.settings.ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
+                // A node without CA certificates (no ca-certificates, no ca_files)
+                // cannot build a TLS client: that is an error of the pulls that need
+                // one, not of the agent's start.
+                reqwest::Client::builder()
+                    .tls_certs_merge(certs)
+                    .connect_timeout(Duration::from_secs(15))
+                    .read_timeout(Duration::from_secs(60))
+                    .redirect(reqwest::redirect::Policy::limited(5))
+                    .build()
+                    .map_err(|e| describe(&e, &Scrub::new(None)))
+            })
             .as_ref()
             .map_err(|reason| RegistryError::Tls { registry: registry.to_owned(), reason: reason.clone() })
     }

@@ -95,8 +95,12 @@ pub struct Progress {
 /// The node's transfer client: one HTTP client and the node-wide cap.
 pub struct Transfers {
     /// An error on a node that cannot build a TLS client (no CA
-    /// certificates): the transfers' error, not the agent's start.
-    client: Result<reqwest::Client, String>,
+    /// certificates): the transfers' error, not the agent's start. Built at
+    /// the first transfer: an agent that stages nothing never loads the TLS
+    /// stack and the root certificates (issue 23, the idle footprint).
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// `staging.ca_files`, checked at start.
+    certs: Vec<reqwest::Certificate>,
     limits: Limits,
     permits: Arc<Semaphore>,
     secrets: secrets::Secrets,
@@ -128,18 +132,10 @@ impl Transfers {
             }
             certs.extend(bundle);
         }
-        let client = reqwest::Client::builder()
-            .tls_certs_merge(certs)
-            .connect_timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| format!("cannot build the transfer client: {e}"));
-        if let Err(e) = &client {
-            tracing::warn!(error = %e, "resource and output file transfers will fail");
-        }
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_transfers.max(1)));
         let progress = Arc::default();
-        Ok(Self { client, limits, permits, secrets: secrets::Secrets::new(secrets_dir), progress })
+        let client = std::sync::OnceLock::new();
+        Ok(Self { client, certs, limits, permits, secrets: secrets::Secrets::new(secrets_dir), progress })
     }
 
     /// Starts publishing a task's progress (downloads, or uploads).
@@ -157,7 +153,21 @@ impl Transfers {
 
     /// The HTTP client, or why there is none.
     fn http(&self) -> Result<&reqwest::Client, StagingError> {
-        self.client.as_ref().map_err(|e| StagingError::Server(e.clone()))
+        self.client
+            .get_or_init(|| {
+                let client = reqwest::Client::builder()
+                    .tls_certs_merge(self.certs.clone())
+                    .connect_timeout(Duration::from_secs(30))
+                    .redirect(reqwest::redirect::Policy::limited(5))
+                    .build()
+                    .map_err(|e| format!("cannot build the transfer client: {e}"));
+                if let Err(e) = &client {
+                    tracing::warn!(error = %e, "resource and output file transfers will fail");
+                }
+                client
+            })
+            .as_ref()
+            .map_err(|e| StagingError::Server(e.clone()))
     }
 
     pub fn limits(&self) -> &Limits {
