@@ -9,6 +9,7 @@ mod pulls;
 mod report;
 mod scale;
 mod scenarios;
+mod tail;
 mod transfer;
 mod watch;
 
@@ -119,7 +120,7 @@ async fn main() {
     for r in 0..runs {
         let mut run = Vec::new();
         eprintln!("berth-bench: run {}/{runs}: latency ({n_lat} tasks)", r + 1);
-        run.extend(scenarios::latency(&mut c, &w, &ctr, &a.image, n_lat, &format!("lat{r}")).await);
+        run.extend(scenarios::latency((&mut c, &first), &w, &ctr, &a.image, (n_lat, &format!("lat{r}"))).await);
         eprintln!("berth-bench: run {}/{runs}: throughput ({n_tput} tasks, shim_group none, job, node)", r + 1);
         let pids = scenarios::Pids { agent: first.pid(), containerd: a.containerd_pid };
         let job = format!("tput{r}");

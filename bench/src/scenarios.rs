@@ -54,7 +54,14 @@ fn quantile(v: &mut [Duration], q: f64) -> f64 {
 /// Latency: sequential trivial tasks, RunTask → RUNNING and → COMPLETED (seen
 /// on WatchTasks), against sequential `ctr run --rm`.
 /// The tasks are `job`'s (one job per run).
-pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str, n: usize, job: &str) -> Vec<Row> {
+/// Then where the bridge tasks' time went, from the agent's log (`agent`).
+pub(crate) async fn latency(
+    (c, agent): (&mut Client, &Agent),
+    w: &Watcher,
+    ctr: &Ctr,
+    image: &str,
+    (n, job): (usize, &str),
+) -> Vec<Row> {
     // One of each first: the first container of a namespace pays one-off costs.
     run(c, spec(job, "warm-up", image, "/bin/true")).await;
     w.wait_all(&[format!("{job}/warm-up")], |s| s.completed.is_some()).await;
@@ -62,7 +69,7 @@ pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str,
     run(c, host_network(spec(job, "warm-up-host", image, "/bin/true"))).await;
     w.wait_all(&[format!("{job}/warm-up-host")], |s| s.completed.is_some()).await;
     // Bridge (the default network) and host tasks in turn, so both see the same machine.
-    let (mut running, mut done, mut host_running) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut running, mut done, mut host_running, mut bridge) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         for host in [false, true] {
             let task = if host { format!("h{i}") } else { format!("t{i}") };
@@ -78,6 +85,7 @@ pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str,
             } else {
                 running.push(seen.running.unwrap_or(start) - start);
                 done.push(seen.completed.unwrap_or(start) - start);
+                bridge.push((task, seen.running.unwrap_or(start) - start));
             }
         }
     }
@@ -97,6 +105,9 @@ pub(crate) async fn latency(c: &mut Client, w: &Watcher, ctr: &Ctr, image: &str,
         ),
         Row::new("latency p50: bridge network set-up, added (ms)", r50 - h50, None, "≤ 20"),
     ]
+    .into_iter()
+    .chain(crate::tail::rows(&agent.log(), job, &bridge))
+    .collect()
 }
 
 fn host_network(mut s: pb::TaskSpec) -> pb::TaskSpec {

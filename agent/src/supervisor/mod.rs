@@ -17,6 +17,7 @@ mod node_usage;
 mod outcome;
 mod outputs;
 mod packages;
+mod phases;
 mod prepare;
 mod record;
 mod recovery;

@@ -5,6 +5,7 @@
 
 use super::failure::Failure;
 use super::outcome::{completion, StopReason};
+use super::phases::Phases;
 use super::prepare::{prepare, Prepared};
 use super::record::{fail, final_stats, save, save_durably};
 use super::stop::{stop_requested, supervise, StopSettings};
@@ -76,9 +77,9 @@ async fn attempt(
         Phase::Prepare => {
             let checked = checked?;
             match prepare(sup, info, checked, stop).await {
-                Ok(Prepared::Container(info)) => {
+                Ok(Prepared::Container(info, phases)) => {
                     let cid = info.container_id();
-                    start(sup, info, &cid, stop_settings, stop).await
+                    start(sup, info, &cid, (stop_settings, Some(phases)), stop).await
                 }
                 Ok(Prepared::Host(h)) => Some(super::host_task::start(sup, h, stop_settings, stop).await),
                 Err(done) => Some(done),
@@ -88,7 +89,7 @@ async fn attempt(
         Phase::Wait if host => Some(super::host_task::wait(sup, info, stop_settings, stop).await),
         Phase::Start => {
             let cid = info.container_id();
-            start(sup, info, &cid, stop_settings, stop).await
+            start(sup, info, &cid, (stop_settings, None), stop).await
         }
         Phase::Wait => {
             // It runs (or ran while the agent was away): the record says so before the exit.
@@ -139,14 +140,16 @@ async fn attempt(
 }
 
 /// Starts a created container and waits for it. Returns the completed record,
-/// or None if the task was completed elsewhere.
+/// or None if the task was completed elsewhere. `phases`: where the time went
+/// since the task was accepted (none for a container created by an earlier agent).
 async fn start(
     sup: &Supervisor,
     info: TaskInfo,
     cid: &str,
-    how: StopSettings,
+    (how, mut phases): (StopSettings, Option<Phases>),
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<TaskInfo> {
+    let mut mark = |name| phases.as_mut().map(|p: &mut Phases| p.mark(name));
     let key = info.key().clone();
     if let Some(s) = stop_requested(stop) {
         return Some(sup.complete(info, None, Some(s.reason.failure(" before it started"))).await);
@@ -158,6 +161,7 @@ async fn start(
     if let Err(e) = sup.shared.store.amend(info.clone()).await {
         return Some(fail(sup, info, Failure::Store(e.to_string()).into()).await);
     }
+    mark("record_started");
     if let Err(e) = start_with_retry(sup, cid).await {
         if let Some(c) = info.container.as_mut() {
             c.error = e.to_string();
@@ -170,11 +174,14 @@ async fn start(
     if let Some(c) = info.container.as_mut() {
         c.state = "running".into();
     }
+    mark("start");
     let info = save(sup, info).await;
+    mark("record_running");
     if let Some(Ok(waited)) = info.started_at.map(|s| s.duration_since(info.created_at)) {
         sup.shared.settings.metrics.task_start_seconds.observe(waited.as_secs_f64());
     }
-    tracing::info!(job_id = %key.job, task_id = %key.task, container_id = %cid, "task running");
+    let phases = phases.map(|p| p.to_string()).unwrap_or_default();
+    tracing::info!(job_id = %key.job, task_id = %key.task, container_id = %cid, phases, "task running");
     Some(wait(sup, info, cid, how, stop).await)
 }
 

@@ -18,6 +18,9 @@
 //! | `network::attach` | a bridge task's namespace on the node's bridge (CNI), its resolv.conf and hosts |
 //! | `spec::build` | host lookups, then the OCI spec (pure) with CDI devices |
 //! | `container::create` | opens the output files, creates the container |
+//!
+//! The time of each (with the wait before the first, and then the start) is
+//! logged with "task running" ([`Phases`]).
 
 mod container;
 mod devices;
@@ -31,6 +34,7 @@ pub(in crate::supervisor) mod spec;
 
 use super::admission::CheckedTask;
 use super::failure::Failure;
+use super::phases::Phases;
 use super::record::{fail, save};
 use super::stop::stop_requested;
 use super::{Stop, Supervisor};
@@ -47,6 +51,8 @@ pub(super) struct Task<'a> {
     pub job_prep: bool,
     /// A bridge task's address, once its network is attached.
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Each step's time.
+    pub phases: Phases,
 }
 
 impl Task<'_> {
@@ -61,8 +67,8 @@ impl Task<'_> {
 
 /// What preparation hands on.
 pub(super) enum Prepared {
-    /// A container task whose container is created.
-    Container(TaskInfo),
+    /// A container task whose container is created, and where the time went.
+    Container(TaskInfo, Phases),
     /// A host task with its directories made.
     Host(Ready),
 }
@@ -86,9 +92,10 @@ pub(super) async fn prepare(
     checked: Arc<CheckedTask>,
     stop: &watch::Receiver<Option<Stop>>,
 ) -> Result<Prepared, TaskInfo> {
-    let mut t = Task { info, checked, stop, job_prep: false, ip: None };
+    let phases = Phases::since(info.created_at);
+    let mut t = Task { info, checked, stop, job_prep: false, ip: None, phases };
     match steps(sup, &mut t).await {
-        Ok(Next::Container) => Ok(Prepared::Container(t.info)),
+        Ok(Next::Container) => Ok(Prepared::Container(t.info, t.phases)),
         Ok(Next::Host) => {
             let run_as = t.checked.run_as.clone();
             Ok(Prepared::Host(Ready { info: t.info, run_as, job_prep: t.job_prep }))
@@ -101,23 +108,32 @@ pub(super) async fn prepare(
 async fn steps(sup: &Supervisor, t: &mut Task<'_>) -> Result<Next, Failure> {
     gates::start_task(sup, t).await?;
     record_preparing(sup, t).await;
+    t.phases.mark("record_preparing");
     dirs::make(sup, t).await?;
+    t.phases.mark("dirs");
     gates::job_preparation(sup, t).await?;
     packages::install(sup, t).await?;
     resources::download(sup, t).await?;
+    t.phases.mark("staging");
     if t.checked.image.is_none() {
         return Ok(Next::Host);
     }
     let image = image::ensure(sup, t).await?;
+    t.phases.mark("image");
     // Host lookups first: a vanished bind source fails the task before it
     // waits for GPUs or records an attempt.
     let lookups = spec::look_up(sup, t, &image).await?;
     let devices = devices::hold(sup, t).await?;
+    t.phases.mark("lookups_devices");
     container::record_attempt(sup, t).await?;
+    t.phases.mark("record_attempt");
     network::attach(sup, t).await?;
+    t.phases.mark("network");
     let oci = spec::build(sup, t, &image, &lookups, &devices)?;
+    t.phases.mark("spec");
     t.check_stop(" before it started")?;
     container::create(sup, t, image, oci).await?;
+    t.phases.mark("create");
     Ok(Next::Container)
 }
 
