@@ -62,8 +62,12 @@ pub const LABEL_NODE: &str = "berth.node-id";
 /// On leases only: the agent process that holds them.
 pub const LABEL_BOOT: &str = "berth.boot-id";
 
+/// The label that puts containers into one runc shim (the spec carries the
+/// same annotation, `spec::SHIM_GROUP_ANNOTATION`).
+pub const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
+
 /// Which containers share a shim process (`[containerd] shim_group`; the
-/// spec's annotation is `spec::SHIM_GROUP_ANNOTATION`).
+/// container's label is [`SHIM_GROUP_LABEL`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ShimGroup {
     /// One shim per container (containerd's default).

@@ -117,8 +117,11 @@ type StopSender = tokio_watch::Sender<Option<Stop>>;
 
 struct Sched {
     slots: Slots,
-    /// One per task that was accepted and whose runner has not finished yet.
-    stops: HashMap<TaskKey, StopSender>,
+    /// One per task that was accepted and whose runner has not finished yet;
+    /// the channel is made when the runner starts (a queued task, which a
+    /// terminate takes out of the queue, needs none: it would cost a few
+    /// hundred bytes per queued task).
+    stops: HashMap<TaskKey, Option<StopSender>>,
     /// No task is dispatched before recovery has re-attached (and counted the
     /// slots of) what the previous agent left running.
     recovered: bool,
@@ -412,7 +415,7 @@ impl Supervisor {
     fn enqueue(&self, key: TaskKey, slots: u32) {
         let mut sched = self.sched();
         sched.slots.enqueue(key.clone(), slots);
-        sched.stops.insert(key, tokio_watch::channel(None).0);
+        sched.stops.insert(key, None);
         self.dispatch(&mut sched);
     }
 
@@ -422,7 +425,12 @@ impl Supervisor {
             return;
         }
         while let Some((key, slots)) = sched.slots.next_ready() {
-            let stop = sched.stops.entry(key.clone()).or_insert_with(|| tokio_watch::channel(None).0).subscribe();
+            let stop = sched
+                .stops
+                .entry(key.clone())
+                .or_default()
+                .get_or_insert_with(|| tokio_watch::channel(None).0)
+                .subscribe();
             let this = self.clone();
             tokio::spawn(async move { this.run_and_release(key, slots, runner::Phase::Prepare, stop).await });
         }
@@ -471,7 +479,7 @@ impl Supervisor {
             if queued {
                 sched.stops.remove(key);
                 self.in_flight().forget(key);
-            } else if let Some(tx) = sched.stops.get(key) {
+            } else if let Some(Some(tx)) = sched.stops.get(key) {
                 tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
             } else if !sched.recovered {
                 return Err(Error::Recovering);

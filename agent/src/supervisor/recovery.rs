@@ -248,7 +248,7 @@ pub(super) async fn recover(sup: &Supervisor, rebuild: bool) -> Result<Report, E
                     sched.slots.occupy(slots);
                     let tx = watch::channel(None).0;
                     let rx = tx.subscribe();
-                    sched.stops.insert(key.clone(), tx);
+                    sched.stops.insert(key.clone(), Some(tx));
                     rx
                 };
                 let this = sup.clone();

@@ -56,7 +56,7 @@ pub(super) async fn create(
     let mut labels = labels(&o.labels, o.name.as_deref(), &key, &sh.node.node_id);
     // The spec's annotation makes the shim shared; the label shows it (`ctr c ls`).
     if let Some(group) = sh.settings.shim_group.group_of(key.job.as_str()) {
-        labels.insert(crate::spec::SHIM_GROUP_ANNOTATION.to_owned(), group);
+        labels.insert(crate::containerd::SHIM_GROUP_LABEL.to_owned(), group);
     }
     // containerd's shim (root on the host) opens the output files by the
     // paths it is given, and the task's identity owns their directory: it

@@ -16,6 +16,8 @@ struct FakeState {
     /// Container id → status.
     tasks: HashMap<String, TaskStatus>,
     created: Vec<String>,
+    /// The labels of each container created, in order.
+    created_labels: Vec<HashMap<String, String>>,
     started: Vec<String>,
     removed: Vec<String>,
     signals: Vec<(String, u32)>,
@@ -84,6 +86,7 @@ impl Runtime for Fake {
     async fn create(&self, req: CreateRequest) -> Result<(), RuntimeError> {
         let mut st = self.st();
         st.created.push(req.id.clone());
+        st.created_labels.push(req.labels.clone());
         st.tasks.insert(req.id, TaskStatus::Created);
         Ok(())
     }

@@ -252,6 +252,26 @@ async fn exit_is_collected_from_events_when_wait_never_returns() {
     assert_eq!(done.exit_code, Some(5));
 }
 
+/// `shim_group = "job"`: the container carries the runc shim's group label
+/// (what containerd groups by, and what the create's retry looks for), with
+/// the same value as the spec's annotation.
+#[tokio::test]
+async fn a_job_shim_group_labels_the_container() {
+    assert_eq!(crate::containerd::SHIM_GROUP_LABEL, crate::spec::SHIM_GROUP_ANNOTATION);
+    let e = env_custom(1, Fake::new(true), Store::in_memory().unwrap(), |s| {
+        s.shim_group = crate::containerd::ShimGroup::Job;
+    })
+    .await;
+    run_to_exit(&e, spec("grouped")).await;
+    let labels = e.fake.st().created_labels.clone();
+    assert_eq!(labels.len(), 1);
+    assert_eq!(labels[0].get(crate::containerd::SHIM_GROUP_LABEL).map(String::as_str), Some("berth-job-job"));
+    // Without a group, no label: one shim per container.
+    let e = env(1).await;
+    run_to_exit(&e, spec("alone")).await;
+    assert!(!e.fake.st().created_labels[0].contains_key(crate::containerd::SHIM_GROUP_LABEL));
+}
+
 #[tokio::test]
 async fn a_137_from_containerds_clean_up_after_a_dead_shim_is_a_lost_container() {
     // The exit event arrives and Wait never answers: only the task being gone
