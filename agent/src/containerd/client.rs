@@ -190,33 +190,33 @@ impl Containerd {
             ..Default::default()
         };
         // In a shim group (`io.containerd.runc.v2.group`), containerd 1.6's
-        // runc shim hands a new container the socket of the group's shim when
-        // it answers, even if that shim is exiting because its last container
-        // just went; containerd then cannot dial it and the create fails. The
-        // next try starts a new shim. A few tries, 20 ms apart and more.
+        // runc shim hands a new container the group's shim when it answers,
+        // even if that shim is exiting because its last container just went.
+        // containerd then either cannot dial it (`ShimGone`) or loses it during
+        // the create (`ShimLost`); either way it has removed the failed task.
+        // The next try starts a new shim. A few tries, 20 ms apart and more.
         let grouped = req.labels.contains_key(super::SHIM_GROUP_LABEL);
         let mut tries = 0;
         loop {
-            match self.tasks().create(self.request(task.clone())).await {
+            let error = match self.tasks().create(self.request(task.clone())).await {
                 Ok(_) => return Ok(()),
-                Err(s) if grouped && tries < SHIM_RACE_TRIES && shim_start_raced(&s) => {
-                    tries += 1;
-                    tracing::warn!(container_id = %id, error = %s.message(), "the group's shim went as this container joined it; trying again");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
-                }
-                Err(s) => return Err(self.status_error("create task", &format!("container {id}"), s)),
+                Err(s) => self.status_error("create task", &format!("container {id}"), s),
+            };
+            if !(grouped && tries < SHIM_RACE_TRIES && error.is_shim_failure()) {
+                return Err(error);
             }
+            tries += 1;
+            tracing::warn!(container_id = %id, %error, "the group's shim went as this container joined it; trying again");
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
         }
     }
 }
 
-/// Creates tried again after [`shim_start_raced`].
+/// Grouped creates tried again after their shim went (see `create_inner`).
 const SHIM_RACE_TRIES: u32 = 3;
 
-/// A task create that failed because the shim it was handed was gone by the
-/// time containerd dialled it (see `create_inner`).
-fn shim_start_raced(s: &Status) -> bool {
-    let m = s.message();
+/// A task create whose shim was gone by the time containerd dialled it.
+fn shim_gone(m: &str) -> bool {
     m.contains("failed to start shim") && (m.contains("no such file or directory") || m.contains("connection refused"))
 }
 
@@ -235,6 +235,9 @@ const SHIM_CLOSED: &str = "ttrpc: closed";
 fn runtime_error(op: &'static str, what: &str, s: Status) -> RuntimeError {
     match s.code() {
         Code::NotFound => RuntimeError::NotFound { what: what.to_owned() },
+        // Before the transport check: its message names a refused connection,
+        // to the shim, not to containerd.
+        _ if shim_gone(s.message()) => RuntimeError::ShimGone { op, message: s.message().to_owned() },
         _ if is_transport_failure(&s) => RuntimeError::Unavailable { message: s.message().to_owned() },
         _ if s.message().contains(SHIM_CLOSED) => RuntimeError::ShimLost { op, message: s.message().to_owned() },
         _ => RuntimeError::Failed { op, message: s.message().to_owned() },
@@ -453,28 +456,35 @@ impl Runtime for Containerd {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_transport_failure, runtime_error, shim_start_raced, RuntimeError};
+    use super::{is_transport_failure, runtime_error, RuntimeError};
     use tonic::{Code, Status};
 
     #[test]
-    fn a_shim_gone_before_containerd_dialled_it_is_a_race_worth_another_try() {
+    fn a_shim_gone_before_containerd_dialled_it_is_its_own_error() {
+        let gone = |m: &str| runtime_error("create task", "container c", Status::unknown(m));
         // What containerd 1.6 answered in the bench (shim_group = "node").
-        let raced = Status::unknown(
+        let e = gone(
             "failed to start shim: start failed: dial unix /run/containerd/s/18c2: connect: no such file or directory",
         );
-        assert!(shim_start_raced(&raced));
-        assert!(shim_start_raced(&Status::unknown(
-            "failed to start shim: start failed: dial unix /x: connect: connection refused"
-        )));
+        assert!(matches!(e, RuntimeError::ShimGone { op: "create task", .. }), "{e:?}");
+        assert!(e.is_shim_failure());
+        // A refused dial to the shim is not containerd being unreachable.
+        let e = gone("failed to start shim: start failed: dial unix /x: connect: connection refused");
+        assert!(matches!(e, RuntimeError::ShimGone { .. }), "{e:?}");
         // The other side of it: the exiting shim removed its socket between the new one's checks.
-        assert!(shim_start_raced(&Status::unknown(
+        let e = gone(
             "failed to start shim: start failed: io.containerd.runc.v2: remove pre-existing socket: remove \
-             /run/containerd/s/5a30: no such file or directory: exit status 1"
-        )));
-        assert!(!shim_start_raced(&Status::unknown(
-            "failed to start shim: exec: \"containerd-shim-runc-v2\": not found"
-        )));
-        assert!(!shim_start_raced(&Status::unknown("OCI runtime create failed: no such file or directory")));
+             /run/containerd/s/5a30: no such file or directory: exit status 1",
+        );
+        assert!(matches!(e, RuntimeError::ShimGone { .. }), "{e:?}");
+        // The third form (ci41): the shim closed under the create.
+        let e = gone("failed to create shim task: ttrpc: closed: unknown");
+        assert!(matches!(e, RuntimeError::ShimLost { .. }) && e.is_shim_failure(), "{e:?}");
+        // A missing shim binary or runc refusing the container are not races.
+        let e = gone("failed to start shim: exec: \"containerd-shim-runc-v2\": not found");
+        assert!(matches!(e, RuntimeError::Failed { .. }) && !e.is_shim_failure(), "{e:?}");
+        let e = gone("OCI runtime create failed: no such file or directory");
+        assert!(matches!(e, RuntimeError::Failed { .. }) && !e.is_shim_failure(), "{e:?}");
     }
 
     #[test]

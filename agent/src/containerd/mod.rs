@@ -33,6 +33,10 @@ pub enum RuntimeError {
     /// call: the shim died (with it, every container it served).
     #[error("{op} failed: the container's shim died ({message})")]
     ShimLost { op: &'static str, message: String },
+    /// containerd could not reach the shim it was handed for a new task: in a
+    /// shim group, the group's shim exited as the container joined it.
+    #[error("{op} failed: the shim it was given had exited ({message})")]
+    ShimGone { op: &'static str, message: String },
     #[error("image {image}: {reason}")]
     BadImage { image: String, reason: String },
     /// The image's index has no entry for the node's platform.
@@ -50,6 +54,12 @@ pub enum RuntimeError {
 impl RuntimeError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::NotFound { .. })
+    }
+
+    /// The container's shim died or was gone: the node's trouble, not the
+    /// task's.
+    pub fn is_shim_failure(&self) -> bool {
+        matches!(self, RuntimeError::ShimLost { .. } | RuntimeError::ShimGone { .. })
     }
 }
 

@@ -96,6 +96,7 @@ impl FailureCode {
         matches!(
             self,
             FailureCode::ResourceFileDownloadFailed
+                | FailureCode::ContainerCreateFailed
                 | FailureCode::FileUploadFailed
                 | FailureCode::ApplicationPackageFailed
                 | FailureCode::NetworkSetupFailed
@@ -241,11 +242,12 @@ mod tests {
     }
 
     #[test]
-    fn only_transfer_codes_can_be_the_nodes_or_the_tasks() {
+    fn only_transfer_network_and_create_codes_can_be_the_nodes_or_the_tasks() {
         let either: Vec<_> = FailureCode::ALL.iter().filter(|c| c.either_side()).collect();
         assert_eq!(
             either,
             [
+                &FailureCode::ContainerCreateFailed,
                 &FailureCode::ResourceFileDownloadFailed,
                 &FailureCode::FileUploadFailed,
                 &FailureCode::ApplicationPackageFailed,

@@ -128,6 +128,8 @@ impl From<Failure> for FailureInfo {
             }
             Failure::Create(e) => match e {
                 RuntimeError::Unavailable { .. } => new(C::ContainerdUnavailable, e.to_string()),
+                // The shim died or was gone after the create's tries: the node's.
+                _ if e.is_shim_failure() => FailureInfo::on_the_node(C::ContainerCreateFailed, e.to_string()),
                 _ => new(C::ContainerCreateFailed, e.to_string()),
             },
             Failure::Start(e) => match e {
@@ -225,6 +227,14 @@ mod tests {
             (Failure::ImageFiles(failed()), ("ImageStoreFailed", S)),
             (Failure::Create(unavailable()), ("ContainerdUnavailable", S)),
             (Failure::Create(failed()), ("ContainerCreateFailed", U)),
+            (
+                Failure::Create(RuntimeError::ShimLost { op: "create task", message: "ttrpc: closed".into() }),
+                ("ContainerCreateFailed", S),
+            ),
+            (
+                Failure::Create(RuntimeError::ShimGone { op: "create task", message: "dial unix".into() }),
+                ("ContainerCreateFailed", S),
+            ),
             (Failure::Start(rt("task")), ("ContainerLost", S)),
             (Failure::Start(failed()), ("ContainerStartFailed", U)),
             (Failure::Store("x".into()), ("StateDatabaseFailed", S)),
