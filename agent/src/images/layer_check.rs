@@ -26,17 +26,22 @@ struct Counter {
     max: u64,
 }
 
+/// How every refusal's message starts (a decoder hands the counter's back).
+const REFUSED: &str = "refused: ";
+
+/// The stream's end for a layer that breaks a rule.
+fn refused(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{REFUSED}{why}"))
+}
+
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.written += buf.len() as u64;
         if self.written > self.max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "refused: the layer decompresses to more than {} bytes ([registries] max_layer_bytes)",
-                    self.max
-                ),
-            ));
+            return Err(refused(format!(
+                "the layer decompresses to more than {} bytes ([registries] max_layer_bytes)",
+                self.max
+            )));
         }
         Ok(buf.len())
     }
@@ -67,26 +72,20 @@ impl LayerCheck {
         use std::io::Write;
         self.seen += chunk.len() as u64;
         if self.seen > self.declared {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "refused: the registry sent more than the {} bytes the layer's descriptor declares",
-                    self.declared
-                ),
-            ));
+            return Err(refused(format!(
+                "the registry sent more than the {} bytes the layer's descriptor declares",
+                self.declared
+            )));
         }
         if let Some(d) = self.decoder.as_mut() {
             let clock = Instant::now();
             let written = d.write_all(chunk);
             self.spent.fetch_add(u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             written.map_err(|e| {
-                if e.to_string().starts_with("refused:") {
+                if e.to_string().starts_with(REFUSED) {
                     e
                 } else {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("refused: not the layer's compression: {e}"),
-                    )
+                    refused(format!("not the layer's compression: {e}"))
                 }
             })?;
         }
