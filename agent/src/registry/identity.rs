@@ -50,7 +50,7 @@ impl Registry {
                 return Ok(t.clone());
             }
         }
-        let http = self.http(&registry)?;
+        let http = self.http(&registry).await?;
         let url = format!("{}://{registry}/v2/", self.scheme(&registry));
         let res = http.get(&url).send().await.map_err(|e| self.request_error(&registry, &e, scrub))?;
         let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());

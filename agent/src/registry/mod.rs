@@ -127,6 +127,22 @@ impl RegistryError {
     }
 }
 
+/// The registries' HTTP client (tokens, manifests), trusting the system's
+/// roots and `ca_pems`. A node without CA certificates (no ca-certificates,
+/// no ca_files) cannot build one: that is an error of the pulls that need it,
+/// not of the agent's start.
+fn http_client(ca_pems: &[Vec<u8>]) -> Result<reqwest::Client, String> {
+    let certs: Vec<reqwest::Certificate> =
+        ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
+    reqwest::Client::builder()
+        .tls_certs_merge(certs)
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .map_err(|e| describe(&e, &Scrub::new(None)))
+}
+
 /// Clients for every registry, with the node's settings. `oci-client` keeps the
 /// first credentials (and tokens) it sees per registry, so each set of
 /// credentials gets a client of its own: a task's wrong password cannot stick
@@ -141,7 +157,7 @@ pub struct Registry {
     /// at before credentials go anywhere, and manifests are read with a cap.
     /// Built at the first pull: an agent that pulls nothing never loads
     /// the TLS stack and the root certificates (issue 23, the idle footprint).
-    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    http: tokio::sync::OnceCell<Result<reqwest::Client, String>>,
     /// Registries whose token service was found safe for basic credentials.
     checked_realms: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Access tokens identity tokens were exchanged for, until they expire.
@@ -235,7 +251,7 @@ impl Registry {
             clients: Default::default(),
             settings,
             api_credentials: Default::default(),
-            http: std::sync::OnceLock::new(),
+            http: tokio::sync::OnceCell::new(),
             checked_realms: Default::default(),
             exchanged: Default::default(),
         }
@@ -249,35 +265,29 @@ impl Registry {
         }
     }
 
-    /// Before basic credentials are used with a registry: if it sends
-    /// clients to a token service (`WWW-Authenticate: Bearer realm=...`),
-    /// that service must be reached over HTTPS (or be listed as insecure).
-    fn http(&self, registry: &str) -> Result<&reqwest::Client, RegistryError> {
+    /// The HTTP client, built at the first request on a blocking thread (it
+    /// reads and parses the system's root certificates).
+    async fn http(&self, registry: &str) -> Result<&reqwest::Client, RegistryError> {
         self.http
-            .get_or_init(|| {
-                let certs: Vec<reqwest::Certificate> =
-                    self.settings.ca_pems.iter().filter_map(|p| reqwest::Certificate::from_pem(p).ok()).collect();
-                // A node without CA certificates (no ca-certificates, no ca_files)
-                // cannot build a TLS client: that is an error of the pulls that need
-                // one, not of the agent's start.
-                reqwest::Client::builder()
-                    .tls_certs_merge(certs)
-                    .connect_timeout(Duration::from_secs(15))
-                    .read_timeout(Duration::from_secs(60))
-                    .redirect(reqwest::redirect::Policy::limited(5))
-                    .build()
-                    .map_err(|e| describe(&e, &Scrub::new(None)))
+            .get_or_init(|| async {
+                let pems = self.settings.ca_pems.clone();
+                tokio::task::spawn_blocking(move || http_client(&pems)).await.unwrap_or_else(|e| Err(e.to_string()))
             })
+            .await
             .as_ref()
             .map_err(|reason| RegistryError::Tls { registry: registry.to_owned(), reason: reason.clone() })
     }
 
+    /// Before basic credentials are used with a registry: if it sends
+    /// clients to a token service (`WWW-Authenticate: Bearer realm=...`),
+    /// that service must be reached over HTTPS (or be listed as insecure).
     async fn check_realm(&self, registry: &str, scrub: &Scrub) -> Result<(), RegistryError> {
         if self.checked_realms.lock().unwrap_or_else(|p| p.into_inner()).contains(registry) {
             return Ok(());
         }
         let url = format!("{}://{registry}/v2/", self.scheme(registry));
-        let res = self.http(registry)?.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
+        let res =
+            self.http(registry).await?.get(&url).send().await.map_err(|e| self.request_error(registry, &e, scrub))?;
         let challenge = res.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|h| h.to_str().ok());
         if let Some(realm) = challenge.and_then(bearer_realm) {
             self.safe_realm(registry, &realm)?;
@@ -424,7 +434,8 @@ impl Registry {
             .map_err(|e| self.map_err(reference, &what, e, creds))?;
         let target = reference.digest().or(reference.tag()).unwrap_or("latest");
         let url = format!("{}://{registry}/v2/{}/manifests/{target}", self.scheme(&registry), reference.repository());
-        let mut req = self.http(&registry)?.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        let mut req =
+            self.http(&registry).await?.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
         req = match (&token, creds) {
             (Some(t), _) => req.bearer_auth(t),
             (None, Some(Credentials::Basic { username, password })) => req.basic_auth(username, Some(password)),

@@ -77,10 +77,10 @@ pub(super) async fn list(t: &Transfers, container: &SecretUrl, prefix: &str) -> 
             }
         }
         let page = retrying(t, &what, || {
-            let req = t.http().map(|c| c.get(url.clone()).header("x-ms-version", super::http::BLOB_API_VERSION));
-            let what = what.as_str();
+            let (url, what) = (url.clone(), what.as_str());
             async move {
-                let req = req.map_err(Attempt::Fatal)?;
+                let req = t.http().await.map_err(Attempt::Fatal)?;
+                let req = req.get(url).header("x-ms-version", super::http::BLOB_API_VERSION);
                 let mut resp = check(what, req.send().await.map_err(|e| network(what, e))?)?;
                 let mut body = Vec::new();
                 while let Some(c) = super::http::chunk(what, &mut resp, t.limits.stall_timeout).await? {

@@ -98,7 +98,7 @@ pub(super) async fn chunk(
 /// Sends a GET (Blob API version set), waiting at most the stall timeout for
 /// the answer's head; returns it if it is a success.
 pub(super) async fn get(t: &Transfers, what: &str, url: url::Url) -> Result<reqwest::Response, Attempt> {
-    let req = t.http().map_err(Attempt::Fatal)?.get(url).header("x-ms-version", BLOB_API_VERSION);
+    let req = t.http().await.map_err(Attempt::Fatal)?.get(url).header("x-ms-version", BLOB_API_VERSION);
     let stall = t.limits.stall_timeout;
     let resp = tokio::time::timeout(stall, req.send())
         .await

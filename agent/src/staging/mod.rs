@@ -98,7 +98,7 @@ pub struct Transfers {
     /// certificates): the transfers' error, not the agent's start. Built at
     /// the first transfer: an agent that stages nothing never loads the TLS
     /// stack and the root certificates (issue 23, the idle footprint).
-    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    client: tokio::sync::OnceCell<Result<reqwest::Client, String>>,
     /// `staging.ca_files`, checked at start.
     certs: Vec<reqwest::Certificate>,
     limits: Limits,
@@ -134,7 +134,7 @@ impl Transfers {
         }
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_transfers.max(1)));
         let progress = Arc::default();
-        let client = std::sync::OnceLock::new();
+        let client = tokio::sync::OnceCell::new();
         Ok(Self { client, certs, limits, permits, secrets: secrets::Secrets::new(secrets_dir), progress })
     }
 
@@ -151,21 +151,28 @@ impl Transfers {
         map.get(key).map(|rx| rx.borrow().clone())
     }
 
-    /// The HTTP client, or why there is none.
-    fn http(&self) -> Result<&reqwest::Client, StagingError> {
+    /// The HTTP client, or why there is none. Built at the first transfer,
+    /// on a blocking thread: it reads and parses the system's root
+    /// certificates.
+    async fn http(&self) -> Result<&reqwest::Client, StagingError> {
         self.client
-            .get_or_init(|| {
-                let client = reqwest::Client::builder()
-                    .tls_certs_merge(self.certs.clone())
-                    .connect_timeout(Duration::from_secs(30))
-                    .redirect(reqwest::redirect::Policy::limited(5))
-                    .build()
-                    .map_err(|e| format!("cannot build the transfer client: {e}"));
+            .get_or_init(|| async {
+                let certs = self.certs.clone();
+                let build = move || {
+                    reqwest::Client::builder()
+                        .tls_certs_merge(certs)
+                        .connect_timeout(Duration::from_secs(30))
+                        .redirect(reqwest::redirect::Policy::limited(5))
+                        .build()
+                        .map_err(|e| format!("cannot build the transfer client: {e}"))
+                };
+                let client = tokio::task::spawn_blocking(build).await.unwrap_or_else(|e| Err(e.to_string()));
                 if let Err(e) = &client {
                     tracing::warn!(error = %e, "resource and output file transfers will fail");
                 }
                 client
             })
+            .await
             .as_ref()
             .map_err(|e| StagingError::Server(e.clone()))
     }

@@ -74,6 +74,7 @@ pub async fn upload(t: &Transfers, root: &Path, p: &Planned, who: &RunAs) -> Res
         }
         let mut req = t
             .http()
+            .await
             .map_err(Attempt::Fatal)?
             .put(p.dest.full())
             .header("x-ms-blob-type", "BlockBlob")
