@@ -209,11 +209,8 @@ impl Store {
         self.blocking(move |inner| {
             let conn = inner.lock();
             let rec: Option<String> = conn
-                .query_row(
-                    "SELECT record FROM tasks WHERE job_id = ?1 AND task_id = ?2",
-                    params![key.job.as_str(), key.task.as_str()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT record FROM tasks WHERE job_id = ?1 AND task_id = ?2")?
+                .query_row(params![key.job.as_str(), key.task.as_str()], |r| r.get(0))
                 .optional()?;
             Ok(rec.map(|r| serde_json::from_str(&r)).transpose()?)
         })
@@ -434,25 +431,27 @@ impl Inner {
         let tx = conn.transaction()?;
         let key = task.key().clone();
         let (job, id) = (key.job.as_str(), key.task.as_str());
-        let exists: bool =
-            tx.query_row("SELECT COUNT(*) FROM tasks WHERE job_id = ?1 AND task_id = ?2", params![job, id], |r| {
-                r.get::<_, i64>(0).map(|n| n > 0)
-            })?;
+        // Cached statements: a write is one of the agent's most frequent calls.
+        let exists: bool = tx
+            .prepare_cached("SELECT COUNT(*) FROM tasks WHERE job_id = ?1 AND task_id = ?2")?
+            .query_row(params![job, id], |r| r.get::<_, i64>(0).map(|n| n > 0))?;
         match (new, exists) {
             (true, true) => return Err(StoreError::Exists { key }),
             (false, false) => return Err(StoreError::Missing { key }),
             _ => {}
         }
         // Reserve the sequence number, then store the record carrying it.
-        tx.execute("INSERT INTO events (job_id, task_id, record) VALUES (?1, ?2, '')", params![job, id])?;
+        tx.prepare_cached("INSERT INTO events (job_id, task_id, record) VALUES (?1, ?2, '')")?
+            .execute(params![job, id])?;
         task.sequence = tx.last_insert_rowid() as u64;
         let rec = serde_json::to_string(&task)?;
-        tx.execute("UPDATE events SET record = ?1 WHERE seq = ?2", params![rec, task.sequence as i64])?;
-        tx.execute(
+        tx.prepare_cached("UPDATE events SET record = ?1 WHERE seq = ?2")?
+            .execute(params![rec, task.sequence as i64])?;
+        tx.prepare_cached(
             "INSERT INTO tasks (job_id, task_id, state, record, created_seq) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(job_id, task_id) DO UPDATE SET state = excluded.state, record = excluded.record",
-            params![job, id, task.state.as_str(), rec, task.sequence as i64],
-        )?;
+        )?
+        .execute(params![job, id, task.state.as_str(), rec, task.sequence as i64])?;
         tx.commit()?;
         // Published under the lock, so live events go out in sequence order.
         let _ = self.feed.send(TaskEvent { sequence: task.sequence, task: task.clone() });

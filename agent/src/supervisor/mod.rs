@@ -468,31 +468,55 @@ impl Supervisor {
     /// preparing or running one gets SIGTERM, then SIGKILL after `grace`.
     /// A completed task is returned unchanged.
     pub async fn terminate(&self, key: &TaskKey, grace: Option<Duration>) -> Result<TaskInfo, Error> {
+        // A queued task first: it is not completed, and no runner holds it.
+        if self.dequeue(key) {
+            return self.terminated_in_queue(key).await;
+        }
         let info = self.get_task(key).await?;
         if info.state == TaskState::Completed {
             return Ok(info);
         }
         let grace = grace.or(self.stop_settings(&info).timeout).unwrap_or(self.shared.settings.terminate_grace);
+        // Under one lock, so a task queued again meanwhile is not missed.
         let was_queued = {
             let mut sched = self.sched();
-            let queued = sched.slots.remove_queued(key);
-            if queued {
-                sched.stops.remove(key);
-                self.in_flight().forget(key);
-            } else if let Some(Some(tx)) = sched.stops.get(key) {
-                tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
-            } else if !sched.recovered {
-                return Err(Error::Recovering);
+            let queued = self.dequeue_locked(&mut sched, key);
+            if !queued {
+                if let Some(Some(tx)) = sched.stops.get(key) {
+                    tx.send_replace(Some(Stop { reason: StopReason::Terminated, grace }));
+                } else if !sched.recovered {
+                    return Err(Error::Recovering);
+                }
             }
             queued
         };
         if was_queued {
-            let mut info = self.get_task(key).await?;
-            info.complete(None, Some(StopReason::Terminated.failure(" before it started")), SystemTime::now());
-            return Ok(self.shared.store.update(info).await?);
+            return self.terminated_in_queue(key).await;
         }
         tracing::info!(job_id = %key.job, task_id = %key.task, grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "terminating task");
         self.get_task(key).await
+    }
+
+    /// Takes a task out of the queue, if it waits there.
+    fn dequeue(&self, key: &TaskKey) -> bool {
+        let mut sched = self.sched();
+        self.dequeue_locked(&mut sched, key)
+    }
+
+    fn dequeue_locked(&self, sched: &mut Sched, key: &TaskKey) -> bool {
+        let queued = sched.slots.remove_queued(key);
+        if queued {
+            sched.stops.remove(key);
+            self.in_flight().forget(key);
+        }
+        queued
+    }
+
+    /// Completes a task terminated while it waited for a slot.
+    async fn terminated_in_queue(&self, key: &TaskKey) -> Result<TaskInfo, Error> {
+        let mut info = self.get_task(key).await?;
+        info.complete(None, Some(StopReason::Terminated.failure(" before it started")), SystemTime::now());
+        Ok(self.shared.store.update(info).await?)
     }
 
     /// Removes a completed task's record and directory.

@@ -31,9 +31,11 @@ impl Slots {
 
     /// Takes a waiting task out of the queue; false if it was not waiting.
     pub(super) fn remove_queued(&mut self, key: &TaskKey) -> bool {
-        let before = self.queue.len();
-        self.queue.retain(|(k, _)| k != key);
-        self.queue.len() != before
+        // A key is queued at most once: stop at it (the oldest are found first).
+        match self.queue.iter().position(|(k, _)| k == key) {
+            Some(i) => self.queue.remove(i).is_some(),
+            None => false,
+        }
     }
 
     /// Marks slots used by a task that is already running (recovery).
@@ -119,6 +121,22 @@ mod tests {
         assert!(!s.remove_queued(&k("a")));
         s.release(1);
         assert_eq!(s.free(), 1);
+        assert_eq!(s.next_ready(), None);
+    }
+
+    #[test]
+    fn removing_one_keeps_the_others_in_order() {
+        let mut s = Slots::new(1);
+        for t in ["a", "b", "c", "d"] {
+            s.enqueue(k(t), 1);
+        }
+        assert!(s.remove_queued(&k("c")));
+        assert!(s.remove_queued(&k("a")));
+        assert!(!s.remove_queued(&k("x")));
+        assert_eq!(s.next_ready(), Some((k("b"), 1)));
+        s.release(1);
+        assert_eq!(s.next_ready(), Some((k("d"), 1)));
+        s.release(1);
         assert_eq!(s.next_ready(), None);
     }
 }
