@@ -258,6 +258,7 @@ fn main() -> ExitCode {
         let status = berth_agent::host::shim::main(std::path::Path::new(&argv[2]));
         return ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX));
     }
+    berth_agent::sys::memory::limit_malloc_arenas();
     let args = Args::parse();
     let cfg = match load_config(&args) {
         Ok(c) => c,

@@ -1,9 +1,11 @@
 //! Every `unsafe` block of the agent, in one place: the system calls and
 //! `pre_exec` hooks of host tasks (`process`), the loopback of a task's
-//! network namespace (`net`) and the libibverbs FFI of RDMA discovery (`verbs`). Each block says why it is sound; the rest of the
+//! network namespace (`net`), the libibverbs FFI of RDMA discovery (`verbs`) and
+//! glibc's malloc settings (`memory`). Each block says why it is sound; the rest of the
 //! crate is `unsafe_code = "deny"` and calls the safe functions here.
 #![allow(unsafe_code)]
 
+pub mod memory;
 pub mod net;
 pub mod process;
 #[cfg(feature = "rdma")]
