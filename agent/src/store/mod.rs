@@ -206,13 +206,26 @@ impl Store {
 
     pub async fn get(&self, key: &TaskKey) -> Result<Option<TaskInfo>, StoreError> {
         let key = key.clone();
+        self.blocking(move |inner| Inner::read(&inner.lock(), &key)).await
+    }
+
+    /// Reads a task's record, changes it with `f` and records the change (a
+    /// new event), under one lock and in one trip to a blocking thread: no
+    /// other write comes between the read and the write. `None` if there is
+    /// no such task.
+    pub async fn modify(
+        &self,
+        key: &TaskKey,
+        f: impl FnOnce(&mut TaskInfo) + Send + 'static,
+    ) -> Result<Option<TaskInfo>, StoreError> {
+        let key = key.clone();
         self.blocking(move |inner| {
-            let conn = inner.lock();
-            let rec: Option<String> = conn
-                .prepare_cached("SELECT record FROM tasks WHERE job_id = ?1 AND task_id = ?2")?
-                .query_row(params![key.job.as_str(), key.task.as_str()], |r| r.get(0))
-                .optional()?;
-            Ok(rec.map(|r| serde_json::from_str(&r)).transpose()?)
+            let mut conn = inner.lock();
+            let Some(mut task) = Inner::read(&conn, &key)? else {
+                return Ok(None);
+            };
+            f(&mut task);
+            inner.write_locked(&mut conn, task, false).map(Some)
         })
         .await
     }
@@ -426,8 +439,20 @@ impl Inner {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, mut task: TaskInfo, new: bool) -> Result<TaskInfo, StoreError> {
-        let mut conn = self.lock();
+    fn read(conn: &Connection, key: &TaskKey) -> Result<Option<TaskInfo>, StoreError> {
+        let rec: Option<String> = conn
+            .prepare_cached("SELECT record FROM tasks WHERE job_id = ?1 AND task_id = ?2")?
+            .query_row(params![key.job.as_str(), key.task.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(rec.map(|r| serde_json::from_str(&r)).transpose()?)
+    }
+
+    fn write(&self, task: TaskInfo, new: bool) -> Result<TaskInfo, StoreError> {
+        self.write_locked(&mut self.lock(), task, new)
+    }
+
+    /// [`Inner::write`] with the connection's lock already held.
+    fn write_locked(&self, conn: &mut Connection, mut task: TaskInfo, new: bool) -> Result<TaskInfo, StoreError> {
         let tx = conn.transaction()?;
         let key = task.key().clone();
         let (job, id) = (key.job.as_str(), key.task.as_str());
@@ -513,6 +538,21 @@ mod tests {
         s.delete(&a.spec.key).await.unwrap();
         assert!(s.get(&a.spec.key).await.unwrap().is_none());
         assert!(matches!(s.update(a2).await, Err(StoreError::Missing { .. })));
+    }
+
+    #[tokio::test]
+    async fn modify_reads_changes_and_records_in_one_write() {
+        let s = Store::in_memory().unwrap();
+        let a = s.insert(task("j1", "a")).await.unwrap();
+        let mut feed = s.subscribe();
+        let changed = s.modify(&a.spec.key, |t| t.state = TaskState::Running).await.unwrap().unwrap();
+        assert_eq!(changed.state, TaskState::Running);
+        assert_eq!(changed.sequence, a.sequence + 1, "a change is a new event");
+        assert_eq!(feed.recv().await.unwrap().task.state, TaskState::Running);
+        assert_eq!(s.get(&a.spec.key).await.unwrap().unwrap().state, TaskState::Running);
+        let gone = TaskKey::new("j1", "nobody").unwrap();
+        assert!(s.modify(&gone, |t| t.state = TaskState::Running).await.unwrap().is_none());
+        assert_eq!(s.event_range().await.unwrap().map(|r| r.1), Some(changed.sequence), "no event for a missing task");
     }
 
     #[tokio::test]

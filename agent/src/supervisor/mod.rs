@@ -514,9 +514,11 @@ impl Supervisor {
 
     /// Completes a task terminated while it waited for a slot.
     async fn terminated_in_queue(&self, key: &TaskKey) -> Result<TaskInfo, Error> {
-        let mut info = self.get_task(key).await?;
-        info.complete(None, Some(StopReason::Terminated.failure(" before it started")), SystemTime::now());
-        Ok(self.shared.store.update(info).await?)
+        let now = SystemTime::now();
+        let done = move |info: &mut TaskInfo| {
+            info.complete(None, Some(StopReason::Terminated.failure(" before it started")), now);
+        };
+        self.shared.store.modify(key, done).await?.ok_or_else(|| Error::NotFound { key: key.clone() })
     }
 
     /// Removes a completed task's record and directory.
